@@ -1,0 +1,87 @@
+"""What mkosi knows about each distribution before building: names, releases, defaults.
+
+The code that installs a distribution lives in a module of its own next to this one; this module
+only holds the facts that configuration parsing and validation need.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Distribution(enum.StrEnum):
+    debian = "debian"
+    ubuntu = "ubuntu"
+    fedora = "fedora"
+    arch = "arch"
+    opensuse = "opensuse"
+
+
+@dataclass(frozen=True)
+class DistributionInfo:
+    default_release: str
+    # None means any release name is accepted (rolling distributions, numbered releases).
+    releases: frozenset[str] | None
+    # Whether images of this distribution can be built yet.
+    implemented: bool
+
+
+DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
+    Distribution.debian: DistributionInfo(
+        default_release="bookworm",
+        releases=frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"}),
+        implemented=True,
+    ),
+    Distribution.ubuntu: DistributionInfo(
+        default_release="noble",
+        releases=frozenset({"jammy", "noble", "plucky", "questing"}),
+        implemented=False,
+    ),
+    Distribution.fedora: DistributionInfo(default_release="43", releases=None, implemented=False),
+    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=False),
+    Distribution.opensuse: DistributionInfo(
+        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=False
+    ),
+}
+
+
+def check_release(distribution: Distribution, release: str) -> None:
+    """Raise ValueError with a readable message if the distribution has no such release."""
+    releases = DISTRIBUTIONS[distribution].releases
+    if releases is not None and release not in releases:
+        raise ValueError(
+            f"{distribution} has no release {release!r} (known: {', '.join(sorted(releases))})"
+        )
+
+
+def parse_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return fields
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip("\"'")
+    return fields
+
+
+def detect_host(os_release: Path = Path("/etc/os-release")) -> tuple[Distribution, str | None]:
+    """The host's distribution and release, falling back to Debian's default release."""
+    fields = parse_os_release(os_release)
+    ids = [fields.get("ID", "")] + fields.get("ID_LIKE", "").split()
+    for ident in ids:
+        name = "opensuse" if ident.startswith("opensuse") else ident
+        if name in Distribution.__members__:
+            distribution = Distribution(name)
+            # A derivative (found through ID_LIKE) has release names of its own.
+            release = fields.get("VERSION_CODENAME") or fields.get("VERSION_ID") if ident == ids[0] else None
+            if distribution is Distribution.arch:
+                release = "rolling"
+            elif distribution is Distribution.opensuse:
+                release = "tumbleweed"
+            return distribution, release or None
+    return Distribution.debian, None

@@ -1,0 +1,48 @@
+#!/bin/bash
+# Set up a Debian 12 machine (as root) to build images with this checkout of mkosi and to run its
+# tests: installs the host tools from Debian and the project, with its test dependencies, into
+# .venv. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "$0")")"
+
+if [[ $EUID -ne 0 ]]; then
+    echo "setup.sh: must run as root (it installs Debian packages and builds images)" >&2
+    exit 1
+fi
+
+# Host tools, one line per purpose. The README says why each is needed.
+HOST_PACKAGES=(
+    python3 python3-venv                     # the project's virtual environment
+    mmdebstrap debootstrap debian-archive-keyring  # bootstrapping Debian trees
+    systemd-container bubblewrap             # running commands and scripts inside image trees
+    e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
+    cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
+    gnupg openssl                            # release signatures, root password hashes
+    tar xz-utils zstd                        # tar outputs and compression
+    git                                      # git-aware build sources
+    qemu-system-x86 ovmf                     # booting images under UEFI
+)
+
+missing=()
+for pkg in "${HOST_PACKAGES[@]}"; do
+    if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's own python3 in a virtual environment of ours: Debian's mkosi package ships a python
+# module called "mkosi" in the system's dist-packages, which must never shadow this one.
+stamp=.venv/.installed-from
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi

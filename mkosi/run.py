@@ -1,0 +1,149 @@
+"""The one way mkosi runs programs.
+
+Every subprocess goes through `run()`: its output is streamed line by line into the build's log,
+it starts in a session of its own so that it and everything it spawns form one process group, and
+that whole group is terminated when the caller is cancelled (Ctrl-C, SIGTERM, a failing sibling
+task) or when the command ends and leaves stragglers behind. A failed command raises
+`CommandError`, which carries the command line and the last lines it printed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import ByteReceiveStream, Process
+
+from mkosi.errors import MkosiError
+
+# How long a cancelled process group gets to exit after SIGTERM before it is killed.
+TERMINATE_GRACE_SECONDS = 5.0
+TAIL_LINES = 20
+
+Argument = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class CompletedCommand:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+
+
+class CommandError(MkosiError):
+    """A command exited with a non-zero status."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.tail = tuple(tail)
+        message = f"{shlex.join(self.argv)} failed with exit status {returncode}"
+        if self.tail:
+            message += ", last output:\n" + "\n".join(f"    {line}" for line in self.tail)
+        super().__init__(message)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _terminate(process: Process, grace: float) -> None:
+    """TERM the whole process group, wait a little for the leader, then KILL whatever is left."""
+    _signal_group(process.pid, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        await process.wait()
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+async def _pump(
+    stream: ByteReceiveStream | None,
+    name: str,
+    log: Any,
+    tail: collections.deque[str],
+    captured: list[bytes] | None,
+) -> None:
+    if stream is None:
+        return
+    pending = b""
+
+    def emit(raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r")
+        tail.append(line)
+        log.debug(line, stream=name)
+
+    async for chunk in stream:
+        if captured is not None:
+            captured.append(chunk)
+            continue
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            emit(raw)
+    if pending:
+        emit(pending)
+
+
+async def run(
+    argv: Sequence[Argument],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    capture_stdout: bool = False,
+    check: bool = True,
+    log: Any = None,
+    grace: float = TERMINATE_GRACE_SECONDS,
+) -> CompletedCommand:
+    """Run a command to completion; see the module docstring for the guarantees.
+
+    `env` entries are added to mkosi's own environment. With `capture_stdout`, standard output is
+    returned instead of logged (standard error is still logged). `input` is written to standard
+    input, so secrets never need to appear on a command line.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    log = (log or structlog.get_logger("mkosi")).bind(cmd=args[0])
+    log.debug("running " + shlex.join(args))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    captured: list[bytes] | None = [] if capture_stdout else None
+
+    process = await anyio.open_process(
+        args,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, **env} if env else None,
+        start_new_session=True,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
+            tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
+            if process.stdin is not None:
+                async with process.stdin:
+                    await process.stdin.send(input or b"")
+            returncode = await process.wait()
+            # Whatever the command left running in its group would hold our pipes open forever.
+            _signal_group(process.pid, signal.SIGKILL)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _terminate(process, grace)
+        raise
+
+    stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
+    if check and returncode != 0:
+        raise CommandError(args, returncode, tail)
+    return CompletedCommand(args, returncode, stdout)

@@ -1,0 +1,106 @@
+"""The run layer: output streaming, error tails, and killing whole process groups."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from mkosi.run import CommandError, run
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingLog:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def bind(self, **kw: Any) -> RecordingLog:
+        return self
+
+    def debug(self, message: str, **kw: Any) -> None:
+        self.lines.append((message, kw))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_streams_stdout_and_stderr_lines_into_the_log() -> None:
+    log = RecordingLog()
+    await run(["sh", "-c", "echo one; echo two >&2; printf 'no newline'"], log=log)
+    streamed = [(m, kw["stream"]) for m, kw in log.lines if "stream" in kw]
+    assert ("one", "stdout") in streamed
+    assert ("two", "stderr") in streamed
+    assert ("no newline", "stdout") in streamed
+
+
+async def test_capture_returns_stdout() -> None:
+    result = await run(["sh", "-c", "echo captured"], capture_stdout=True)
+    assert result.stdout == "captured\n"
+    assert result.returncode == 0
+
+
+async def test_input_goes_to_stdin() -> None:
+    result = await run(["cat"], input=b"secret\n", capture_stdout=True)
+    assert result.stdout == "secret\n"
+
+
+async def test_failure_carries_command_and_last_lines() -> None:
+    script = "for i in $(seq 1 50); do echo line$i; done; exit 3"
+    with pytest.raises(CommandError) as info:
+        await run(["sh", "-c", script])
+    error = info.value
+    assert error.returncode == 3
+    assert error.argv == ("sh", "-c", script)
+    assert error.tail[-1] == "line50"
+    assert "line1" not in error.tail  # only the tail is kept
+    assert "exit status 3" in str(error) and "line50" in str(error)
+
+
+async def test_check_false_returns_status() -> None:
+    result = await run(["sh", "-c", "exit 7"], check=False)
+    assert result.returncode == 7
+
+
+async def test_cancellation_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild"
+    script = f"sleep 1000 & echo $! > {pidfile}; wait"
+    with anyio.move_on_after(1):
+        await run(["sh", "-c", script])
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+async def test_term_ignoring_process_is_killed_after_grace(tmp_path: Path) -> None:
+    pidfile = tmp_path / "stubborn"
+    script = f"trap '' TERM; echo $$ > {pidfile}; while :; do sleep 0.1; done"
+    start = time.monotonic()
+    with anyio.move_on_after(0.5):
+        await run(["sh", "-c", script], grace=0.5)
+    assert time.monotonic() - start < 3
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_background_stragglers_do_not_hang_a_finished_command(tmp_path: Path) -> None:
+    pidfile = tmp_path / "straggler"
+    with anyio.fail_after(10):
+        await run(["sh", "-c", f"sleep 1000 & echo $! > {pidfile}"])
+    straggler = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(straggler) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not _alive(straggler)

@@ -1,0 +1,612 @@
+"""Configuration: the command line and mkosi.default files merged into one frozen Config.
+
+Order of precedence, lowest first: defaults (some computed from other settings), mkosi.* files
+discovered in the project directory, mkosi.default (or --default), mkosi.default.d/*.conf in
+sorted order, the command line. Scalars take the last value given; lists accumulate. Everything
+is checked before anything is built, and every problem is a one-line ConfigError naming the file
+and line, the flag, or the discovered file it came from. Nothing is written while parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import enum
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mkosi import ini
+from mkosi.distributions import Distribution, check_release
+from mkosi.errors import ConfigError
+from mkosi.settings import (
+    ARCHITECTURES,
+    BY_KEY,
+    PRIMARY,
+    SECTIONS,
+    SETTINGS,
+    Compression,
+    Encrypt,
+    GitFiles,
+    Kind,
+    LogFormat,
+    OutputFormat,
+    Setting,
+    WorkspaceMode,
+    format_size,
+    parse_size,
+)
+
+__all__ = [
+    "Compression",
+    "Config",
+    "Distribution",
+    "Encrypt",
+    "GitFiles",
+    "LogFormat",
+    "OutputFormat",
+    "Verb",
+    "WorkspaceMode",
+    "format_help",
+    "format_summary",
+    "parse_args",
+]
+
+
+class Verb(enum.StrEnum):
+    build = "build"
+    summary = "summary"
+    clean = "clean"
+    help = "help"
+
+
+@dataclass(frozen=True)
+class Config:
+    directory: Path
+    default_path: Path | None
+    distribution: Distribution
+    release: str
+    mirror: str | None
+    repositories: tuple[str, ...]
+    architecture: str
+    format: OutputFormat
+    output: Path
+    force: int
+    bootable: bool
+    secure_boot: bool
+    secure_boot_key: Path | None
+    secure_boot_certificate: Path | None
+    read_only: bool
+    encrypt: Encrypt | None
+    verity: bool
+    compress: Compression
+    incremental: bool
+    hostname: str | None
+    kernel_command_line: tuple[str, ...]
+    workspace: WorkspaceMode
+    packages: tuple[str, ...]
+    with_docs: bool
+    with_tests: bool
+    cache_path: Path | None
+    extra_trees: tuple[Path, ...]
+    build_script: Path | None
+    build_sources: Path
+    build_packages: tuple[str, ...]
+    postinst_script: Path | None
+    use_git_files: bool
+    git_files: GitFiles
+    with_network: bool
+    nspawn_settings: Path | None
+    root_size: int | None
+    esp_size: int | None
+    swap_size: int | None
+    home_size: int | None
+    srv_size: int | None
+    checksum: bool
+    sign: bool
+    key: str | None
+    password: str | None
+    passphrase: Path | None
+    verbose: int
+    log_format: LogFormat
+
+
+PROJECT_GROUP = "Project"
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value came from, in the words ConfigError prints."""
+
+    origin: str | None = None  # "mkosi.default:3" or a discovered file's name
+    setting: str | None = None  # "[Output] Format" or "--format"
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(problem, origin=self.origin, setting=self.setting)
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    setting: Setting
+    raw: str | None  # None for one occurrence of a bare counter flag
+    where: _Where
+
+
+def _suggest(word: str, candidates: Iterable[str], template: str = "{}") -> str:
+    """", did you mean X?" for the closest candidate (ignoring case), or nothing."""
+    lowered = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f", did you mean {template.format(lowered[match[0]])}?" if match else ""
+
+
+# ---- the command line ----
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+class _Record(argparse.Action):
+    """Records each occurrence of a flag in order, so the loader can apply file and command line
+    assignments alike (and report a bad value as "--flag: problem")."""
+
+    def __init__(self, *args: Any, setting: Setting, fixed: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+        self.fixed = fixed
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        raw = self.fixed if self.fixed is not None else values if isinstance(values, str) else None
+        recorded: list[_Assignment] = namespace.__dict__.setdefault("assignments", [])
+        recorded.append(_Assignment(self.setting, raw, _Where(setting=option_string)))
+
+
+def _help_text(s: Setting) -> str:
+    text = s.help
+    if s.choices:
+        text += f"; one of: {', '.join(s.choices)}"
+    if s.section and s.key:
+        text += f" [{s.section}] {s.key}="
+    return text
+
+
+def _build_parser() -> tuple[_Parser, dict[str, bool]]:
+    """The argparse parser, and for each flag whether it takes the next argument as its value."""
+    parser = _Parser(
+        prog="mkosi",
+        usage="mkosi [options...] [VERB] [ARGS...]",
+        description="Build legacy-free OS images.\n\nVerbs: "
+        + ", ".join(v.value for v in Verb)
+        + " (default: build; ARGS are passed to the build script)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        allow_abbrev=False,  # abbreviations would make the verb/argument split below ambiguous
+        exit_on_error=False,
+    )
+    takes_value = {"-h": False, "--help": False}
+    parser.add_argument_group("Commands").add_argument(
+        "-h", "--help", action="store_true", default=argparse.SUPPRESS, help="show this help and exit"
+    )
+    groups = {name: parser.add_argument_group(name) for name in (*SECTIONS, PROJECT_GROUP)}
+    for s in SETTINGS:
+        flags = [f for f in (s.short, s.long) if f]
+        if not flags:
+            continue
+        group = groups[s.section or PROJECT_GROUP]
+        kwargs: dict[str, Any] = {"action": _Record, "setting": s, "default": argparse.SUPPRESS}
+        if s.kind is Kind.counter:
+            kwargs["nargs"] = 0
+        elif s.kind is Kind.boolean or s.const is not None:
+            kwargs |= {"nargs": "?", "const": s.const or "yes", "metavar": s.metavar or "BOOL"}
+        else:
+            kwargs["metavar"] = s.metavar
+        group.add_argument(*flags, help=_help_text(s), **kwargs)
+        for flag in flags:
+            takes_value[flag] = s.kind is not Kind.counter and kwargs.get("nargs") is None
+        if s.negation:
+            group.add_argument(
+                s.negation, action=_Record, setting=s, fixed="no", nargs=0, default=argparse.SUPPRESS,
+                help=f"same as {s.long}=no",
+            )
+            takes_value[s.negation] = False
+    return parser, takes_value
+
+
+def _split_argv(argv: Sequence[str], takes_value: dict[str, bool]) -> tuple[list[str], list[str], list[str]]:
+    """Split argv into (options, [verb, *args], unknown flags).
+
+    argparse cannot do this itself: a flag with an optional value (--bootable) would swallow the
+    verb after it. Here such flags only take a value written with "=", so "--bootable build" works.
+    """
+    options: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return options, list(argv[i + 1 :]), unknown
+        if not token.startswith("-") or token == "-":
+            return options, list(argv[i:]), unknown
+        options.append(token)
+        if token.startswith("--"):
+            name = token.partition("=")[0]
+            if name not in takes_value:
+                unknown.append(name)
+            elif takes_value[name] and "=" not in token and i + 1 < len(argv):
+                i += 1
+                options.append(argv[i])
+        else:
+            # A cluster of short flags (-fv, -dfedora): the first one taking a value ends it.
+            for j, char in enumerate(token[1:], start=1):
+                flag = "-" + char
+                if flag not in takes_value:
+                    unknown.append(flag)
+                    break
+                if takes_value[flag]:
+                    if j == len(token) - 1 and i + 1 < len(argv):
+                        i += 1
+                        options.append(argv[i])
+                    break
+        i += 1
+    return options, [], unknown
+
+
+def _parse_command_line(argv: Sequence[str]) -> tuple[Verb, list[_Assignment], list[str]]:
+    parser, takes_value = _build_parser()
+    options, positional, unknown = _split_argv(argv, takes_value)
+    # Help wins over every other problem on the command line: it is what someone confused asks for.
+    if any(o in ("-h", "--help") for o in options) or positional[:1] == ["help"]:
+        return Verb.help, [], []
+    if unknown:
+        raise ConfigError("unknown option" + _suggest(unknown[0], takes_value), setting=unknown[0])
+    try:
+        namespace = parser.parse_args(options)
+    except argparse.ArgumentError as e:
+        flag = (e.argument_name or "").split("/")[-1] or None
+        raise ConfigError(e.message, setting=flag) from None
+    if getattr(namespace, "help", False):
+        return Verb.help, [], []
+    verb = Verb.build
+    if positional:
+        try:
+            verb = Verb(positional[0])
+        except ValueError:
+            choices = ", ".join(v.value for v in Verb)
+            raise ConfigError(
+                f"unknown verb {positional[0]!r} (choose from {choices}){_suggest(positional[0], Verb)}"
+            ) from None
+    args = positional[1:]
+    if args and verb is not Verb.build:
+        raise ConfigError(f"{verb} takes no arguments, got {' '.join(args)!r}")
+    return verb, list(getattr(namespace, "assignments", [])), args
+
+
+# ---- files ----
+
+
+def _display(path: Path, directory: Path) -> str:
+    try:
+        return str(path.relative_to(directory))
+    except ValueError:
+        return str(path)
+
+
+def _file_assignments(path: Path, directory: Path) -> list[_Assignment]:
+    origin = _display(path, directory)
+    sections = {s.section for s in SETTINGS if s.section}
+    result = []
+    for entry in ini.read_ini(path, origin):
+        where = f"{origin}:{entry.line}"
+        if isinstance(entry, ini.Section):
+            if entry.name not in sections:
+                hint = _suggest(entry.name, sections, "[{}]")
+                raise ConfigError(f"unknown section [{entry.name}]{hint}", origin=where)
+            continue
+        setting = BY_KEY.get((entry.section, entry.key))
+        if setting is None:
+            keys = [key for (section, key) in BY_KEY if section == entry.section]
+            elsewhere = [section for (section, key) in BY_KEY if key == entry.key]
+            hint = f", it belongs in [{elsewhere[0]}]" if elsewhere else _suggest(entry.key, keys)
+            raise ConfigError(f"unknown key{hint}", origin=where, setting=f"[{entry.section}] {entry.key}")
+        result.append(_Assignment(setting, entry.value, _Where(where, f"[{entry.section}] {entry.key}")))
+    return result
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    # Paths come from users and fuzzers: too long, undecodable or looping ones are just "missing".
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
+
+
+def _is_dir(path: Path) -> bool:
+    st = _stat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _is_file(path: Path) -> bool:
+    st = _stat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def _absolute(directory: Path, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_absolute(directory, v) for v in value)
+    return Path(os.path.normpath(directory / value))
+
+
+def _discover(directory: Path, name: str) -> Path | None:
+    path = directory / name.rstrip("/")
+    found = _is_dir(path) if name.endswith("/") else _stat(path) is not None
+    return path if found else None
+
+
+def _locate(cli: list[_Assignment]) -> tuple[Path, _Where, Path | None, _Where]:
+    """The project directory and configuration file, needed before any file can be read."""
+    directory, dir_where = Path.cwd(), _Where(setting="Directory (default)")
+    default: Path | None = None
+    default_where = _Where()
+    for a in cli:
+        if a.setting.dest not in ("directory", "default_path") or a.raw is None:
+            continue
+        try:
+            path = a.setting.parse(a.raw) if a.raw.strip() else None
+        except ValueError as e:
+            raise a.where.error(str(e)) from None
+        if a.setting.dest == "directory":
+            directory, dir_where = _absolute(Path.cwd(), path) if path else Path.cwd(), a.where
+        else:
+            default, default_where = path, a.where
+    if not _is_dir(directory):
+        raise dir_where.error(f"{directory} is not a directory")
+    if default is not None:
+        default = _absolute(directory, default)
+        # A regular file only: --default /dev/zero must not read forever.
+        if not _is_file(default):
+            raise default_where.error(f"{default} does not exist or is not a regular file")
+        return directory, dir_where, default, default_where
+    candidate = directory / "mkosi.default"
+    if _is_file(candidate):
+        return directory, dir_where, candidate, _Where("mkosi.default")
+    return directory, dir_where, None, _Where(setting="DefaultPath (default)")
+
+
+def _config_files(directory: Path, default: Path | None) -> list[Path]:
+    dropins = directory / "mkosi.default.d"
+    files = [default] if default else []
+    if _is_dir(dropins):
+        try:
+            files += sorted(p for p in dropins.glob("*.conf") if _is_file(p))
+        except OSError as e:
+            origin = _display(dropins, directory)
+            raise ConfigError(f"cannot list directory: {e.strerror or e}", origin=origin) from None
+    return files
+
+
+# ---- merging and defaults ----
+
+
+class _Resolver:
+    """Applies assignments, then resolves defaults on demand in whatever order they depend on each other."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.values: dict[str, Any] = {}
+        self.where: dict[str, _Where] = {}
+        self.item_where: dict[str, list[_Where]] = {}
+        self._explicit: set[str] = set()
+        self._counted: set[str] = set()
+        self._resolving: set[str] = set()
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def is_set(self, dest: str) -> bool:
+        return dest in self._explicit
+
+    def set(self, dest: str, value: Any, where: _Where) -> None:
+        self.values[dest], self.where[dest] = value, where
+        self._explicit.add(dest)
+
+    def apply(self, a: _Assignment) -> None:
+        s, dest = a.setting, a.setting.dest
+        if a.raw is None:  # a bare counter flag: the command line's count replaces a file's
+            if dest not in self._counted:
+                self._counted.add(dest)
+                self.values[dest] = 0
+            self.set(dest, self.values[dest] + 1, a.where)
+            return
+        if not a.raw.strip():
+            # An empty value resets a scalar to its default (so a drop-in can undo mkosi.default);
+            # for a list it adds nothing.
+            if s.kind is not Kind.list:
+                self.values.pop(dest, None)
+                self.where.pop(dest, None)
+                self._explicit.discard(dest)
+            return
+        try:
+            value = s.parse(a.raw)
+        except ValueError as e:
+            raise a.where.error(str(e)) from None
+        if s.path:
+            value = _absolute(self._directory, value)
+        if s.kind is Kind.list:
+            self.item_where.setdefault(dest, []).extend([a.where] * len(value))
+            value = self.values.get(dest, ()) + value
+        self.set(dest, value, a.where)
+
+    def __getitem__(self, dest: str) -> Any:
+        if dest in self.values:
+            return self.values[dest]
+        if dest in self._resolving:
+            raise RuntimeError(f"settings table: the default of {dest} depends on itself")
+        s = PRIMARY[dest]
+        self._resolving.add(dest)
+        try:
+            found = _discover(self._directory, s.discover) if s.discover else None
+            if found is not None and s.kind is not Kind.list:
+                value, where = found, _Where(s.discover.rstrip("/") if s.discover else None)
+            else:
+                where = _Where(setting=f"{s.name} (default)")
+                value = s.default_factory(self) if s.default_factory else s.default
+        finally:
+            self._resolving.discard(dest)
+        self.values[dest], self.where[dest] = value, where
+        return value
+
+
+def _resolve(directory: Path, default: Path | None, assignments: list[_Assignment]) -> _Resolver:
+    r = _Resolver(directory)
+    for a in assignments:
+        r.apply(a)
+    r.values["directory"], r.values["default_path"] = directory, default
+    for dest in PRIMARY:
+        r[dest]
+    for s in SETTINGS:
+        if s.kind is Kind.list and s.discover:
+            found = _discover(directory, s.discover)
+            if found is not None and found not in r.values[s.dest]:
+                r.values[s.dest] += (found,)
+                r.item_where.setdefault(s.dest, []).append(_Where(s.discover.rstrip("/")))
+    if r.values["sign"]:
+        r.values["checksum"] = True
+    return r
+
+
+# ---- validation ----
+
+
+def _private(path: Path) -> str | None:
+    """Why a secret file is unusable, or None."""
+    st = _stat(path)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return f"{path} does not exist or is not a regular file"
+    if st.st_mode & 0o077:
+        return f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}), chmod 600 it"
+    return None
+
+
+def _validate(c: Config, r: _Resolver) -> None:
+    def fail(dest: str, problem: str) -> NoReturn:
+        raise r.where.get(dest, _Where(setting=PRIMARY[dest].name)).error(problem)
+
+    try:
+        check_release(c.distribution, c.release)
+    except ValueError as e:
+        fail("release", str(e))
+    if c.architecture not in ARCHITECTURES:
+        choices = ", ".join(ARCHITECTURES)
+        fail("architecture", f"unsupported architecture {c.architecture!r} (choose from {choices})")
+
+    if not c.format.is_raw:
+        raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
+        for dest in ("verity", "encrypt", "bootable", "read_only", "root_size", "esp_size", "swap_size",
+                     "home_size", "srv_size"):
+            if getattr(c, dest) not in (None, False):
+                fail(dest, f"only supported with raw formats ({raw}), not {c.format}")
+    if c.compress is not Compression.none and c.format in (OutputFormat.directory, OutputFormat.subvolume):
+        fail("compress", f"cannot compress a {c.format} output")
+
+    if c.secure_boot:
+        if not c.bootable:
+            fail("secure_boot", "needs Bootable=yes")
+        if c.secure_boot_key is None:
+            fail("secure_boot", "needs a key: set SecureBootKey= or add mkosi.secure-boot.key")
+        if c.secure_boot_certificate is None:
+            fail(
+                "secure_boot", "needs a certificate: set SecureBootCertificate= or add mkosi.secure-boot.crt"
+            )
+        if problem := _private(c.secure_boot_key):
+            fail("secure_boot_key", problem)
+        if not _is_file(certificate := c.secure_boot_certificate):
+            fail("secure_boot_certificate", f"{certificate} does not exist or is not a regular file")
+    if c.encrypt is not None:
+        if c.passphrase is None:
+            fail("encrypt", "needs a passphrase file: add mkosi.passphrase to the project directory")
+        if problem := _private(c.passphrase):
+            fail("passphrase", problem)
+
+    for dest in ("build_script", "postinst_script"):
+        script = getattr(c, dest)
+        if script is not None:
+            if not _is_file(script):
+                fail(dest, f"{script} does not exist or is not a regular file")
+            if not os.access(script, os.X_OK):
+                fail(dest, f"{script} is not executable, chmod +x it")
+    if c.nspawn_settings is not None and not _is_file(c.nspawn_settings):
+        fail("nspawn_settings", f"{c.nspawn_settings} does not exist or is not a regular file")
+    if c.cache_path is not None and _stat(c.cache_path) is not None and not _is_dir(c.cache_path):
+        fail("cache_path", f"{c.cache_path} is not a directory")
+    if not _is_dir(c.build_sources):
+        fail("build_sources", f"{c.build_sources} is not a directory")
+    for tree, where in zip(c.extra_trees, r.item_where.get("extra_trees", []), strict=False):
+        if not _is_dir(tree):
+            raise where.error(f"extra tree {tree} does not exist or is not a directory")
+
+
+# ---- entry points ----
+
+
+def _config(r: _Resolver) -> Config:
+    return Config(**{f.name: r.values[f.name] for f in fields(Config)})
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
+    """Parse `mkosi [options] [VERB] [ARGS...]` and the configuration files it points at.
+
+    For -h/--help and the help verb the Config holds the defaults alone, so that help works even
+    when the configuration is broken; the caller prints format_help().
+    """
+    verb, cli, args = _parse_command_line(argv)
+    if verb is Verb.help:
+        return verb, _config(_resolve(Path.cwd(), None, [])), []
+    directory, _, default, _ = _locate(cli)
+    files = _config_files(directory, default)
+    assignments = [a for path in files for a in _file_assignments(path, directory)]
+    assignments += [a for a in cli if a.setting.dest not in ("directory", "default_path")]
+    resolver = _resolve(directory, default, assignments)
+    config = _config(resolver)
+    _validate(config, resolver)
+    return verb, config, args
+
+
+def format_help() -> str:
+    return _build_parser()[0].format_help()
+
+
+def _format_value(s: Setting, value: Any) -> str:
+    if s.dest == "password":
+        return "(set)" if value is not None else "(none)"
+    if value is None or value == ():
+        return "(none)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, int) and s.parse is parse_size:
+        return format_size(value)
+    return str(value)
+
+
+def format_summary(config: Config) -> str:
+    """What `mkosi summary` prints: "Key: value" lines grouped by section."""
+    lines: list[str] = []
+    for group in (*SECTIONS, PROJECT_GROUP):
+        members = [s for s in PRIMARY.values() if (s.section or PROJECT_GROUP) == group]
+        width = max(len(s.name) for s in members) + 1
+        lines.append(f"{group}:")
+        lines += [f"  {s.name + ':':<{width}} {_format_value(s, getattr(config, s.dest))}" for s in members]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,446 @@
+"""The settings table: every configuration option of mkosi, declared exactly once.
+
+Each Setting names its Config field, command line flags, mkosi.default section and key, value
+parser, default and help. config.py generates the argparse options, the INI key lookup, the
+default resolution and the summary from this table alone, so adding an option is one entry here
+plus one Config field.
+
+The enums the table parses into live here rather than in config.py, which re-exports them:
+config.py needs the table to load configuration, so the table cannot import config.py.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from mkosi.distributions import DISTRIBUTIONS, Distribution, check_release, detect_host
+
+
+class OutputFormat(enum.StrEnum):
+    raw_gpt = "raw_gpt"
+    raw_btrfs = "raw_btrfs"
+    raw_squashfs = "raw_squashfs"
+    directory = "directory"
+    subvolume = "subvolume"
+    tar = "tar"
+
+    @property
+    def is_raw(self) -> bool:
+        """A GPT disk image, as opposed to a tree or an archive."""
+        return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs)
+
+
+class Encrypt(enum.StrEnum):
+    all = "all"
+    data = "data"
+
+
+class Compression(enum.StrEnum):
+    none = "none"
+    xz = "xz"
+    zstd = "zstd"
+
+
+class GitFiles(enum.StrEnum):
+    cached = "cached"
+    others = "others"
+
+
+class LogFormat(enum.StrEnum):
+    auto = "auto"
+    console = "console"
+    json = "json"
+
+
+class WorkspaceMode(enum.StrEnum):
+    auto = "auto"
+    tmpfs = "tmpfs"
+    disk = "disk"
+
+
+class Kind(enum.Enum):
+    scalar = "scalar"  # later assignments replace earlier ones
+    boolean = "boolean"  # a scalar whose flag may be given bare (--bootable) or with a value
+    list = "list"  # assignments accumulate across files and the command line
+    counter = "counter"  # each bare flag adds one (-ff)
+
+
+# systemd's architecture names, which are also what the Architecture= key takes.
+ARCHITECTURES = ("x86-64", "arm64")
+_MACHINES = {"x86_64": "x86-64", "amd64": "x86-64", "x86-64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+class Resolved(Protocol):
+    """What a default factory sees: the other settings, resolved on demand."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def __getitem__(self, dest: str) -> Any: ...
+
+    def is_set(self, dest: str) -> bool:
+        """Whether the setting was given explicitly (in a file or on the command line)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Setting:
+    dest: str  # the Config field
+    long: str | None  # the long flag; None for settings that are only read or discovered
+    section: str | None = None  # mkosi.default section; None for command-line-only settings
+    key: str | None = None
+    _: KW_ONLY
+    short: str | None = None
+    # Raises ValueError with a message naming the bad value; list settings return a tuple of items.
+    parse: Callable[[str], Any] = str
+    default: Any = None
+    default_factory: Callable[[Resolved], Any] | None = None
+    help: str = ""
+    metavar: str | None = None
+    kind: Kind = Kind.scalar
+    choices: tuple[str, ...] = ()  # shown in help; parse does the checking
+    path: bool = False  # values are paths relative to the project directory
+    # A file in the project directory used when the setting is not given; a trailing "/" means it
+    # must be a directory. List settings get it appended instead.
+    discover: str | None = None
+    const: str | None = None  # the value of the flag given bare; implies an optional value
+    negation: str | None = None  # a flag that sets the boolean to no (--without-tests)
+
+    @property
+    def name(self) -> str:
+        """How summaries and default-value errors call the setting: its INI key or its CamelCased dest."""
+        return self.key or "".join(word.capitalize() for word in self.dest.split("_"))
+
+
+# ---- value parsers: str -> value, ValueError with a readable message on bad input ----
+
+_TRUE = frozenset({"yes", "true", "1", "on"})
+_FALSE = frozenset({"no", "false", "0", "off"})
+
+
+def parse_boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"invalid boolean {value!r} (use yes/no, true/false, 1/0, on/off)")
+
+
+def parse_string(value: str) -> str:
+    return value.strip()
+
+
+def parse_path(value: str) -> Path:
+    value = value.strip()
+    if "\0" in value:
+        raise ValueError("paths cannot contain NUL characters")
+    # os.path.expanduser leaves "~unknownuser" alone where Path.expanduser raises.
+    return Path(os.path.expanduser(value))
+
+
+def parse_paths(value: str) -> tuple[Path, ...]:
+    return tuple(parse_path(word) for word in value.split())
+
+
+def parse_words(value: str) -> tuple[str, ...]:
+    return tuple(value.split())
+
+
+def parse_items(value: str) -> tuple[str, ...]:
+    """Comma- or whitespace-separated items: -p a,b and Packages=a b (or one per line) both work."""
+    return tuple(item for item in re.split(r"[\s,]+", value) if item)
+
+
+_SIZE = re.compile(r"([0-9]{1,30})([KMGT]?)", re.IGNORECASE)
+_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: str) -> int:
+    """Bytes, or a number with a K/M/G/T suffix (powers of 1024); a positive multiple of 512."""
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"invalid size {value!r} (use bytes or a number with K, M, G or T suffix)")
+    size = int(match[1]) * _SUFFIXES[match[2].upper()]
+    if size <= 0:
+        raise ValueError(f"invalid size {value!r}: must be positive")
+    if size % 512:
+        raise ValueError(f"invalid size {value!r}: must be a multiple of 512 bytes")
+    return size
+
+
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_hostname(value: str) -> str:
+    value = value.strip()
+    # The rules systemd applies: at most 64 characters, dot-separated labels of letters, digits
+    # and inner hyphens.
+    if len(value) > 64 or not all(_LABEL.fullmatch(label) for label in value.split(".")):
+        raise ValueError(
+            f"invalid hostname {value!r} (letters, digits and inner hyphens, dot-separated, at most 64)"
+        )
+    return value
+
+
+def parse_architecture(value: str) -> str:
+    arch = _MACHINES.get(value.strip().lower())
+    if arch is None:
+        raise ValueError(f"unknown architecture {value.strip()!r} (choose from {', '.join(ARCHITECTURES)})")
+    return arch
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def enum_parser(cls: type[E], aliases: Mapping[str, E] | None = None) -> Callable[[str], E]:
+    def parse(value: str) -> E:
+        word = value.strip().lower()
+        if aliases and word in aliases:
+            return aliases[word]
+        try:
+            return cls(word)
+        except ValueError:
+            choices = ", ".join(member.value for member in cls)
+            raise ValueError(f"invalid value {value.strip()!r} (choose from {choices})") from None
+
+    return parse
+
+
+_parse_compression_name = enum_parser(Compression)
+
+
+def parse_compression(value: str) -> Compression:
+    """none/xz/zstd, or a boolean: yes picks zstd, the best default today; no means none."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return Compression.zstd
+    if word in _FALSE:
+        return Compression.none
+    return _parse_compression_name(value)
+
+
+def parse_xz(value: str) -> Compression:
+    """The 2017 XZ= switch, kept as a spelling of Compress=xz."""
+    return Compression.xz if parse_boolean(value) else Compression.none
+
+
+def parse_counter(value: str) -> int:
+    """A count (Force=2) or a boolean (Force=yes is one -f)."""
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return int(word in _TRUE)
+    if not word.isascii() or not word.isdigit() or len(word) > 3:
+        raise ValueError(f"invalid value {value.strip()!r} (use yes/no or a small count)")
+    return int(word)
+
+
+def format_size(size: int) -> str:
+    """The shortest exact spelling parse_size accepts: 1073741824 is 1G."""
+    for suffix in ("T", "G", "M", "K"):
+        if size % _SUFFIXES[suffix] == 0:
+            return f"{size // _SUFFIXES[suffix]}{suffix}"
+    return str(size)
+
+
+def _values(cls: type[enum.StrEnum]) -> tuple[str, ...]:
+    return tuple(member.value for member in cls)
+
+
+# ---- defaults computed from other settings ----
+
+
+def _default_distribution(r: Resolved) -> Distribution:
+    return detect_host()[0]
+
+
+def _default_release(r: Resolved) -> str:
+    distribution: Distribution = r["distribution"]
+    # The host's release only makes sense for the host's own distribution, and only when we picked
+    # that distribution from the host too: "Distribution=debian" on a Debian host means the default.
+    if not r.is_set("distribution"):
+        host, release = detect_host()
+        if host is distribution and release:
+            try:
+                check_release(distribution, release)
+                return release
+            except ValueError:
+                pass  # a release we know nothing about yet: fall back rather than refuse to start
+    return DISTRIBUTIONS[distribution].default_release
+
+
+def _default_architecture(r: Resolved) -> str:
+    machine = platform.machine()
+    # An unknown host machine is kept as is so that validation reports it, not the defaulting.
+    return _MACHINES.get(machine.lower(), machine)
+
+
+def _default_output(r: Resolved) -> Path:
+    fmt: OutputFormat = r["format"]
+    if fmt in (OutputFormat.directory, OutputFormat.subvolume):
+        return r.directory / "image"
+    name = "image.tar" if fmt is OutputFormat.tar else "image.raw"
+    suffix = {Compression.xz: ".xz", Compression.zstd: ".zst"}.get(r["compress"], "")
+    return r.directory / (name + suffix)
+
+
+def _default_read_only(r: Resolved) -> bool:
+    # squashfs cannot be written to, and verity data is only valid for a root that never changes.
+    return bool(r["format"] is OutputFormat.raw_squashfs or r["verity"])
+
+
+def _default_use_git_files(r: Resolved) -> bool:
+    sources: Path = r["build_sources"]
+    try:
+        return (sources / ".git").exists()
+    except (OSError, ValueError):
+        return False
+
+
+SECTIONS = ("Distribution", "Output", "Packages", "Partitions", "Validation")
+
+_FORMAT_ALIASES = {"raw_ext4": OutputFormat.raw_gpt}
+_DISTRIBUTION_ALIASES = {"archlinux": Distribution.arch}
+_RAW = "raw formats only"
+
+SETTINGS: tuple[Setting, ...] = (
+    # [Distribution]
+    Setting("distribution", "--distribution", "Distribution", "Distribution", short="-d",
+            parse=enum_parser(Distribution, _DISTRIBUTION_ALIASES), default_factory=_default_distribution,
+            choices=_values(Distribution), metavar="DISTRIBUTION",
+            help="distribution to install (default: the host's)"),
+    Setting("release", "--release", "Distribution", "Release", short="-r", parse=parse_string,
+            default_factory=_default_release, metavar="RELEASE",
+            help="distribution release to install (default: the host's, or the distribution's default)"),
+    Setting("mirror", "--mirror", "Distribution", "Mirror", short="-m", parse=parse_string, metavar="URL",
+            help="distribution mirror to use"),
+    Setting("repositories", "--repositories", "Distribution", "Repositories", parse=parse_items,
+            kind=Kind.list, default=(), metavar="REPOS", help="repositories to use (comma-separated)"),
+    Setting("architecture", "--architecture", "Distribution", "Architecture", parse=parse_architecture,
+            default_factory=_default_architecture, choices=ARCHITECTURES, metavar="ARCH",
+            help="architecture of the image (default: the host's)"),
+    # [Output]
+    Setting("format", "--format", "Output", "Format", short="-t",
+            parse=enum_parser(OutputFormat, _FORMAT_ALIASES), default=OutputFormat.raw_gpt,
+            choices=_values(OutputFormat), metavar="FORMAT", help="output format (raw_ext4 means raw_gpt)"),
+    Setting("output", "--output", "Output", "Output", short="-o", parse=parse_path, path=True,
+            default_factory=_default_output, metavar="PATH",
+            help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)"),
+    Setting("force", "--force", "Output", "Force", short="-f", parse=parse_counter, kind=Kind.counter,
+            default=0, help="remove an existing image first; twice also removes the caches"),
+    Setting("bootable", "--bootable", "Output", "Bootable", short="-b", parse=parse_boolean,
+            kind=Kind.boolean, default=False, help=f"make the image bootable on EFI ({_RAW})"),
+    Setting("secure_boot", "--secure-boot", "Output", "SecureBoot", parse=parse_boolean, kind=Kind.boolean,
+            default=False, help="sign the kernel and initrd for UEFI SecureBoot (needs --bootable)"),
+    Setting("secure_boot_key", "--secure-boot-key", "Output", "SecureBootKey", parse=parse_path, path=True,
+            discover="mkosi.secure-boot.key", metavar="PATH",
+            help="UEFI SecureBoot private key in PEM format (default: mkosi.secure-boot.key)"),
+    Setting("secure_boot_certificate", "--secure-boot-certificate", "Output", "SecureBootCertificate",
+            parse=parse_path, path=True, discover="mkosi.secure-boot.crt", metavar="PATH",
+            help="UEFI SecureBoot certificate in X509 format (default: mkosi.secure-boot.crt)"),
+    Setting("read_only", "--read-only", "Output", "ReadOnly", parse=parse_boolean, kind=Kind.boolean,
+            default_factory=_default_read_only,
+            help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs and --verity)"),
+    Setting("encrypt", "--encrypt", "Output", "Encrypt", parse=enum_parser(Encrypt), choices=_values(Encrypt),
+            metavar="WHAT", help=f"encrypt everything but the ESP (all) or also the root (data) ({_RAW}; "
+            "needs mkosi.passphrase)"),
+    Setting("verity", "--verity", "Output", "Verity", parse=parse_boolean, kind=Kind.boolean, default=False,
+            help=f"add a dm-verity partition for the root file system ({_RAW})"),
+    Setting("compress", "--compress", "Output", "Compress", parse=parse_compression, const="zstd",
+            default=Compression.none, choices=_values(Compression), metavar="ALGORITHM",
+            help="compress the output (bare flag: zstd; not for directory or subvolume)"),
+    Setting("compress", "--xz", "Output", "XZ", parse=parse_xz, kind=Kind.boolean,
+            help="compress the output with xz (same as --compress=xz)"),
+    Setting("incremental", "--incremental", "Output", "Incremental", short="-i", parse=parse_boolean,
+            kind=Kind.boolean, default=False, help="reuse and keep intermediary cache images"),
+    Setting("hostname", "--hostname", "Output", "Hostname", parse=parse_hostname, metavar="NAME",
+            help="hostname of the image"),
+    Setting("kernel_command_line", "--kernel-command-line", "Output", "KernelCommandLine", parse=parse_words,
+            kind=Kind.list, default=(), metavar="WORDS", help="kernel command line words (bootable images)"),
+    Setting("workspace", "--workspace", "Output", "Workspace", parse=enum_parser(WorkspaceMode),
+            default=WorkspaceMode.auto, choices=_values(WorkspaceMode), metavar="MODE",
+            help="where the build's working tree lives (auto: tmpfs when memory allows)"),
+    # [Packages]
+    Setting("packages", "--package", "Packages", "Packages", short="-p", parse=parse_items, kind=Kind.list,
+            default=(), metavar="PACKAGE", help="packages to install (repeatable, comma-separated)"),
+    Setting("with_docs", "--with-docs", "Packages", "WithDocs", parse=parse_boolean, kind=Kind.boolean,
+            default=False, help="install documentation"),
+    Setting("with_tests", "--with-tests", "Packages", "WithTests", parse=parse_boolean, kind=Kind.boolean,
+            default=True, negation="--without-tests", help="run tests in the build script (default: yes)"),
+    Setting("cache_path", "--cache", "Packages", "Cache", parse=parse_path, path=True,
+            discover="mkosi.cache/", metavar="PATH",
+            help="package cache directory (default: mkosi.cache/ if it exists)"),
+    Setting("extra_trees", "--extra-tree", "Packages", "ExtraTrees", parse=parse_paths, path=True,
+            kind=Kind.list, default=(), discover="mkosi.extra/", metavar="PATH",
+            help="directory copied over the image (repeatable; mkosi.extra/ is added if it exists)"),
+    Setting("build_script", "--build-script", "Packages", "BuildScript", parse=parse_path, path=True,
+            discover="mkosi.build", metavar="PATH",
+            help="script building the sources inside a development image (default: mkosi.build)"),
+    Setting("build_sources", "--build-sources", "Packages", "BuildSources", parse=parse_path, path=True,
+            default_factory=lambda r: r.directory, metavar="PATH",
+            help="source tree to build (default: the project directory)"),
+    Setting("build_packages", "--build-package", "Packages", "BuildPackages", parse=parse_items,
+            kind=Kind.list, default=(), metavar="PACKAGE",
+            help="packages only needed by the build script (repeatable, comma-separated)"),
+    Setting("postinst_script", "--postinst-script", "Packages", "PostInstallationScript", parse=parse_path,
+            path=True, discover="mkosi.postinst", metavar="PATH",
+            help="script run inside the image after installation (default: mkosi.postinst)"),
+    Setting("use_git_files", "--use-git-files", "Packages", "UseGitFiles", parse=parse_boolean,
+            kind=Kind.boolean, default_factory=_default_use_git_files,
+            help="copy only the files git knows about (default: yes if the sources are a git checkout)"),
+    Setting("git_files", "--git-files", "Packages", "GitFiles", parse=enum_parser(GitFiles),
+            default=GitFiles.others, choices=_values(GitFiles), metavar="WHICH",
+            help="with --use-git-files: also copy untracked files (others) or not (cached)"),
+    Setting("with_network", "--with-network", "Packages", "WithNetwork", parse=parse_boolean,
+            kind=Kind.boolean, default=False, help="give the build and postinst scripts network access"),
+    Setting("nspawn_settings", "--settings", "Packages", "NSpawnSettings", parse=parse_path, path=True,
+            discover="mkosi.nspawn", metavar="PATH",
+            help=".nspawn settings file placed next to the image (default: mkosi.nspawn)"),
+    # [Partitions]
+    Setting("root_size", "--root-size", "Partitions", "RootSize", parse=parse_size, metavar="BYTES",
+            help=f"size of the root partition ({_RAW})"),
+    Setting("esp_size", "--esp-size", "Partitions", "ESPSize", parse=parse_size, metavar="BYTES",
+            help=f"size of the EFI system partition ({_RAW})"),
+    Setting("swap_size", "--swap-size", "Partitions", "SwapSize", parse=parse_size, metavar="BYTES",
+            help=f"size of a swap partition ({_RAW})"),
+    Setting("home_size", "--home-size", "Partitions", "HomeSize", parse=parse_size, metavar="BYTES",
+            help=f"size of a /home partition ({_RAW})"),
+    Setting("srv_size", "--srv-size", "Partitions", "SrvSize", parse=parse_size, metavar="BYTES",
+            help=f"size of a /srv partition ({_RAW})"),
+    # [Validation]
+    Setting("checksum", "--checksum", "Validation", "CheckSum", parse=parse_boolean, kind=Kind.boolean,
+            default=False, help="write a SHA256SUMS file"),
+    Setting("sign", "--sign", "Validation", "Sign", parse=parse_boolean, kind=Kind.boolean, default=False,
+            help="write and sign a SHA256SUMS file with gpg (implies --checksum)"),
+    Setting("key", "--key", "Validation", "Key", parse=parse_string, metavar="KEY",
+            help="gpg key to sign with"),
+    Setting("password", "--password", "Validation", "Password", parse=str, metavar="PASSWORD",
+            help="root password of the image"),
+    # Command line only, or discovered only.
+    Setting("directory", "--directory", short="-C", parse=parse_path, metavar="PATH",
+            help="project directory holding mkosi.default and friends (default: the current directory)"),
+    Setting("default_path", "--default", parse=parse_path, path=True, discover="mkosi.default",
+            metavar="PATH", help="configuration file to read (default: mkosi.default)"),
+    Setting("passphrase", None, parse=parse_path, path=True, discover="mkosi.passphrase",
+            help="file holding the disk encryption passphrase (mkosi.passphrase)"),
+    Setting("verbose", "--verbose", short="-v", kind=Kind.counter, parse=parse_counter, default=0,
+            help="log more (repeatable)"),
+    Setting("log_format", "--log-format", parse=enum_parser(LogFormat), default=LogFormat.auto,
+            choices=_values(LogFormat), metavar="FORMAT",
+            help="log as text for a console or as JSON lines (default: auto)"),
+)
+
+# The setting that owns each Config field: XZ= also writes compress, but Compress= is the one
+# whose default, summary line and help describe the field.
+PRIMARY: dict[str, Setting] = {}
+for _setting in SETTINGS:
+    PRIMARY.setdefault(_setting.dest, _setting)
+
+BY_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS if s.section and s.key}

@@ -40,7 +40,9 @@ DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
         implemented=False,
     ),
     Distribution.fedora: DistributionInfo(default_release="43", releases=None, implemented=False),
-    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=False),
+    Distribution.arch: DistributionInfo(
+        default_release="rolling", releases=frozenset({"rolling"}), implemented=False
+    ),
     Distribution.opensuse: DistributionInfo(
         default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=False
     ),
@@ -51,9 +53,7 @@ def check_release(distribution: Distribution, release: str) -> None:
     """Raise ValueError with a readable message if the distribution has no such release."""
     releases = DISTRIBUTIONS[distribution].releases
     if releases is not None and release not in releases:
-        raise ValueError(
-            f"{distribution} has no release {release!r} (known: {', '.join(sorted(releases))})"
-        )
+        raise ValueError(f"{distribution} has no release {release!r} (known: {', '.join(sorted(releases))})")
 
 
 def parse_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
@@ -72,7 +72,7 @@ def parse_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
 def detect_host(os_release: Path = Path("/etc/os-release")) -> tuple[Distribution, str | None]:
     """The host's distribution and release, falling back to Debian's default release."""
     fields = parse_os_release(os_release)
-    ids = [fields.get("ID", "")] + fields.get("ID_LIKE", "").split()
+    ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
     for ident in ids:
         name = "opensuse" if ident.startswith("opensuse") else ident
         if name in Distribution.__members__:

@@ -1,0 +1,147 @@
+"""Building one image: the stages, top to bottom, and the publication of their outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import structlog
+
+from mkosi import package_cache
+from mkosi.config import Config
+from mkosi.context import Context
+from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
+from mkosi.errors import MkosiError, NotImplementedYet
+from mkosi.log import build_log
+from mkosi.outputs import CHECKS, WRITERS
+from mkosi.pipeline import Stage, hash_tree, run_stages
+from mkosi.tree import clean_tree, configure_system, install_extra_trees
+from mkosi.workspace import remove_tree, workspace
+
+INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
+    Distribution.debian: debian.install,
+}
+
+
+async def install_distribution(context: Context) -> None:
+    await INSTALLERS[context.config.distribution](context)
+
+
+async def write_output(context: Context) -> None:
+    await WRITERS[context.config.format](context)
+
+
+def _secret_digest(secret: str | None) -> str | None:
+    return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+
+
+STAGES: list[Stage] = [
+    Stage(
+        "bootstrap",
+        install_distribution,
+        inputs=lambda c: {
+            "distribution": c.distribution,
+            "release": c.release,
+            "mirror": c.mirror,
+            "repositories": c.repositories,
+            "architecture": c.architecture,
+            "packages": c.packages,
+            "with_docs": c.with_docs,
+        },
+    ),
+    Stage(
+        "extra-trees",
+        install_extra_trees,
+        inputs=lambda c: {"trees": hash_tree(c.extra_trees)},
+        enabled=lambda c: bool(c.extra_trees),
+    ),
+    Stage(
+        "configure",
+        configure_system,
+        inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(c.password)},
+    ),
+    Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
+    Stage("output", write_output, inputs=lambda c: {"format": c.format, "compress": c.compress}),
+]
+
+# Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
+PENDING: list[tuple[Callable[[Config], bool], str]] = [
+    (lambda c: c.format.is_raw, "Format= raw disk images"),
+    (lambda c: c.bootable, "Bootable="),
+    (lambda c: c.secure_boot, "SecureBoot="),
+    (lambda c: c.verity, "Verity="),
+    (lambda c: c.encrypt is not None, "Encrypt="),
+    (lambda c: bool(c.kernel_command_line), "KernelCommandLine="),
+    (lambda c: c.incremental, "Incremental="),
+    (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
+    (lambda c: bool(c.build_packages), "BuildPackages="),
+    (lambda c: c.with_network, "WithNetwork="),
+    (lambda c: c.postinst_script is not None, "PostInstallationScript= (mkosi.postinst)"),
+    (lambda c: c.nspawn_settings is not None, "NSpawnSettings= (mkosi.nspawn)"),
+    (lambda c: c.checksum, "CheckSum="),
+    (lambda c: c.sign, "Sign="),
+]
+
+
+def check_supported(config: Config) -> None:
+    if not DISTRIBUTIONS[config.distribution].implemented:
+        raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
+    for asked, setting in PENDING:
+        if asked(config):
+            raise NotImplementedYet(f"{setting}: not implemented yet")
+
+
+def output_paths(config: Config) -> list[Path]:
+    """Everything a build of this configuration publishes."""
+    return [config.output, log_path(config)]
+
+
+def log_path(config: Config) -> Path:
+    return config.output.with_name(config.output.name + ".log")
+
+
+async def remove_outputs(config: Config) -> None:
+    for path in output_paths(config):
+        await remove_tree(path)
+    # Leftovers of builds that were killed too hard to clean up after themselves.
+    for leftover in config.output.parent.glob(f".mkosi-*.{config.output.name}*"):
+        await remove_tree(leftover)
+
+
+async def remove_caches(config: Config) -> None:
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(
+            config.cache_path, config.distribution, config.release, config.architecture
+        )
+        await remove_tree(pool)
+
+
+def publish(context: Context) -> None:
+    for final, staged in context.staged.items():
+        os.rename(staged, final)
+    context.staged.clear()
+
+
+async def build(config: Config) -> None:
+    check_supported(config)
+    if check := CHECKS.get(config.format):
+        await check(config, structlog.get_logger("mkosi"))
+    if config.output.exists() or config.output.is_symlink():
+        if not config.force:
+            raise MkosiError(f"{config.output} already exists, use -f to replace it")
+        await remove_outputs(config)
+
+    with build_log(config.output.name, log_path(config)) as log:
+        async with workspace(config, log) as path:
+            context = Context(config=config, workspace=path, log=log)
+            try:
+                await run_stages(context, STAGES)
+                publish(context)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for staged in context.staged.values():
+                        await remove_tree(staged)
+        log.info("built", output=str(config.output))

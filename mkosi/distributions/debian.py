@@ -1,0 +1,89 @@
+"""Debian: bootstrapped with mmdebstrap from the configured mirror."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from mkosi import package_cache
+from mkosi.context import Context
+from mkosi.run import run
+from mkosi.tree import DOCUMENTATION
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Enough for an image that boots as a container or a VM with systemd as PID 1.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd")
+# Stable releases get their point-release updates and security fixes when the default mirror is used.
+SUPPORTED_STABLE = {"bookworm", "trixie"}
+ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
+
+
+def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
+    """The Debian mirror and security mirror the host's apt uses, if it uses any."""
+    uris: list[tuple[str, str]] = []  # (uri, suite)
+    for path in sorted(apt_dir.glob("sources.list.d/*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                (m.group(1).lower(), m.group(2).strip())
+                for m in re.finditer(r"^([A-Za-z-]+):(.*)$", stanza, re.MULTILINE)
+            )
+            if "deb" in fields.get("types", "").split():
+                uris += [
+                    (u, s) for u in fields.get("uris", "").split() for s in fields.get("suites", "").split()
+                ]
+    legacy = apt_dir / "sources.list"
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line)
+            if m:
+                uris.append((m.group(1), m.group(2)))
+    mirror = next((u for u, s in uris if "debian" in u and not s.endswith("-security")), None)
+    security = next((u for u, s in uris if "debian" in u and s.endswith("-security")), None)
+    return mirror, security
+
+
+def sources(mirror: str | None, release: str, components: str) -> list[str]:
+    """The apt source lines of the image, first the main archive."""
+    if mirror:
+        return [f"deb {mirror} {release} {components}"]
+    host_mirror, host_security = host_mirrors()
+    main = host_mirror or DEFAULT_MIRROR
+    lines = [f"deb {main} {release} {components}"]
+    if release in SUPPORTED_STABLE:
+        security = host_security or main.removesuffix("/debian") + "/debian-security"
+        lines += [
+            f"deb {main} {release}-updates {components}",
+            f"deb {security} {release}-security {components}",
+        ]
+    return lines
+
+
+def mmdebstrap_command(context: Context) -> list[str]:
+    config = context.config
+    components = ",".join(config.repositories) or "main"
+    command = [
+        "mmdebstrap",
+        # Even as root: a private mount namespace, so an interrupted bootstrap leaves no mounts behind.
+        "--mode=unshare",
+        "--variant=minbase",
+        f"--architectures={ARCHITECTURES[config.architecture]}",
+        f"--include={','.join((*BASE_PACKAGES, *config.packages))}",
+    ]
+    if not config.with_docs:
+        command += [f"--dpkgopt=path-exclude={pattern}" for pattern in DOCUMENTATION]
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(config.cache_path, "debian", config.release, config.architecture)
+        hook = f"{sys.executable} -m mkosi.package_cache"
+        command += [
+            # Keep the packages the bootstrap installs first, so they reach the pool too.
+            "--skip=essential/unlink",
+            "--skip=download/empty",
+            f'--setup-hook={hook} link-in {pool} "$1/var/cache/apt/archives"',
+            f'--customize-hook={hook} link-out "$1/var/cache/apt/archives" {pool}',
+        ]
+    return [*command, config.release, str(context.root), *sources(config.mirror, config.release, components)]
+
+
+async def install(context: Context) -> None:
+    await run(mmdebstrap_command(context), log=context.log)

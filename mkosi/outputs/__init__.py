@@ -1,0 +1,24 @@
+"""Output writers, one module per format; each stages its output for publication."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mkosi.config import Config, OutputFormat
+from mkosi.context import Context
+from mkosi.outputs import directory, subvolume, tar
+
+Writer = Callable[[Context], Awaitable[None]]
+Check = Callable[[Config, Any], Awaitable[None]]
+
+WRITERS: dict[OutputFormat, Writer] = {
+    OutputFormat.directory: directory.write,
+    OutputFormat.subvolume: subvolume.write,
+    OutputFormat.tar: tar.write,
+}
+
+# Checks that must pass before a build of the format starts.
+CHECKS: dict[OutputFormat, Check] = {
+    OutputFormat.subvolume: subvolume.check,
+}

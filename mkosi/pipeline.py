@@ -1,0 +1,86 @@
+"""Stages: named steps of a build that declare what determines their result.
+
+A build is a list of stages run top to bottom. Each stage names the settings and files it depends
+on; chaining their hashes gives every stage a cache key that changes exactly when the stage or one
+before it would produce something different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mkosi.config import Config
+from mkosi.context import Context
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], Awaitable[None]]
+    # Everything that determines the stage's result: setting values, and paths whose content counts.
+    inputs: Callable[[Config], Mapping[str, object]]
+    enabled: Callable[[Config], bool] = _always
+
+
+def hash_tree(paths: Iterable[Path]) -> str:
+    """A digest of the names, modes, link targets and contents of every file under `paths`."""
+    digest = hashlib.sha256()
+    for top in paths:
+        digest.update(os.fsencode(top) + b"\0")
+        if not top.exists():
+            digest.update(b"missing\0")
+            continue
+        files = [top] if not top.is_dir() else sorted(top.rglob("*"))
+        for path in files:
+            st = path.lstat()
+            digest.update(os.fsencode(path.relative_to(top.parent)) + f"\0{st.st_mode}\0".encode())
+            if path.is_symlink():
+                digest.update(os.fsencode(os.readlink(path)))
+            elif path.is_file():
+                with path.open("rb") as f:
+                    digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str]]:
+    """The enabled stages with their chained cache keys."""
+    keys = []
+    previous = ""
+    for stage in stages:
+        if not stage.enabled(config):
+            continue
+        inputs = {k: _encode(v) for k, v in stage.inputs(config).items()}
+        blob = json.dumps([previous, stage.name, inputs], sort_keys=True, default=str)
+        previous = hashlib.sha256(blob.encode()).hexdigest()
+        keys.append((stage, previous))
+    return keys
+
+
+async def run_stages(context: Context, stages: Sequence[Stage]) -> None:
+    for stage in stages:
+        if not stage.enabled(context.config):
+            continue
+        context.log.info(f"{stage.name}: start")
+        start = time.monotonic()
+        await stage.run(context)
+        elapsed = time.monotonic() - start
+        context.stage_seconds[stage.name] = elapsed
+        context.log.info(f"{stage.name}: done", seconds=round(elapsed, 1))

@@ -1,0 +1,71 @@
+"""Stages that adjust the image's tree after the distribution is installed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mkosi.context import Context
+from mkosi.run import run
+
+# Left out of images built without WithDocs=.
+DOCUMENTATION = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/lintian/*")
+
+
+async def install_extra_trees(context: Context) -> None:
+    for tree in context.config.extra_trees:
+        await run(["cp", "-a", "--reflink=auto", f"{tree}/.", context.root], log=context.log)
+
+
+async def hash_password(password: str, context: Context) -> str:
+    # The password goes through standard input: it must never show up in a process list.
+    result = await run(
+        ["openssl", "passwd", "-6", "-stdin"],
+        input=password.encode() + b"\n",
+        capture_stdout=True,
+        log=context.log,
+    )
+    return result.stdout.strip()
+
+
+def set_shadow_password(shadow: Path, user: str, hashed: str) -> None:
+    lines = shadow.read_text().splitlines()
+    pattern = re.compile(rf"^{re.escape(user)}:[^:]*:")
+    for i, line in enumerate(lines):
+        if pattern.match(line):
+            fields = line.split(":")
+            fields[1] = hashed
+            lines[i] = ":".join(fields)
+            break
+    else:
+        raise ValueError(f"{shadow} has no entry for {user}")
+    shadow.write_text("\n".join(lines) + "\n")
+
+
+async def configure_system(context: Context) -> None:
+    config, root = context.config, context.root
+    etc = root / "etc"
+    if config.hostname:
+        (etc / "hostname").write_text(config.hostname + "\n")
+    else:
+        # The bootstrap copies the build host's name; the image should not carry it.
+        (etc / "hostname").unlink(missing_ok=True)
+    if config.password is not None:
+        hashed = await hash_password(config.password, context) if config.password else ""
+        set_shadow_password(etc / "shadow", "root", hashed)
+    # Every machine made from the image gets its own identity on first boot.
+    (etc / "machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.is_file() and not dbus_id.is_symlink():
+        dbus_id.unlink()
+    (root / "var/lib/systemd/random-seed").unlink(missing_ok=True)
+
+
+async def clean_tree(context: Context) -> None:
+    root = context.root
+    # The bootstrap's copy of the build host's resolver configuration.
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    if not context.config.with_docs:
+        leftovers = [p for pattern in DOCUMENTATION for p in root.glob(pattern.lstrip("/"))]
+        if leftovers:
+            await run(["rm", "-rf", "--", *leftovers], log=context.log)

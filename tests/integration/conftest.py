@@ -1,0 +1,66 @@
+"""Integration tests build real images from the real Debian mirror; they need root.
+
+Downloaded packages are kept in a cache directory outside the checkout (see support.CACHE).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors
+from tests.integration.support import mkosi
+
+
+def _mirror_reachable() -> str | None:
+    mirror = host_mirrors()[0] or DEFAULT_MIRROR
+    try:
+        urllib.request.urlopen(f"{mirror}/dists/bookworm/InRelease", timeout=10).close()
+    except OSError as error:
+        return f"the Debian mirror {mirror} is not reachable: {error}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = "integration tests need root" if os.geteuid() != 0 else _mirror_reachable()
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def debian_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project directory as a user would write it: mkosi.default plus mkosi.extra/."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "mkosi.default").write_text(
+        "[Distribution]\n"
+        "Distribution=debian\n"
+        "Release=bookworm\n"
+        "\n"
+        "[Output]\n"
+        "Hostname=mkosi-test\n"
+        "\n"
+        "[Packages]\n"
+        "Packages=less\n"
+    )
+    marker = project / "mkosi.extra/etc/mkosi-test-marker"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("from mkosi.extra\n")
+    return project
+
+
+@pytest.fixture(scope="session")
+def directory_image(debian_project: Path) -> Path:
+    mkosi("-t", "directory", "-o", "directory-image", "-f", "build", cwd=debian_project)
+    return debian_project / "directory-image"
+
+
+@pytest.fixture(scope="session")
+def tar_image(debian_project: Path) -> Path:
+    mkosi("-t", "tar", "--compress=zstd", "-o", "image.tar.zst", "-f", "build", cwd=debian_project)
+    return debian_project / "image.tar.zst"

@@ -1,0 +1,121 @@
+"""Real Debian bookworm images, checked with the tools users would check them with."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.support import CACHE, mkosi
+
+
+def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(tree), *command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_NSPAWN_LOCK": "0"},
+    )
+
+
+def test_directory_image_is_debian_bookworm(directory_image: Path) -> None:
+    os_release = (directory_image / "usr/lib/os-release").read_text()
+    assert "ID=debian" in os_release
+    assert "VERSION_CODENAME=bookworm" in os_release
+
+
+def test_directory_image_has_extra_tree_and_settings(directory_image: Path) -> None:
+    assert (directory_image / "etc/mkosi-test-marker").read_text() == "from mkosi.extra\n"
+    assert (directory_image / "etc/hostname").read_text() == "mkosi-test\n"
+    assert (directory_image / "etc/machine-id").read_text() == ""
+    assert not (directory_image / "etc/resolv.conf").exists()
+
+
+def test_directory_image_has_no_documentation(directory_image: Path) -> None:
+    assert list((directory_image / "usr/share/doc").iterdir()) == []
+
+
+def test_package_from_packages_is_installed(directory_image: Path) -> None:
+    status = subprocess.run(
+        ["dpkg", f"--root={directory_image}", "-s", "less"], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    assert "Status: install ok installed" in status.stdout
+
+
+def test_image_runs_in_nspawn(directory_image: Path) -> None:
+    result = _in_tree(directory_image, "/bin/true")
+    assert result.returncode == 0, result.stderr
+    result = _in_tree(directory_image, "/bin/sh", "-c", "dpkg-query -W -f='${Version}' less")
+    assert result.returncode == 0 and result.stdout, result.stderr
+
+
+def test_build_log_has_subprocess_output(directory_image: Path) -> None:
+    log = (directory_image.parent / "directory-image.log").read_text()
+    assert "mmdebstrap" in log
+    assert "bootstrap: done" in log
+
+
+def test_packages_reach_the_shared_cache(directory_image: Path) -> None:
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    assert any(pool.glob("less_*.deb"))
+
+
+def test_tarball_lists_the_same_files_as_the_directory(directory_image: Path, tar_image: Path) -> None:
+    listing = subprocess.run(
+        ["tar", "--zstd", "-tf", str(tar_image)], capture_output=True, text=True, check=True
+    ).stdout
+    in_tar = {line.removeprefix("./").rstrip("/") for line in listing.splitlines()} - {"", "."}
+    in_directory = {str(p.relative_to(directory_image)) for p in directory_image.rglob("*")}
+    assert in_tar == in_directory
+
+
+def test_existing_output_is_refused_without_force(debian_project: Path, directory_image: Path) -> None:
+    result = mkosi("-t", "directory", "-o", "directory-image", "build", cwd=debian_project, check=False)
+    assert result.returncode != 0
+    assert "already exists" in result.stderr and "-f" in result.stderr
+
+
+def test_missing_package_fails_with_a_clear_error(tmp_path: Path) -> None:
+    result = mkosi(
+        "-d", "debian", "-r", "bookworm", "-p", "no-such-package-mkosi", "build", cwd=tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert "no-such-package-mkosi" in result.stderr
+    assert not (tmp_path / "image").exists()
+    assert not list(tmp_path.glob(".mkosi-*"))
+
+
+def test_subvolume_needs_btrfs(tmp_path: Path) -> None:
+    result = mkosi("-d", "debian", "-t", "subvolume", "build", cwd=tmp_path, check=False)
+    # The check runs before any bootstrap work, so this fails fast.
+    assert result.returncode != 0
+    assert "btrfs" in result.stderr
+    assert not (tmp_path / "image").exists()
+
+
+def test_sigterm_stops_the_build_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mkosi", "-d", "debian", "--workspace=disk", "build"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until the bootstrap is under way (mmdebstrap's temporary tree exists), then stop it.
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".mkosi-workspace.*/root")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - stopped_at < 15
+    assert process.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.log"]
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftovers == ""

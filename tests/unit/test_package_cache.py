@@ -1,0 +1,39 @@
+"""The shared package pool: atomic entry, links where possible, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mkosi import package_cache
+
+
+def test_link_in_and_out_round_trip(tmp_path: Path) -> None:
+    pool, archive = tmp_path / "pool", tmp_path / "archive"
+    archive.mkdir()
+    (archive / "a_1.0_amd64.deb").write_bytes(b"a")
+    (archive / "lock").write_text("")  # apt's own files never enter the pool
+    (archive / "partial").mkdir()
+
+    assert package_cache.link_out(archive, pool) == 1
+    assert sorted(p.name for p in pool.iterdir()) == [".lock", "a_1.0_amd64.deb"]
+    # Same filesystem: a hard link, not a copy.
+    assert os.path.samefile(pool / "a_1.0_amd64.deb", archive / "a_1.0_amd64.deb")
+
+    fresh = tmp_path / "fresh"
+    assert package_cache.link_in(pool, fresh) == 1
+    assert (fresh / "a_1.0_amd64.deb").read_bytes() == b"a"
+    # Nothing new: nothing placed twice, and no temporary files left behind.
+    assert package_cache.link_in(pool, fresh) == 0
+    assert package_cache.link_out(fresh, pool) == 0
+    assert not [p for p in pool.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pool_names_separate_distributions_and_releases(tmp_path: Path) -> None:
+    a = package_cache.pool_for(tmp_path, "debian", "bookworm", "x86-64")
+    b = package_cache.pool_for(tmp_path, "debian", "trixie", "x86-64")
+    assert a != b and a.parent == b.parent == tmp_path
+
+
+def test_command_line_usage_errors(capsys: object) -> None:
+    assert package_cache.main(["bogus"]) == 2

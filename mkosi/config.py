@@ -180,8 +180,8 @@ def _help_text(s: Setting) -> str:
     return text
 
 
-def _build_parser() -> tuple[_Parser, dict[str, bool]]:
-    """The argparse parser, and for each flag whether it takes the next argument as its value."""
+def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
+    """The argparse parser, and the nargs of each flag (None: takes one value)."""
     parser = _Parser(
         prog="mkosi",
         usage="mkosi [options...] [VERB] [ARGS...]",
@@ -193,7 +193,7 @@ def _build_parser() -> tuple[_Parser, dict[str, bool]]:
         allow_abbrev=False,  # abbreviations would make the verb/argument split below ambiguous
         exit_on_error=False,
     )
-    takes_value = {"-h": False, "--help": False}
+    nargs: dict[str, str | int | None] = {"-h": 0, "--help": 0}
     parser.add_argument_group("Commands").add_argument(
         "-h", "--help", action="store_true", default=argparse.SUPPRESS, help="show this help and exit"
     )
@@ -212,17 +212,19 @@ def _build_parser() -> tuple[_Parser, dict[str, bool]]:
             kwargs["metavar"] = s.metavar
         group.add_argument(*flags, help=_help_text(s), **kwargs)
         for flag in flags:
-            takes_value[flag] = s.kind is not Kind.counter and kwargs.get("nargs") is None
+            nargs[flag] = kwargs.get("nargs")
         if s.negation:
             group.add_argument(
                 s.negation, action=_Record, setting=s, fixed="no", nargs=0, default=argparse.SUPPRESS,
                 help=f"same as {s.long}=no",
             )
-            takes_value[s.negation] = False
-    return parser, takes_value
+            nargs[s.negation] = 0
+    return parser, nargs
 
 
-def _split_argv(argv: Sequence[str], takes_value: dict[str, bool]) -> tuple[list[str], list[str], list[str]]:
+def _split_argv(
+    argv: Sequence[str], nargs: dict[str, str | int | None]
+) -> tuple[list[str], list[str], list[str]]:
     """Split argv into (options, [verb, *args], unknown flags).
 
     argparse cannot do this itself: a flag with an optional value (--bootable) would swallow the
@@ -240,19 +242,22 @@ def _split_argv(argv: Sequence[str], takes_value: dict[str, bool]) -> tuple[list
         options.append(token)
         if token.startswith("--"):
             name = token.partition("=")[0]
-            if name not in takes_value:
+            if name not in nargs:
                 unknown.append(name)
-            elif takes_value[name] and "=" not in token and i + 1 < len(argv):
+            elif nargs[name] is None and "=" not in token and i + 1 < len(argv):
                 i += 1
                 options.append(argv[i])
         else:
-            # A cluster of short flags (-fv, -dfedora): the first one taking a value ends it.
+            # A cluster of short flags (-fv, -dfedora, -bno): as with getopt, the rest of the cluster
+            # after a flag taking a value, even an optional one, is that value.
             for j, char in enumerate(token[1:], start=1):
                 flag = "-" + char
-                if flag not in takes_value:
+                if flag not in nargs:
                     unknown.append(flag)
                     break
-                if takes_value[flag]:
+                if nargs[flag] == "?":
+                    break
+                if nargs[flag] is None:
                     if j == len(token) - 1 and i + 1 < len(argv):
                         i += 1
                         options.append(argv[i])
@@ -262,13 +267,13 @@ def _split_argv(argv: Sequence[str], takes_value: dict[str, bool]) -> tuple[list
 
 
 def _parse_command_line(argv: Sequence[str]) -> tuple[Verb, list[_Assignment], list[str]]:
-    parser, takes_value = _build_parser()
-    options, positional, unknown = _split_argv(argv, takes_value)
+    parser, nargs = _build_parser()
+    options, positional, unknown = _split_argv(argv, nargs)
     # Help wins over every other problem on the command line: it is what someone confused asks for.
     if any(o in ("-h", "--help") for o in options) or positional[:1] == ["help"]:
         return Verb.help, [], []
     if unknown:
-        raise ConfigError("unknown option" + _suggest(unknown[0], takes_value), setting=unknown[0])
+        raise ConfigError("unknown option" + _suggest(unknown[0], nargs), setting=unknown[0])
     try:
         namespace = parser.parse_args(options)
     except argparse.ArgumentError as e:
@@ -369,12 +374,12 @@ def _locate(cli: list[_Assignment]) -> tuple[Path, _Where, Path | None, _Where]:
         else:
             default, default_where = path, a.where
     if not _is_dir(directory):
-        raise dir_where.error(f"{directory} is not a directory")
+        raise dir_where.error(f"no such directory: {directory}")
     if default is not None:
         default = _absolute(directory, default)
         # A regular file only: --default /dev/zero must not read forever.
-        if not _is_file(default):
-            raise default_where.error(f"{default} does not exist or is not a regular file")
+        if problem := _problem(default, "file", directory):
+            raise default_where.error(problem)
         return directory, dir_where, default, default_where
     candidate = directory / "mkosi.default"
     if _is_file(candidate):
@@ -488,19 +493,32 @@ def _resolve(directory: Path, default: Path | None, assignments: list[_Assignmen
 # ---- validation ----
 
 
-def _private(path: Path) -> str | None:
-    """Why a secret file is unusable, or None."""
+def _problem(path: Path, want: str, directory: Path) -> str | None:
+    """Why path is not what a setting needs ("dir", "file", "executable" or "private"), or None."""
     st = _stat(path)
-    if st is None or not stat.S_ISREG(st.st_mode):
-        return f"{path} does not exist or is not a regular file"
-    if st.st_mode & 0o077:
-        return f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}), chmod 600 it"
+    shown = _display(path, directory)
+    if st is None:
+        return f"no such {'directory' if want == 'dir' else 'file'}: {shown}"
+    if want == "dir":
+        return None if stat.S_ISDIR(st.st_mode) else f"not a directory: {shown}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file: {shown}"
+    if want == "executable" and not os.access(path, os.X_OK):
+        return f"not executable: {shown} (chmod +x it)"
+    # Secrets readable by other users would leak through the image builder's files.
+    if want == "private" and st.st_mode & 0o077:
+        return f"accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}): {shown} (chmod 600 it)"
     return None
 
 
 def _validate(c: Config, r: _Resolver) -> None:
     def fail(dest: str, problem: str) -> NoReturn:
         raise r.where.get(dest, _Where(setting=PRIMARY[dest].name)).error(problem)
+
+    def check(dest: str, want: str) -> None:
+        path = getattr(c, dest)
+        if path is not None and (problem := _problem(path, want, c.directory)):
+            fail(dest, problem)
 
     try:
         check_release(c.distribution, c.release)
@@ -522,38 +540,26 @@ def _validate(c: Config, r: _Resolver) -> None:
     if c.secure_boot:
         if not c.bootable:
             fail("secure_boot", "needs Bootable=yes")
-        if c.secure_boot_key is None:
-            fail("secure_boot", "needs a key: set SecureBootKey= or add mkosi.secure-boot.key")
-        if c.secure_boot_certificate is None:
-            fail(
-                "secure_boot", "needs a certificate: set SecureBootCertificate= or add mkosi.secure-boot.crt"
-            )
-        if problem := _private(c.secure_boot_key):
-            fail("secure_boot_key", problem)
-        if not _is_file(certificate := c.secure_boot_certificate):
-            fail("secure_boot_certificate", f"{certificate} does not exist or is not a regular file")
+        for dest in ("secure_boot_key", "secure_boot_certificate"):
+            if getattr(c, dest) is None:
+                fail("secure_boot", f"needs {PRIMARY[dest].key}= or a {PRIMARY[dest].discover} file")
+        check("secure_boot_key", "private")
+        check("secure_boot_certificate", "file")
     if c.encrypt is not None:
         if c.passphrase is None:
             fail("encrypt", "needs a passphrase file: add mkosi.passphrase to the project directory")
-        if problem := _private(c.passphrase):
-            fail("passphrase", problem)
+        check("passphrase", "private")
 
-    for dest in ("build_script", "postinst_script"):
-        script = getattr(c, dest)
-        if script is not None:
-            if not _is_file(script):
-                fail(dest, f"{script} does not exist or is not a regular file")
-            if not os.access(script, os.X_OK):
-                fail(dest, f"{script} is not executable, chmod +x it")
-    if c.nspawn_settings is not None and not _is_file(c.nspawn_settings):
-        fail("nspawn_settings", f"{c.nspawn_settings} does not exist or is not a regular file")
-    if c.cache_path is not None and _stat(c.cache_path) is not None and not _is_dir(c.cache_path):
-        fail("cache_path", f"{c.cache_path} is not a directory")
-    if not _is_dir(c.build_sources):
-        fail("build_sources", f"{c.build_sources} is not a directory")
-    for tree, where in zip(c.extra_trees, r.item_where.get("extra_trees", []), strict=False):
-        if not _is_dir(tree):
-            raise where.error(f"extra tree {tree} does not exist or is not a directory")
+    check("build_script", "executable")
+    check("postinst_script", "executable")
+    check("nspawn_settings", "file")
+    check("build_sources", "dir")
+    # The build creates a missing cache directory; only something else in its way is an error.
+    if c.cache_path is not None and _stat(c.cache_path) is not None:
+        check("cache_path", "dir")
+    for tree, where in zip(c.extra_trees, r.item_where.get("extra_trees", []), strict=True):
+        if problem := _problem(tree, "dir", c.directory):
+            raise where.error(problem)
 
 
 # ---- entry points ----
@@ -563,23 +569,34 @@ def _config(r: _Resolver) -> Config:
     return Config(**{f.name: r.values[f.name] for f in fields(Config)})
 
 
+def _printable(text: str | None) -> Any:
+    if text is None:
+        return None
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
     """Parse `mkosi [options] [VERB] [ARGS...]` and the configuration files it points at.
 
     For -h/--help and the help verb the Config holds the defaults alone, so that help works even
     when the configuration is broken; the caller prints format_help().
     """
-    verb, cli, args = _parse_command_line(argv)
-    if verb is Verb.help:
-        return verb, _config(_resolve(Path.cwd(), None, [])), []
-    directory, _, default, _ = _locate(cli)
-    files = _config_files(directory, default)
-    assignments = [a for path in files for a in _file_assignments(path, directory)]
-    assignments += [a for a in cli if a.setting.dest not in ("directory", "default_path")]
-    resolver = _resolve(directory, default, assignments)
-    config = _config(resolver)
-    _validate(config, resolver)
-    return verb, config, args
+    try:
+        verb, cli, args = _parse_command_line(argv)
+        if verb is Verb.help:
+            return verb, _config(_resolve(Path.cwd(), None, [])), []
+        directory, _, default, _ = _locate(cli)
+        files = _config_files(directory, default)
+        assignments = [a for path in files for a in _file_assignments(path, directory)]
+        assignments += [a for a in cli if a.setting.dest not in ("directory", "default_path")]
+        resolver = _resolve(directory, default, assignments)
+        config = _config(resolver)
+        _validate(config, resolver)
+        return verb, config, args
+    except ConfigError as e:
+        # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
+        origin, setting = _printable(e.origin), _printable(e.setting)
+        raise ConfigError(_printable(e.problem), origin=origin, setting=setting) from None
 
 
 def format_help() -> str:

@@ -1,0 +1,796 @@
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mkosi import settings
+from mkosi.config import (
+    Compression,
+    Config,
+    Encrypt,
+    GitFiles,
+    LogFormat,
+    OutputFormat,
+    Verb,
+    WorkspaceMode,
+    format_help,
+    format_summary,
+    parse_args,
+)
+from mkosi.distributions import Distribution
+from mkosi.errors import ConfigError
+from mkosi.settings import BY_KEY, SETTINGS
+
+# The example from the 2016/2017 mkosi README (the configuration the announcement showed),
+# verbatim: old mkosi.default files like this one must keep working unchanged.
+EXAMPLE_2017 = """\
+[Distribution]
+Distribution=fedora
+Release=24
+
+[Output]
+Format=raw_btrfs
+Bootable=yes
+
+[Packages]
+Packages=openssh-clients httpd
+BuildPackages=make gcc libcurl-devel
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(settings, "detect_host", lambda: (Distribution.debian, "bookworm"))
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    return tmp_path
+
+
+def write(path: Path, text: str = "", mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def load(*argv: str) -> Config:
+    return parse_args(list(argv))[1]
+
+
+def error(*argv: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_args(list(argv))
+    assert e.value.exit_status == 2
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# ---- every setting, via mkosi.default and via its flag ----
+
+P = Callable[[Path], Any]
+
+# (section, key): (INI value, equivalent command line, expected value or a function of the project
+# directory computing it, other configuration the setting needs to be valid)
+CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
+    ("Distribution", "Distribution"): ("fedora", ["-d", "fedora"], Distribution.fedora, ""),
+    ("Distribution", "Release"): ("trixie", ["--release=trixie"], "trixie", ""),
+    ("Distribution", "Mirror"): ("http://m.example/debian", ["-m", "http://m.example/debian"],
+                                 "http://m.example/debian", ""),
+    ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"],
+                                       ("main", "contrib"), ""),
+    ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
+    ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
+    ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
+    ("Output", "Force"): ("2", ["-f", "--force"], 2, ""),
+    ("Output", "Bootable"): ("yes", ["--bootable"], True, ""),
+    ("Output", "SecureBoot"): ("yes", ["--secure-boot"], True,
+                               "[Output]\nBootable=yes\nSecureBootKey=sb.key\nSecureBootCertificate=sb.crt\n"),
+    ("Output", "SecureBootKey"): ("sb.key", ["--secure-boot-key=sb.key"], lambda p: p / "sb.key", ""),
+    ("Output", "SecureBootCertificate"): ("sb.crt", ["--secure-boot-certificate", "sb.crt"],
+                                          lambda p: p / "sb.crt", ""),
+    ("Output", "ReadOnly"): ("yes", ["--read-only"], True, ""),
+    ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, ""),
+    ("Output", "Verity"): ("yes", ["--verity=yes"], True, ""),
+    ("Output", "Compress"): ("xz", ["--compress=xz"], Compression.xz, ""),
+    ("Output", "XZ"): ("yes", ["--xz"], Compression.xz, ""),
+    ("Output", "Incremental"): ("yes", ["-i"], True, ""),
+    ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
+    ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
+    ("Output", "Workspace"): ("disk", ["--workspace=disk"], WorkspaceMode.disk, ""),
+    ("Packages", "Packages"): ("git, vim", ["-p", "git,vim"], ("git", "vim"), ""),
+    ("Packages", "WithDocs"): ("yes", ["--with-docs"], True, ""),
+    ("Packages", "WithTests"): ("no", ["--without-tests"], False, ""),
+    ("Packages", "Cache"): ("cache", ["--cache=cache"], lambda p: p / "cache", ""),
+    ("Packages", "ExtraTrees"): ("tree", ["--extra-tree=tree"], lambda p: (p / "tree",), ""),
+    ("Packages", "BuildScript"): ("build.sh", ["--build-script=build.sh"], lambda p: p / "build.sh", ""),
+    ("Packages", "BuildSources"): ("src", ["--build-sources=src"], lambda p: p / "src", ""),
+    ("Packages", "BuildPackages"): ("gcc make", ["--build-package=gcc,make"], ("gcc", "make"), ""),
+    ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"],
+                                             lambda p: p / "post.sh", ""),
+    ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
+    ("Packages", "GitFiles"): ("cached", ["--git-files=cached"], GitFiles.cached, ""),
+    ("Packages", "WithNetwork"): ("yes", ["--with-network"], True, ""),
+    ("Packages", "NSpawnSettings"): ("x.nspawn", ["--settings=x.nspawn"], lambda p: p / "x.nspawn", ""),
+    ("Partitions", "RootSize"): ("2G", ["--root-size=2G"], 2 * 1024**3, ""),
+    ("Partitions", "ESPSize"): ("256M", ["--esp-size=256M"], 256 * 1024**2, ""),
+    ("Partitions", "SwapSize"): ("1024K", ["--swap-size=1024K"], 1024**2, ""),
+    ("Partitions", "HomeSize"): ("512", ["--home-size=512"], 512, ""),
+    ("Partitions", "SrvSize"): ("1T", ["--srv-size=1T"], 1024**4, ""),
+    ("Validation", "CheckSum"): ("yes", ["--checksum"], True, ""),
+    ("Validation", "Sign"): ("yes", ["--sign"], True, ""),
+    ("Validation", "Key"): ("0xABCDEF", ["--key=0xABCDEF"], "0xABCDEF", ""),
+    ("Validation", "Password"): ("hunter2", ["--password=hunter2"], "hunter2", ""),
+}
+
+
+def support_files(project: Path) -> None:
+    """The files the CASES point at."""
+    write(project / "sb.key", "key", 0o600)
+    write(project / "sb.crt", "crt")
+    write(project / "mkosi.passphrase", "secret", 0o600)
+    write(project / "build.sh", "#!/bin/sh\n", 0o755)
+    write(project / "post.sh", "#!/bin/sh\n", 0o755)
+    write(project / "x.nspawn", "[Exec]\n")
+    for name in ("tree", "cache", "src"):
+        (project / name).mkdir()
+
+
+def test_cases_cover_every_key() -> None:
+    assert set(CASES) == set(BY_KEY)
+
+
+def _expected(value: Any, project: Path) -> Any:
+    return value(project) if callable(value) else value
+
+
+@pytest.mark.parametrize("section_key", list(CASES), ids="{0[0]}.{0[1]}".format)
+def test_setting_via_ini(project: Path, section_key: tuple[str, str]) -> None:
+    section, key = section_key
+    value, _, expected, extra = CASES[section_key]
+    support_files(project)
+    default = getattr(load(), BY_KEY[section_key].dest)
+    write(project / "mkosi.default", f"{extra}[{section}]\n{key}={value}\n")
+    config = load()
+    assert getattr(config, BY_KEY[section_key].dest) == _expected(expected, project)
+    assert default != _expected(expected, project), "the case must differ from the default to prove anything"
+
+
+@pytest.mark.parametrize("section_key", list(CASES), ids="{0[0]}.{0[1]}".format)
+def test_setting_via_flag(project: Path, section_key: tuple[str, str]) -> None:
+    _, argv, expected, extra = CASES[section_key]
+    support_files(project)
+    if extra:
+        write(project / "mkosi.default", extra)
+    config = load(*argv)
+    assert getattr(config, BY_KEY[section_key].dest) == _expected(expected, project)
+
+
+def test_command_line_only_settings(project: Path) -> None:
+    sub = project / "sub"
+    write(sub / "other.conf", "[Output]\nFormat=tar\n")
+    config = load("-C", "sub", "--default", "other.conf", "-vv", "--verbose", "--log-format=json")
+    assert config.directory == sub
+    assert config.default_path == sub / "other.conf"
+    assert config.format is OutputFormat.tar
+    assert config.verbose == 3
+    assert config.log_format is LogFormat.json
+    assert load("--directory=sub").directory == sub
+
+
+def test_short_flags(project: Path) -> None:
+    config = load("-d", "ubuntu", "-r", "jammy", "-m", "http://m", "-t", "raw_squashfs", "-o", "o.raw",
+                  "-f", "-b", "-i", "-p", "a", "-v")
+    assert (config.distribution, config.release, config.mirror) == (Distribution.ubuntu, "jammy", "http://m")
+    assert (config.format, config.output, config.force) == (OutputFormat.raw_squashfs, project / "o.raw", 1)
+    assert (config.bootable, config.incremental, config.packages, config.verbose) == (True, True, ("a",), 1)
+
+
+def test_short_flag_clusters_and_attached_values(project: Path) -> None:
+    config = load("-fvv", "-dfedora", "-oout.raw", "-fi")
+    assert (config.force, config.verbose, config.distribution) == (2, 2, Distribution.fedora)
+    assert config.output == project / "out.raw"
+    assert config.incremental is True
+    # As with getopt, the rest of the cluster is the optional value of a boolean flag.
+    assert error("-ib") == "-i: invalid boolean 'b' (use yes/no, true/false, 1/0, on/off)"
+    assert load("-vbno", "summary").bootable is False
+
+
+# ---- files ----
+
+
+def test_2017_example(project: Path) -> None:
+    write(project / "mkosi.default", EXAMPLE_2017)
+    write(project / "mkosi.build", "#!/bin/sh\nmake\n", 0o755)
+    verb, config, args = parse_args([])
+    assert (verb, args) == (Verb.build, [])
+    assert config.distribution is Distribution.fedora
+    assert config.release == "24"
+    assert config.format is OutputFormat.raw_btrfs
+    assert config.bootable is True
+    assert config.packages == ("openssh-clients", "httpd")
+    assert config.build_packages == ("make", "gcc", "libcurl-devel")
+    assert config.build_script == project / "mkosi.build"
+    assert config.output == project / "image.raw"
+    assert config.default_path == project / "mkosi.default"
+
+
+def test_commented_multi_line_file(project: Path) -> None:
+    write(project / "mkosi.default", """\
+# Built by CI; see the README.
+[Distribution]
+Distribution=debian
+Release=trixie
+
+[Output]
+Format=raw_squashfs
+KernelCommandLine=quiet
+    console=ttyS0
+
+[Packages]
+; one package a line, comments allowed in between
+Packages=
+        openssh-server
+        # the editor
+        vim
+
+[Partitions]
+RootSize = 1G
+""")
+    config = load()
+    assert (config.distribution, config.release) == (Distribution.debian, "trixie")
+    assert config.kernel_command_line == ("quiet", "console=ttyS0")
+    assert config.packages == ("openssh-server", "vim")
+    assert config.root_size == 1024**3
+    assert config.read_only  # implied by squashfs
+
+
+def test_dropins_are_read_in_sorted_order_and_lists_accumulate(project: Path) -> None:
+    write(project / "mkosi.default", "[Distribution]\nRelease=bookworm\n[Packages]\nPackages=a\n")
+    write(project / "mkosi.default.d/20-late.conf", "[Distribution]\nRelease=sid\n[Packages]\nPackages=c\n")
+    write(project / "mkosi.default.d/10-early.conf", "[Distribution]\nRelease=trixie\n[Packages]\nPackages=b")
+    write(project / "mkosi.default.d/30-ignored.txt", "garbage")
+    (project / "mkosi.default.d/40-dir.conf").mkdir()
+    config = load("-p", "d", "--package=e,f")
+    assert config.release == "sid"
+    assert config.packages == ("a", "b", "c", "d", "e", "f")
+
+
+def test_dropins_without_mkosi_default(project: Path) -> None:
+    write(project / "mkosi.default.d/a.conf", "[Output]\nFormat=tar\n")
+    config = load()
+    assert config.format is OutputFormat.tar
+    assert config.default_path is None
+
+
+def test_command_line_wins_for_scalars(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=raw_btrfs\nForce=1\nHostname=file\nBootable=yes\n")
+    config = load("-t", "raw_gpt", "-ff", "--hostname", "cli", "--bootable=no")
+    assert (config.format, config.force, config.hostname, config.bootable) == (
+        OutputFormat.raw_gpt, 2, "cli", False,
+    )
+    assert load().force == 1
+
+
+def test_empty_value_resets_a_scalar(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nHostname=file\nFormat=tar\n")
+    write(project / "mkosi.default.d/a.conf", "[Output]\nFormat=\n")
+    config = load("--hostname=")
+    assert config.hostname is None
+    assert config.format is OutputFormat.raw_gpt
+
+
+def test_last_of_compress_and_xz_wins(project: Path) -> None:
+    assert load("--xz", "--compress").compress is Compression.zstd
+    assert load("--compress", "--xz").compress is Compression.xz
+    assert load("--compress=no").compress is Compression.none
+    write(project / "mkosi.default", "[Output]\nCompress=yes\nXZ=yes\n")
+    assert load().compress is Compression.xz
+
+
+def test_relative_paths_resolve_against_the_project_directory(project: Path) -> None:
+    sub = project / "sub"
+    write(sub / "mkosi.default", "[Output]\nOutput=../elsewhere/img.raw\n[Packages]\nBuildSources=src\n")
+    (sub / "src").mkdir()
+    config = load("-C", "sub")
+    assert config.output == project / "elsewhere/img.raw"
+    assert config.build_sources == sub / "src"
+    assert load("-C", "sub", "-o", "o.raw").output == sub / "o.raw"
+    assert load("-C", str(sub), "--cache", "/abs/cache").cache_path == Path("/abs/cache")
+
+
+def test_default_file_replaces_mkosi_default(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=tar\n")
+    write(project / "ci.conf", "[Output]\nHostname=ci\n")
+    write(project / "mkosi.default.d/a.conf", "[Output]\nBootable=yes\n")
+    config = load("--default", "ci.conf")
+    assert (config.format, config.hostname, config.bootable) == (OutputFormat.raw_gpt, "ci", True)
+
+
+# ---- discovery ----
+
+
+def test_discovered_files(project: Path) -> None:
+    write(project / "mkosi.build", "#!/bin/sh\n", 0o755)
+    write(project / "mkosi.postinst", "#!/bin/sh\n", 0o755)
+    write(project / "mkosi.nspawn", "[Exec]\n")
+    write(project / "mkosi.passphrase", "secret", 0o600)
+    write(project / "mkosi.secure-boot.key", "k", 0o600)
+    write(project / "mkosi.secure-boot.crt", "c")
+    (project / "mkosi.extra").mkdir()
+    (project / "mkosi.cache").mkdir()
+    config = load("--bootable", "--secure-boot", "--encrypt=all")
+    assert config.build_script == project / "mkosi.build"
+    assert config.postinst_script == project / "mkosi.postinst"
+    assert config.nspawn_settings == project / "mkosi.nspawn"
+    assert config.passphrase == project / "mkosi.passphrase"
+    assert config.secure_boot_key == project / "mkosi.secure-boot.key"
+    assert config.secure_boot_certificate == project / "mkosi.secure-boot.crt"
+    assert config.extra_trees == (project / "mkosi.extra",)
+    assert config.cache_path == project / "mkosi.cache"
+
+
+def test_nothing_discovered_in_an_empty_directory(project: Path) -> None:
+    config = load()
+    for dest in ("build_script", "postinst_script", "nspawn_settings", "passphrase", "secure_boot_key",
+                 "secure_boot_certificate", "cache_path", "default_path"):
+        assert getattr(config, dest) is None, dest
+    assert config.extra_trees == ()
+
+
+def test_explicit_settings_override_discovery(project: Path) -> None:
+    write(project / "mkosi.build", "#!/bin/sh\n", 0o755)
+    write(project / "other.sh", "#!/bin/sh\n", 0o755)
+    (project / "mkosi.extra").mkdir()
+    (project / "tree").mkdir()
+    (project / "mkosi.cache").mkdir()
+    write(project / "mkosi.default", "[Packages]\nBuildScript=other.sh\nExtraTrees=tree\n")
+    config = load("--cache=/var/cache/x")
+    assert config.build_script == project / "other.sh"
+    assert config.extra_trees == (project / "tree", project / "mkosi.extra")
+    assert config.cache_path == Path("/var/cache/x")
+
+
+def test_directories_are_only_discovered_as_directories(project: Path) -> None:
+    write(project / "mkosi.cache")
+    write(project / "mkosi.extra")
+    config = load()
+    assert config.cache_path is None
+    assert config.extra_trees == ()
+
+
+# ---- defaults ----
+
+
+def test_defaults(project: Path) -> None:
+    config = load()
+    assert config.directory == project
+    assert (config.distribution, config.release) == (Distribution.debian, "bookworm")
+    assert config.architecture == "x86-64"
+    assert config.format is OutputFormat.raw_gpt
+    assert config.output == project / "image.raw"
+    assert config.compress is Compression.none
+    assert config.workspace is WorkspaceMode.auto
+    assert config.with_tests and not config.with_docs and not config.bootable
+    assert config.build_sources == project
+    assert config.use_git_files is False
+    assert config.git_files is GitFiles.others
+    assert (config.force, config.verbose, config.log_format) == (0, 0, LogFormat.auto)
+
+
+@pytest.mark.parametrize(
+    ("host", "argv", "release"),
+    [
+        ((Distribution.debian, "trixie"), [], "trixie"),
+        ((Distribution.debian, None), [], "bookworm"),
+        ((Distribution.debian, "hamm"), [], "bookworm"),  # unknown to us: fall back, do not refuse
+        ((Distribution.debian, "trixie"), ["-d", "debian"], "bookworm"),  # not from the host
+        ((Distribution.debian, "trixie"), ["-d", "ubuntu"], "noble"),
+        ((Distribution.fedora, "40"), [], "40"),
+        ((Distribution.fedora, "40"), ["-d", "arch"], "rolling"),
+    ],
+)
+def test_release_default(
+    project: Path, monkeypatch: pytest.MonkeyPatch, host: tuple[Distribution, str | None], argv: list[str],
+    release: str,
+) -> None:
+    monkeypatch.setattr(settings, "detect_host", lambda: host)
+    assert load(*argv).release == release
+
+
+def test_architecture_default(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert load().architecture == "arm64"
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    assert error() == "Architecture (default): unsupported architecture 'riscv64' (choose from x86-64, arm64)"
+    assert load("--architecture=x86-64").architecture == "x86-64"
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        ([], "image.raw"),
+        (["-t", "raw_btrfs", "--compress"], "image.raw.zst"),
+        (["-t", "raw_squashfs", "--xz"], "image.raw.xz"),
+        (["-t", "tar"], "image.tar"),
+        (["-t", "tar", "--compress=xz"], "image.tar.xz"),
+        (["-t", "tar", "--compress=zstd"], "image.tar.zst"),
+        (["-t", "directory"], "image"),
+        (["-t", "subvolume"], "image"),
+    ],
+)
+def test_output_default(project: Path, argv: list[str], name: str) -> None:
+    assert load(*argv).output == project / name
+
+
+def test_read_only_implied_by_squashfs_and_verity(project: Path) -> None:
+    assert load("-t", "raw_squashfs").read_only
+    assert load("--verity").read_only
+    assert not load("-t", "raw_squashfs", "--read-only=no").read_only
+    assert not load().read_only
+
+
+def test_sign_implies_checksum(project: Path) -> None:
+    assert load("--sign").checksum
+    assert load("--sign", "--checksum=no").checksum
+
+
+def test_use_git_files_default_follows_build_sources(project: Path) -> None:
+    (project / ".git").mkdir()
+    (project / "plain").mkdir()
+    assert load().use_git_files is True
+    assert load("--build-sources=plain").use_git_files is False
+    assert load("--use-git-files=no").use_git_files is False
+
+
+# ---- verbs and arguments ----
+
+
+@pytest.mark.parametrize(
+    ("argv", "verb", "args"),
+    [
+        ([], Verb.build, []),
+        (["build"], Verb.build, []),
+        (["summary"], Verb.summary, []),
+        (["clean"], Verb.clean, []),
+        (["-f", "clean"], Verb.clean, []),
+        (["build", "--foo", "-x", "bar"], Verb.build, ["--foo", "-x", "bar"]),
+        (["--bootable", "build", "x"], Verb.build, ["x"]),
+        (["-b", "summary"], Verb.summary, []),
+        (["--", "build", "-x"], Verb.build, ["-x"]),
+    ],
+)
+def test_verbs(project: Path, argv: list[str], verb: Verb, args: list[str]) -> None:
+    assert parse_args(argv)[0::2] == (verb, args)
+
+
+@pytest.mark.parametrize("argv", [["help"], ["-h"], ["--help"], ["-vh"], ["-d", "x", "--help", "--bogus"]])
+def test_help(project: Path, argv: list[str]) -> None:
+    write(project / "mkosi.default", "broken")  # help must work when the configuration does not
+    verb, config, args = parse_args(argv)
+    assert (verb, args) == (Verb.help, [])
+    assert isinstance(config, Config)
+
+
+def test_bare_boolean_before_verb_does_not_swallow_it(project: Path) -> None:
+    verb, config, _ = parse_args(["--with-docs", "summary"])
+    assert verb is Verb.summary and config.with_docs
+
+
+def test_format_help_lists_every_flag_and_key() -> None:
+    text = format_help()
+    assert text.startswith("usage: mkosi [options...] [VERB] [ARGS...]")
+    for s in SETTINGS:
+        for flag in (s.long, s.short, s.negation):
+            assert flag is None or flag in text, flag
+        assert s.key is None or f"{s.key}=" in text, s.key
+    for verb in Verb:
+        assert verb.value in text
+
+
+# ---- summary ----
+
+
+def test_summary(project: Path) -> None:
+    extra = "[Partitions]\nRootSize=2G\n[Validation]\nPassword=hunter2\n"
+    write(project / "mkosi.default", EXAMPLE_2017 + extra)
+    text = format_summary(load())
+    assert "Distribution:\n  Distribution: fedora\n  Release:      24\n" in text
+    lines = [line.split(":", 1) for line in text.splitlines() if line.startswith("  ")]
+    values = {key.strip(): value.strip() for key, value in lines}
+    assert values["Format"] == "raw_btrfs"
+    assert values["Bootable"] == "yes"
+    assert values["Packages"] == "openssh-clients httpd"
+    assert values["RootSize"] == "2G"
+    assert values["Output"] == str(project / "image.raw")
+    assert values["Password"] == "(set)"
+    assert values["Hostname"] == "(none)"
+    assert "hunter2" not in text
+    assert "XZ" not in values  # a spelling of Compress=, not a setting of its own
+    for section in ("Distribution", "Output", "Packages", "Partitions", "Validation", "Project"):
+        assert f"\n{section}:\n" in f"\n{text}"
+    assert format_summary(load("--password=")).count("(none)") > 0
+
+
+def test_summary_without_password(project: Path) -> None:
+    assert "  Password: (none)" in format_summary(load())
+
+
+# ---- errors ----
+
+
+def test_malformed_line(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=tar\nbogus line\n")
+    assert error() == "mkosi.default:3: expected [Section], Key=Value or a comment, got 'bogus line'"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[Ouptut]\n", "mkosi.default:1: unknown section [Ouptut], did you mean [Output]?"),
+        ("[Nonsense]\nA=b\n", "mkosi.default:1: unknown section [Nonsense]"),
+        ("[Output]\nFromat=tar\n", "mkosi.default:2: [Output] Fromat: unknown key, did you mean Format?"),
+        ("[Output]\nbootable=yes\n",
+         "mkosi.default:2: [Output] bootable: unknown key, did you mean Bootable?"),
+        ("[Packages]\nHostname=x\n",
+         "mkosi.default:2: [Packages] Hostname: unknown key, it belongs in [Output]"),
+        ("[Output]\nZzzzzz=1\n", "mkosi.default:2: [Output] Zzzzzz: unknown key"),
+    ],
+)
+def test_unknown_sections_and_keys(project: Path, text: str, message: str) -> None:
+    write(project / "mkosi.default", text)
+    assert error() == message
+
+
+def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\n\nFormat=raw_xfs\n")
+    assert error() == (
+        "mkosi.default:3: [Output] Format: invalid value 'raw_xfs' "
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar)"
+    )
+    write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
+    assert error() == (
+        "mkosi.default:2: [Output] Bootable: invalid boolean 'maybe' (use yes/no, true/false, 1/0, on/off)"
+    )
+
+
+def test_bad_value_in_dropin(project: Path) -> None:
+    write(project / "mkosi.default.d/10-size.conf", "[Partitions]\nRootSize=1000\n")
+    assert error() == (
+        "mkosi.default.d/10-size.conf:2: [Partitions] RootSize: "
+        "invalid size '1000': must be a multiple of 512 bytes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--root-size=1000"], "--root-size: invalid size '1000': must be a multiple of 512 bytes"),
+        (["--esp-size", "0"], "--esp-size: invalid size '0': must be positive"),
+        (["--swap-size=1.5G"],
+         "--swap-size: invalid size '1.5G' (use bytes or a number with K, M, G or T suffix)"),
+        (["-d", "gentoo"], "-d: invalid value 'gentoo' (choose from debian, ubuntu, fedora, arch, opensuse)"),
+        (["-r", "hamm"],
+         "-r: debian has no release 'hamm' (known: bookworm, forky, sid, testing, trixie, unstable)"),
+        (["--hostname=a_b"],
+         "--hostname: invalid hostname 'a_b' (letters, digits and inner hyphens, dot-separated, at most 64)"),
+        (["--encrypt=some"], "--encrypt: invalid value 'some' (choose from all, data)"),
+        (["--workspace=ram"], "--workspace: invalid value 'ram' (choose from auto, tmpfs, disk)"),
+        (["--bootable=maybe"], "--bootable: invalid boolean 'maybe' (use yes/no, true/false, 1/0, on/off)"),
+    ],
+)
+def test_bad_values_on_the_command_line(project: Path, argv: list[str], message: str) -> None:
+    assert error(*argv) == message
+
+
+def test_unknown_release_in_file(project: Path) -> None:
+    write(project / "mkosi.default", "[Distribution]\nDistribution=ubuntu\nRelease=hamm\n")
+    assert error() == (
+        "mkosi.default:3: [Distribution] Release: "
+        "ubuntu has no release 'hamm' (known: jammy, noble, plucky, questing)"
+    )
+
+
+def test_scripts(project: Path) -> None:
+    write(project / "mkosi.default", "[Packages]\nBuildScript=build.sh\n")
+    assert error() == "mkosi.default:2: [Packages] BuildScript: no such file: build.sh"
+    write(project / "build.sh", "#!/bin/sh\n", 0o644)
+    assert error() == "mkosi.default:2: [Packages] BuildScript: not executable: build.sh (chmod +x it)"
+    (project / "mkosi.default").unlink()
+    write(project / "mkosi.build", "#!/bin/sh\n", 0o644)
+    assert error() == "mkosi.build: not executable: mkosi.build (chmod +x it)"
+    (project / "mkosi.build").chmod(0o755)
+    (project / "mkosi.postinst").mkdir()
+    assert error() == "mkosi.postinst: not a regular file: mkosi.postinst"
+    message = "--postinst-script: no such file: /nonexistent/post"
+    assert error("--postinst-script=/nonexistent/post") == message
+
+
+def test_extra_tree_errors_name_the_line_that_added_them(project: Path) -> None:
+    (project / "tree").mkdir()
+    write(project / "mkosi.default", "[Packages]\nExtraTrees=tree\nExtraTrees=tree nope\n")
+    assert error() == "mkosi.default:3: [Packages] ExtraTrees: no such directory: nope"
+    (project / "mkosi.default").unlink()
+    assert error("--extra-tree=tree", "--extra-tree", "missing") == "--extra-tree: no such directory: missing"
+
+
+def test_extra_tree_that_is_a_file(project: Path) -> None:
+    write(project / "afile")
+    assert error("--extra-tree=afile") == "--extra-tree: not a directory: afile"
+
+
+def test_cache_path(project: Path) -> None:
+    write(project / "cachefile")
+    assert error("--cache=cachefile") == "--cache: not a directory: cachefile"
+    assert load("--cache=not-yet").cache_path == project / "not-yet"  # the build creates it
+
+
+def test_nspawn_settings_missing(project: Path) -> None:
+    assert error("--settings=x.nspawn") == "--settings: no such file: x.nspawn"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-t", "directory", "--verity"], "--verity: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (["-t", "tar", "-b"], "-b: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (["-t", "subvolume", "--encrypt=all"], "--encrypt: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not subvolume"),
+        (["-t", "tar", "--read-only"], "--read-only: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (["-t", "tar", "--home-size=1G"], "--home-size: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (["-t", "directory", "--compress"], "--compress: cannot compress a directory output"),
+        (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
+        (["--encrypt=all"],
+         "--encrypt: needs a passphrase file: add mkosi.passphrase to the project directory"),
+        (["--secure-boot"], "--secure-boot: needs Bootable=yes"),
+        (["--secure-boot", "-b"], "--secure-boot: needs SecureBootKey= or a mkosi.secure-boot.key file"),
+        (["--secure-boot", "-b", "--secure-boot-key=k"],
+         "--secure-boot: needs SecureBootCertificate= or a mkosi.secure-boot.crt file"),
+        (["--secure-boot", "-b", "--secure-boot-key=k", "--secure-boot-certificate=c"],
+         "--secure-boot-key: no such file: k"),
+    ],
+)
+def test_conflicts(project: Path, argv: list[str], message: str) -> None:
+    assert error(*argv) == message
+
+
+def test_conflict_named_by_file_line(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=tar\nBootable=yes\n")
+    assert error() == (
+        "mkosi.default:3: [Output] Bootable: "
+        "only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar"
+    )
+    assert load("--bootable=no").bootable is False
+
+
+def test_passphrase_must_be_private(project: Path) -> None:
+    write(project / "mkosi.passphrase", "secret", 0o644)
+    assert error("--encrypt=all") == (
+        "mkosi.passphrase: accessible by group or others (mode 0644): mkosi.passphrase (chmod 600 it)"
+    )
+    (project / "mkosi.passphrase").chmod(0o600)
+    config = load("--encrypt=all", "--verity")  # verity on an encrypted root is fine
+    assert (config.encrypt, config.verity) == (Encrypt.all, True)
+
+
+def test_secure_boot_key_must_be_private(project: Path) -> None:
+    write(project / "mkosi.secure-boot.key", "k", 0o640)
+    write(project / "mkosi.secure-boot.crt", "c", 0o644)
+    assert error("-b", "--secure-boot") == (
+        "mkosi.secure-boot.key: "
+        "accessible by group or others (mode 0640): mkosi.secure-boot.key (chmod 600 it)"
+    )
+    (project / "mkosi.secure-boot.key").chmod(0o400)
+    assert load("-b", "--secure-boot").secure_boot
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bootabel"], "--bootabel: unknown option, did you mean --bootable?"),
+        (["--force=3"], "--force: ignored explicit argument '3'"),
+        (["--without-tests=yes"], "--without-tests: ignored explicit argument 'yes'"),
+        (["-d"], "--distribution: expected one argument"),
+        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help), did you mean build?"),
+        (["summary", "extra"], "summary takes no arguments, got 'extra'"),
+        (["-C", "nowhere"], "-C: no such directory: {project}/nowhere"),
+        (["--default=nope.conf"], "--default: no such file: nope.conf"),
+        (["--default=."], "--default: not a regular file: ."),
+    ],
+)
+def test_command_line_errors(project: Path, argv: list[str], message: str) -> None:
+    assert error(*argv) == message.format(project=project)
+
+
+def test_unknown_short_option(project: Path) -> None:
+    assert error("-Z").startswith("-Z: unknown option")
+
+
+def test_undecodable_file(project: Path) -> None:
+    (project / "mkosi.default").write_bytes(b"[Output]\nHostname=\xff\n")
+    assert error() == "mkosi.default:2: file is not valid UTF-8"
+
+
+def test_nothing_is_written_while_parsing(project: Path) -> None:
+    support_files(project)
+    write(project / "mkosi.default", EXAMPLE_2017)
+    (project / "mkosi.extra").mkdir()
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in project.rglob("*"))
+    parse_args(["-f", "--cache=cache", "-o", "out/deeper/image.raw", "summary"])
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in project.rglob("*")) == before
+
+
+# ---- fuzzing: bad input of any shape is a ConfigError, never a crash ----
+
+# FUZZ_EXAMPLES=5000 for a longer hunt than the default run can afford.
+FUZZ = hypothesis.settings(
+    deadline=None,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+
+
+def _load_in(directory: Path, argv: list[str]) -> None:
+    try:
+        parse_args(["-C", str(directory), *argv])
+    except ConfigError as e:
+        message = str(e)
+        assert "\n" not in message
+        assert message.isprintable()
+        message.encode()
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_config_file_bytes(project: Path, data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "mkosi.default").write_bytes(data)
+        _load_in(Path(d), [])
+
+
+_assignment = st.sampled_from(sorted(BY_KEY)).flatmap(
+    lambda sk: st.text(max_size=30).map(lambda value: f"[{sk[0]}]\n{sk[1]}={value}")
+)
+
+
+@FUZZ
+@given(st.lists(st.one_of(_assignment, st.text(max_size=30)), max_size=8), st.booleans())
+def test_fuzz_config_file_settings(project: Path, lines: list[str], dropin: bool) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / ("mkosi.default.d/x.conf" if dropin else "mkosi.default")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("\n".join(lines), errors="surrogateescape")
+        _load_in(Path(d), [])
+
+
+_FLAGS = sorted(
+    flag
+    for s in SETTINGS
+    for flag in (s.long, s.short, s.negation)
+    if flag and s.dest not in ("directory", "default_path")
+)
+_token = st.one_of(
+    st.sampled_from(_FLAGS + [v.value for v in Verb]),
+    st.text(max_size=15),
+    st.sampled_from(_FLAGS).flatmap(lambda flag: st.text(max_size=15).map(lambda value: f"{flag}={value}")),
+)
+
+
+@FUZZ
+@given(st.lists(_token, max_size=8))
+def test_fuzz_command_line(project: Path, argv: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        _load_in(Path(d), argv)

@@ -40,19 +40,11 @@ from mkosi.settings import (
     parse_size,
 )
 
+# The enums are defined next to the settings table that parses them, and re-exported here so that
+# everything about configuration is imported from mkosi.config.
 __all__ = [
-    "Compression",
-    "Config",
-    "Distribution",
-    "Encrypt",
-    "GitFiles",
-    "LogFormat",
-    "OutputFormat",
-    "Verb",
-    "WorkspaceMode",
-    "format_help",
-    "format_summary",
-    "parse_args",
+    "Compression", "Config", "Distribution", "Encrypt", "GitFiles", "LogFormat", "OutputFormat", "Verb",
+    "WorkspaceMode", "format_help", "format_summary", "parse_args",
 ]
 
 
@@ -357,34 +349,39 @@ def _discover(directory: Path, name: str) -> Path | None:
     return path if found else None
 
 
-def _locate(cli: list[_Assignment]) -> tuple[Path, _Where, Path | None, _Where]:
+def _cwd() -> Path:
+    try:
+        return Path.cwd()
+    except OSError as e:  # the directory was deleted under us
+        raise ConfigError(f"cannot use the current directory: {e.strerror or e}") from None
+
+
+def _locate(cli: list[_Assignment]) -> tuple[Path, Path | None]:
     """The project directory and configuration file, needed before any file can be read."""
-    directory, dir_where = Path.cwd(), _Where(setting="Directory (default)")
+    directory: Path = _cwd()
     default: Path | None = None
-    default_where = _Where()
+    where: dict[str, _Where] = {}
     for a in cli:
-        if a.setting.dest not in ("directory", "default_path") or a.raw is None:
-            continue
-        try:
-            path = a.setting.parse(a.raw) if a.raw.strip() else None
-        except ValueError as e:
-            raise a.where.error(str(e)) from None
-        if a.setting.dest == "directory":
-            directory, dir_where = _absolute(Path.cwd(), path) if path else Path.cwd(), a.where
-        else:
-            default, default_where = path, a.where
+        if a.setting.dest in ("directory", "default_path") and a.raw is not None:
+            try:
+                path = a.setting.parse(a.raw) if a.raw.strip() else None
+            except ValueError as e:
+                raise a.where.error(str(e)) from None
+            where[a.setting.dest] = a.where
+            if a.setting.dest == "directory":
+                directory = _absolute(_cwd(), path) if path else _cwd()
+            else:
+                default = path
     if not _is_dir(directory):
-        raise dir_where.error(f"no such directory: {directory}")
+        raise where["directory"].error(f"no such directory: {directory}")
     if default is not None:
         default = _absolute(directory, default)
         # A regular file only: --default /dev/zero must not read forever.
         if problem := _problem(default, "file", directory):
-            raise default_where.error(problem)
-        return directory, dir_where, default, default_where
+            raise where["default_path"].error(problem)
+        return directory, default
     candidate = directory / "mkosi.default"
-    if _is_file(candidate):
-        return directory, dir_where, candidate, _Where("mkosi.default")
-    return directory, dir_where, None, _Where(setting="DefaultPath (default)")
+    return directory, candidate if _is_file(candidate) else None
 
 
 def _config_files(directory: Path, default: Path | None) -> list[Path]:
@@ -421,7 +418,7 @@ class _Resolver:
     def is_set(self, dest: str) -> bool:
         return dest in self._explicit
 
-    def set(self, dest: str, value: Any, where: _Where) -> None:
+    def assign(self, dest: str, value: Any, where: _Where) -> None:
         self.values[dest], self.where[dest] = value, where
         self._explicit.add(dest)
 
@@ -431,7 +428,7 @@ class _Resolver:
             if dest not in self._counted:
                 self._counted.add(dest)
                 self.values[dest] = 0
-            self.set(dest, self.values[dest] + 1, a.where)
+            self.assign(dest, self.values[dest] + 1, a.where)
             return
         if not a.raw.strip():
             # An empty value resets a scalar to its default (so a drop-in can undo mkosi.default);
@@ -450,7 +447,7 @@ class _Resolver:
         if s.kind is Kind.list:
             self.item_where.setdefault(dest, []).extend([a.where] * len(value))
             value = self.values.get(dest, ()) + value
-        self.set(dest, value, a.where)
+        self.assign(dest, value, a.where)
 
     def __getitem__(self, dest: str) -> Any:
         if dest in self.values:
@@ -569,9 +566,7 @@ def _config(r: _Resolver) -> Config:
     return Config(**{f.name: r.values[f.name] for f in fields(Config)})
 
 
-def _printable(text: str | None) -> Any:
-    if text is None:
-        return None
+def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
@@ -584,8 +579,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
     try:
         verb, cli, args = _parse_command_line(argv)
         if verb is Verb.help:
-            return verb, _config(_resolve(Path.cwd(), None, [])), []
-        directory, _, default, _ = _locate(cli)
+            return verb, _config(_resolve(_cwd(), None, [])), []
+        directory, default = _locate(cli)
         files = _config_files(directory, default)
         assignments = [a for path in files for a in _file_assignments(path, directory)]
         assignments += [a for a in cli if a.setting.dest not in ("directory", "default_path")]
@@ -595,7 +590,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
         return verb, config, args
     except ConfigError as e:
         # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
-        origin, setting = _printable(e.origin), _printable(e.setting)
+        origin, setting = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
         raise ConfigError(_printable(e.problem), origin=origin, setting=setting) from None
 
 

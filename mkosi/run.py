@@ -10,6 +10,7 @@ task) or when the command ends and leaves stragglers behind. A failed command ra
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import signal
@@ -53,10 +54,8 @@ class CommandError(MkosiError):
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def _terminate(process: Process, grace: float) -> None:

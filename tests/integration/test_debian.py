@@ -14,7 +14,17 @@ from tests.integration.support import CACHE, mkosi
 
 def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(tree), *command],
+        # Read-only, so that running it leaves the shared image as the build made it.
+        [
+            "systemd-nspawn",
+            "--register=no",
+            "--keep-unit",
+            "--quiet",
+            "--read-only",
+            "-D",
+            str(tree),
+            *command,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "SYSTEMD_NSPAWN_LOCK": "0"},
@@ -66,7 +76,10 @@ def test_packages_reach_the_shared_cache(directory_image: Path) -> None:
 
 def test_tarball_lists_the_same_files_as_the_directory(directory_image: Path, tar_image: Path) -> None:
     listing = subprocess.run(
-        ["tar", "--zstd", "-tf", str(tar_image)], capture_output=True, text=True, check=True
+        ["tar", "--zstd", "--quoting-style=literal", "-tf", str(tar_image)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     in_tar = {line.removeprefix("./").rstrip("/") for line in listing.splitlines()} - {"", "."}
     in_directory = {str(p.relative_to(directory_image)) for p in directory_image.rglob("*")}

@@ -1,0 +1,85 @@
+"""The mkosi command as users run it: exit statuses, one-line errors, clean, summary, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from mkosi import log
+
+
+def mkosi(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkosi", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_config_error_is_one_line_with_status_2_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.default").write_text("[Output]\nFormat=tarball\n")
+    result = mkosi(tmp_path, "build")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "mkosi.default:2" in result.stderr and "Format" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.default"]
+
+
+def test_pending_feature_is_refused_not_ignored(tmp_path: Path) -> None:
+    result = mkosi(tmp_path, "-t", "raw_gpt", "--bootable", "build")
+    assert result.returncode == 2
+    assert "not implemented yet" in result.stderr
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_help_lists_flags(tmp_path: Path) -> None:
+    result = mkosi(tmp_path, "help")
+    assert result.returncode == 0
+    for flag in ("--distribution", "--format", "--package", "--kernel-command-line", "--hostname"):
+        assert flag in result.stdout
+
+
+def test_summary_shows_settings_and_stages(tmp_path: Path) -> None:
+    result = mkosi(tmp_path, "-d", "debian", "-r", "trixie", "--password", "hunter2", "summary")
+    assert result.returncode == 0, result.stderr
+    assert "trixie" in result.stdout
+    assert "hunter2" not in result.stdout
+    assert "bootstrap" in result.stdout and "Stages:" in result.stdout
+
+
+def test_clean_removes_outputs_and_with_ff_the_package_pool(tmp_path: Path) -> None:
+    (tmp_path / "image/etc").mkdir(parents=True)
+    (tmp_path / "image.log").write_text("log")
+    (tmp_path / ".mkosi-tmp.image").mkdir()  # left by a build killed with SIGKILL
+    pool = tmp_path / "mkosi.cache/debian~bookworm~x86-64"
+    pool.mkdir(parents=True)
+    (pool / "a_1_amd64.deb").write_text("")
+    (tmp_path / "keep.txt").write_text("not ours")
+
+    result = mkosi(tmp_path, "-d", "debian", "-r", "bookworm", "clean")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "mkosi.cache"]
+    assert pool.exists()
+
+    result = mkosi(tmp_path, "-d", "debian", "-r", "bookworm", "-ff", "clean")
+    assert result.returncode == 0, result.stderr
+    assert not pool.exists()
+    assert (tmp_path / "keep.txt").exists()
+
+
+def test_build_log_file_and_json_console(tmp_path: Path, capsys: object) -> None:
+    log.setup(json=True, verbose=0)
+    with log.build_log("demo", tmp_path / "demo.log") as logger:
+        logger.info("bootstrap: done", seconds=1.5)
+        logger.debug("subprocess line", stream="stdout")
+    text = (tmp_path / "demo.log").read_text()
+    assert "[demo] bootstrap: done (seconds=1.5)" in text
+    assert "[demo]   | subprocess line" in text
+    # Not attached any more: later builds do not write into this file.
+    assert not logging.getLogger("mkosi.build.demo").handlers
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert {"build": "demo", "event": "bootstrap: done", "seconds": 1.5}.items() <= lines[0].items()
+    assert len(lines) == 1, "subprocess output reaches the console only with -v"

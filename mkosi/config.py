@@ -9,17 +9,15 @@ and line, the flag, or the discovered file it came from. Nothing is written whil
 
 from __future__ import annotations
 
-import argparse
-import difflib
-import enum
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 from mkosi import ini
+from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
 from mkosi.distributions import Distribution, check_release
 from mkosi.errors import ConfigError
 from mkosi.settings import (
@@ -40,19 +38,13 @@ from mkosi.settings import (
     parse_size,
 )
 
-# The enums are defined next to the settings table that parses them, and re-exported here so that
-# everything about configuration is imported from mkosi.config.
+# The enums are defined next to the settings table that parses them, and Verb and format_help next
+# to the command line parser (mkosi.cli_args); all are re-exported here so that everything about
+# configuration is imported from mkosi.config.
 __all__ = [
     "Compression", "Config", "Distribution", "Encrypt", "GitFiles", "LogFormat", "OutputFormat", "Verb",
     "WorkspaceMode", "format_help", "format_summary", "parse_args",
 ]
-
-
-class Verb(enum.StrEnum):
-    build = "build"
-    summary = "summary"
-    clean = "clean"
-    help = "help"
 
 
 @dataclass(frozen=True)
@@ -106,188 +98,6 @@ class Config:
     log_format: LogFormat
 
 
-PROJECT_GROUP = "Project"
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Where a value came from, in the words ConfigError prints."""
-
-    origin: str | None = None  # "mkosi.default:3" or a discovered file's name
-    setting: str | None = None  # "[Output] Format" or "--format"
-
-    def error(self, problem: str) -> ConfigError:
-        return ConfigError(problem, origin=self.origin, setting=self.setting)
-
-
-@dataclass(frozen=True)
-class _Assignment:
-    setting: Setting
-    raw: str | None  # None for one occurrence of a bare counter flag
-    where: _Where
-
-
-def _suggest(word: str, candidates: Iterable[str], template: str = "{}") -> str:
-    """", did you mean X?" for the closest candidate (ignoring case), or nothing."""
-    lowered = {c.lower(): c for c in candidates}
-    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f", did you mean {template.format(lowered[match[0]])}?" if match else ""
-
-
-# ---- the command line ----
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
-class _Record(argparse.Action):
-    """Records each occurrence of a flag in order, so the loader can apply file and command line
-    assignments alike (and report a bad value as "--flag: problem")."""
-
-    def __init__(self, *args: Any, setting: Setting, fixed: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.setting = setting
-        self.fixed = fixed
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        raw = self.fixed if self.fixed is not None else values if isinstance(values, str) else None
-        recorded: list[_Assignment] = namespace.__dict__.setdefault("assignments", [])
-        recorded.append(_Assignment(self.setting, raw, _Where(setting=option_string)))
-
-
-def _help_text(s: Setting) -> str:
-    text = s.help
-    if s.choices:
-        text += f"; one of: {', '.join(s.choices)}"
-    if s.section and s.key:
-        text += f" [{s.section}] {s.key}="
-    return text
-
-
-def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
-    """The argparse parser, and the nargs of each flag (None: takes one value)."""
-    parser = _Parser(
-        prog="mkosi",
-        usage="mkosi [options...] [VERB] [ARGS...]",
-        description="Build legacy-free OS images.\n\nVerbs: "
-        + ", ".join(v.value for v in Verb)
-        + " (default: build; ARGS are passed to the build script)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-        allow_abbrev=False,  # abbreviations would make the verb/argument split below ambiguous
-        exit_on_error=False,
-    )
-    nargs: dict[str, str | int | None] = {"-h": 0, "--help": 0}
-    parser.add_argument_group("Commands").add_argument(
-        "-h", "--help", action="store_true", default=argparse.SUPPRESS, help="show this help and exit"
-    )
-    groups = {name: parser.add_argument_group(name) for name in (*SECTIONS, PROJECT_GROUP)}
-    for s in SETTINGS:
-        flags = [f for f in (s.short, s.long) if f]
-        if not flags:
-            continue
-        group = groups[s.section or PROJECT_GROUP]
-        kwargs: dict[str, Any] = {"action": _Record, "setting": s, "default": argparse.SUPPRESS}
-        if s.kind is Kind.counter:
-            kwargs["nargs"] = 0
-        elif s.kind is Kind.boolean or s.const is not None:
-            kwargs |= {"nargs": "?", "const": s.const or "yes", "metavar": s.metavar or "BOOL"}
-        else:
-            kwargs["metavar"] = s.metavar
-        group.add_argument(*flags, help=_help_text(s), **kwargs)
-        for flag in flags:
-            nargs[flag] = kwargs.get("nargs")
-        if s.negation:
-            group.add_argument(
-                s.negation, action=_Record, setting=s, fixed="no", nargs=0, default=argparse.SUPPRESS,
-                help=f"same as {s.long}=no",
-            )
-            nargs[s.negation] = 0
-    return parser, nargs
-
-
-def _split_argv(
-    argv: Sequence[str], nargs: dict[str, str | int | None]
-) -> tuple[list[str], list[str], list[str]]:
-    """Split argv into (options, [verb, *args], unknown flags).
-
-    argparse cannot do this itself: a flag with an optional value (--bootable) would swallow the
-    verb after it. Here such flags only take a value written with "=", so "--bootable build" works.
-    """
-    options: list[str] = []
-    unknown: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token == "--":
-            return options, list(argv[i + 1 :]), unknown
-        if not token.startswith("-") or token == "-":
-            return options, list(argv[i:]), unknown
-        options.append(token)
-        if token.startswith("--"):
-            name = token.partition("=")[0]
-            if name not in nargs:
-                unknown.append(name)
-            elif nargs[name] is None and "=" not in token and i + 1 < len(argv):
-                i += 1
-                options.append(argv[i])
-        else:
-            # A cluster of short flags (-fv, -dfedora, -bno): as with getopt, the rest of the cluster
-            # after a flag taking a value, even an optional one, is that value.
-            for j, char in enumerate(token[1:], start=1):
-                flag = "-" + char
-                if flag not in nargs:
-                    unknown.append(flag)
-                    break
-                if nargs[flag] == "?":
-                    break
-                if nargs[flag] is None:
-                    if j == len(token) - 1 and i + 1 < len(argv):
-                        i += 1
-                        options.append(argv[i])
-                    break
-        i += 1
-    return options, [], unknown
-
-
-def _parse_command_line(argv: Sequence[str]) -> tuple[Verb, list[_Assignment], list[str]]:
-    parser, nargs = _build_parser()
-    options, positional, unknown = _split_argv(argv, nargs)
-    # Help wins over every other problem on the command line: it is what someone confused asks for.
-    if any(o in ("-h", "--help") for o in options) or positional[:1] == ["help"]:
-        return Verb.help, [], []
-    if unknown:
-        raise ConfigError("unknown option" + _suggest(unknown[0], nargs), setting=unknown[0])
-    try:
-        namespace = parser.parse_args(options)
-    except argparse.ArgumentError as e:
-        flag = (e.argument_name or "").split("/")[-1] or None
-        raise ConfigError(e.message, setting=flag) from None
-    if getattr(namespace, "help", False):
-        return Verb.help, [], []
-    verb = Verb.build
-    if positional:
-        try:
-            verb = Verb(positional[0])
-        except ValueError:
-            choices = ", ".join(v.value for v in Verb)
-            raise ConfigError(
-                f"unknown verb {positional[0]!r} (choose from {choices}){_suggest(positional[0], Verb)}"
-            ) from None
-    args = positional[1:]
-    if args and verb is not Verb.build:
-        raise ConfigError(f"{verb} takes no arguments, got {' '.join(args)!r}")
-    return verb, list(getattr(namespace, "assignments", [])), args
-
-
 # ---- files ----
 
 
@@ -298,7 +108,7 @@ def _display(path: Path, directory: Path) -> str:
         return str(path)
 
 
-def _file_assignments(path: Path, directory: Path) -> list[_Assignment]:
+def _file_assignments(path: Path, directory: Path) -> list[Assignment]:
     origin = _display(path, directory)
     sections = {s.section for s in SETTINGS if s.section}
     result = []
@@ -306,16 +116,16 @@ def _file_assignments(path: Path, directory: Path) -> list[_Assignment]:
         where = f"{origin}:{entry.line}"
         if isinstance(entry, ini.Section):
             if entry.name not in sections:
-                hint = _suggest(entry.name, sections, "[{}]")
+                hint = suggest(entry.name, sections, "[{}]")
                 raise ConfigError(f"unknown section [{entry.name}]{hint}", origin=where)
             continue
         setting = BY_KEY.get((entry.section, entry.key))
         if setting is None:
             keys = [key for (section, key) in BY_KEY if section == entry.section]
             elsewhere = [section for (section, key) in BY_KEY if key == entry.key]
-            hint = f", it belongs in [{elsewhere[0]}]" if elsewhere else _suggest(entry.key, keys)
+            hint = f", it belongs in [{elsewhere[0]}]" if elsewhere else suggest(entry.key, keys)
             raise ConfigError(f"unknown key{hint}", origin=where, setting=f"[{entry.section}] {entry.key}")
-        result.append(_Assignment(setting, entry.value, _Where(where, f"[{entry.section}] {entry.key}")))
+        result.append(Assignment(setting, entry.value, Where(where, f"[{entry.section}] {entry.key}")))
     return result
 
 
@@ -356,11 +166,11 @@ def _cwd() -> Path:
         raise ConfigError(f"cannot use the current directory: {e.strerror or e}") from None
 
 
-def _locate(cli: list[_Assignment]) -> tuple[Path, Path | None]:
+def _locate(cli: list[Assignment]) -> tuple[Path, Path | None]:
     """The project directory and configuration file, needed before any file can be read."""
     directory: Path = _cwd()
     default: Path | None = None
-    where: dict[str, _Where] = {}
+    where: dict[str, Where] = {}
     for a in cli:
         if a.setting.dest in ("directory", "default_path") and a.raw is not None:
             try:
@@ -405,8 +215,8 @@ class _Resolver:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self.values: dict[str, Any] = {}
-        self.where: dict[str, _Where] = {}
-        self.item_where: dict[str, list[_Where]] = {}
+        self.where: dict[str, Where] = {}
+        self.item_where: dict[str, list[Where]] = {}
         self._explicit: set[str] = set()
         self._counted: set[str] = set()
         self._resolving: set[str] = set()
@@ -418,11 +228,11 @@ class _Resolver:
     def is_set(self, dest: str) -> bool:
         return dest in self._explicit
 
-    def assign(self, dest: str, value: Any, where: _Where) -> None:
+    def assign(self, dest: str, value: Any, where: Where) -> None:
         self.values[dest], self.where[dest] = value, where
         self._explicit.add(dest)
 
-    def apply(self, a: _Assignment) -> None:
+    def apply(self, a: Assignment) -> None:
         s, dest = a.setting, a.setting.dest
         if a.raw is None:  # a bare counter flag: the command line's count replaces a file's
             if dest not in self._counted:
@@ -459,9 +269,9 @@ class _Resolver:
         try:
             found = _discover(self._directory, s.discover) if s.discover else None
             if found is not None and s.kind is not Kind.list:
-                value, where = found, _Where(s.discover.rstrip("/") if s.discover else None)
+                value, where = found, Where(s.discover.rstrip("/") if s.discover else None)
             else:
-                where = _Where(setting=f"{s.name} (default)")
+                where = Where(setting=f"{s.name} (default)")
                 value = s.default_factory(self) if s.default_factory else s.default
         finally:
             self._resolving.discard(dest)
@@ -469,7 +279,7 @@ class _Resolver:
         return value
 
 
-def _resolve(directory: Path, default: Path | None, assignments: list[_Assignment]) -> _Resolver:
+def _resolve(directory: Path, default: Path | None, assignments: list[Assignment]) -> _Resolver:
     r = _Resolver(directory)
     for a in assignments:
         r.apply(a)
@@ -481,7 +291,7 @@ def _resolve(directory: Path, default: Path | None, assignments: list[_Assignmen
             found = _discover(directory, s.discover)
             if found is not None and found not in r.values[s.dest]:
                 r.values[s.dest] += (found,)
-                r.item_where.setdefault(s.dest, []).append(_Where(s.discover.rstrip("/")))
+                r.item_where.setdefault(s.dest, []).append(Where(s.discover.rstrip("/")))
     if r.values["sign"]:
         r.values["checksum"] = True
     return r
@@ -510,7 +320,7 @@ def _problem(path: Path, want: str, directory: Path) -> str | None:
 
 def _validate(c: Config, r: _Resolver) -> None:
     def fail(dest: str, problem: str) -> NoReturn:
-        raise r.where.get(dest, _Where(setting=PRIMARY[dest].name)).error(problem)
+        raise r.where.get(dest, Where(setting=PRIMARY[dest].name)).error(problem)
 
     def check(dest: str, want: str) -> None:
         path = getattr(c, dest)
@@ -577,7 +387,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
     when the configuration is broken; the caller prints format_help().
     """
     try:
-        verb, cli, args = _parse_command_line(argv)
+        verb, cli, args = parse_command_line(argv)
         if verb is Verb.help:
             return verb, _config(_resolve(_cwd(), None, [])), []
         directory, default = _locate(cli)
@@ -592,10 +402,6 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
         # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
         origin, setting = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
         raise ConfigError(_printable(e.problem), origin=origin, setting=setting) from None
-
-
-def format_help() -> str:
-    return _build_parser()[0].format_help()
 
 
 def _format_value(s: Setting, value: Any) -> str:

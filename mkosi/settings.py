@@ -328,8 +328,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="architecture of the image (default: the host's)"),
     # [Output]
     Setting("format", "--format", "Output", "Format", short="-t",
-            parse=enum_parser(OutputFormat, _FORMAT_ALIASES), default=OutputFormat.raw_gpt,
-            choices=_values(OutputFormat), metavar="FORMAT", help="output format (raw_ext4 means raw_gpt)"),
+            parse=enum_parser(OutputFormat, _FORMAT_ALIASES), default=OutputFormat.directory,
+            choices=_values(OutputFormat), metavar="FORMAT",
+            help="output format (default: directory; raw_ext4 means raw_gpt)"),
     Setting("output", "--output", "Output", "Output", short="-o", parse=parse_path, path=True,
             default_factory=_default_output, metavar="PATH",
             help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)"),
@@ -396,8 +397,9 @@ SETTINGS: tuple[Setting, ...] = (
             kind=Kind.boolean, default_factory=_default_use_git_files,
             help="copy only the files git knows about (default: yes if the sources are a git checkout)"),
     Setting("git_files", "--git-files", "Packages", "GitFiles", parse=enum_parser(GitFiles),
-            default=GitFiles.others, choices=_values(GitFiles), metavar="WHICH",
-            help="with --use-git-files: also copy untracked files (others) or not (cached)"),
+            default=GitFiles.cached, choices=_values(GitFiles), metavar="WHICH",
+            help="with --use-git-files: only tracked files (cached, default) "
+            "or also untracked ones (others)"),
     Setting("with_network", "--with-network", "Packages", "WithNetwork", parse=parse_boolean,
             kind=Kind.boolean, default=False, help="give the build and postinst scripts network access"),
     Setting("nspawn_settings", "--settings", "Packages", "NSpawnSettings", parse=parse_path, path=True,

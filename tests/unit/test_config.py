@@ -79,6 +79,11 @@ def error(*argv: str) -> str:
 
 P = Callable[[Path], Any]
 
+# Configuration some settings need to be valid: a raw disk image format (the default format is
+# directory), or any format that can be compressed.
+RAW = "[Output]\nFormat=raw_gpt\n"
+COMPRESSIBLE = "[Output]\nFormat=tar\n"
+
 # (section, key): (INI value, equivalent command line, expected value or a function of the project
 # directory computing it, other configuration the setting needs to be valid)
 CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
@@ -92,17 +97,17 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
     ("Output", "Force"): ("2", ["-f", "--force"], 2, ""),
-    ("Output", "Bootable"): ("yes", ["--bootable"], True, ""),
+    ("Output", "Bootable"): ("yes", ["--bootable"], True, RAW),
     ("Output", "SecureBoot"): ("yes", ["--secure-boot"], True,
-                               "[Output]\nBootable=yes\nSecureBootKey=sb.key\nSecureBootCertificate=sb.crt\n"),
+                               RAW + "Bootable=yes\nSecureBootKey=sb.key\nSecureBootCertificate=sb.crt\n"),
     ("Output", "SecureBootKey"): ("sb.key", ["--secure-boot-key=sb.key"], lambda p: p / "sb.key", ""),
     ("Output", "SecureBootCertificate"): ("sb.crt", ["--secure-boot-certificate", "sb.crt"],
                                           lambda p: p / "sb.crt", ""),
-    ("Output", "ReadOnly"): ("yes", ["--read-only"], True, ""),
-    ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, ""),
-    ("Output", "Verity"): ("yes", ["--verity=yes"], True, ""),
-    ("Output", "Compress"): ("xz", ["--compress=xz"], Compression.xz, ""),
-    ("Output", "XZ"): ("yes", ["--xz"], Compression.xz, ""),
+    ("Output", "ReadOnly"): ("yes", ["--read-only"], True, RAW),
+    ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, RAW),
+    ("Output", "Verity"): ("yes", ["--verity=yes"], True, RAW),
+    ("Output", "Compress"): ("xz", ["--compress=xz"], Compression.xz, COMPRESSIBLE),
+    ("Output", "XZ"): ("yes", ["--xz"], Compression.xz, COMPRESSIBLE),
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
     ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
     ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
@@ -118,14 +123,14 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"],
                                              lambda p: p / "post.sh", ""),
     ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
-    ("Packages", "GitFiles"): ("cached", ["--git-files=cached"], GitFiles.cached, ""),
+    ("Packages", "GitFiles"): ("others", ["--git-files=others"], GitFiles.others, ""),
     ("Packages", "WithNetwork"): ("yes", ["--with-network"], True, ""),
     ("Packages", "NSpawnSettings"): ("x.nspawn", ["--settings=x.nspawn"], lambda p: p / "x.nspawn", ""),
-    ("Partitions", "RootSize"): ("2G", ["--root-size=2G"], 2 * 1024**3, ""),
-    ("Partitions", "ESPSize"): ("256M", ["--esp-size=256M"], 256 * 1024**2, ""),
-    ("Partitions", "SwapSize"): ("1024K", ["--swap-size=1024K"], 1024**2, ""),
-    ("Partitions", "HomeSize"): ("512", ["--home-size=512"], 512, ""),
-    ("Partitions", "SrvSize"): ("1T", ["--srv-size=1T"], 1024**4, ""),
+    ("Partitions", "RootSize"): ("2G", ["--root-size=2G"], 2 * 1024**3, RAW),
+    ("Partitions", "ESPSize"): ("256M", ["--esp-size=256M"], 256 * 1024**2, RAW),
+    ("Partitions", "SwapSize"): ("1024K", ["--swap-size=1024K"], 1024**2, RAW),
+    ("Partitions", "HomeSize"): ("512", ["--home-size=512"], 512, RAW),
+    ("Partitions", "SrvSize"): ("1T", ["--srv-size=1T"], 1024**4, RAW),
     ("Validation", "CheckSum"): ("yes", ["--checksum"], True, ""),
     ("Validation", "Sign"): ("yes", ["--sign"], True, ""),
     ("Validation", "Key"): ("0xABCDEF", ["--key=0xABCDEF"], "0xABCDEF", ""),
@@ -286,14 +291,14 @@ def test_empty_value_resets_a_scalar(project: Path) -> None:
     write(project / "mkosi.default.d/a.conf", "[Output]\nFormat=\n")
     config = load("--hostname=")
     assert config.hostname is None
-    assert config.format is OutputFormat.raw_gpt
+    assert config.format is OutputFormat.directory
 
 
 def test_last_of_compress_and_xz_wins(project: Path) -> None:
-    assert load("--xz", "--compress").compress is Compression.zstd
-    assert load("--compress", "--xz").compress is Compression.xz
-    assert load("--compress=no").compress is Compression.none
-    write(project / "mkosi.default", "[Output]\nCompress=yes\nXZ=yes\n")
+    assert load("-t", "tar", "--xz", "--compress").compress is Compression.zstd
+    assert load("-t", "tar", "--compress", "--xz").compress is Compression.xz
+    assert load("-t", "tar", "--compress=no").compress is Compression.none
+    write(project / "mkosi.default", "[Output]\nFormat=tar\nCompress=yes\nXZ=yes\n")
     assert load().compress is Compression.xz
 
 
@@ -311,9 +316,10 @@ def test_relative_paths_resolve_against_the_project_directory(project: Path) -> 
 def test_default_file_replaces_mkosi_default(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\nFormat=tar\n")
     write(project / "ci.conf", "[Output]\nHostname=ci\n")
-    write(project / "mkosi.default.d/a.conf", "[Output]\nBootable=yes\n")
+    write(project / "mkosi.default.d/a.conf", "[Output]\nIncremental=yes\n")
     config = load("--default", "ci.conf")
-    assert (config.format, config.hostname, config.bootable) == (OutputFormat.raw_gpt, "ci", True)
+    # The default format, not mkosi.default's tar; the drop-ins are still read.
+    assert (config.format, config.hostname, config.incremental) == (OutputFormat.directory, "ci", True)
 
 
 # ---- discovery ----
@@ -328,7 +334,7 @@ def test_discovered_files(project: Path) -> None:
     write(project / "mkosi.secure-boot.crt", "c")
     (project / "mkosi.extra").mkdir()
     (project / "mkosi.cache").mkdir()
-    config = load("--bootable", "--secure-boot", "--encrypt=all")
+    config = load("-t", "raw_gpt", "--bootable", "--secure-boot", "--encrypt=all")
     assert config.build_script == project / "mkosi.build"
     assert config.postinst_script == project / "mkosi.postinst"
     assert config.nspawn_settings == project / "mkosi.nspawn"
@@ -376,14 +382,15 @@ def test_defaults(project: Path) -> None:
     assert config.directory == project
     assert (config.distribution, config.release) == (Distribution.debian, "bookworm")
     assert config.architecture == "x86-64"
-    assert config.format is OutputFormat.raw_gpt
-    assert config.output == project / "image.raw"
+    assert config.format is OutputFormat.directory
+    assert config.output == project / "image"
     assert config.compress is Compression.none
     assert config.workspace is WorkspaceMode.auto
-    assert config.with_tests and not config.with_docs and not config.bootable
+    assert config.with_tests and not config.with_docs
+    assert not (config.bootable or config.read_only or config.verity or config.encrypt)
     assert config.build_sources == project
     assert config.use_git_files is False
-    assert config.git_files is GitFiles.others
+    assert config.git_files is GitFiles.cached
     assert (config.force, config.verbose, config.log_format) == (0, 0, LogFormat.auto)
 
 
@@ -418,7 +425,8 @@ def test_architecture_default(project: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     ("argv", "name"),
     [
-        ([], "image.raw"),
+        ([], "image"),
+        (["-t", "raw_gpt"], "image.raw"),
         (["-t", "raw_btrfs", "--compress"], "image.raw.zst"),
         (["-t", "raw_squashfs", "--xz"], "image.raw.xz"),
         (["-t", "tar"], "image.tar"),
@@ -434,8 +442,9 @@ def test_output_default(project: Path, argv: list[str], name: str) -> None:
 
 def test_read_only_implied_by_squashfs_and_verity(project: Path) -> None:
     assert load("-t", "raw_squashfs").read_only
-    assert load("--verity").read_only
+    assert load("-t", "raw_gpt", "--verity").read_only
     assert not load("-t", "raw_squashfs", "--read-only=no").read_only
+    assert not load("-t", "raw_gpt").read_only
     assert not load().read_only
 
 
@@ -464,8 +473,8 @@ def test_use_git_files_default_follows_build_sources(project: Path) -> None:
         (["clean"], Verb.clean, []),
         (["-f", "clean"], Verb.clean, []),
         (["build", "--foo", "-x", "bar"], Verb.build, ["--foo", "-x", "bar"]),
-        (["--bootable", "build", "x"], Verb.build, ["x"]),
-        (["-b", "summary"], Verb.summary, []),
+        (["-t", "raw_gpt", "--bootable", "build", "x"], Verb.build, ["x"]),
+        (["-t", "raw_gpt", "-b", "summary"], Verb.summary, []),
         (["--", "build", "-x"], Verb.build, ["-x"]),
     ],
 )
@@ -653,13 +662,21 @@ def test_nspawn_settings_missing(project: Path) -> None:
          "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
         (["-t", "directory", "--compress"], "--compress: cannot compress a directory output"),
         (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
-        (["--encrypt=all"],
+        # The default format is directory: raw-only settings need a raw format stated.
+        (["--verity"], "--verity: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (["-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (["--root-size=1G"], "--root-size: only supported with raw formats "
+         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (["--compress"], "--compress: cannot compress a directory output"),
+        (["-t", "raw_gpt", "--encrypt=all"],
          "--encrypt: needs a passphrase file: add mkosi.passphrase to the project directory"),
         (["--secure-boot"], "--secure-boot: needs Bootable=yes"),
-        (["--secure-boot", "-b"], "--secure-boot: needs SecureBootKey= or a mkosi.secure-boot.key file"),
-        (["--secure-boot", "-b", "--secure-boot-key=k"],
+        (["-t", "raw_gpt", "--secure-boot", "-b"],
+         "--secure-boot: needs SecureBootKey= or a mkosi.secure-boot.key file"),
+        (["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k"],
          "--secure-boot: needs SecureBootCertificate= or a mkosi.secure-boot.crt file"),
-        (["--secure-boot", "-b", "--secure-boot-key=k", "--secure-boot-certificate=c"],
+        (["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k", "--secure-boot-certificate=c"],
          "--secure-boot-key: no such file: k"),
     ],
 )
@@ -678,23 +695,23 @@ def test_conflict_named_by_file_line(project: Path) -> None:
 
 def test_passphrase_must_be_private(project: Path) -> None:
     write(project / "mkosi.passphrase", "secret", 0o644)
-    assert error("--encrypt=all") == (
+    assert error("-t", "raw_gpt", "--encrypt=all") == (
         "mkosi.passphrase: accessible by group or others (mode 0644): mkosi.passphrase (chmod 600 it)"
     )
     (project / "mkosi.passphrase").chmod(0o600)
-    config = load("--encrypt=all", "--verity")  # verity on an encrypted root is fine
+    config = load("-t", "raw_gpt", "--encrypt=all", "--verity")  # verity on an encrypted root is fine
     assert (config.encrypt, config.verity) == (Encrypt.all, True)
 
 
 def test_secure_boot_key_must_be_private(project: Path) -> None:
     write(project / "mkosi.secure-boot.key", "k", 0o640)
     write(project / "mkosi.secure-boot.crt", "c", 0o644)
-    assert error("-b", "--secure-boot") == (
+    assert error("-t", "raw_gpt", "-b", "--secure-boot") == (
         "mkosi.secure-boot.key: "
         "accessible by group or others (mode 0640): mkosi.secure-boot.key (chmod 600 it)"
     )
     (project / "mkosi.secure-boot.key").chmod(0o400)
-    assert load("-b", "--secure-boot").secure_boot
+    assert load("-t", "raw_gpt", "-b", "--secure-boot").secure_boot
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.integration.support import CACHE, mkosi
 
@@ -110,7 +113,8 @@ def test_subvolume_needs_btrfs(tmp_path: Path) -> None:
     assert not (tmp_path / "image").exists()
 
 
-def test_sigterm_stops_the_build_and_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_the_build_and_leaves_nothing_behind(tmp_path: Path, signum: int, status: int) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "mkosi", "-d", "debian", "--workspace=disk", "build"],
         cwd=tmp_path,
@@ -123,12 +127,33 @@ def test_sigterm_stops_the_build_and_leaves_nothing_behind(tmp_path: Path) -> No
         time.sleep(0.2)
     time.sleep(2)
     stopped_at = time.monotonic()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert time.monotonic() - stopped_at < 15
-    assert process.returncode == 143, stderr
-    assert "interrupted by SIGTERM" in stderr
+    assert process.returncode == status, stderr
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.log"]
     assert str(tmp_path) not in Path("/proc/mounts").read_text()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert leftovers == ""
+
+
+@pytest.fixture
+def btrfs_directory(tmp_path: Path) -> Iterator[Path]:
+    image, mountpoint = tmp_path / "btrfs.img", tmp_path / "mnt"
+    subprocess.run(["truncate", "--size=2G", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "--quiet", str(image)], check=True)
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_subvolume_output_on_btrfs(btrfs_directory: Path) -> None:
+    mkosi("-d", "debian", "-r", "bookworm", "-t", "subvolume", "build", cwd=btrfs_directory)
+    image = btrfs_directory / "image"
+    show = subprocess.run(["btrfs", "subvolume", "show", str(image)], capture_output=True, text=True)
+    assert show.returncode == 0, show.stderr
+    assert "VERSION_CODENAME=bookworm" in (image / "usr/lib/os-release").read_text()

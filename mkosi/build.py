@@ -64,7 +64,9 @@ STAGES: list[Stage] = [
         inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(c.password)},
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
-    Stage("output", write_output, inputs=lambda c: {"format": c.format, "compress": c.compress}),
+    Stage(
+        "output", write_output, inputs=lambda c: {"format": c.format, "compress": c.compress}, cacheable=False
+    ),
 ]
 
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).

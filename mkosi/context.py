@@ -9,6 +9,14 @@ from typing import Any
 from mkosi.config import Config
 
 
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    key: str
+    reused: bool
+    seconds: float
+
+
 @dataclass
 class Context:
     config: Config
@@ -18,7 +26,7 @@ class Context:
     # Finished outputs waiting under temporary names; published (renamed into place) only when the
     # whole build succeeded, removed otherwise.
     staged: dict[Path, Path] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stages: list[StageRecord] = field(default_factory=list)
 
     @property
     def root(self) -> Path:

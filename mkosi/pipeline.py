@@ -7,6 +7,7 @@ before it would produce something different.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,9 +15,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from mkosi.config import Config
-from mkosi.context import Context
+from mkosi.context import Context, StageRecord
 
 
 def _always(config: Config) -> bool:
@@ -30,6 +32,19 @@ class Stage:
     # Everything that determines the stage's result: setting values, and paths whose content counts.
     inputs: Callable[[Config], Mapping[str, object]]
     enabled: Callable[[Config], bool] = _always
+    # Whether the stage's whole result is the workspace's state, so a copy of it can stand in for
+    # running the stage again (not so for stages that publish outputs).
+    cacheable: bool = True
+
+
+class StageCache(Protocol):
+    """Where finished stages' results are kept, to be reused by later builds or sibling builds."""
+
+    async def run(
+        self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Leave the stage's result in the workspace, restored from the cache (True) or built (False)."""
+        ...
 
 
 def hash_tree(paths: Iterable[Path]) -> str:
@@ -74,13 +89,15 @@ def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str
     return keys
 
 
-async def run_stages(context: Context, stages: Sequence[Stage]) -> None:
-    for stage in stages:
-        if not stage.enabled(context.config):
-            continue
-        context.log.info(f"{stage.name}: start")
+async def run_stages(context: Context, stages: Sequence[Stage], cache: StageCache | None = None) -> None:
+    for stage, key in stage_keys(context.config, stages):
+        context.log.info(f"{stage.name}: start", key=key[:12])
         start = time.monotonic()
-        await stage.run(context)
+        if cache is not None and stage.cacheable:
+            reused = await cache.run(stage, key, context, functools.partial(stage.run, context))
+        else:
+            await stage.run(context)
+            reused = False
         elapsed = time.monotonic() - start
-        context.stage_seconds[stage.name] = elapsed
-        context.log.info(f"{stage.name}: done", seconds=round(elapsed, 1))
+        context.stages.append(StageRecord(stage.name, key, reused, elapsed))
+        context.log.info(f"{stage.name}: {'reused' if reused else 'done'}", seconds=round(elapsed, 1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -70,6 +71,7 @@ class Config:
     incremental: bool
     hostname: str | None
     kernel_command_line: tuple[str, ...]
+    seed: uuid.UUID
     workspace: WorkspaceMode
     packages: tuple[str, ...]
     with_docs: bool

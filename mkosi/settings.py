@@ -15,6 +15,7 @@ import enum
 import os
 import platform
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
@@ -291,6 +292,23 @@ def _default_output(r: Resolved) -> Path:
     return r.directory / (name + suffix)
 
 
+# Namespace for seeds derived from output names (a random UUID, fixed once and for all).
+_SEED_NAMESPACE = uuid.UUID("8c3e1b1e-5f6a-4d1c-9a57-2f0f6f0c7e21")
+
+
+def _default_seed(r: Resolved) -> uuid.UUID:
+    # Stable across rebuilds of one image, different between images, so that two images attached to
+    # one machine never share partition or filesystem UUIDs.
+    return uuid.uuid5(_SEED_NAMESPACE, Path(r["output"]).name)
+
+
+def parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise ValueError(f"invalid UUID {value.strip()!r}") from None
+
+
 def _default_read_only(r: Resolved) -> bool:
     # squashfs cannot be written to, and verity data is only valid for a root that never changes.
     return bool(r["format"] is OutputFormat.raw_squashfs or r["verity"])
@@ -365,6 +383,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="hostname of the image"),
     Setting("kernel_command_line", "--kernel-command-line", "Output", "KernelCommandLine", parse=parse_words,
             kind=Kind.list, default=(), metavar="WORDS", help="kernel command line words (bootable images)"),
+    Setting("seed", "--seed", "Output", "Seed", parse=parse_uuid, default_factory=_default_seed,
+            metavar="UUID", help="seed of partition and filesystem UUIDs (default: from the output name)"),
     Setting("workspace", "--workspace", "Output", "Workspace", parse=enum_parser(WorkspaceMode),
             default=WorkspaceMode.auto, choices=_values(WorkspaceMode), metavar="MODE",
             help="where the build's working tree lives (auto: tmpfs when memory allows)"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,12 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
     ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
     ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
+    ("Output", "Seed"): (
+        "0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11",
+        ["--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"],
+        uuid.UUID("0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"),
+        "",
+    ),
     ("Output", "Workspace"): ("disk", ["--workspace=disk"], WorkspaceMode.disk, ""),
     ("Packages", "Packages"): ("git, vim", ["-p", "git,vim"], ("git", "vim"), ""),
     ("Packages", "WithDocs"): ("yes", ["--with-docs"], True, ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -11,12 +12,14 @@ import anyio
 import structlog
 
 from mkosi import package_cache
+from mkosi.boot import kernel_command_line
 from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
-from mkosi.outputs import CHECKS, WRITERS
+from mkosi.outputs import CHECKS, WRITERS, disk
 from mkosi.pipeline import Stage, hash_tree, run_stages
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
@@ -65,18 +68,34 @@ STAGES: list[Stage] = [
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(
-        "output", write_output, inputs=lambda c: {"format": c.format, "compress": c.compress}, cacheable=False
+        "boot-files",
+        disk.build_boot_files,
+        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
+        enabled=lambda c: c.bootable,
+    ),
+    Stage(
+        "filesystems",
+        disk.make_filesystems,
+        inputs=lambda c: {
+            "partitions": [dataclasses.asdict(p) for p in plan(c)],
+            "seed": c.seed,
+            "output": c.output.name,
+        },
+        enabled=lambda c: c.format.is_raw,
+    ),
+    Stage(
+        "output",
+        write_output,
+        inputs=lambda c: {"format": c.format, "compress": c.compress, "seed": c.seed},
+        cacheable=False,
     ),
 ]
 
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
 PENDING: list[tuple[Callable[[Config], bool], str]] = [
-    (lambda c: c.format.is_raw, "Format= raw disk images"),
-    (lambda c: c.bootable, "Bootable="),
     (lambda c: c.secure_boot, "SecureBoot="),
     (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
-    (lambda c: bool(c.kernel_command_line), "KernelCommandLine="),
     (lambda c: c.incremental, "Incremental="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),

@@ -46,7 +46,7 @@ class Assignment:
 
 
 def suggest(word: str, candidates: Iterable[str], template: str = "{}") -> str:
-    """", did you mean X?" for the closest candidate (ignoring case), or nothing."""
+    """ ", did you mean X?" for the closest candidate (ignoring case), or nothing."""
     lowered = {c.lower(): c for c in candidates}
     match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f", did you mean {template.format(lowered[match[0]])}?" if match else ""
@@ -122,7 +122,12 @@ def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
             nargs[flag] = kwargs.get("nargs")
         if s.negation:
             group.add_argument(
-                s.negation, action=_Record, setting=s, fixed="no", nargs=0, default=argparse.SUPPRESS,
+                s.negation,
+                action=_Record,
+                setting=s,
+                fixed="no",
+                nargs=0,
+                default=argparse.SUPPRESS,
                 help=f"same as {s.long}=no",
             )
             nargs[s.negation] = 0

@@ -6,7 +6,8 @@ import re
 import sys
 from pathlib import Path
 
-from mkosi import package_cache
+from mkosi import boot, package_cache
+from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.run import run
 from mkosi.tree import DOCUMENTATION
@@ -17,6 +18,9 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd")
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
 ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
+# What a bootable image needs on top: a kernel, dracut for a systemd-based initrd (zstd to compress
+# it quickly), udev, and systemd-boot's EFI binaries for the ESP and the unified kernel image.
+BOOT_PACKAGES = ("dracut", "zstd", "udev", "systemd-boot-efi")
 
 
 def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
@@ -59,6 +63,13 @@ def sources(mirror: str | None, release: str, components: str) -> list[str]:
     return lines
 
 
+def packages(config: Config) -> list[str]:
+    boot_packages = (
+        [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES] if config.bootable else []
+    )
+    return [*BASE_PACKAGES, *boot_packages, *config.packages]
+
+
 def mmdebstrap_command(context: Context) -> list[str]:
     config = context.config
     components = ",".join(config.repositories) or "main"
@@ -68,8 +79,16 @@ def mmdebstrap_command(context: Context) -> list[str]:
         "--mode=unshare",
         "--variant=minbase",
         f"--architectures={ARCHITECTURES[config.architecture]}",
-        f"--include={','.join((*BASE_PACKAGES, *config.packages))}",
+        f"--include={','.join(packages(config))}",
     ]
+    if config.bootable:
+        # Before the kernel is installed, so that its initrd hook builds the initrd we want, once.
+        dracut_config = context.workspace / Path(boot.DRACUT_CONFIG_PATH).name
+        destination = Path("/", boot.DRACUT_CONFIG_PATH).parent
+        command += [
+            f'--essential-hook=mkdir -p "$1{destination}"',
+            f"--essential-hook=copy-in {dracut_config} {destination}",
+        ]
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, "debian", config.release, config.architecture)
         hook = f"{sys.executable} -m mkosi.package_cache"
@@ -96,6 +115,8 @@ def exclude_documentation(root: Path) -> None:
 
 
 async def install(context: Context) -> None:
+    if context.config.bootable:
+        (context.workspace / Path(boot.DRACUT_CONFIG_PATH).name).write_text(boot.DRACUT_CONFIG)
     await run(mmdebstrap_command(context), log=context.log)
     if not context.config.with_docs:
         exclude_documentation(context.root)

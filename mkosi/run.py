@@ -38,6 +38,7 @@ class CompletedCommand:
     argv: tuple[str, ...]
     returncode: int
     stdout: str
+    tail: tuple[str, ...]  # the last lines of output (standard error only, when stdout is captured)
 
 
 class CommandError(MkosiError):
@@ -145,4 +146,30 @@ async def run(
     stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
     if check and returncode != 0:
         raise CommandError(args, returncode, tail)
-    return CompletedCommand(args, returncode, stdout)
+    return CompletedCommand(args, returncode, stdout, tuple(tail))
+
+
+async def run_interactive(
+    argv: Sequence[Argument], *, env: Mapping[str, str] | None = None, log: Any = None
+) -> int:
+    """Run a command on mkosi's own terminal (a shell in the image, a VM's console); return its status.
+
+    Unlike `run()`, the command stays in mkosi's process group so that it keeps the controlling
+    terminal. When mkosi is cancelled it gets SIGTERM, then SIGKILL after the grace period.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    (log or structlog.get_logger("mkosi")).debug("running " + shlex.join(args))
+    process = await anyio.open_process(
+        args, stdin=None, stdout=None, stderr=None, env={**os.environ, **env} if env else None
+    )
+    try:
+        return await process.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            process.terminate()
+            with anyio.move_on_after(TERMINATE_GRACE_SECONDS):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        raise

@@ -160,3 +160,14 @@ async def read_table(disk: Path, log: Any = None) -> dict[str, Any]:
     result = await run(["sfdisk", "-J", disk], capture_stdout=True, log=log)
     table: dict[str, Any] = json.loads(result.stdout)["partitiontable"]
     return table
+
+
+async def find_partition(disk: Path, role: Role, architecture: str, log: Any = None) -> tuple[int, int]:
+    """The byte offset and size of the image's partition with the role's type."""
+    wanted = partition_type(role, architecture)
+    table = await read_table(disk, log)
+    sector = int(table.get("sectorsize", 512))
+    for entry in table["partitions"]:
+        if uuid.UUID(entry["type"]) == wanted:
+            return int(entry["start"]) * sector, int(entry["size"]) * sector
+    raise LookupError(f"{disk} has no {partition_label(role, architecture)} partition")

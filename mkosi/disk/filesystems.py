@@ -90,8 +90,8 @@ async def make_esp(image: Path, size: int, volume_id: int, files: Mapping[str, P
 
     `files` maps paths inside the ESP ("EFI/BOOT/BOOTX64.EFI") to host files.
     """
-    # mtools fails on small FAT32 filesystems; FAT16 serves up to 2 GiB.
-    fat = "32" if size >= 256 * MiB else "16"
+    # mtools fails on small FAT32 filesystems, mkfs.vfat refuses FAT16 below 16 MiB; UEFI reads all three.
+    fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
     await run(
         ["mkfs.vfat", "-C", "-F", fat, "-n", "ESP", "-i", f"{volume_id:08X}", image, str(size // 1024)],
         log=log,

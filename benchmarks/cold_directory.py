@@ -56,9 +56,7 @@ def machine() -> str:
 
 def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.monotonic()
-    result = subprocess.run(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")

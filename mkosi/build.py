@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk
 from mkosi.pipeline import Stage, hash_tree, run_stages
+from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -155,6 +157,9 @@ async def build(config: Config) -> None:
             raise MkosiError(f"{config.output} already exists, use -f to replace it")
         await remove_outputs(config)
 
+    clock = SubprocessClock()
+    subprocess_clock.set(clock)
+    started = time.monotonic()
     with build_log(config.output.name, log_path(config)) as log:
         async with workspace(config, log) as path:
             context = Context(config=config, workspace=path, log=log)
@@ -165,4 +170,10 @@ async def build(config: Config) -> None:
                 with anyio.CancelScope(shield=True):
                     for staged in context.staged.values():
                         await remove_tree(staged)
-        log.info("built", output=str(config.output))
+        elapsed = time.monotonic() - started
+        log.info(
+            "built",
+            output=str(config.output),
+            seconds=round(elapsed, 1),
+            outside_subprocesses=round(elapsed - clock.busy, 2),
+        )

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,45 @@ TERMINATE_GRACE_SECONDS = 5.0
 TAIL_LINES = 20
 
 Argument = str | os.PathLike[str]
+
+
+class SubprocessClock:
+    """Wall time during which at least one subprocess of a build was running.
+
+    What remains of the build's wall time is mkosi's own overhead, which should stay small.
+    """
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self._active = 0
+        self._since = 0.0
+
+    def started(self) -> None:
+        if self._active == 0:
+            self._since = time.monotonic()
+        self._active += 1
+
+    def stopped(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self.busy += time.monotonic() - self._since
+
+
+subprocess_clock: contextvars.ContextVar[SubprocessClock | None] = contextvars.ContextVar(
+    "subprocess_clock", default=None
+)
+
+
+@contextlib.contextmanager
+def _counted() -> Iterator[None]:
+    clock = subprocess_clock.get()
+    if clock:
+        clock.started()
+    try:
+        yield
+    finally:
+        if clock:
+            clock.stopped()
 
 
 @dataclass(frozen=True)
@@ -119,34 +160,35 @@ async def run(
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured: list[bytes] | None = [] if capture_stdout else None
 
-    process = await anyio.open_process(
-        args,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env={**os.environ, **env} if env else None,
-        start_new_session=True,
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
-            tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
-            if process.stdin is not None:
-                async with process.stdin:
-                    await process.stdin.send(input or b"")
-            returncode = await process.wait()
-            # Whatever the command left running in its group would hold our pipes open forever.
-            _signal_group(process.pid, signal.SIGKILL)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await _terminate(process, grace)
-        raise
+    with _counted():
+        process = await anyio.open_process(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
+            start_new_session=True,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
+                tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
+                if process.stdin is not None:
+                    async with process.stdin:
+                        await process.stdin.send(input or b"")
+                returncode = await process.wait()
+                # Whatever the command left running in its group would hold our pipes open forever.
+                _signal_group(process.pid, signal.SIGKILL)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _terminate(process, grace)
+            raise
 
-    stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
-    if check and returncode != 0:
-        raise CommandError(args, returncode, tail)
-    return CompletedCommand(args, returncode, stdout, tuple(tail))
+        stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
+        if check and returncode != 0:
+            raise CommandError(args, returncode, tail)
+        return CompletedCommand(args, returncode, stdout, tuple(tail))
 
 
 async def run_interactive(

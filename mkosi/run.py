@@ -144,6 +144,7 @@ async def run(
     cwd: Path | None = None,
     input: bytes | None = None,
     capture_stdout: bool = False,
+    merge_stderr: bool = False,
     check: bool = True,
     log: Any = None,
     grace: float = TERMINATE_GRACE_SECONDS,
@@ -151,8 +152,9 @@ async def run(
     """Run a command to completion; see the module docstring for the guarantees.
 
     `env` entries are added to mkosi's own environment. With `capture_stdout`, standard output is
-    returned instead of logged (standard error is still logged). `input` is written to standard
-    input, so secrets never need to appear on a command line.
+    returned instead of logged (standard error is still logged, unless `merge_stderr` sends it to
+    standard output too). `input` is written to standard input, so secrets never need to appear on
+    a command line.
     """
     args = tuple(os.fspath(a) for a in argv)
     log = (log or structlog.get_logger("mkosi")).bind(cmd=args[0])
@@ -165,7 +167,7 @@ async def run(
             args,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             cwd=cwd,
             env={**os.environ, **env} if env else None,
             start_new_session=True,

@@ -11,13 +11,14 @@ import anyio
 import structlog
 
 from mkosi import package_cache
+from mkosi.concurrency import exclusive
 from mkosi.config import Config
-from mkosi.context import Context
+from mkosi.context import Context, StageRecord
 from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS
-from mkosi.pipeline import Stage, hash_tree, run_stages
+from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -27,7 +28,16 @@ INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
 
 
 async def install_distribution(context: Context) -> None:
-    await INSTALLERS[context.config.distribution](context)
+    config = context.config
+    if config.cache_path is None:
+        await INSTALLERS[config.distribution](context)
+        return
+    # Concurrent bootstraps of one release would download the same packages twice and race to add
+    # them to the pool: one at a time per pool, whichever process runs them.
+    pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+    pool.mkdir(parents=True, exist_ok=True)
+    async with exclusive(pool / ".bootstrap.lock"):
+        await INSTALLERS[config.distribution](context)
 
 
 async def write_output(context: Context) -> None:
@@ -127,7 +137,10 @@ def publish(context: Context) -> None:
     context.staged.clear()
 
 
-async def build(config: Config) -> None:
+async def build(
+    config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
+) -> list[StageRecord]:
+    """Build and publish one image; returns what each stage did."""
     check_supported(config)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
@@ -140,10 +153,11 @@ async def build(config: Config) -> None:
         async with workspace(config, log) as path:
             context = Context(config=config, workspace=path, log=log)
             try:
-                await run_stages(context, STAGES)
+                await run_stages(context, STAGES, cache, observe)
                 publish(context)
             finally:
                 with anyio.CancelScope(shield=True):
                     for staged in context.staged.values():
                         await remove_tree(staged)
         log.info("built", output=str(config.output))
+    return context.stages

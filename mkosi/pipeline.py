@@ -89,9 +89,17 @@ def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str
     return keys
 
 
-async def run_stages(context: Context, stages: Sequence[Stage], cache: StageCache | None = None) -> None:
+async def run_stages(
+    context: Context,
+    stages: Sequence[Stage],
+    cache: StageCache | None = None,
+    observe: Callable[[Stage], None] | None = None,
+) -> None:
+    """Run the enabled stages in order; `observe` hears of each as it starts (for progress displays)."""
     for stage, key in stage_keys(context.config, stages):
         context.log.info(f"{stage.name}: start", key=key[:12])
+        if observe is not None:
+            observe(stage)
         start = time.monotonic()
         if cache is not None and stage.cacheable:
             reused = await cache.run(stage, key, context, functools.partial(stage.run, context))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mkosi.concurrency import cpu_heavy
 from mkosi.config import Compression
 from mkosi.context import Context
 from mkosi.run import run
@@ -15,19 +16,21 @@ COMPRESSORS = {
 async def write(context: Context) -> None:
     staged = context.stage_output(context.config.output)
     compressor = COMPRESSORS.get(context.config.compress)
-    await run(
-        [
-            "tar",
-            "--create",
-            f"--file={staged}",
-            f"--directory={context.root}",
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "--sort=name",
-            *([f"--use-compress-program={compressor}"] if compressor else []),
-            ".",
-        ],
-        log=context.log,
-    )
+    # Compressors use every core: under a matrix, only as many at once as the scheduler allows.
+    async with cpu_heavy():
+        await run(
+            [
+                "tar",
+                "--create",
+                f"--file={staged}",
+                f"--directory={context.root}",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--acls",
+                "--sort=name",
+                *([f"--use-compress-program={compressor}"] if compressor else []),
+                ".",
+            ],
+            log=context.log,
+        )

@@ -111,6 +111,21 @@ def keys_to_keep(planned: Sequence[PlannedCell]) -> set[str]:
     return keep
 
 
+def start_order(planned: Sequence[PlannedCell]) -> list[PlannedCell]:
+    """The cells in the order to start them: one of each group sharing a bootstrap first.
+
+    A cell waiting for a sibling's shared stage holds a job slot while it waits, so starting
+    siblings together would leave slots idle that a cell of another group could use.
+    """
+    seen: dict[str, int] = {}
+    rank: dict[str, int] = {}
+    for p in planned:
+        first = p.keys[0][1] if p.keys else p.name
+        rank[p.name] = seen.get(first, 0)
+        seen[first] = rank[p.name] + 1
+    return sorted(planned, key=lambda p: rank[p.name])
+
+
 def listing(planned: Sequence[PlannedCell]) -> str:
     share = sharers(planned)
     lines = []
@@ -179,8 +194,8 @@ class Run:
             def job(p: PlannedCell) -> Job:
                 return Job(p.name, lambda report: self._cell(p, cache, report))
 
-            outcomes = await schedule(
-                [job(p) for p in self.planned],
+            finished = await schedule(
+                [job(p) for p in start_order(self.planned)],
                 max_jobs=self.max_jobs,
                 cpu_slots=max(1, os.cpu_count() or 1),
                 keep_going=self.keep_going,
@@ -189,6 +204,8 @@ class Run:
         finally:
             with anyio.CancelScope(shield=True):
                 await remove_tree(cache_dir)
+        by_name = {o.name: o for o in finished}
+        outcomes = [by_name[p.name] for p in self.planned]
         self.outcomes = outcomes
         await self._finish(outcomes)
         return outcomes

@@ -98,9 +98,8 @@ async def collect_artifacts(
 
 
 def checksums(artifacts: Sequence[Artifact]) -> str:
-    """coreutils' binary-mode lines, sorted bytewise (LC_ALL=C), as systemd's importer reads them."""
-    lines = sorted((a.name.encode(), a.sha256) for a in artifacts)
-    return "".join(f"{digest} *{name.decode()}\n" for name, digest in lines)
+    """coreutils' binary-mode lines as systemd's importer reads them, sorted bytewise (LC_ALL=C sort)."""
+    return "".join(sorted(f"{a.sha256} *{a.name}\n" for a in artifacts))
 
 
 async def sign(sums: Path, key: str | None, log: Any) -> Path:

@@ -163,6 +163,7 @@ class Run:
         if p.unsupported is not None:
             raise NotImplementedYet(p.unsupported)
         log_file = p.config.output.with_name(p.config.output.name + ".log")
+        p.config.output.parent.mkdir(parents=True)
         try:
             result.stages = await build(p.config, cache, observe=lambda stage: report(stage.name))
             report("publish")

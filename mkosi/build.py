@@ -19,6 +19,7 @@ from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
+from mkosi.stage_cache import SnapshotCache
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -87,7 +88,6 @@ PENDING: list[tuple[Callable[[Config], bool], str]] = [
     (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
     (lambda c: bool(c.kernel_command_line), "KernelCommandLine="),
-    (lambda c: c.incremental, "Incremental="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),
     (lambda c: c.with_network, "WithNetwork="),
@@ -123,8 +123,16 @@ async def remove_outputs(config: Config) -> None:
         await remove_tree(leftover)
 
 
+def stage_cache_dir(config: Config) -> Path:
+    """Where -i keeps the stage snapshots of this project: next to its package cache."""
+    if config.cache_path is None:
+        raise MkosiError("Incremental= needs a cache directory: set Cache= or create mkosi.cache/")
+    return config.cache_path / "stages"
+
+
 async def remove_caches(config: Config) -> None:
     if config.cache_path is not None:
+        await remove_tree(stage_cache_dir(config))
         pool = package_cache.pool_for(
             config.cache_path, config.distribution, config.release, config.architecture
         )
@@ -142,6 +150,8 @@ async def build(
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
+    if cache is None and config.incremental:
+        cache = SnapshotCache(stage_cache_dir(config), STAGES)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():

@@ -138,3 +138,24 @@ async def test_failed_stage_releases_its_lock_and_stores_nothing(tmp_path: Path)
     with anyio.fail_after(5):
         await run_stages(_context(tmp_path, config, "b"), stages, cache)
     assert len(cache.stored) == 3
+
+
+def test_incremental_needs_a_cache_directory(tmp_path: Path) -> None:
+    from mkosi.build import stage_cache_dir
+    from mkosi.errors import MkosiError
+
+    with pytest.raises(MkosiError, match="needs a cache directory"):
+        stage_cache_dir(_config(tmp_path, "-i"))
+    assert stage_cache_dir(_config(tmp_path, "-i", f"--cache={tmp_path}/c")) == tmp_path / "c/stages"
+
+
+def test_summary_marks_cached_stages(tmp_path: Path) -> None:
+    from mkosi.build import STAGES, stage_cache_dir
+    from mkosi.cli import summary
+    from mkosi.pipeline import stage_keys
+
+    config = _config(tmp_path, "-i", f"--cache={tmp_path}/c")
+    bootstrap_key = stage_keys(config, STAGES)[0][1]
+    (stage_cache_dir(config) / bootstrap_key).mkdir(parents=True)
+    lines = [line for line in summary(config).splitlines() if "reused with -i" in line]
+    assert len(lines) == 1 and "bootstrap" in lines[0]

@@ -41,7 +41,9 @@ def run(command: list[str], cwd: Path, log: Path) -> float:
         result = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
-        raise SystemExit(f"{command[:3]} failed ({result.returncode}), see {log}")
+        # The log goes away with the benchmark's directory: show its end now.
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{command[:3]} failed ({result.returncode}):\n{tail}")
     return elapsed
 
 
@@ -90,7 +92,7 @@ def serial_side(matrix_file: Path, base: Path, package_cache: Path | None) -> tu
         (directory / "mkosi.default").write_text(cell_default(matrix, p.cell, package_cache))
         output = directory / p.config.output.name
         is_tar = p.config.format is OutputFormat.tar
-        compress = ["--compress", matrix.release.compress.value] if is_tar else []
+        compress = [f"--compress={matrix.release.compress.value}"] if is_tar else []
         run([sys.executable, "-m", "mkosi", *compress, "-o", str(output), "build"], directory, log)
         if "bootstrap: done" in output.with_name(output.name + ".log").read_text():
             bootstraps += 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +147,30 @@ def test_directory_cell_tarball_is_an_image(release: tuple[Path, subprocess.Comp
     ).stdout.splitlines()
     assert "./usr/lib/os-release" in listing
     assert "./etc/hostname" in listing
+
+
+def test_sigint_cancels_every_cell_and_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.default").write_text(f"[Packages]\nCache={CACHE / 'packages'}\n")
+    (tmp_path / "mkosi.matrix").write_text(
+        '[matrix]\nDistribution = ["debian"]\nRelease = ["bookworm", "trixie"]\nFormat = ["tar"]\n'
+        '[defaults]\nWorkspace = "disk"\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matrix", "--jobs", "2"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    # Both bootstraps under way (their trees exist in the cells' workspaces), then Ctrl-C.
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob(".release.mkosi-tmp.*/cells/*/.mkosi-workspace.*/root"))) < 2:
+        assert time.monotonic() < deadline, "the bootstraps did not start"
+        time.sleep(0.2)
+    time.sleep(2)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - stopped_at < 15
+    assert process.returncode == 130, stderr
+    assert "nothing was published" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.default", "mkosi.matrix", "release.logs"]
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftovers == ""

@@ -100,9 +100,7 @@ def esp_files(context: Context, uki: Path, kernel: Kernel) -> dict[str, Path]:
     efi_arch = EFI_ARCHITECTURES[context.config.architecture]
     boot_loader = context.root / f"usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
     if not boot_loader.exists():
-        raise MkosiError(
-            f"Bootable=yes: the image has no systemd-boot at /{boot_loader.relative_to(context.root)}"
-        )
+        raise MkosiError(f"Bootable=yes: the image has no systemd-boot at /{boot_loader.relative_to(context.root)}")
     loader_conf = context.workspace / "loader.conf"
     loader_conf.write_text("timeout 0\n")
     return {

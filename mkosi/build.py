@@ -14,15 +14,17 @@ import structlog
 
 from mkosi import package_cache
 from mkosi.boot import kernel_command_line
+from mkosi.concurrency import exclusive
 from mkosi.config import Config
-from mkosi.context import Context
+from mkosi.context import Context, StageRecord
 from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk
-from mkosi.pipeline import Stage, hash_tree, run_stages
+from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
 from mkosi.run import SubprocessClock, subprocess_clock
+from mkosi.stage_cache import SnapshotCache
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -32,7 +34,16 @@ INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
 
 
 async def install_distribution(context: Context) -> None:
-    await INSTALLERS[context.config.distribution](context)
+    config = context.config
+    if config.cache_path is None:
+        await INSTALLERS[config.distribution](context)
+        return
+    # Concurrent bootstraps of one release would download the same packages twice and race to add
+    # them to the pool: one at a time per pool, whichever process runs them.
+    pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+    pool.mkdir(parents=True, exist_ok=True)
+    async with exclusive(pool / ".bootstrap.lock"):
+        await INSTALLERS[config.distribution](context)
 
 
 async def write_output(context: Context) -> None:
@@ -98,7 +109,6 @@ PENDING: list[tuple[Callable[[Config], bool], str]] = [
     (lambda c: c.secure_boot, "SecureBoot="),
     (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
-    (lambda c: c.incremental, "Incremental="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),
     (lambda c: c.with_network, "WithNetwork="),
@@ -134,11 +144,17 @@ async def remove_outputs(config: Config) -> None:
         await remove_tree(leftover)
 
 
+def stage_cache_dir(config: Config) -> Path:
+    """Where -i keeps the stage snapshots of this project: next to its package cache."""
+    if config.cache_path is None:
+        raise MkosiError("Incremental= needs a cache directory: set Cache= or create mkosi.cache/")
+    return config.cache_path / "stages"
+
+
 async def remove_caches(config: Config) -> None:
     if config.cache_path is not None:
-        pool = package_cache.pool_for(
-            config.cache_path, config.distribution, config.release, config.architecture
-        )
+        await remove_tree(stage_cache_dir(config))
+        pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         await remove_tree(pool)
 
 
@@ -148,8 +164,13 @@ def publish(context: Context) -> None:
     context.staged.clear()
 
 
-async def build(config: Config) -> None:
+async def build(
+    config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
+) -> list[StageRecord]:
+    """Build and publish one image; returns what each stage did."""
     check_supported(config)
+    if cache is None and config.incremental:
+        cache = SnapshotCache(stage_cache_dir(config), STAGES)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():
@@ -164,7 +185,7 @@ async def build(config: Config) -> None:
         async with workspace(config, log) as path:
             context = Context(config=config, workspace=path, log=log)
             try:
-                await run_stages(context, STAGES)
+                await run_stages(context, STAGES, cache, observe)
                 publish(context)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -177,3 +198,4 @@ async def build(config: Config) -> None:
             seconds=round(elapsed, 1),
             outside_subprocesses=round(elapsed - clock.busy, 2),
         )
+    return context.stages

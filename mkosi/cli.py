@@ -10,7 +10,7 @@ import anyio
 import structlog
 
 from mkosi import log, machine
-from mkosi.build import STAGES, build, remove_caches, remove_outputs
+from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
@@ -21,7 +21,14 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def summary(config: Config) -> str:
     lines = [format_summary(config), "", "Stages:"]
-    lines += [f"  {stage.name:<12} {key[:16]}" for stage, key in stage_keys(config, STAGES)]
+    cached: set[str] = set()
+    if config.incremental and config.cache_path is not None:
+        directory = stage_cache_dir(config)
+        cached = {p.name for p in directory.iterdir() if p.is_dir()} if directory.is_dir() else set()
+    lines += [
+        f"  {stage.name:<12} {key[:16]}" + ("  (cached, reused with -i)" if key in cached else "")
+        for stage, key in stage_keys(config, STAGES)
+    ]
     return "\n".join(lines)
 
 

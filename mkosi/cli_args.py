@@ -141,9 +141,7 @@ def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
     return parser, nargs
 
 
-def _split_argv(
-    argv: Sequence[str], nargs: dict[str, str | int | None]
-) -> tuple[list[str], list[str], list[str]]:
+def _split_argv(argv: Sequence[str], nargs: dict[str, str | int | None]) -> tuple[list[str], list[str], list[str]]:
     """Split argv into (options, [verb, *args], unknown flags).
 
     argparse cannot do this itself: a flag with an optional value (--bootable) would swallow the

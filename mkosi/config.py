@@ -52,6 +52,7 @@ __all__ = [
     "OutputFormat",
     "Verb",
     "WorkspaceMode",
+    "config_from_settings",
     "format_help",
     "format_summary",
     "parse_args",
@@ -423,6 +424,36 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
         # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
         origin, setting = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
         raise ConfigError(_printable(e.problem), origin=origin, setting=setting) from None
+
+
+def config_from_settings(directory: Path, settings: Sequence[tuple[str, str, str]]) -> Config:
+    """The project in `directory` (mkosi.default and its drop-ins) with `settings` applied on top.
+
+    Each setting is (origin, key, value): a mkosi.default key name without its section, a value as
+    it would be written in mkosi.default, and where it came from for error messages. This is how
+    tools built on mkosi (the release matrix) describe images through the same table and parsers.
+    """
+    by_name = {key: setting for (_, key), setting in BY_KEY.items()}
+    try:
+        directory = _absolute(_cwd(), directory)
+        if not _is_dir(directory):
+            raise ConfigError(f"no such directory: {directory}")
+        candidate = directory / "mkosi.default"
+        default = candidate if _is_file(candidate) else None
+        files = _config_files(directory, default)
+        assignments = [a for path in files for a in _file_assignments(path, directory)]
+        for origin, key, value in settings:
+            found = by_name.get(key)
+            if found is None:
+                raise ConfigError(f"unknown key{suggest(key, by_name)}", origin=origin, setting=key)
+            assignments.append(Assignment(found, value, Where(origin, key)))
+        resolver = _resolve(directory, default, assignments)
+        config = _config(resolver)
+        _validate(config, resolver)
+        return config
+    except ConfigError as e:
+        where, name = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
+        raise ConfigError(_printable(e.problem), origin=where, setting=name) from None
 
 
 def _format_value(s: Setting, value: Any) -> str:

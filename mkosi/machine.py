@@ -44,9 +44,7 @@ async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], l
         # has: mount just the root partition, in a mount namespace that dies with the command.
         offset, size = await find_partition(config.output, Role.root, config.architecture, log)
         read_only = config.read_only
-        async with loopdev.attach(
-            config.output, offset=offset, size=size, read_only=read_only, log=log
-        ) as device:
+        async with loopdev.attach(config.output, offset=offset, size=size, read_only=read_only, log=log) as device:
             with tempfile.TemporaryDirectory(prefix="mkosi-root.") as mountpoint:
                 prefix = [
                     "unshare", "--mount", "--propagation=private", "--",
@@ -55,9 +53,7 @@ async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], l
                 ]  # fmt: skip
                 yield prefix, ["--directory", mountpoint]
     else:
-        raise MkosiError(
-            f"Format={config.format} images cannot be run: use directory, subvolume or a raw format"
-        )
+        raise MkosiError(f"Format={config.format} images cannot be run: use directory, subvolume or a raw format")
 
 
 async def shell(config: Config, args: Sequence[str], *, boot: bool = False) -> int:

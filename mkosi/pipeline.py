@@ -40,9 +40,7 @@ class Stage:
 class StageCache(Protocol):
     """Where finished stages' results are kept, to be reused by later builds or sibling builds."""
 
-    async def run(
-        self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]
-    ) -> bool:
+    async def run(self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]) -> bool:
         """Leave the stage's result in the workspace, restored from the cache (True) or built (False)."""
         ...
 
@@ -89,9 +87,17 @@ def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str
     return keys
 
 
-async def run_stages(context: Context, stages: Sequence[Stage], cache: StageCache | None = None) -> None:
+async def run_stages(
+    context: Context,
+    stages: Sequence[Stage],
+    cache: StageCache | None = None,
+    observe: Callable[[Stage], None] | None = None,
+) -> None:
+    """Run the enabled stages in order; `observe` hears of each as it starts (for progress displays)."""
     for stage, key in stage_keys(context.config, stages):
         context.log.info(f"{stage.name}: start", key=key[:12])
+        if observe is not None:
+            observe(stage)
         start = time.monotonic()
         if cache is not None and stage.cacheable:
             reused = await cache.run(stage, key, context, functools.partial(stage.run, context))

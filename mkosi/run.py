@@ -193,9 +193,7 @@ async def run(
         return CompletedCommand(args, returncode, stdout, tuple(tail))
 
 
-async def run_interactive(
-    argv: Sequence[Argument], *, env: Mapping[str, str] | None = None, log: Any = None
-) -> int:
+async def run_interactive(argv: Sequence[Argument], *, env: Mapping[str, str] | None = None, log: Any = None) -> int:
     """Run a command on mkosi's own terminal (a shell in the image, a VM's console); return its status.
 
     Unlike `run()`, the command stays in mkosi's process group so that it keeps the controlling

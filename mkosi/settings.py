@@ -185,9 +185,7 @@ def parse_hostname(value: str) -> str:
     # The rules systemd applies: at most 64 characters, dot-separated labels of letters, digits
     # and inner hyphens.
     if len(value) > 64 or not all(_LABEL.fullmatch(label) for label in value.split(".")):
-        raise ValueError(
-            f"invalid hostname {value!r} (letters, digits and inner hyphens, dot-separated, at most 64)"
-        )
+        raise ValueError(f"invalid hostname {value!r} (letters, digits and inner hyphens, dot-separated, at most 64)")
     return value
 
 
@@ -778,9 +776,7 @@ SETTINGS: tuple[Setting, ...] = (
         default=False,
         help="write and sign a SHA256SUMS file with gpg (implies --checksum)",
     ),
-    Setting(
-        "key", "--key", "Validation", "Key", parse=parse_string, metavar="KEY", help="gpg key to sign with"
-    ),
+    Setting("key", "--key", "Validation", "Key", parse=parse_string, metavar="KEY", help="gpg key to sign with"),
     Setting(
         "password",
         "--password",

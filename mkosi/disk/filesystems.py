@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mkosi.concurrency import cpu_heavy
 from mkosi.disk.partitions import MiB, align
 from mkosi.run import run
 
@@ -74,10 +75,12 @@ async def make_btrfs(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, lab
 
 
 async def make_squashfs(tree: Path, image: Path, log: Any) -> None:
-    await run(
-        ["mksquashfs", tree, image, "-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-xattrs"],
-        log=log,
-    )
+    # mksquashfs compresses on every core.
+    async with cpu_heavy():
+        await run(
+            ["mksquashfs", tree, image, "-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-xattrs"],
+            log=log,
+        )
 
 
 async def make_swap(image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:

@@ -121,9 +121,7 @@ def sfdisk_script(placed: Sequence[Placed], disk_uuid: uuid.UUID) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def assemble(
-    disk: Path, partitions: Sequence[Partition], disk_uuid: uuid.UUID, log: Any
-) -> list[Placed]:
+async def assemble(disk: Path, partitions: Sequence[Partition], disk_uuid: uuid.UUID, log: Any) -> list[Placed]:
     """Write the partition table and every filesystem image into `disk`, a new sparse file."""
     placed, total = place(partitions)
     with disk.open("wb") as f:

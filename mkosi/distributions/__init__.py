@@ -40,9 +40,7 @@ DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
         implemented=False,
     ),
     Distribution.fedora: DistributionInfo(default_release="43", releases=None, implemented=False),
-    Distribution.arch: DistributionInfo(
-        default_release="rolling", releases=frozenset({"rolling"}), implemented=False
-    ),
+    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=False),
     Distribution.opensuse: DistributionInfo(
         default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=False
     ),

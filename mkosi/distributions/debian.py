@@ -33,9 +33,7 @@ def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | No
                 for m in re.finditer(r"^([A-Za-z-]+):(.*)$", stanza, re.MULTILINE)
             )
             if "deb" in fields.get("types", "").split():
-                uris += [
-                    (u, s) for u in fields.get("uris", "").split() for s in fields.get("suites", "").split()
-                ]
+                uris += [(u, s) for u in fields.get("uris", "").split() for s in fields.get("suites", "").split()]
     legacy = apt_dir / "sources.list"
     if legacy.exists():
         for line in legacy.read_text().splitlines():
@@ -64,9 +62,7 @@ def sources(mirror: str | None, release: str, components: str) -> list[str]:
 
 
 def packages(config: Config) -> list[str]:
-    boot_packages = (
-        [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES] if config.bootable else []
-    )
+    boot_packages = [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES] if config.bootable else []
     return [*BASE_PACKAGES, *boot_packages, *config.packages]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mkosi.concurrency import cpu_heavy
 from mkosi.config import Compression
 from mkosi.run import run
 
@@ -23,4 +24,5 @@ async def compress_file(compression: Compression, source: Path, destination: Pat
     compressor = COMMANDS[compression]
     # Through a shell only for the redirections; the file names are positional parameters.
     script = 'src="$1" dst="$2"; shift 2; exec "$@" < "$src" > "$dst"'
-    await run(["sh", "-c", script, "sh", source, destination, *compressor, "-c"], log=log)
+    async with cpu_heavy():
+        await run(["sh", "-c", script, "sh", source, destination, *compressor, "-c"], log=log)

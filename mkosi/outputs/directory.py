@@ -18,9 +18,7 @@ async def move_or_copy_tree(context: Context, source: Path, destination: Path) -
     if same_filesystem(source, destination.parent):
         os.rename(source, destination)
     else:
-        await run(
-            ["cp", "-a", "--reflink=auto", "--no-target-directory", source, destination], log=context.log
-        )
+        await run(["cp", "-a", "--reflink=auto", "--no-target-directory", source, destination], log=context.log)
 
 
 async def write(context: Context) -> None:

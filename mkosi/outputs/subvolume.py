@@ -12,9 +12,7 @@ from mkosi.run import run
 
 async def check(config: Config, log: Any) -> None:
     """Fail before any work is done when the output directory is not on btrfs."""
-    result = await run(
-        ["stat", "--file-system", "--format=%T", config.output.parent], capture_stdout=True, log=log
-    )
+    result = await run(["stat", "--file-system", "--format=%T", config.output.parent], capture_stdout=True, log=log)
     fstype = result.stdout.strip()
     if fstype != "btrfs":
         raise MkosiError(

@@ -52,9 +52,7 @@ def test_directory_image_has_no_documentation(directory_image: Path) -> None:
 
 
 def test_package_from_packages_is_installed(directory_image: Path) -> None:
-    status = subprocess.run(
-        ["dpkg", f"--root={directory_image}", "-s", "less"], capture_output=True, text=True
-    )
+    status = subprocess.run(["dpkg", f"--root={directory_image}", "-s", "less"], capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert "Status: install ok installed" in status.stdout
 
@@ -96,9 +94,7 @@ def test_existing_output_is_refused_without_force(debian_project: Path, director
 
 
 def test_missing_package_fails_with_a_clear_error(tmp_path: Path) -> None:
-    result = mkosi(
-        "-d", "debian", "-r", "bookworm", "-p", "no-such-package-mkosi", "build", cwd=tmp_path, check=False
-    )
+    result = mkosi("-d", "debian", "-r", "bookworm", "-p", "no-such-package-mkosi", "build", cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "no-such-package-mkosi" in result.stderr
     assert not (tmp_path / "image").exists()

@@ -90,20 +90,31 @@ COMPRESSIBLE = "[Output]\nFormat=tar\n"
 CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Distribution", "Distribution"): ("fedora", ["-d", "fedora"], Distribution.fedora, ""),
     ("Distribution", "Release"): ("trixie", ["--release=trixie"], "trixie", ""),
-    ("Distribution", "Mirror"): ("http://m.example/debian", ["-m", "http://m.example/debian"],
-                                 "http://m.example/debian", ""),
-    ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"],
-                                       ("main", "contrib"), ""),
+    ("Distribution", "Mirror"): (
+        "http://m.example/debian",
+        ["-m", "http://m.example/debian"],
+        "http://m.example/debian",
+        "",
+    ),
+    ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"], ("main", "contrib"), ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
     ("Output", "Force"): ("2", ["-f", "--force"], 2, ""),
     ("Output", "Bootable"): ("yes", ["--bootable"], True, RAW),
-    ("Output", "SecureBoot"): ("yes", ["--secure-boot"], True,
-                               RAW + "Bootable=yes\nSecureBootKey=sb.key\nSecureBootCertificate=sb.crt\n"),
+    ("Output", "SecureBoot"): (
+        "yes",
+        ["--secure-boot"],
+        True,
+        RAW + "Bootable=yes\nSecureBootKey=sb.key\nSecureBootCertificate=sb.crt\n",
+    ),
     ("Output", "SecureBootKey"): ("sb.key", ["--secure-boot-key=sb.key"], lambda p: p / "sb.key", ""),
-    ("Output", "SecureBootCertificate"): ("sb.crt", ["--secure-boot-certificate", "sb.crt"],
-                                          lambda p: p / "sb.crt", ""),
+    ("Output", "SecureBootCertificate"): (
+        "sb.crt",
+        ["--secure-boot-certificate", "sb.crt"],
+        lambda p: p / "sb.crt",
+        "",
+    ),
     ("Output", "ReadOnly"): ("yes", ["--read-only"], True, RAW),
     ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, RAW),
     ("Output", "Verity"): ("yes", ["--verity=yes"], True, RAW),
@@ -127,8 +138,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "BuildScript"): ("build.sh", ["--build-script=build.sh"], lambda p: p / "build.sh", ""),
     ("Packages", "BuildSources"): ("src", ["--build-sources=src"], lambda p: p / "src", ""),
     ("Packages", "BuildPackages"): ("gcc make", ["--build-package=gcc,make"], ("gcc", "make"), ""),
-    ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"],
-                                             lambda p: p / "post.sh", ""),
+    ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"], lambda p: p / "post.sh", ""),
     ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
     ("Packages", "GitFiles"): ("others", ["--git-files=others"], GitFiles.others, ""),
     ("Packages", "WithNetwork"): ("yes", ["--with-network"], True, ""),
@@ -200,8 +210,24 @@ def test_command_line_only_settings(project: Path) -> None:
 
 
 def test_short_flags(project: Path) -> None:
-    config = load("-d", "ubuntu", "-r", "jammy", "-m", "http://m", "-t", "raw_squashfs", "-o", "o.raw",
-                  "-f", "-b", "-i", "-p", "a", "-v")
+    config = load(
+        "-d",
+        "ubuntu",
+        "-r",
+        "jammy",
+        "-m",
+        "http://m",
+        "-t",
+        "raw_squashfs",
+        "-o",
+        "o.raw",
+        "-f",
+        "-b",
+        "-i",
+        "-p",
+        "a",
+        "-v",
+    )
     assert (config.distribution, config.release, config.mirror) == (Distribution.ubuntu, "jammy", "http://m")
     assert (config.format, config.output, config.force) == (OutputFormat.raw_squashfs, project / "o.raw", 1)
     assert (config.bootable, config.incremental, config.packages, config.verbose) == (True, True, ("a",), 1)
@@ -237,7 +263,9 @@ def test_2017_example(project: Path) -> None:
 
 
 def test_commented_multi_line_file(project: Path) -> None:
-    write(project / "mkosi.default", """\
+    write(
+        project / "mkosi.default",
+        """\
 # Built by CI; see the README.
 [Distribution]
 Distribution=debian
@@ -257,7 +285,8 @@ Packages=
 
 [Partitions]
 RootSize = 1G
-""")
+""",
+    )
     config = load()
     assert (config.distribution, config.release) == (Distribution.debian, "trixie")
     assert config.kernel_command_line == ("quiet", "console=ttyS0")
@@ -288,7 +317,10 @@ def test_command_line_wins_for_scalars(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\nFormat=raw_btrfs\nForce=1\nHostname=file\nBootable=yes\n")
     config = load("-t", "raw_gpt", "-ff", "--hostname", "cli", "--bootable=no")
     assert (config.format, config.force, config.hostname, config.bootable) == (
-        OutputFormat.raw_gpt, 2, "cli", False,
+        OutputFormat.raw_gpt,
+        2,
+        "cli",
+        False,
     )
     assert load().force == 1
 
@@ -354,8 +386,16 @@ def test_discovered_files(project: Path) -> None:
 
 def test_nothing_discovered_in_an_empty_directory(project: Path) -> None:
     config = load()
-    for dest in ("build_script", "postinst_script", "nspawn_settings", "passphrase", "secure_boot_key",
-                 "secure_boot_certificate", "cache_path", "default_path"):
+    for dest in (
+        "build_script",
+        "postinst_script",
+        "nspawn_settings",
+        "passphrase",
+        "secure_boot_key",
+        "secure_boot_certificate",
+        "cache_path",
+        "default_path",
+    ):
         assert getattr(config, dest) is None, dest
     assert config.extra_trees == ()
 
@@ -414,7 +454,10 @@ def test_defaults(project: Path) -> None:
     ],
 )
 def test_release_default(
-    project: Path, monkeypatch: pytest.MonkeyPatch, host: tuple[Distribution, str | None], argv: list[str],
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    host: tuple[Distribution, str | None],
+    argv: list[str],
     release: str,
 ) -> None:
     monkeypatch.setattr(settings, "detect_host", lambda: host)
@@ -555,10 +598,8 @@ def test_malformed_line(project: Path) -> None:
         ("[Ouptut]\n", "mkosi.default:1: unknown section [Ouptut], did you mean [Output]?"),
         ("[Nonsense]\nA=b\n", "mkosi.default:1: unknown section [Nonsense]"),
         ("[Output]\nFromat=tar\n", "mkosi.default:2: [Output] Fromat: unknown key, did you mean Format?"),
-        ("[Output]\nbootable=yes\n",
-         "mkosi.default:2: [Output] bootable: unknown key, did you mean Bootable?"),
-        ("[Packages]\nHostname=x\n",
-         "mkosi.default:2: [Packages] Hostname: unknown key, it belongs in [Output]"),
+        ("[Output]\nbootable=yes\n", "mkosi.default:2: [Output] bootable: unknown key, did you mean Bootable?"),
+        ("[Packages]\nHostname=x\n", "mkosi.default:2: [Packages] Hostname: unknown key, it belongs in [Output]"),
         ("[Output]\nZzzzzz=1\n", "mkosi.default:2: [Output] Zzzzzz: unknown key"),
     ],
 )
@@ -582,8 +623,7 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
 def test_bad_value_in_dropin(project: Path) -> None:
     write(project / "mkosi.default.d/10-size.conf", "[Partitions]\nRootSize=1000\n")
     assert error() == (
-        "mkosi.default.d/10-size.conf:2: [Partitions] RootSize: "
-        "invalid size '1000': must be a multiple of 512 bytes"
+        "mkosi.default.d/10-size.conf:2: [Partitions] RootSize: invalid size '1000': must be a multiple of 512 bytes"
     )
 
 
@@ -592,13 +632,13 @@ def test_bad_value_in_dropin(project: Path) -> None:
     [
         (["--root-size=1000"], "--root-size: invalid size '1000': must be a multiple of 512 bytes"),
         (["--esp-size", "0"], "--esp-size: invalid size '0': must be positive"),
-        (["--swap-size=1.5G"],
-         "--swap-size: invalid size '1.5G' (use bytes or a number with K, M, G or T suffix)"),
+        (["--swap-size=1.5G"], "--swap-size: invalid size '1.5G' (use bytes or a number with K, M, G or T suffix)"),
         (["-d", "gentoo"], "-d: invalid value 'gentoo' (choose from debian, ubuntu, fedora, arch, opensuse)"),
-        (["-r", "hamm"],
-         "-r: debian has no release 'hamm' (known: bookworm, forky, sid, testing, trixie, unstable)"),
-        (["--hostname=a_b"],
-         "--hostname: invalid hostname 'a_b' (letters, digits and inner hyphens, dot-separated, at most 64)"),
+        (["-r", "hamm"], "-r: debian has no release 'hamm' (known: bookworm, forky, sid, testing, trixie, unstable)"),
+        (
+            ["--hostname=a_b"],
+            "--hostname: invalid hostname 'a_b' (letters, digits and inner hyphens, dot-separated, at most 64)",
+        ),
         (["--encrypt=some"], "--encrypt: invalid value 'some' (choose from all, data)"),
         (["--workspace=ram"], "--workspace: invalid value 'ram' (choose from auto, tmpfs, disk)"),
         (["--bootable=maybe"], "--bootable: invalid boolean 'maybe' (use yes/no, true/false, 1/0, on/off)"),
@@ -611,8 +651,7 @@ def test_bad_values_on_the_command_line(project: Path, argv: list[str], message:
 def test_unknown_release_in_file(project: Path) -> None:
     write(project / "mkosi.default", "[Distribution]\nDistribution=ubuntu\nRelease=hamm\n")
     assert error() == (
-        "mkosi.default:3: [Distribution] Release: "
-        "ubuntu has no release 'hamm' (known: jammy, noble, plucky, questing)"
+        "mkosi.default:3: [Distribution] Release: ubuntu has no release 'hamm' (known: jammy, noble, plucky, questing)"
     )
 
 
@@ -657,34 +696,50 @@ def test_nspawn_settings_missing(project: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-t", "directory", "--verity"], "--verity: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
-        (["-t", "tar", "-b"], "-b: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
-        (["-t", "subvolume", "--encrypt=all"], "--encrypt: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not subvolume"),
-        (["-t", "tar", "--read-only"], "--read-only: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
-        (["-t", "tar", "--home-size=1G"], "--home-size: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (
+            ["-t", "directory", "--verity"],
+            "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
+        ),
+        (["-t", "tar", "-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (
+            ["-t", "subvolume", "--encrypt=all"],
+            "--encrypt: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not subvolume",
+        ),
+        (
+            ["-t", "tar", "--read-only"],
+            "--read-only: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar",
+        ),
+        (
+            ["-t", "tar", "--home-size=1G"],
+            "--home-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar",
+        ),
         (["-t", "directory", "--compress"], "--compress: cannot compress a directory output"),
         (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
         # The default format is directory: raw-only settings need a raw format stated.
-        (["--verity"], "--verity: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (["--verity"], "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
         (["-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
-        (["--root-size=1G"], "--root-size: only supported with raw formats "
-         "(raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (
+            ["--root-size=1G"],
+            "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
+        ),
         (["--compress"], "--compress: cannot compress a directory output"),
-        (["-t", "raw_gpt", "--encrypt=all"],
-         "--encrypt: needs a passphrase file: add mkosi.passphrase to the project directory"),
+        (
+            ["-t", "raw_gpt", "--encrypt=all"],
+            "--encrypt: needs a passphrase file: add mkosi.passphrase to the project directory",
+        ),
         (["--secure-boot"], "--secure-boot: needs Bootable=yes"),
-        (["-t", "raw_gpt", "--secure-boot", "-b"],
-         "--secure-boot: needs SecureBootKey= or a mkosi.secure-boot.key file"),
-        (["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k"],
-         "--secure-boot: needs SecureBootCertificate= or a mkosi.secure-boot.crt file"),
-        (["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k", "--secure-boot-certificate=c"],
-         "--secure-boot-key: no such file: k"),
+        (
+            ["-t", "raw_gpt", "--secure-boot", "-b"],
+            "--secure-boot: needs SecureBootKey= or a mkosi.secure-boot.key file",
+        ),
+        (
+            ["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k"],
+            "--secure-boot: needs SecureBootCertificate= or a mkosi.secure-boot.crt file",
+        ),
+        (
+            ["-t", "raw_gpt", "--secure-boot", "-b", "--secure-boot-key=k", "--secure-boot-certificate=c"],
+            "--secure-boot-key: no such file: k",
+        ),
     ],
 )
 def test_conflicts(project: Path, argv: list[str], message: str) -> None:
@@ -714,8 +769,7 @@ def test_secure_boot_key_must_be_private(project: Path) -> None:
     write(project / "mkosi.secure-boot.key", "k", 0o640)
     write(project / "mkosi.secure-boot.crt", "c", 0o644)
     assert error("-t", "raw_gpt", "-b", "--secure-boot") == (
-        "mkosi.secure-boot.key: "
-        "accessible by group or others (mode 0640): mkosi.secure-boot.key (chmod 600 it)"
+        "mkosi.secure-boot.key: accessible by group or others (mode 0640): mkosi.secure-boot.key (chmod 600 it)"
     )
     (project / "mkosi.secure-boot.key").chmod(0o400)
     assert load("-t", "raw_gpt", "-b", "--secure-boot").secure_boot
@@ -728,7 +782,7 @@ def test_secure_boot_key_must_be_private(project: Path) -> None:
         (["--force=3"], "--force: ignored explicit argument '3'"),
         (["--without-tests=yes"], "--without-tests: ignored explicit argument 'yes'"),
         (["-d"], "--distribution: expected one argument"),
-        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help), did you mean build?"),
+        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu), did you mean build?"),
         (["summary", "extra"], "summary takes no arguments, got 'extra'"),
         (["-C", "nowhere"], "-C: no such directory: {project}/nowhere"),
         (["--default=nope.conf"], "--default: no such file: nope.conf"),

@@ -12,10 +12,7 @@ from mkosi.ini import Assignment, Section, parse_ini, read_ini
 
 
 def test_sections_assignments_and_lines() -> None:
-    text = (
-        "# leading comment\n[Distribution]\nDistribution = fedora\n\n; other comment\n"
-        "[Output]\nFormat=raw_btrfs\n"
-    )
+    text = "# leading comment\n[Distribution]\nDistribution = fedora\n\n; other comment\n[Output]\nFormat=raw_btrfs\n"
     assert parse_ini(text, "f") == [
         Section("Distribution", 2),
         Assignment("Distribution", "Distribution", "fedora", 3),
@@ -25,10 +22,7 @@ def test_sections_assignments_and_lines() -> None:
 
 
 def test_continuation_lines_join_with_newline() -> None:
-    text = (
-        "[Packages]\nPackages=\n        git\n\n        # a comment inside the list\n"
-        "\tvim tmux\nWithDocs=yes\n"
-    )
+    text = "[Packages]\nPackages=\n        git\n\n        # a comment inside the list\n\tvim tmux\nWithDocs=yes\n"
     entries = parse_ini(text, "f")
     assert entries[1] == Assignment("Packages", "Packages", "\ngit\nvim tmux", 2)
     assert entries[2] == Assignment("Packages", "WithDocs", "yes", 7)

@@ -91,7 +91,9 @@ def test_2017_key_names() -> None:
 
 def test_output_format_is_raw() -> None:
     assert {f for f in OutputFormat if f.is_raw} == {
-        OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs,
+        OutputFormat.raw_gpt,
+        OutputFormat.raw_btrfs,
+        OutputFormat.raw_squashfs,
     }
 
 
@@ -159,7 +161,11 @@ def test_format_size_round_trips(blocks: int) -> None:
 
 def test_format_size() -> None:
     assert [format_size(n) for n in (512, 1024, 3 * 1024**2, 1536 * 1024**2, 1024**4)] == [
-        "512", "1K", "3M", "1536M", "1T",
+        "512",
+        "1K",
+        "3M",
+        "1536M",
+        "1T",
     ]
 
 
@@ -168,8 +174,10 @@ def test_parse_hostname(name: str) -> None:
     assert parse_hostname(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-image", "image-", "a..b", ".a", "a.", "im_age", "im age", "x" * 64,
-                                  "a" * 40 + "." + "b" * 40, "hôte"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "-image", "image-", "a..b", ".a", "a.", "im_age", "im age", "x" * 64, "a" * 40 + "." + "b" * 40, "hôte"],
+)
 def test_parse_hostname_rejects(name: str) -> None:
     with pytest.raises(ValueError, match="invalid hostname"):
         parse_hostname(name)

@@ -1,0 +1,174 @@
+"""`mkosi matrix`: build every cell of a matrix file and publish one release directory.
+
+The `mkosi` command starts here so that mkosi itself never imports the matrix: `mkosi matrix …`
+is handled below, every other command line goes to mkosi.cli unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import anyio
+import structlog
+from rich.console import Console
+
+from matrix.progress import LiveProgress, LogProgress, summary_table
+from matrix.runner import Run, listing, plan
+from matrix.scheduler import Observer, Status
+from matrix.spec import load_matrix, select
+from mkosi import cli as mkosi_cli
+from mkosi import log
+from mkosi.errors import ConfigError, MkosiError
+from mkosi.workspace import remove_tree
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mkosi matrix",
+        description="Build a matrix of images concurrently and publish one "
+        "release directory with SHA256SUMS, an optional signature and manifest.json.",
+    )
+    p.add_argument(
+        "-C",
+        "--directory",
+        type=Path,
+        default=Path.cwd(),
+        metavar="DIR",
+        help="project directory (default: the current directory)",
+    )
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file (default: DIR/mkosi.matrix)")
+    p.add_argument("--list", action="store_true", help="print the cells and the stages they share, then exit")
+    p.add_argument(
+        "--cell",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only build cells whose name matches the shell pattern (repeatable)",
+    )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="cells built at once (default: the number of cores)",
+    )
+    failure = p.add_mutually_exclusive_group()
+    failure.add_argument(
+        "--keep-going",
+        dest="keep_going",
+        action="store_true",
+        default=True,
+        help="let the other cells finish when one fails (default)",
+    )
+    failure.add_argument(
+        "--fail-fast", dest="keep_going", action="store_false", help="start no new cell after a failure"
+    )
+    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+async def _run_with_signals(run: Run, observer: Observer) -> int | None:
+    """Run the matrix; Ctrl-C or SIGTERM cancels every cell. Returns the signal's exit status, if any."""
+    received: list[signal.Signals] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                received.append(signal.Signals(signum))
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        await run.execute(observer)
+        tg.cancel_scope.cancel()
+    return SIGNAL_EXIT[received[0]] if received else None
+
+
+async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool) -> int:
+    names = [p.name for p in run.planned]
+    status: int | None
+    try:
+        if live:
+            progress = LiveProgress(names, console)
+            with progress.shown():
+                status = await _run_with_signals(run, progress)
+        else:
+            status = await _run_with_signals(run, LogProgress())
+    finally:
+        with anyio.CancelScope(shield=True):
+            await remove_tree(run.work)
+    if status is not None:
+        structlog.get_logger("mkosi.matrix").error("interrupted, cleaned up; nothing was published")
+        return status
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    directory = args.directory.resolve()
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    cells = select(matrix.cells, args.cell)
+    release_dir = matrix.release.directory
+    work = release_dir.parent / f".{release_dir.name}.mkosi-tmp.{os.getpid()}"
+    planned = plan(matrix, directory, cells, work / "cells")
+    if args.list:
+        print(listing(planned))
+        return 0
+
+    json = {"json": True, "console": False}.get(args.log_format)
+    log.setup(json=json, verbose=args.verbose)
+    console = Console(stderr=True)
+    live = console.is_terminal and args.log_format != "json"
+    if live:
+        # The live table replaces the builds' step lines; they still reach each build's log file.
+        logging.getLogger("mkosi.build").propagate = False
+    matrix_log = structlog.get_logger("mkosi.matrix")
+    for p in planned:
+        if p.unsupported:
+            matrix_log.warning(f"{p.name}: cannot be built: {p.unsupported}")
+
+    release_dir.parent.mkdir(parents=True, exist_ok=True)
+    work.mkdir()
+    run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going)
+    status = anyio.run(_main, args, run, console, live)
+    if status:
+        return status
+    outcomes = run.outcomes
+    console.print(summary_table(outcomes, run.sizes(), run.hits()))
+    failed = [o for o in outcomes if o.status is not Status.success]
+    for o in failed:
+        matrix_log.error(f"{o.name}: {o.status}", error=o.error)
+    return 1 if failed else 0
+
+
+def entry() -> None:
+    """The `mkosi` command."""
+    argv = sys.argv[1:]
+    if argv[:1] != ["matrix"]:
+        mkosi_cli.main(argv)
+        return
+    try:
+        status = main(argv[1:])
+    except MkosiError as error:
+        print(f"mkosi matrix: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
+    sys.exit(status)

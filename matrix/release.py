@@ -1,0 +1,148 @@
+"""The release directory: artifacts, SHA256SUMS (+ .gpg), manifest.json, published in one rename.
+
+Everything is assembled in a directory next to the release and swapped into place at the end
+(renameat2 RENAME_EXCHANGE when a previous release exists), so a reader sees the old release or the
+new one, never a mixture or half a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mkosi.concurrency import cpu_heavy
+from mkosi.config import Compression, Config
+from mkosi.outputs.tar import tar_tree
+from mkosi.run import run
+from mkosi.workspace import remove_tree
+
+TAR_SUFFIXES = {Compression.none: ".tar", Compression.xz: ".tar.xz", Compression.zstd: ".tar.zst"}
+# Tools whose versions go into the manifest, when installed: they determine the artifacts' bytes.
+TOOLS = ("mmdebstrap", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    size: int
+    sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+async def describe_artifact(path: Path) -> Artifact:
+    async with cpu_heavy():
+        digest = await anyio.to_thread.run_sync(_sha256, path)
+    return Artifact(path.name, path.stat().st_size, digest)
+
+
+async def collect_artifacts(
+    config: Config, name: str, release: Path, compress: Compression, log: Any
+) -> list[Artifact]:
+    """Move (or, for trees, pack) what a cell's build published into the release being assembled.
+
+    Everything next to the output whose name starts with the output's (sidecars such as .roothash
+    included) is an artifact, except the build log.
+    """
+    output = config.output
+    artifacts: list[Path] = []
+    if output.is_dir() and not output.is_symlink():
+        packed = release / (name + TAR_SUFFIXES[compress])
+        await tar_tree(output, packed, compress, log)
+        await remove_tree(output)
+        artifacts.append(packed)
+    for path in sorted(output.parent.iterdir()):
+        if (path == output and path.is_dir()) or not path.name.startswith(output.name):
+            continue
+        if path.name.endswith(".log") or path == release:
+            continue
+        target = release / path.name
+        os.rename(path, target)
+        artifacts.append(target)
+    return [await describe_artifact(path) for path in artifacts]
+
+
+def checksums(artifacts: Sequence[Artifact]) -> str:
+    """coreutils' binary-mode lines as systemd's importer reads them, sorted bytewise (LC_ALL=C sort)."""
+    return "".join(sorted(f"{a.sha256} *{a.name}\n" for a in artifacts))
+
+
+async def sign(sums: Path, key: str | None, log: Any) -> Path:
+    signature = sums.with_name(sums.name + ".gpg")
+    await run(
+        [
+            "gpg",
+            "--batch",
+            "--yes",
+            "--detach-sign",
+            *(["--local-user", key] if key else []),
+            "--output",
+            signature,
+            sums,
+        ],
+        log=log,
+    )
+    return signature
+
+
+async def tool_versions(log: Any) -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for tool in TOOLS:
+        if shutil.which(tool) is None:
+            continue
+        if tool == "dpkg":
+            argv = ["dpkg-query", "--showformat=${Version}", "--show", "dpkg"]
+        elif tool == "mmdebstrap":
+            argv = ["dpkg-query", "--showformat=${Version}", "--show", "mmdebstrap"]
+        else:
+            argv = [tool, "--version"]
+        result = await run(argv, capture_stdout=True, check=False, log=log)
+        first = next((line for line in result.stdout.splitlines() if line.strip()), "")
+        if result.returncode == 0 and first:
+            versions[tool] = first.strip()
+    return versions
+
+
+def write_manifest(path: Path, cells: Sequence[Mapping[str, Any]], tools: Mapping[str, str]) -> None:
+    path.write_text(json.dumps({"cells": list(cells), "tools": dict(tools)}, indent=2) + "\n")
+
+
+def _exchange(a: Path, b: Path) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a))
+
+
+async def publish(assembled: Path, final: Path) -> None:
+    """Put the assembled release at `final` atomically, replacing a previous one."""
+    try:
+        os.rename(assembled, final)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    _exchange(assembled, final)
+    # `assembled` now holds the previous release.
+    await remove_tree(assembled)

@@ -1,0 +1,256 @@
+"""A matrix run: cells planned into Configs, built concurrently with shared stages, released."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from matrix import release as rel
+from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
+from matrix.spec import Cell, Matrix, ini_value
+from mkosi.build import STAGES, build, check_supported
+from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
+from mkosi.context import StageRecord
+from mkosi.errors import ConfigError, NotImplementedYet
+from mkosi.pipeline import stage_keys
+from mkosi.stage_cache import SnapshotCache
+from mkosi.workspace import choose_base, remove_tree
+
+COMPRESSION_SUFFIXES = {Compression.none: "", Compression.xz: ".xz", Compression.zstd: ".zst"}
+
+
+@dataclass
+class PlannedCell:
+    cell: Cell
+    config: Config
+    # Why the cell cannot be built by this version (a feature not landed yet), found before running.
+    unsupported: str | None
+    keys: list[tuple[str, str, bool]]  # (stage, key, cacheable)
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+
+@dataclass
+class CellResult:
+    stages: list[StageRecord] = field(default_factory=list)
+    artifacts: list[rel.Artifact] = field(default_factory=list)
+
+
+def _output_name(config: Config, name: str) -> str:
+    if config.format in (OutputFormat.directory, OutputFormat.subvolume):
+        return name
+    base = ".tar" if config.format is OutputFormat.tar else ".raw"
+    return name + base + COMPRESSION_SUFFIXES[config.compress]
+
+
+def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Path) -> list[PlannedCell]:
+    """Every cell's Config, or a ConfigError listing every invalid cell; nothing is built here."""
+    planned: list[PlannedCell] = []
+    problems: list[str] = []
+    origin = matrix.path.name
+    for cell in cells:
+        settings = [(f"{origin}: [defaults]", k, ini_value(v)) for k, v in matrix.defaults.items()]
+        settings += [(f"{origin}: cell {cell.name}", k, ini_value(v)) for k, v in cell.settings.items()]
+        try:
+            config = config_from_settings(directory, settings)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        compressible = config.format is OutputFormat.tar or config.format.is_raw
+        if config.compress is Compression.none and compressible:
+            config = dataclasses.replace(config, compress=matrix.release.compress)
+        output = build_root / cell.name / _output_name(config, cell.name)
+        config = dataclasses.replace(config, output=output, force=0)
+        unsupported = None
+        try:
+            check_supported(config)
+        except NotImplementedYet as e:
+            unsupported = str(e)
+        keys = [(stage.name, key, stage.cacheable) for stage, key in stage_keys(config, STAGES)]
+        planned.append(PlannedCell(cell, config, unsupported, keys))
+    if problems:
+        raise ConfigError("invalid cells:\n" + "\n".join(f"  {p}" for p in problems))
+    return planned
+
+
+def sharers(planned: Sequence[PlannedCell]) -> dict[str, list[str]]:
+    """Stage key → the cells whose builds contain that stage."""
+    result: dict[str, list[str]] = {}
+    for p in planned:
+        if p.unsupported is None:
+            for _, key, _ in p.keys:
+                result.setdefault(key, []).append(p.name)
+    return result
+
+
+def keys_to_keep(planned: Sequence[PlannedCell]) -> set[str]:
+    """The shared keys where sharing ends: storing those alone serves every cell that can reuse work.
+
+    Along a cell's stages the set of sharers only shrinks; a snapshot is worth taking where it is
+    about to shrink (or the run of cacheable stages ends) and more than one cell still shares it.
+    """
+    share = sharers(planned)
+    keep: set[str] = set()
+    for p in planned:
+        for i, (_, key, cacheable) in enumerate(p.keys):
+            if not cacheable or len(share[key]) < 2:
+                continue
+            following = p.keys[i + 1] if i + 1 < len(p.keys) else None
+            if following is None or not following[2] or share[following[1]] != share[key]:
+                keep.add(key)
+    return keep
+
+
+def start_order(planned: Sequence[PlannedCell]) -> list[PlannedCell]:
+    """The cells in the order to start them: one of each group sharing a bootstrap first.
+
+    A cell waiting for a sibling's shared stage holds a job slot while it waits, so starting
+    siblings together would leave slots idle that a cell of another group could use.
+    """
+    seen: dict[str, int] = {}
+    rank: dict[str, int] = {}
+    for p in planned:
+        first = p.keys[0][1] if p.keys else p.name
+        rank[p.name] = seen.get(first, 0)
+        seen[first] = rank[p.name] + 1
+    return sorted(planned, key=lambda p: rank[p.name])
+
+
+def listing(planned: Sequence[PlannedCell]) -> str:
+    share = sharers(planned)
+    lines = []
+    for p in planned:
+        lines.append(p.name + (f"  (cannot run: {p.unsupported})" if p.unsupported else ""))
+        for stage, key, _ in p.keys:
+            others = [n for n in share.get(key, []) if n != p.name]
+            shared = f"  shared with {', '.join(others)}" if others else ""
+            lines.append(f"  {stage:<12} {key[:12]}{shared}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Run:
+    matrix: Matrix
+    planned: list[PlannedCell]
+    work: Path  # next to the release directory: the release being assembled and the cells' outputs
+    max_jobs: int
+    keep_going: bool = True
+    results: dict[str, CellResult] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    log: Any = field(default_factory=lambda: structlog.get_logger("mkosi.matrix"))
+
+    @property
+    def assembled(self) -> Path:
+        return self.work / "release"
+
+    @property
+    def logs(self) -> Path:
+        final = self.matrix.release.directory
+        return final.with_name(final.name + ".logs")
+
+    async def _cell(self, p: PlannedCell, cache: SnapshotCache, report: Report) -> None:
+        result = self.results.setdefault(p.name, CellResult())
+        if p.unsupported is not None:
+            raise NotImplementedYet(p.unsupported)
+        log_file = p.config.output.with_name(p.config.output.name + ".log")
+        p.config.output.parent.mkdir(parents=True)
+        try:
+            result.stages = await build(p.config, cache, observe=lambda stage: report(stage.name))
+            report("publish")
+            pending = p.config.output.parent / ".publish"
+            pending.mkdir()
+            artifacts = await rel.collect_artifacts(
+                p.config, p.name, pending, self.matrix.release.compress, self.log.bind(build=p.name)
+            )
+            # Only now, with nothing left that can fail or be interrupted halfway, into the release.
+            for artifact in artifacts:
+                os.rename(pending / artifact.name, self.assembled / artifact.name)
+            result.artifacts = artifacts
+        finally:
+            if log_file.exists():
+                self.logs.mkdir(parents=True, exist_ok=True)
+                os.replace(log_file, self.logs / f"{p.name}.log")
+            with anyio.CancelScope(shield=True):
+                await remove_tree(p.config.output.parent)
+
+    async def execute(self, observer: Observer | None = None) -> list[Outcome]:
+        """Build every cell; publish the release unless cancelled. Returns the cells' outcomes."""
+        self.assembled.mkdir(parents=True)
+        base = choose_base(WorkspaceMode.auto, self.work)
+        cache_dir = Path(tempfile.mkdtemp(prefix=".mkosi-matrix-cache.", dir=base))
+        try:
+            keep = keys_to_keep(self.planned)
+            cache = SnapshotCache(cache_dir, STAGES, keep=keep.__contains__)
+
+            def job(p: PlannedCell) -> Job:
+                return Job(p.name, lambda report: self._cell(p, cache, report))
+
+            finished = await schedule(
+                [job(p) for p in start_order(self.planned)],
+                max_jobs=self.max_jobs,
+                cpu_slots=max(1, os.cpu_count() or 1),
+                keep_going=self.keep_going,
+                observer=observer,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await remove_tree(cache_dir)
+        by_name = {o.name: o for o in finished}
+        outcomes = [by_name[p.name] for p in self.planned]
+        self.outcomes = outcomes
+        await self._finish(outcomes)
+        return outcomes
+
+    def _cell_json(self, p: PlannedCell, outcome: Outcome, share: dict[str, list[str]]) -> dict[str, Any]:
+        result = self.results.get(p.name, CellResult())
+        return {
+            "name": p.name,
+            "status": outcome.status.value,
+            "error": outcome.error,
+            "started": outcome.started.isoformat() if outcome.started else None,
+            "finished": outcome.finished.isoformat() if outcome.finished else None,
+            "settings": {
+                **{k: ini_value(v) for k, v in self.matrix.defaults.items()},
+                **{k: ini_value(v) for k, v in p.cell.settings.items()},
+            },
+            "artifacts": [a.as_json() for a in result.artifacts] if outcome.status is Status.success else [],
+            "stages": [
+                {
+                    "name": r.name,
+                    "key": r.key,
+                    "cached": r.reused,
+                    "shared_with": [n for n in share.get(r.key, []) if n != p.name],
+                    "duration_s": round(r.seconds, 3),
+                }
+                for r in result.stages
+            ],
+        }
+
+    async def _finish(self, outcomes: Sequence[Outcome]) -> None:
+        share = sharers(self.planned)
+        succeeded = [o.name for o in outcomes if o.status is Status.success]
+        artifacts = [a for name in succeeded for a in self.results[name].artifacts]
+        sums = self.assembled / "SHA256SUMS"
+        sums.write_text(rel.checksums(artifacts))
+        if self.matrix.release.sign:
+            await rel.sign(sums, self.matrix.release.key, self.log)
+        cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
+        rel.write_manifest(self.assembled / "manifest.json", cells, await rel.tool_versions(self.log))
+        await rel.publish(self.assembled, self.matrix.release.directory)
+        self.log.info("release published", directory=str(self.matrix.release.directory))
+
+    def sizes(self) -> dict[str, int]:
+        return {name: sum(a.size for a in r.artifacts) for name, r in self.results.items() if r.artifacts}
+
+    def hits(self) -> dict[str, tuple[int, int]]:
+        return {name: (sum(s.reused for s in r.stages), len(r.stages)) for name, r in self.results.items()}

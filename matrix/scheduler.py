@@ -1,0 +1,124 @@
+"""Running many jobs at once under structured concurrency.
+
+The scheduler knows nothing about images: a job is a name and an async callable that reports the
+step it is in. All jobs run in one task group; a capacity limiter bounds how many run at once, and
+a second limiter, installed in mkosi.concurrency.CPU_LIMITER for every job, bounds the steps that
+fill all cores by themselves. A failing job is recorded and, unless fail-fast, the others go on;
+with fail-fast no new job starts after a failure, while running ones finish. Cancelling the
+caller's scope (Ctrl-C) cancels every job, and mkosi's run layer kills their processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import anyio
+
+from mkosi.concurrency import CPU_LIMITER
+
+Report = Callable[[str], None]
+
+
+class Status(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    success = "success"
+    failed = "failed"
+    skipped = "skipped"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[Report], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: Status = Status.pending
+    error: str | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+    seconds: float = 0.0
+    step: str = ""
+    _start: float = field(default=0.0, repr=False)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start if self.status is Status.running else self.seconds
+
+
+class Observer(Protocol):
+    def changed(self, outcome: Outcome) -> None:
+        """A job started, moved to another step or finished."""
+        ...
+
+
+def describe(error: BaseException) -> str:
+    """One message per underlying failure: task groups wrap errors in groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in error.exceptions)
+    return str(error) or type(error).__name__
+
+
+async def schedule(
+    jobs: Sequence[Job],
+    *,
+    max_jobs: int,
+    cpu_slots: int,
+    keep_going: bool = True,
+    observer: Observer | None = None,
+) -> list[Outcome]:
+    """Run the jobs; returns their outcomes in the order given. Raises only when cancelled."""
+    if max_jobs < 1 or cpu_slots < 1:
+        raise ValueError("max_jobs and cpu_slots must be at least 1")
+    limiter = anyio.CapacityLimiter(max_jobs)
+    outcomes = [Outcome(job.name) for job in jobs]
+    stopping = False
+
+    def notify(outcome: Outcome) -> None:
+        if observer is not None:
+            observer.changed(outcome)
+
+    async def one(job: Job, outcome: Outcome) -> None:
+        nonlocal stopping
+        async with limiter:
+            if stopping:
+                outcome.status = Status.skipped
+                outcome.error = "not started: an earlier job failed (fail-fast)"
+                notify(outcome)
+                return
+            outcome.status, outcome.started = Status.running, datetime.now(UTC)
+            outcome._start = time.monotonic()
+            notify(outcome)
+
+            def report(step: str) -> None:
+                outcome.step = step
+                notify(outcome)
+
+            try:
+                await job.run(report)
+            except Exception as error:
+                outcome.status, outcome.error = Status.failed, describe(error)
+                stopping = stopping or not keep_going
+            else:
+                outcome.status = Status.success
+            finally:
+                outcome.finished = datetime.now(UTC)
+                outcome.seconds = time.monotonic() - outcome._start
+            notify(outcome)
+
+    # Every task started below inherits the CPU limiter through its copy of the context.
+    token = CPU_LIMITER.set(anyio.CapacityLimiter(cpu_slots))
+    try:
+        async with anyio.create_task_group() as tg:
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                tg.start_soon(one, job, outcome, name=f"job {job.name}")
+    finally:
+        CPU_LIMITER.reset(token)
+    return outcomes

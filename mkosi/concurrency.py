@@ -1,0 +1,91 @@
+"""Locks and limits shared by concurrent builds, in one process and across processes.
+
+`exclusive(path)` is a lock named by a file: an anyio lock for the tasks of this process (fair,
+and cheap to wait on) and then flock(2) on the file for other processes. flock is polled without
+blocking so that a waiting task stays cancellable and never blocks the event loop.
+
+`cpu_heavy()` bounds steps that can use every core by themselves (compression, squashfs): a
+scheduler running many builds installs a limiter in `CPU_LIMITER`, and every task it starts
+inherits it; a single build runs without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+# How often a task waiting for another process's flock tries again.
+FLOCK_POLL_SECONDS = 0.05
+
+CPU_LIMITER: contextvars.ContextVar[anyio.CapacityLimiter | None] = contextvars.ContextVar(
+    "mkosi_cpu_limiter", default=None
+)
+
+_LOCKS: dict[str, anyio.Lock] = {}
+
+
+@dataclass
+class Held:
+    """An acquired `exclusive` lock; release() exactly once, from the task that acquired it."""
+
+    path: Path
+    _lock: anyio.Lock
+    _fd: int
+
+    def release(self) -> None:
+        # Closing the descriptor drops the flock.
+        os.close(self._fd)
+        self._lock.release()
+
+
+async def _flock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                await anyio.sleep(FLOCK_POLL_SECONDS)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+async def acquire(path: Path) -> Held:
+    """Take the lock named by `path` (created if missing; its directory must exist)."""
+    lock = _LOCKS.setdefault(str(path), anyio.Lock())
+    await lock.acquire()
+    try:
+        fd = await _flock(path)
+    except BaseException:
+        lock.release()
+        raise
+    return Held(path, lock, fd)
+
+
+@contextlib.asynccontextmanager
+async def exclusive(path: Path) -> AsyncIterator[None]:
+    held = await acquire(path)
+    try:
+        yield
+    finally:
+        held.release()
+
+
+@contextlib.asynccontextmanager
+async def cpu_heavy() -> AsyncIterator[None]:
+    """Hold one of the scheduler's CPU slots, if any, for a step that fills the cores by itself."""
+    limiter = CPU_LIMITER.get()
+    if limiter is None:
+        yield
+        return
+    async with limiter:
+        yield

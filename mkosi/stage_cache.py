@@ -1,0 +1,155 @@
+"""A content-addressed cache of workspace snapshots, one per stage key.
+
+After a cacheable stage the whole workspace is its result, so a copy of it stands in for running
+the stage (and every stage before it: keys are chained) again. Entries live in DIR/<key>/; each is
+copied under a temporary name and renamed into place, so a reader never sees half an entry, and
+entries never change once written.
+
+Single flight: a build that misses takes the lock of the next key it will store (per key, both
+in-process and across processes) before building, so a concurrent build of the same key waits for
+it and then restores the finished copy instead of building it a second time. A build holds at most
+one such lock at a time and never waits for another while holding one, so builds cannot deadlock.
+
+Look-ahead: when a later stage in the same run of cacheable stages already has an entry, only the
+deepest entry is restored; the stages before it are reported as reused without copying anything.
+
+`keep(key)` decides which keys are worth storing: every key for incremental builds of one image;
+for a matrix, only the keys other cells will ask for too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mkosi import concurrency
+from mkosi.config import Config
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.pipeline import Stage, stage_keys
+from mkosi.run import run
+from mkosi.workspace import remove_tree
+
+
+def _keep_all(key: str) -> bool:
+    return True
+
+
+@dataclass
+class _BuildState:
+    """What one build in progress holds between stages."""
+
+    lock: concurrency.Held | None = None
+    lock_key: str | None = None
+    # A later stage's entry that will be restored when that stage is reached.
+    promised: str | None = None
+
+
+@dataclass
+class SnapshotCache:
+    directory: Path
+    stages: Sequence[Stage]
+    keep: Callable[[str], bool] = _keep_all
+    # Counters, for reports and tests.
+    built: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)
+    _builds: dict[int, _BuildState] = field(default_factory=dict)
+
+    def entry(self, key: str) -> Path:
+        return self.directory / key
+
+    def has(self, key: str) -> bool:
+        return self.entry(key).is_dir()
+
+    def _cacheable_run(self, config: Config, key: str) -> list[str]:
+        """The keys from `key` to the end of the run of cacheable stages it is part of."""
+        keys: list[str] = []
+        found = False
+        for stage, k in stage_keys(config, self.stages):
+            found = found or k == key
+            if not found:
+                continue
+            if not stage.cacheable:
+                break
+            keys.append(k)
+        if not keys:
+            raise MkosiError(f"stage key {key[:12]} is not a cacheable stage of this build")
+        return keys
+
+    async def run(self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]) -> bool:
+        state = self._builds.setdefault(id(context), _BuildState())
+        try:
+            reused = await self._run(key, context, build, state)
+        except BaseException:
+            self._finish(context, state)
+            raise
+        if state.lock_key == key or (state.lock_key is None and state.promised is None):
+            self._finish(context, state)
+        return reused
+
+    def _finish(self, context: Context, state: _BuildState) -> None:
+        if state.lock is not None:
+            state.lock.release()
+            state.lock, state.lock_key = None, None
+        if state.promised is None:
+            self._builds.pop(id(context), None)
+
+    async def _run(self, key: str, context: Context, build: Callable[[], Awaitable[None]], state: _BuildState) -> bool:
+        if state.promised is not None:
+            if state.promised != key:
+                return True
+            state.promised = None
+            if not self.has(key):
+                raise MkosiError(f"stage cache entry {self.entry(key)} vanished while in use, run again")
+            await self._restore(key, context)
+            return True
+
+        chain = self._cacheable_run(context.config, key)
+        if state.lock is None:
+            target = next((k for k in chain if self.keep(k)), None)
+            if target is not None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                state.lock = await concurrency.acquire(self.directory / f".{target}.lock")
+                state.lock_key = target
+
+        hit = next((k for k in reversed(chain) if self.has(k)), None)
+        if hit == key:
+            await self._restore(key, context)
+            return True
+        if hit is not None:
+            state.promised = hit
+            return True
+
+        await build()
+        self.built.append(key)
+        if self.keep(key):
+            await self._store(key, context)
+        return False
+
+    async def _restore(self, key: str, context: Context) -> None:
+        for child in list(context.workspace.iterdir()):
+            await remove_tree(child)
+        await run(["cp", "-a", "--reflink=auto", f"{self.entry(key)}/.", context.workspace], log=context.log)
+        self.restored.append(key)
+        context.log.info("restored from the stage cache", key=key[:12])
+
+    async def _store(self, key: str, context: Context) -> None:
+        if self.has(key):
+            return
+        temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
+        try:
+            await run(["cp", "-a", "--reflink=auto", f"{context.workspace}/.", temporary], log=context.log)
+            os.rename(temporary, self.entry(key))
+        finally:
+            await remove_tree(temporary)
+        self.stored.append(key)
+        context.log.info("stored in the stage cache", key=key[:12])
+
+
+async def remove_cache(directory: Path) -> None:
+    """Drop every entry; only when no build uses the cache (mkosi -ff)."""
+    await remove_tree(directory)

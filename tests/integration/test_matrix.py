@@ -1,0 +1,193 @@
+"""A real release matrix: two Debian releases by two formats, plus a cell that fails; signed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import CACHE
+
+MATRIX = """
+[matrix]
+Distribution = ["debian"]
+Release = ["bookworm", "trixie"]
+Format = ["directory", "tar"]
+
+# A cell of its own (an include only extends cells whose axis values it matches), which fails:
+# the test's output directory is not on btrfs.
+[[include]]
+Distribution = "debian"
+Release = "bookworm"
+Format = "subvolume"
+
+[defaults]
+Hostname = "matrix-test"
+
+[release]
+Directory = "out/release"
+Sign = true
+Compress = "zstd"
+"""
+GOOD = ["debian-bookworm-directory", "debian-bookworm-tar", "debian-trixie-directory", "debian-trixie-tar"]
+BAD = "debian-bookworm-subvolume"
+
+
+@pytest.fixture(scope="module")
+def gnupghome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "mkosi test <test@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory, gnupghome: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    project = tmp_path_factory.mktemp("matrix-project")
+    (project / "mkosi.default").write_text(f"[Packages]\nCache={CACHE / 'packages'}\n")
+    (project / "mkosi.matrix").write_text(MATRIX)
+    result = subprocess.run(
+        [sys.executable, "-m", "matrix", "-C", str(project), "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GNUPGHOME": str(gnupghome)},
+    )
+    return project / "out/release", result
+
+
+def test_exit_status_reports_the_failed_cell(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    _, result = release
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert BAD in result.stderr
+
+
+def test_checksums_and_signature_verify(
+    release: tuple[Path, subprocess.CompletedProcess[str]], gnupghome: Path
+) -> None:
+    directory, _ = release
+    check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=directory, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    keyring = gnupghome / "exported.gpg"
+    subprocess.run(
+        ["gpg", "--export", "--output", str(keyring)], check=True, env={**os.environ, "GNUPGHOME": str(gnupghome)}
+    )
+    verify = subprocess.run(
+        ["gpgv", "--keyring", str(keyring), "SHA256SUMS.gpg", "SHA256SUMS"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    lines = (directory / "SHA256SUMS").read_bytes().splitlines()
+    ordered = subprocess.run(["sort", "--check", "SHA256SUMS"], cwd=directory, env={"LC_ALL": "C"})
+    assert ordered.returncode == 0
+    assert all(line.split(b" ", 1)[1].startswith(b"*") for line in lines)
+
+
+def test_release_holds_exactly_the_successful_artifacts(
+    release: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    directory, _ = release
+    expected = {f"{name}.tar.zst" for name in GOOD} | {"SHA256SUMS", "SHA256SUMS.gpg", "manifest.json"}
+    assert {p.name for p in directory.iterdir()} == expected
+    # Nothing half-written or temporary next to it.
+    assert sorted(p.name for p in directory.parent.iterdir()) == ["release", "release.logs"]
+
+
+def test_manifest_matches_the_files(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    directory, _ = release
+    manifest = json.loads((directory / "manifest.json").read_text())
+    cells = {c["name"]: c for c in manifest["cells"]}
+    assert set(cells) == {*GOOD, BAD}
+    assert cells[BAD]["status"] == "failed" and "btrfs" in cells[BAD]["error"]
+    assert cells[BAD]["artifacts"] == []
+    sums = {line.split(" *")[1]: line.split(" *")[0] for line in (directory / "SHA256SUMS").read_text().splitlines()}
+    listed = {}
+    for name in GOOD:
+        assert cells[name]["status"] == "success"
+        assert cells[name]["settings"]["Format"] in ("directory", "tar")
+        for artifact in cells[name]["artifacts"]:
+            path = directory / artifact["name"]
+            assert path.stat().st_size == artifact["size"]
+            listed[artifact["name"]] = artifact["sha256"]
+    assert listed == sums
+    assert "mmdebstrap" in manifest["tools"]
+
+
+def test_bootstrap_ran_once_per_release(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    directory, _ = release
+    manifest = json.loads((directory / "manifest.json").read_text())
+    built: dict[str, int] = {}
+    for cell in manifest["cells"]:
+        if cell["name"] == BAD:
+            continue
+        bootstrap = next(s for s in cell["stages"] if s["name"] == "bootstrap")
+        if not bootstrap["cached"]:
+            built[cell["settings"]["Release"]] = built.get(cell["settings"]["Release"], 0) + 1
+        assert len(bootstrap["shared_with"]) >= 1
+    assert built == {"bookworm": 1, "trixie": 1}
+
+
+def test_directory_cell_tarball_is_an_image(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    directory, _ = release
+    listing = subprocess.run(
+        ["tar", "--zstd", "-tf", str(directory / "debian-trixie-directory.tar.zst")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert "./usr/lib/os-release" in listing
+    assert "./etc/hostname" in listing
+
+
+def test_sigint_cancels_every_cell_and_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.default").write_text(f"[Packages]\nCache={CACHE / 'packages'}\n")
+    (tmp_path / "mkosi.matrix").write_text(
+        '[matrix]\nDistribution = ["debian"]\nRelease = ["bookworm", "trixie"]\nFormat = ["tar"]\n'
+        '[defaults]\nWorkspace = "disk"\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matrix", "--jobs", "2"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    # Both bootstraps under way (their trees exist in the cells' workspaces), then Ctrl-C.
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob(".release.mkosi-tmp.*/cells/*/.mkosi-workspace.*/root"))) < 2:
+        assert time.monotonic() < deadline, "the bootstraps did not start"
+        time.sleep(0.2)
+    time.sleep(2)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - stopped_at < 15
+    assert process.returncode == 130, stderr
+    assert "nothing was published" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.default", "mkosi.matrix", "release.logs"]
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert leftovers == ""

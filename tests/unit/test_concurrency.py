@@ -1,0 +1,98 @@
+"""Named locks and the package-cache lock around bootstraps: never held twice at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+import structlog
+
+from mkosi import build
+from mkosi.concurrency import exclusive
+from mkosi.config import Distribution, parse_args
+from mkosi.context import Context
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_exclusive_in_process(tmp_path: Path) -> None:
+    holders: list[int] = []
+    peak = 0
+
+    async def hold(i: int) -> None:
+        nonlocal peak
+        async with exclusive(tmp_path / "lock"):
+            holders.append(i)
+            peak = max(peak, len(holders))
+            await anyio.sleep(0.01)
+            holders.remove(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(hold, i)
+    assert peak == 1
+
+
+async def test_exclusive_across_processes(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    # Another process holds the flock for a moment; we must wait for it, without blocking the loop.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl,time,sys; f=open({str(lock)!r},'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(0.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        async with exclusive(lock):
+            assert holder.poll() is not None  # got it only once the holder exited
+        tg.cancel_scope.cancel()
+    assert ticks > 10
+    holder.wait()
+
+
+async def test_bootstraps_of_one_release_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    running: dict[str, int] = {}
+    peaks: dict[str, int] = {}
+    overlap_between_releases = False
+
+    async def fake_install(context: Context) -> None:
+        nonlocal overlap_between_releases
+        release = context.config.release
+        running[release] = running.get(release, 0) + 1
+        peaks[release] = max(peaks.get(release, 0), running[release])
+        overlap_between_releases |= len([r for r, n in running.items() if n]) > 1
+        await anyio.sleep(0.05)
+        running[release] -= 1
+
+    monkeypatch.setitem(build.INSTALLERS, Distribution.debian, fake_install)
+    cache = tmp_path / "cache"
+
+    async def bootstrap(release: str, i: int) -> None:
+        config = parse_args(["-C", str(tmp_path), "-d", "debian", "-r", release, f"--cache={cache}"])[1]
+        workspace = tmp_path / f"{release}-{i}"
+        workspace.mkdir()
+        await build.install_distribution(Context(config, workspace, structlog.get_logger("test")))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(bootstrap, "bookworm", i)
+            tg.start_soon(bootstrap, "trixie", i)
+    assert peaks == {"bookworm": 1, "trixie": 1}
+    assert overlap_between_releases  # different releases still run side by side

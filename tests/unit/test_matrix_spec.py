@@ -1,0 +1,154 @@
+"""Matrix files: expansion with include/exclude, names, validation through the settings table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
+from matrix.spec import Matrix, expand, parse_matrix, select
+from mkosi.config import Compression, OutputFormat
+from mkosi.errors import ConfigError
+
+
+def _matrix(tmp_path: Path, text: str) -> Matrix:
+    return parse_matrix(text, tmp_path / "mkosi.matrix", tmp_path)
+
+
+def test_product_in_axis_order() -> None:
+    cells = expand({"Release": ["bookworm", "trixie"], "Format": ["directory", "tar"]}, [], [])
+    assert [c.name for c in cells] == ["bookworm-directory", "bookworm-tar", "trixie-directory", "trixie-tar"]
+
+
+def test_exclude_drops_partial_matches() -> None:
+    cells = expand(
+        {"Release": ["bookworm", "trixie"], "Format": ["directory", "tar"], "Verity": [False, True]},
+        [],
+        [{"Format": "directory", "Verity": True}, {"Release": "trixie", "Format": "tar"}],
+    )
+    assert [c.name for c in cells] == [
+        "bookworm-directory",
+        "bookworm-tar",
+        "bookworm-tar-verity",
+        "trixie-directory",
+    ]
+
+
+def test_include_extends_matching_cells_or_adds_one() -> None:
+    cells = expand(
+        {"Release": ["bookworm", "trixie"], "Format": ["tar"]},
+        [
+            {"Release": "trixie", "Hostname": "new"},  # extends trixie-tar
+            {"Release": "sid", "Format": "directory"},  # matches nothing: a new cell
+            {"Format": "tar", "Release": "bookworm", "Compress": "xz"},
+        ],
+        [],
+    )
+    by_name = {c.name: c.settings for c in cells}
+    assert list(by_name) == ["bookworm-tar-xz", "trixie-tar-new", "sid-directory"]
+    assert by_name["trixie-tar-new"] == {"Release": "trixie", "Format": "tar", "Hostname": "new"}
+
+
+def test_include_never_changes_an_axis_value() -> None:
+    cells = expand({"Format": ["tar"]}, [{"Format": "directory", "Hostname": "x"}], [])
+    assert [c.settings for c in cells] == [{"Format": "tar"}, {"Format": "directory", "Hostname": "x"}]
+
+
+def test_names_must_be_unique() -> None:
+    with pytest.raises(ConfigError, match="two cells would be named"):
+        expand({"Hostname": ["a b", "a_b"]}, [], [])
+
+
+def test_unknown_keys_and_tables_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[matrix\]: Fromat: unknown key, did you mean Format"):
+        _matrix(tmp_path, '[matrix]\nFromat = ["tar"]\n')
+    with pytest.raises(ConfigError, match="unknown table"):
+        _matrix(tmp_path, "[matrx]\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        _matrix(tmp_path, "[matrix\n")
+    with pytest.raises(ConfigError, match="Compress: must be none, xz or zstd"):
+        _matrix(tmp_path, '[release]\nCompress = "lz4"\n')
+
+
+def test_release_table(tmp_path: Path) -> None:
+    text = '[matrix]\nFormat=["tar"]\n[release]\nDirectory="out"\nSign=true\nKey="k"\nCompress="xz"\n'
+    m = _matrix(tmp_path, text)
+    assert m.release.directory == tmp_path / "out"
+    assert (m.release.sign, m.release.key, m.release.compress) == (True, "k", Compression.xz)
+
+
+def test_select_by_pattern() -> None:
+    cells = expand({"Release": ["bookworm", "trixie"], "Format": ["directory", "tar"]}, [], [])
+    assert [c.name for c in select(cells, ["*-tar"])] == ["bookworm-tar", "trixie-tar"]
+    with pytest.raises(ConfigError, match="no cell matches"):
+        select(cells, ["nope"])
+
+
+MATRIX = """
+[matrix]
+Distribution = ["debian"]
+Release = ["bookworm", "trixie"]
+Format = ["directory", "tar"]
+[[include]]
+Release = "bookworm"
+Format = "tar"
+Hostname = "other"
+[defaults]
+Packages = ["less", "vim-tiny"]
+[release]
+Compress = "zstd"
+"""
+
+
+def test_plan_builds_configs_through_the_settings_table(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.default").write_text("[Output]\nHostname=base\n")
+    m = _matrix(tmp_path, MATRIX)
+    planned = plan(m, tmp_path, m.cells, tmp_path / "work")
+    configs = {p.name: p.config for p in planned}
+    tar = configs["debian-bookworm-tar-other"]
+    assert tar.format is OutputFormat.tar and tar.compress is Compression.zstd
+    assert tar.packages == ("less", "vim-tiny")
+    assert tar.hostname == "other"
+    assert configs["debian-bookworm-directory"].hostname == "base"
+    assert configs["debian-bookworm-directory"].compress is Compression.none
+    assert tar.output == tmp_path / "work/debian-bookworm-tar-other/debian-bookworm-tar-other.tar.zst"
+    assert all(p.unsupported is None for p in planned)
+
+
+def test_sharing_and_what_to_keep(tmp_path: Path) -> None:
+    m = _matrix(tmp_path, MATRIX)
+    planned = plan(m, tmp_path, m.cells, tmp_path / "work")
+    share = sharers(planned)
+    keys = {p.name: dict((s, k) for s, k, _ in p.keys) for p in planned}
+    bookworm_dir, bookworm_tar = keys["debian-bookworm-directory"], keys["debian-bookworm-tar-other"]
+    assert bookworm_dir["bootstrap"] == bookworm_tar["bootstrap"]
+    assert bookworm_dir["configure"] != bookworm_tar["configure"]  # the hostname differs
+    trixie_dir = keys["debian-trixie-directory"]
+    assert share[trixie_dir["clean"]] == ["debian-trixie-directory", "debian-trixie-tar"]
+    # Bookworm's cells share only the bootstrap; trixie's share everything up to clean.
+    assert keys_to_keep(planned) == {bookworm_dir["bootstrap"], trixie_dir["clean"]}
+    assert "shared with debian-bookworm-tar-other" in listing(planned)
+    assert [p.name for p in start_order(planned)] == [
+        "debian-bookworm-directory",
+        "debian-trixie-directory",
+        "debian-bookworm-tar-other",
+        "debian-trixie-tar",
+    ]
+
+
+def test_invalid_cells_are_all_reported_before_anything_runs(tmp_path: Path) -> None:
+    m = _matrix(tmp_path, '[matrix]\nFormat = ["tar", "directory"]\nVerity = [true]\nRelease=["bookworm"]\n')
+    with pytest.raises(ConfigError) as error:
+        plan(m, tmp_path, m.cells, tmp_path / "work")
+    message = str(error.value)
+    assert "cell tar-verity-bookworm: Verity: only supported with raw formats" in message
+    assert "cell directory-verity-bookworm: Verity" in message
+    assert not (tmp_path / "work").exists()
+
+
+def test_cells_needing_unlanded_features_are_marked(tmp_path: Path) -> None:
+    m = _matrix(tmp_path, '[matrix]\nFormat = ["raw_squashfs"]\nVerity = [false, true]\nRelease=["bookworm"]\n')
+    planned = plan(m, tmp_path, m.cells, tmp_path / "work")
+    assert planned[0].unsupported is None
+    assert planned[1].unsupported is not None and "not implemented yet" in planned[1].unsupported

@@ -1,0 +1,111 @@
+"""The scheduler with fake jobs: bounds, failure policies, cancellation of real subprocesses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from matrix.scheduler import Job, Outcome, Report, Status, schedule
+from mkosi.concurrency import CPU_LIMITER, cpu_heavy
+from mkosi.run import run
+
+pytestmark = pytest.mark.anyio
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def __enter__(self) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        self.now -= 1
+
+
+def _job(name: str, body: Callable[[Report], Awaitable[None]]) -> Job:
+    return Job(name, body)
+
+
+async def test_the_job_bound_is_never_exceeded() -> None:
+    gauge, cpu = Gauge(), Gauge()
+
+    async def body(report: Report) -> None:
+        with gauge:
+            report("working")
+            await anyio.sleep(0.01)
+            async with cpu_heavy():
+                with cpu:
+                    await anyio.sleep(0.01)
+
+    outcomes = await schedule([_job(f"j{i}", body) for i in range(12)], max_jobs=3, cpu_slots=2)
+    assert [o.status for o in outcomes] == [Status.success] * 12
+    assert gauge.peak == 3
+    assert cpu.peak == 2
+    assert CPU_LIMITER.get() is None
+
+
+async def test_keep_going_lets_the_others_finish() -> None:
+    async def fail(report: Report) -> None:
+        raise RuntimeError("cell broke")
+
+    async def ok(report: Report) -> None:
+        await anyio.sleep(0.01)
+
+    jobs = [_job("bad", fail), *(_job(f"ok{i}", ok) for i in range(3))]
+    outcomes = await schedule(jobs, max_jobs=1, cpu_slots=1, keep_going=True)
+    assert [o.status for o in outcomes] == [Status.failed, Status.success, Status.success, Status.success]
+    assert outcomes[0].error == "cell broke"
+
+
+async def test_fail_fast_starts_no_new_job() -> None:
+    started: list[str] = []
+
+    async def fail(report: Report) -> None:
+        started.append("bad")
+        raise ExceptionGroup("group", [RuntimeError("one"), ValueError("two")])
+
+    async def ok(report: Report) -> None:
+        started.append("ok")
+
+    jobs = [_job("bad", fail), _job("ok1", ok), _job("ok2", ok)]
+    outcomes = await schedule(jobs, max_jobs=1, cpu_slots=1, keep_going=False)
+    assert started == ["bad"]
+    assert [o.status for o in outcomes] == [Status.failed, Status.skipped, Status.skipped]
+    assert outcomes[0].error == "one; two"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for every purpose that matters here.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_cancellation_reaches_every_running_subprocess(tmp_path: Path) -> None:
+    pids: list[int] = []
+
+    async def body(report: Report) -> None:
+        # A shell that starts a grandchild: the whole process group has to go.
+        pidfile = tmp_path / f"{len(pids)}.pid"
+        pids.append(-1)
+        await run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo $$ >> {pidfile}; wait"], grace=1)
+
+    outcomes: list[Outcome] = []
+    with anyio.move_on_after(1.5):
+        outcomes = await schedule([_job(f"s{i}", body) for i in range(3)], max_jobs=3, cpu_slots=1)
+    assert outcomes == []  # cancelled, not finished
+    found = [int(line) for f in tmp_path.glob("*.pid") for line in f.read_text().split()]
+    assert len(found) == 6
+    with anyio.fail_after(5):
+        while any(_alive(pid) for pid in found):
+            await anyio.sleep(0.05)

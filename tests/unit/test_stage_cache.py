@@ -1,0 +1,161 @@
+"""The stage cache with fake stages: single flight, look-ahead, atomic entries, locks released."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+import structlog
+
+from mkosi.config import Config, parse_args
+from mkosi.context import Context
+from mkosi.pipeline import Stage, run_stages
+from mkosi.stage_cache import SnapshotCache
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """Fake stages that append a line to a file in the workspace, so restored state is visible."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str]] = []  # (stage, hostname)
+        self.running: set[str] = set()
+        self.gate = anyio.Event()
+        self.slow: set[str] = set()
+
+    def stage(self, name: str, inputs: tuple[str, ...] = (), cacheable: bool = True) -> Stage:
+        async def run(context: Context) -> None:
+            self.runs.append((name, str(context.config.hostname)))
+            if name in self.slow:
+                await anyio.sleep(0.2)
+            state = context.workspace / "root" / "state"
+            state.parent.mkdir(exist_ok=True)
+            with state.open("a") as f:
+                f.write(f"{name}\n")
+
+        return Stage(name, run, inputs=lambda c: {i: getattr(c, i) for i in inputs}, cacheable=cacheable)
+
+
+def _config(tmp_path: Path, *argv: str) -> Config:
+    return parse_args(["-C", str(tmp_path), "-d", "debian", "-r", "bookworm", *argv])[1]
+
+
+def _context(tmp_path: Path, config: Config, name: str) -> Context:
+    workspace = tmp_path / f"ws-{name}"
+    workspace.mkdir()
+    return Context(config=config, workspace=workspace, log=structlog.get_logger("test").bind(build=name))
+
+
+def _stages(rec: Recorder) -> list[Stage]:
+    return [
+        rec.stage("bootstrap", ("release",)),
+        rec.stage("configure", ("hostname",)),
+        rec.stage("clean"),
+        rec.stage("output", ("format",), cacheable=False),
+    ]
+
+
+async def test_shared_stage_runs_once_while_the_others_wait(tmp_path: Path) -> None:
+    rec = Recorder()
+    rec.slow.add("bootstrap")
+    stages = _stages(rec)
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    config = _config(tmp_path)
+    contexts = [_context(tmp_path, config, str(i)) for i in range(4)]
+    async with anyio.create_task_group() as tg:
+        for context in contexts:
+            tg.start_soon(run_stages, context, stages, cache)
+    # Every cacheable stage ran once; the non-cacheable output stage once per build.
+    assert [n for n, _ in rec.runs].count("bootstrap") == 1
+    assert [n for n, _ in rec.runs].count("configure") == 1
+    assert [n for n, _ in rec.runs].count("output") == 4
+    for context in contexts:
+        assert (context.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
+    reused = sorted(sum(r.reused for r in c.stages) for c in contexts)
+    assert reused == [0, 3, 3, 3]
+
+
+async def test_look_ahead_restores_only_the_deepest_entry(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = _stages(rec)
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    config = _config(tmp_path)
+    await run_stages(_context(tmp_path, config, "first"), stages, cache)
+    assert len(cache.stored) == 3
+    second = _context(tmp_path, config, "second")
+    await run_stages(second, stages, cache)
+    assert cache.restored == [cache.stored[-1]]
+    assert [r.reused for r in second.stages] == [True, True, True, False]
+    assert (second.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
+
+
+async def test_a_changed_input_rebuilds_from_that_stage(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = _stages(rec)
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    await run_stages(_context(tmp_path, _config(tmp_path, "--hostname", "one"), "one"), stages, cache)
+    rec.runs.clear()
+    two = _context(tmp_path, _config(tmp_path, "--hostname", "two"), "two")
+    await run_stages(two, stages, cache)
+    assert [n for n, _ in rec.runs] == ["configure", "clean", "output"]
+    assert [r.reused for r in two.stages] == [True, False, False, False]
+    assert (two.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
+
+
+async def test_keep_limits_what_is_stored(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = _stages(rec)
+    first = SnapshotCache(tmp_path / "cache", stages)
+    config = _config(tmp_path)
+    await run_stages(_context(tmp_path, config, "probe"), stages, first)
+    clean_key = first.stored[-1]
+    cache = SnapshotCache(tmp_path / "cache2", stages, keep=lambda k: k == clean_key)
+    await run_stages(_context(tmp_path, config, "a"), stages, cache)
+    assert cache.stored == [clean_key]
+    entries = [p.name for p in (tmp_path / "cache2").iterdir() if not p.name.startswith(".")]
+    assert entries == [clean_key]
+
+
+async def test_failed_stage_releases_its_lock_and_stores_nothing(tmp_path: Path) -> None:
+    rec = Recorder()
+    attempts = []
+
+    async def failing(context: Context) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("boom")
+
+    stages = [Stage("bootstrap", failing, inputs=lambda c: {}), *_stages(rec)[1:]]
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    config = _config(tmp_path)
+    with pytest.raises(RuntimeError):
+        await run_stages(_context(tmp_path, config, "a"), stages, cache)
+    assert cache.stored == []
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]
+    # The lock was released: a second build does not hang.
+    with anyio.fail_after(5):
+        await run_stages(_context(tmp_path, config, "b"), stages, cache)
+    assert len(cache.stored) == 3
+
+
+def test_incremental_needs_a_cache_directory(tmp_path: Path) -> None:
+    from mkosi.build import stage_cache_dir
+    from mkosi.errors import MkosiError
+
+    with pytest.raises(MkosiError, match="needs a cache directory"):
+        stage_cache_dir(_config(tmp_path, "-i"))
+    assert stage_cache_dir(_config(tmp_path, "-i", f"--cache={tmp_path}/c")) == tmp_path / "c/stages"
+
+
+def test_summary_marks_cached_stages(tmp_path: Path) -> None:
+    from mkosi.build import STAGES, stage_cache_dir
+    from mkosi.cli import summary
+    from mkosi.pipeline import stage_keys
+
+    config = _config(tmp_path, "-i", f"--cache={tmp_path}/c")
+    bootstrap_key = stage_keys(config, STAGES)[0][1]
+    (stage_cache_dir(config) / bootstrap_key).mkdir(parents=True)
+    lines = [line for line in summary(config).splitlines() if "reused with -i" in line]
+    assert len(lines) == 1 and "bootstrap" in lines[0]

@@ -8,6 +8,7 @@ they match the image's systemd, not the build host's.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ DRACUT_CONFIG = """\
 hostonly="no"
 hostonly_cmdline="no"
 compress="zstd"
+# Opening roothash= verity roots needs asking for; LUKS roots (crypt) come with systemd-cryptsetup.
+add_dracutmodules+=" systemd-veritysetup crypt "
 """
 DRACUT_CONFIG_PATH = "etc/dracut.conf.d/50-mkosi.conf"
 
@@ -71,15 +74,18 @@ async def section_end(stub: Path, log: Any) -> int:
     return end
 
 
-async def build_uki(context: Context, kernel: Kernel, output: Path) -> None:
-    """stub + .osrel + .cmdline + .linux + .initrd, each section placed after the previous one."""
+async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdline: Sequence[str] = ()) -> None:
+    """stub + .osrel + .cmdline + .linux + .initrd, each section placed after the previous one.
+
+    `extra_cmdline` holds what is only known once the filesystems exist (roothash=).
+    """
     root, log = context.root, context.log
     efi_arch = EFI_ARCHITECTURES[context.config.architecture]
     stub = root / f"usr/lib/systemd/boot/efi/linux{efi_arch}.efi.stub"
     if not stub.exists():
         raise MkosiError(f"Bootable=yes: the image has no EFI stub at /{stub.relative_to(root)}")
     cmdline = context.workspace / "cmdline"
-    cmdline.write_text(kernel_command_line(context.config) + "\n")
+    cmdline.write_text(" ".join([kernel_command_line(context.config), *extra_cmdline]) + "\n")
     sections = [
         (".osrel", root / "usr/lib/os-release"),
         (".cmdline", cmdline),

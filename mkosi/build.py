@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import package_cache
+from mkosi import boot, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config
@@ -21,7 +21,7 @@ from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
-from mkosi.outputs import CHECKS, WRITERS, disk
+from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
 from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.stage_cache import SnapshotCache
@@ -66,6 +66,8 @@ STAGES: list[Stage] = [
             "architecture": c.architecture,
             "packages": c.packages,
             "with_docs": c.with_docs,
+            # The kernel and initrd tools, and the initrd's configuration.
+            "bootable": boot.DRACUT_CONFIG if c.bootable else False,
         },
     ),
     Stage(
@@ -81,12 +83,6 @@ STAGES: list[Stage] = [
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(
-        "boot-files",
-        disk.build_boot_files,
-        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
-        enabled=lambda c: c.bootable,
-    ),
-    Stage(
         "filesystems",
         disk.make_filesystems,
         inputs=lambda c: {
@@ -96,10 +92,24 @@ STAGES: list[Stage] = [
         },
         enabled=lambda c: c.format.is_raw,
     ),
+    # After the filesystems: the kernel command line carries the root's verity hash.
+    Stage(
+        "boot-files",
+        disk.build_boot_files,
+        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
+        enabled=lambda c: c.bootable,
+    ),
     Stage(
         "output",
         write_output,
         inputs=lambda c: {"format": c.format, "compress": c.compress, "seed": c.seed},
+        cacheable=False,
+    ),
+    Stage(
+        "release-files",
+        sidecars.write,
+        inputs=lambda c: {"nspawn": c.nspawn_settings, "checksum": c.checksum, "sign": c.sign, "key": c.key},
+        enabled=lambda c: c.checksum or c.nspawn_settings is not None,
         cacheable=False,
     ),
 ]
@@ -107,15 +117,11 @@ STAGES: list[Stage] = [
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
 PENDING: list[tuple[Callable[[Config], bool], str]] = [
     (lambda c: c.secure_boot, "SecureBoot="),
-    (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),
     (lambda c: c.with_network, "WithNetwork="),
     (lambda c: c.postinst_script is not None, "PostInstallationScript= (mkosi.postinst)"),
-    (lambda c: c.nspawn_settings is not None, "NSpawnSettings= (mkosi.nspawn)"),
-    (lambda c: c.checksum, "CheckSum="),
-    (lambda c: c.sign, "Sign="),
 ]
 
 
@@ -129,7 +135,7 @@ def check_supported(config: Config) -> None:
 
 def output_paths(config: Config) -> list[Path]:
     """Everything a build of this configuration publishes."""
-    return [config.output, log_path(config)]
+    return [config.output, log_path(config), *sidecars.release_files(config)]
 
 
 def log_path(config: Config) -> Path:
@@ -141,6 +147,8 @@ async def remove_outputs(config: Config) -> None:
         await remove_tree(path)
     # Leftovers of builds that were killed too hard to clean up after themselves.
     for leftover in config.output.parent.glob(f".mkosi-*.{config.output.name}*"):
+        await remove_tree(leftover)
+    for leftover in config.output.parent.glob(".mkosi-tmp.SHA256SUMS*"):
         await remove_tree(leftover)
 
 

@@ -366,6 +366,8 @@ def _validate(c: Config, r: _Resolver) -> None:
     if c.compress is not Compression.none and c.format in (OutputFormat.directory, OutputFormat.subvolume):
         fail("compress", f"cannot compress a {c.format} output")
 
+    if c.verity and not c.read_only:
+        fail("verity", "needs a read-only root: a hash tree only protects a root that never changes")
     if c.secure_boot:
         if not c.bootable:
             fail("secure_boot", "needs Bootable=yes")

@@ -21,6 +21,10 @@ ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
 # What a bootable image needs on top: a kernel, dracut for a systemd-based initrd (zstd to compress
 # it quickly), udev, and systemd-boot's EFI binaries for the ESP and the unified kernel image.
 BOOT_PACKAGES = ("dracut", "zstd", "udev", "systemd-boot-efi")
+# systemd-cryptsetup and systemd-veritysetup, which the initrd uses to open LUKS and verity roots, are
+# part of the systemd package up to bookworm and a package of their own since.
+CRYPTSETUP_PACKAGES = {"bookworm": ()}
+SPLIT_CRYPTSETUP_PACKAGES = ("systemd-cryptsetup",)
 
 
 def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
@@ -62,7 +66,10 @@ def sources(mirror: str | None, release: str, components: str) -> list[str]:
 
 
 def packages(config: Config) -> list[str]:
-    boot_packages = [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES] if config.bootable else []
+    boot_packages = []
+    if config.bootable:
+        cryptsetup = CRYPTSETUP_PACKAGES.get(config.release, SPLIT_CRYPTSETUP_PACKAGES)
+        boot_packages = [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES, *cryptsetup]
     return [*BASE_PACKAGES, *boot_packages, *config.packages]
 
 

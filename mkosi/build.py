@@ -17,6 +17,7 @@ from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
+from mkosi.disk import luks
 from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
 from mkosi.errors import MkosiError, NotImplementedYet
@@ -54,6 +55,11 @@ def _secret_digest(secret: str | None) -> str | None:
     return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _secure_boot_keys(c: Config) -> str | None:
+    paths = [c.secure_boot_key, c.secure_boot_certificate]
+    return hash_tree(p for p in paths if p is not None) if c.secure_boot else None
+
+
 STAGES: list[Stage] = [
     Stage(
         "bootstrap",
@@ -88,7 +94,9 @@ STAGES: list[Stage] = [
         inputs=lambda c: {
             "partitions": [dataclasses.asdict(p) for p in plan(c)],
             "seed": c.seed,
-            "output": c.output.name,
+            "encrypt": c.encrypt,
+            "passphrase": _secret_digest(luks.read_passphrase(c).decode(errors="replace")) if c.encrypt else None,
+            "key_derivation": [c.key_derivation, c.key_derivation_time],
         },
         enabled=lambda c: c.format.is_raw,
     ),
@@ -96,7 +104,14 @@ STAGES: list[Stage] = [
     Stage(
         "boot-files",
         disk.build_boot_files,
-        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
+        inputs=lambda c: {
+            "cmdline": kernel_command_line(c),
+            "architecture": c.architecture,
+            "secure_boot": _secure_boot_keys(c),
+            "initrds": hash_tree(c.initrds),
+            # The UKI's name in the ESP.
+            "output": c.output.name,
+        },
         enabled=lambda c: c.bootable,
     ),
     Stage(
@@ -116,8 +131,6 @@ STAGES: list[Stage] = [
 
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
 PENDING: list[tuple[Callable[[Config], bool], str]] = [
-    (lambda c: c.secure_boot, "SecureBoot="),
-    (lambda c: c.encrypt is not None, "Encrypt="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),
     (lambda c: c.with_network, "WithNetwork="),

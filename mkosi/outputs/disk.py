@@ -10,11 +10,12 @@ from pathlib import Path
 
 import anyio
 
-from mkosi.boot import build_uki, esp_files, find_kernel
+from mkosi import secure_boot
+from mkosi.boot import boot_loader, build_uki, esp_files, find_kernel
 from mkosi.config import Compression
 from mkosi.context import Context
 from mkosi.disk import filesystems as fs
-from mkosi.disk import verity
+from mkosi.disk import luks, verity
 from mkosi.disk.layout import PartitionPlan, plan
 from mkosi.disk.partitions import (
     Partition,
@@ -54,25 +55,34 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
     label = partition_label(item.role, config.architecture)
     fs_uuid = derive_uuid(config.seed, f"{item.role}-filesystem")
     size = item.size
+    # An encrypted partition's filesystem leaves room for the LUKS2 header at the partition's end.
+    encrypted = item.role in luks.encrypted_roles(config)
+    slack = luks.SLACK if encrypted else 0
     if item.filesystem == "swap":
         assert size is not None
         await fs.make_swap(image, size, fs_uuid, label, log)
     elif item.filesystem == "squashfs":
         await fs.make_squashfs(trees[item.role], image, log)
         # Padded to the partition's size: a verity hash tree then covers the whole partition.
-        size = verity.pad(image)
+        size = verity.pad(image) + slack
     else:
         tree = trees[item.role]
-        needed = fs.minimum_size(tree)
+        needed = fs.minimum_size(tree) + slack
         if size is None:
-            size = fs.default_size(tree, writable=not item.read_only)
+            size = fs.default_size(tree, writable=not item.read_only) + slack
         elif size < needed:
             raise MkosiError(
                 f"{item.role.capitalize()}Size={size >> 20}M is too small for the content of "
-                f"/{'' if item.role is Role.root else item.role}: it needs about {needed >> 20}M"
+                f"/{'' if item.role is Role.root else item.role}"
+                + (" and a LUKS header" if encrypted else "")
+                + f": it needs about {needed >> 20}M"
             )
         make = fs.make_btrfs if item.filesystem == "btrfs" else fs.make_ext4
-        await make(tree, image, size, fs_uuid, label, log)
+        await make(tree, image, size - slack, fs_uuid, label, log)
+    if encrypted:
+        with image.open("r+b") as f:
+            f.truncate(size)
+        await luks.encrypt(image, config, derive_uuid(config.seed, f"{item.role}-luks"), label, log)
     return Partition(
         role=item.role,
         label=label,
@@ -142,11 +152,18 @@ async def build_boot_files(context: Context) -> None:
     uki = context.workspace / UKI
     found = root_hash(context)
     await build_uki(context, kernel, uki, [f"roothash={found}"] if found else [])
+    loader = boot_loader(context)
+    if config.secure_boot:
+        assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
+        signed_uki, signed_loader = uki.with_suffix(".signed.efi"), context.workspace / "systemd-boot.signed.efi"
+        for source, signed in ((uki, signed_uki), (loader, signed_loader)):
+            await secure_boot.sign(source, signed, config.secure_boot_key, config.secure_boot_certificate, log)
+        uki, loader = signed_uki, signed_loader
     esp = next(p for p in plan(config) if p.role is Role.esp)
     assert esp.size is not None
     image = context.workspace / FILESYSTEMS / f"{Role.esp}.img"
     fs_uuid = derive_uuid(config.seed, f"{Role.esp}-filesystem")
-    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, esp_files(context, uki, kernel), log)
+    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, esp_files(context, uki, kernel, loader), log)
     partition = Partition(
         role=Role.esp,
         label=partition_label(Role.esp, config.architecture),

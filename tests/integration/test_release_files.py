@@ -3,6 +3,7 @@ sha256sum, gpgv and pgrep (no gpg-agent may be left behind)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,7 +42,7 @@ def signed_release(tmp_path_factory: pytest.TempPathFactory, gnupg_home: Path) -
     # The default key of an isolated GNUPGHOME: no --key.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GNUPGHOME", str(gnupg_home))
-        mkosi("-d", "debian", "-r", "bookworm", "-t", "tar", "--compress=zstd", "--sign", "-o", "image.tar.zst", "build", cwd=project)
+        mkosi("-d", "debian", "-t", "tar", "--compress=zstd", "--sign", "-o", "image.tar.zst", cwd=project)
     return project
 
 
@@ -84,3 +85,36 @@ def test_gpgv_verifies_and_rejects_a_modified_sums_file(signed_release: Path, gn
 
 def test_no_gpg_agent_is_left_behind(signed_release: Path, gnupg_home: Path) -> None:
     assert _agents(gnupg_home) == ""
+
+
+def test_the_seed_example_produces_every_release_file(tmp_path: Path) -> None:
+    """`mkosi -d debian -t raw_squashfs --verity --checksum --xz --package=openssh-client`, as announced."""
+    example = ("-d", "debian", "-t", "raw_squashfs", "--verity", "--checksum", "--xz", "--package=openssh-client")
+    mkosi(*example, cwd=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["SHA256SUMS", "image.raw.xz", "image.raw.xz.log", "image.raw.xz.roothash"]
+    sums = (tmp_path / "SHA256SUMS").read_text()
+    covered = sorted(line.split(" *", 1)[1] for line in sums.splitlines())
+    assert covered == ["image.raw.xz", "image.raw.xz.roothash"]
+    check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0
+
+    raw = tmp_path / "image.raw"
+    with raw.open("wb") as f:
+        subprocess.run(["xz", "-dc", str(tmp_path / "image.raw.xz")], stdout=f, check=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True).stdout)
+    parts = {p["name"]: p for p in table["partitiontable"]["partitions"]}
+    assert set(parts) == {"root-x86-64", "root-x86-64-verity"}
+    for name in parts:
+        start, size = int(parts[name]["start"]), int(parts[name]["size"])
+        subprocess.run(
+            ["dd", f"if={raw}", f"of={tmp_path / name}", "bs=512", f"skip={start}", f"count={size}", "status=none"],
+            check=True,
+        )
+    root_hash = (tmp_path / "image.raw.xz.roothash").read_text().strip()
+    verify = ["veritysetup", "verify", str(tmp_path / "root-x86-64"), str(tmp_path / "root-x86-64-verity"), root_hash]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
+    listing = subprocess.run(
+        ["unsquashfs", "-l", str(tmp_path / "root-x86-64")], capture_output=True, text=True, check=True
+    ).stdout
+    assert "squashfs-root/usr/bin/ssh\n" in listing

@@ -19,6 +19,7 @@ from mkosi.config import (
     Config,
     Encrypt,
     GitFiles,
+    KeyDerivation,
     LogFormat,
     OutputFormat,
     Verb,
@@ -118,6 +119,9 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "ReadOnly"): ("yes", ["--read-only"], True, RAW),
     ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, RAW),
     ("Output", "Verity"): ("yes", ["--verity=yes"], True, RAW),
+    ("Output", "KeyDerivation"): ("pbkdf2", ["--key-derivation=pbkdf2"], KeyDerivation.pbkdf2, ""),
+    ("Output", "KeyDerivationTime"): ("10", ["--key-derivation-time=10"], 10, ""),
+    ("Output", "Initrds"): ("keys.cpio", ["--initrd=keys.cpio"], lambda p: (p / "keys.cpio",), RAW + "Bootable=yes\n"),
     ("Output", "Compress"): ("xz", ["--compress=xz"], Compression.xz, COMPRESSIBLE),
     ("Output", "XZ"): ("yes", ["--xz"], Compression.xz, COMPRESSIBLE),
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
@@ -163,6 +167,7 @@ def support_files(project: Path) -> None:
     write(project / "build.sh", "#!/bin/sh\n", 0o755)
     write(project / "post.sh", "#!/bin/sh\n", 0o755)
     write(project / "x.nspawn", "[Exec]\n")
+    write(project / "keys.cpio", "cpio")
     for name in ("tree", "cache", "src"):
         (project / name).mkdir()
 

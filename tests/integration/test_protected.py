@@ -112,7 +112,9 @@ def test_uki_carries_the_root_hash_and_both_efi_binaries_are_signed(verity_image
     root_hash = (verity_image.parent / "verity.raw.roothash").read_text().strip()
     uki = _esp_file(verity_image, "::/EFI/Linux/", tmp_path / "uki.efi")
     cmdline = tmp_path / "cmdline"
-    subprocess.run(["objcopy", "--dump-section", f".cmdline={cmdline}", str(uki)], check=True)
+    # objcopy rewrites its input when given no output file, which would drop the signature.
+    scratch = tmp_path / "scratch.efi"
+    subprocess.run(["objcopy", "--dump-section", f".cmdline={cmdline}", str(uki), str(scratch)], check=True)
     assert f"roothash={root_hash}" in cmdline.read_text().split()
     loader = _esp_file(verity_image, "::/EFI/BOOT/BOOTX64.EFI", tmp_path / "bootx64.efi")
     _, other = _certificate(tmp_path, "other")

@@ -3,6 +3,7 @@ need; SHA256SUMS of staged outputs."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 import structlog
 
 from mkosi.config import Config, parse_args
+from mkosi.context import Context
 from mkosi.disk import luks, verity
 from mkosi.disk.layout import plan
 from mkosi.disk.partitions import MiB, Role
 from mkosi.errors import ConfigError
+from mkosi.outputs import sidecars
 
 pytestmark = pytest.mark.anyio
 SEED = uuid.UUID("5a1d2b7c-0c43-4c9e-8d51-0d3d8f8e2a10")
@@ -94,3 +97,21 @@ def test_protection_settings_are_checked(tmp_path: Path, args: list[str], proble
     (tmp_path / "keys.cpio").write_text("")
     with pytest.raises(ConfigError, match=problem):
         _config(tmp_path, *args)
+
+
+async def test_checksums_cover_staged_outputs_under_their_final_names(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.nspawn").write_text("[Exec]\nBoot=yes\n")
+    config = _config(tmp_path, "-t", "tar", "--checksum", "-o", "image.tar")
+    context = Context(config=config, workspace=tmp_path, log=structlog.get_logger("test"))
+    context.stage_output(config.output).write_bytes(b"tarball")
+    context.stage_output(tmp_path / "image.tar.roothash").write_text("ab" * 32 + "\n")
+    await sidecars.write(context)
+    sums = context.staged[tmp_path / "SHA256SUMS"].read_text()
+    assert [line.split(" *")[1] for line in sorted(sums.splitlines(), key=lambda x: x.split(" *")[1])] == [
+        "image.tar",
+        "image.tar.nspawn",
+        "image.tar.roothash",
+    ]
+    assert hashlib.sha256(b"tarball").hexdigest() + " *image.tar\n" in sums
+    assert tmp_path / "SHA256SUMS.gpg" not in context.staged
+    assert context.staged[tmp_path / "image.tar.nspawn"].read_text() == "[Exec]\nBoot=yes\n"

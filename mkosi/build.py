@@ -13,7 +13,7 @@ import structlog
 from mkosi import package_cache
 from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
+from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS
@@ -23,6 +23,10 @@ from mkosi.workspace import remove_tree, workspace
 
 INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
     Distribution.debian: debian.install,
+    Distribution.ubuntu: ubuntu.install,
+    Distribution.fedora: fedora.install,
+    Distribution.arch: arch.install,
+    Distribution.opensuse: opensuse.install,
 }
 
 
@@ -47,6 +51,7 @@ STAGES: list[Stage] = [
             "release": c.release,
             "mirror": c.mirror,
             "repositories": c.repositories,
+            "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
             "with_docs": c.with_docs,

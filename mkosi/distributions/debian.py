@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-from mkosi import package_cache
+from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.run import run
+from mkosi.distributions import PackageNames
+from mkosi.package_managers import mmdebstrap
+from mkosi.package_managers.mmdebstrap import Source
 from mkosi.tree import DOCUMENTATION
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# Enough for an image that boots as a container or a VM with systemd as PID 1.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd")
+# Only Debian's own keys: the host's apt keyrings may trust any third-party archive.
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+PACKAGES = PackageNames(
+    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
+    kernel=("linux-image-amd64", "dracut"),  # linux-image-arm64 on arm64
+    boot=("systemd-boot",),
+    filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
+)
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
-ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
 
 
 def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
@@ -43,44 +49,28 @@ def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | No
     return mirror, security
 
 
-def sources(mirror: str | None, release: str, components: str) -> list[str]:
-    """The apt source lines of the image, first the main archive."""
+def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> list[Source]:
+    """The apt sources of the image, first the main archive."""
     if mirror:
-        return [f"deb {mirror} {release} {components}"]
+        return [Source(mirror, release, components)]
     host_mirror, host_security = host_mirrors()
     main = host_mirror or DEFAULT_MIRROR
-    lines = [f"deb {main} {release} {components}"]
+    result = [Source(main, release, components)]
     if release in SUPPORTED_STABLE:
         security = host_security or main.removesuffix("/debian") + "/debian-security"
-        lines += [
-            f"deb {main} {release}-updates {components}",
-            f"deb {security} {release}-security {components}",
+        result += [
+            Source(main, f"{release}-updates", components),
+            Source(security, f"{release}-security", components),
         ]
-    return lines
+    return result
 
 
-def mmdebstrap_command(context: Context) -> list[str]:
-    config = context.config
-    components = ",".join(config.repositories) or "main"
-    command = [
-        "mmdebstrap",
-        # Even as root: a private mount namespace, so an interrupted bootstrap leaves no mounts behind.
-        "--mode=unshare",
-        "--variant=minbase",
-        f"--architectures={ARCHITECTURES[config.architecture]}",
-        f"--include={','.join((*BASE_PACKAGES, *config.packages))}",
-    ]
-    if config.cache_path is not None:
-        pool = package_cache.pool_for(config.cache_path, "debian", config.release, config.architecture)
-        hook = f"{sys.executable} -m mkosi.package_cache"
-        command += [
-            # Keep the packages the bootstrap installs first, so they reach the pool too.
-            "--skip=essential/unlink",
-            "--skip=download/empty",
-            f'--setup-hook={hook} link-in {pool} "$1/var/cache/apt/archives"',
-            f'--customize-hook={hook} link-out "$1/var/cache/apt/archives" {pool}',
-        ]
-    return [*command, config.release, str(context.root), *sources(config.mirror, config.release, components)]
+def bootstrap(config: Config) -> mmdebstrap.Bootstrap:
+    return mmdebstrap.Bootstrap(
+        sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
+        base_packages=PACKAGES.base,
+        keyring=KEYRING if config.repository_key_check else None,
+    )
 
 
 def exclude_documentation(root: Path) -> None:
@@ -96,6 +86,6 @@ def exclude_documentation(root: Path) -> None:
 
 
 async def install(context: Context) -> None:
-    await run(mmdebstrap_command(context), log=context.log)
+    await mmdebstrap.install(context, bootstrap(context.config))
     if not context.config.with_docs:
         exclude_documentation(context.root)

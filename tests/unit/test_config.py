@@ -93,6 +93,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
                                  "http://m.example/debian", ""),
     ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"],
                                        ("main", "contrib"), ""),
+    ("Distribution", "RepositoryKeyCheck"): ("no", ["--repository-key-check=no"], False, ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
@@ -401,9 +402,10 @@ def test_defaults(project: Path) -> None:
         ((Distribution.debian, None), [], "bookworm"),
         ((Distribution.debian, "hamm"), [], "bookworm"),  # unknown to us: fall back, do not refuse
         ((Distribution.debian, "trixie"), ["-d", "debian"], "bookworm"),  # not from the host
-        ((Distribution.debian, "trixie"), ["-d", "ubuntu"], "noble"),
-        ((Distribution.fedora, "40"), [], "40"),
-        ((Distribution.fedora, "40"), ["-d", "arch"], "rolling"),
+        ((Distribution.debian, "trixie"), ["-d", "ubuntu"], "resolute"),
+        ((Distribution.fedora, "44"), [], "44"),
+        ((Distribution.fedora, "branched"), [], "45"),  # not a Fedora release: the default instead
+        ((Distribution.fedora, "44"), ["-d", "arch"], "rolling"),
     ],
 )
 def test_release_default(
@@ -513,7 +515,7 @@ def test_summary(project: Path) -> None:
     extra = "[Partitions]\nRootSize=2G\n[Validation]\nPassword=hunter2\n"
     write(project / "mkosi.default", EXAMPLE_2017 + extra)
     text = format_summary(load())
-    assert "Distribution:\n  Distribution: fedora\n  Release:      24\n" in text
+    assert "Distribution:\n  Distribution:       fedora\n  Release:            24\n" in text
     lines = [line.split(":", 1) for line in text.splitlines() if line.startswith("  ")]
     values = {key.strip(): value.strip() for key, value in lines}
     assert values["Format"] == "raw_btrfs"
@@ -605,7 +607,7 @@ def test_unknown_release_in_file(project: Path) -> None:
     write(project / "mkosi.default", "[Distribution]\nDistribution=ubuntu\nRelease=hamm\n")
     assert error() == (
         "mkosi.default:3: [Distribution] Release: "
-        "ubuntu has no release 'hamm' (known: jammy, noble, plucky, questing)"
+        "ubuntu has no release 'hamm' (known: jammy, noble, questing, resolute)"
     )
 
 

@@ -1,0 +1,204 @@
+"""Ubuntu, Fedora, openSUSE and Arch images built by the real package managers from local mirrors.
+
+The mirrors are made at test time (see repositories.py) and laid out like the distributions' own,
+so the builds go through exactly the code a build from the real mirror takes; `--mirror` points
+there. Builds from the real mirrors run where those resolve and are skipped with the reason where
+they do not.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, fedora, opensuse, ubuntu
+from mkosi.distributions.debian import DEFAULT_MIRROR as DEBIAN_MIRROR
+from mkosi.distributions.debian import host_mirrors
+from mkosi.package_managers.rpm import RPMDB
+from tests.integration import repositories
+from tests.integration.repositories import BASE, HELLO, HELLO_DOC, HELLO_OUTPUT
+from tests.integration.support import Result, mkosi
+
+# What a package manager could write on the build host if it were not isolated from it.
+HOST_STATE = (
+    "/var/cache/dnf", "/var/lib/dnf", "/var/log/dnf.log", "/var/log/dnf.rpm.log", "/root/.rpmdb",
+    "/var/lib/rpm", "/var/cache/zypp", "/var/lib/zypp", "/var/log/zypper.log", "/etc/zypp/repos.d",
+    "/var/lib/pacman", "/var/cache/pacman", "/var/log/pacman.log", "/etc/pacman.d/gnupg",
+)  # fmt: skip
+
+
+def host_state() -> dict[str, tuple[int, int] | None]:
+    state: dict[str, tuple[int, int] | None] = {}
+    for name in HOST_STATE:
+        path = Path(name)
+        try:
+            st = path.stat()
+            state[name] = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            state[name] = None
+    return state
+
+
+def rpm_query(tree: Path) -> list[str]:
+    return ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-q", BASE, HELLO]
+
+
+def pacman_query(tree: Path) -> list[str]:
+    return ["pacman", f"--root={tree}", f"--dbpath={tree / 'var/lib/pacman'}", "-Q", BASE, HELLO]
+
+
+def dpkg_query(tree: Path) -> list[str]:
+    return ["dpkg-query", f"--root={tree}", "-W", HELLO, "systemd"]
+
+
+def fedora_mirror() -> Path:
+    release = DISTRIBUTIONS[Distribution.fedora].default_release
+    paths = fedora._paths(release, "x86_64")
+    return repositories.rpm_mirror(
+        "fedora", fedora.PACKAGES.base, "fedora", paths["fedora"][0], paths["updates"][0]
+    )
+
+
+def opensuse_mirror() -> Path:
+    paths = opensuse.REPOSITORIES
+    return repositories.rpm_mirror(
+        "opensuse", opensuse.PACKAGES.base, "opensuse-tumbleweed", paths["repo-oss"], paths["repo-update"]
+    )
+
+
+def arch_mirror() -> Path:
+    return repositories.pacman_mirror("arch", arch.PACKAGES.base)
+
+
+def ubuntu_mirror() -> Path:
+    release = DISTRIBUTIONS[Distribution.ubuntu].default_release
+    debian = host_mirrors()[0] or DEBIAN_MIRROR
+    return repositories.apt_mirror("ubuntu", release, ubuntu.PACKAGES.base, debian)
+
+
+@dataclass(frozen=True)
+class Case:
+    mirror: Callable[[], Path]
+    query: Callable[[Path], list[str]]
+    # What the build reports when signature checking is on and the local repository is unsigned.
+    unsigned: str
+
+
+CASES = {
+    "fedora": Case(fedora_mirror, rpm_query, "not signed"),
+    "opensuse": Case(opensuse_mirror, rpm_query, "signature verification failed"),
+    "arch": Case(arch_mirror, pacman_query, "missing required signature"),
+    # Debian ships no Ubuntu keyring, so the build stops before it fetches anything.
+    "ubuntu": Case(ubuntu_mirror, dpkg_query, "ubuntu-archive-keyring.gpg"),
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    distribution: str
+    mirror: Path
+    tree: Path
+    before: dict[str, tuple[int, int] | None]
+    after: dict[str, tuple[int, int] | None]
+    cache: Path
+
+
+def build(distribution: str, mirror: Path, directory: Path, *args: str, check: bool = True) -> Result:
+    # A package pool per test mirror: test packages of one name and version differ between recipes.
+    cache = mirror.with_name(mirror.name + ".packages")
+    return mkosi(
+        "-d", distribution, f"--mirror={mirror.as_uri()}", f"--cache={cache}", *args, "build",
+        cwd=directory, check=check,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session", params=sorted(CASES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    distribution: str = request.param
+    mirror = CASES[distribution].mirror()
+    directory = tmp_path_factory.mktemp(distribution)
+    before = host_state()
+    build(distribution, mirror, directory, "--repository-key-check=no", "-p", HELLO, "-o", "tree")
+    return Built(
+        distribution, mirror, directory / "tree", before, host_state(),
+        mirror.with_name(mirror.name + ".packages"),
+    )  # fmt: skip
+
+
+def test_package_database_lists_the_packages(built: Built) -> None:
+    result = subprocess.run(CASES[built.distribution].query(built.tree), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert HELLO in result.stdout
+
+
+def test_files_are_installed_without_documentation(built: Built) -> None:
+    assert (built.tree / "usr/bin/mkosi-hello").is_file()
+    assert not (built.tree / HELLO_DOC.lstrip("/")).exists()
+
+
+def test_a_command_runs_inside_the_tree(built: Built) -> None:
+    result = subprocess.run(["chroot", built.tree, "/usr/bin/mkosi-hello"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == HELLO_OUTPUT
+    assert subprocess.run(["chroot", built.tree, "/bin/sh", "-c", "true"]).returncode == 0
+
+
+def test_the_host_is_left_alone(built: Built) -> None:
+    assert built.after == built.before
+
+
+def test_downloaded_packages_reach_the_pool(built: Built) -> None:
+    assert any(HELLO in p.name for p in built.cache.rglob("*") if p.is_file())
+
+
+def test_workspace_paths_do_not_leak_into_the_tree(built: Built) -> None:
+    # Package managers given host paths under --root tend to recreate them inside the root.
+    assert not list(built.tree.rglob(".mkosi-workspace*"))
+
+
+@pytest.mark.parametrize("distribution", sorted(CASES))
+def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: Path) -> None:
+    case = CASES[distribution]
+    result = build(distribution, case.mirror(), tmp_path, check=False)
+    assert result.returncode != 0
+    assert case.unsigned in result.stderr.lower() or case.unsigned in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+def test_missing_package_is_named(distribution: str, tmp_path: Path) -> None:
+    mirror = CASES[distribution].mirror()
+    args = ("--repository-key-check=no", "-p", "no-such-pkg")
+    result = build(distribution, mirror, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package no-such-pkg in" in result.stderr, result.stderr
+
+
+def _resolves(url: str) -> str | None:
+    host = urlparse(url).hostname or url
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        return f"{host} does not resolve from here ({error})"
+    return None
+
+
+@pytest.mark.parametrize(
+    ("distribution", "url"),
+    [
+        ("fedora", fedora.METALINK),
+        ("opensuse", opensuse.DEFAULT_MIRROR),
+        ("arch", arch.DEFAULT_MIRROR),
+    ],
+)
+def test_default_mirror(distribution: str, url: str, tmp_path: Path) -> None:
+    if reason := _resolves(url):
+        pytest.skip(f"needs {distribution}'s real mirror: {reason}")
+    mkosi("-d", distribution, "build", cwd=tmp_path)
+    assert (tmp_path / "image/usr/lib/os-release").exists()

@@ -8,8 +8,11 @@ names. What the modules share lives here: reporting a package that does not exis
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from mkosi.errors import MkosiError
 from mkosi.run import CommandError
@@ -34,3 +37,32 @@ def raise_missing(error: CommandError, patterns: Iterable[str], where: str) -> N
     if names := missing_packages(error, patterns):
         plural = "s" if len(names) > 1 else ""
         raise NoSuchPackage(f"no package{plural} {', '.join(names)} in {where}") from error
+
+
+@contextlib.contextmanager
+def no_stray_copies(root: Path, host_paths: Iterable[Path]) -> Iterator[None]:
+    """Remove what a package manager writes below `root` at the paths of `host_paths`.
+
+    dnf 4 given host paths as well as an install root still creates those paths inside the root and
+    writes logs and cache state there. Whatever appears inside the root at one of those paths (all
+    of them private to this build) is removed, then the directories made for it if they are empty,
+    so a directory the image has (its /tmp, say) is never touched.
+    """
+    new: list[Path] = []
+    copies: list[Path] = []
+    for path in host_paths:
+        relative = path.relative_to("/").parts
+        copies.append(root.joinpath(*relative))
+        for depth in range(1, len(relative) + 1):
+            candidate = root.joinpath(*relative[:depth])
+            if not candidate.exists() and candidate not in new:
+                new.append(candidate)
+    try:
+        yield
+    finally:
+        for copy in copies:
+            if copy in new:
+                shutil.rmtree(copy, ignore_errors=True)
+        for directory in sorted(new, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()

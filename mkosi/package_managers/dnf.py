@@ -3,7 +3,9 @@
 Everything dnf reads or writes is named explicitly: its configuration, repository definitions and
 variables come from the build's workspace, never from the host's /etc/dnf or /etc/yum.repos.d; its
 cache and logs go to the workspace; its history goes into the image, where dnf inside the image
-will look for it. dnf 4 takes cachedir and persistdir as host paths even with --installroot.
+will look for it. dnf 4 prefixes cachedir, logdir and persistdir with the install root when they
+come from the configuration file, and takes them as host paths only from the command line; it
+still creates the prefixed directories, empty, which are removed afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import raise_missing
+from mkosi.package_managers import no_stray_copies, raise_missing
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
@@ -24,11 +26,8 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
     config = context.config
     main = [
         "[main]",
-        f"cachedir={workspace / 'cache'}",
-        f"logdir={workspace / 'log'}",
         f"reposdir={workspace / 'repos.d'}",
         f"varsdir={workspace / 'vars'}",
-        f"persistdir={context.root / 'var/lib/dnf'}",
         # Packages stay in the cache after installation, so they can reach the shared pool.
         "keepcache=1",
         "install_weak_deps=0",
@@ -41,13 +40,23 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
     return "\n".join(main) + "\n\n" + "\n".join(sections)
 
 
+def host_paths(context: Context, workspace: Path) -> dict[str, Path]:
+    return {
+        "cachedir": workspace / "cache",
+        "logdir": workspace / "log",
+        "persistdir": context.root / "var/lib/dnf",
+    }
+
+
 def command(context: Context, configuration: Path, base_packages: Sequence[str]) -> list[str]:
     config = context.config
+    workspace = configuration.parent
     return [
         "dnf",
         "--assumeyes",
         "--noplugins",
         f"--config={configuration}",
+        *(f"--setopt={name}={path}" for name, path in host_paths(context, workspace).items()),
         f"--installroot={context.root}",
         f"--releasever={config.release}",
         "install",
@@ -70,8 +79,10 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         )
         await link_in(pool, workspace / "cache")
     argv = command(context, configuration, base_packages)
+    strays = [p for p in host_paths(context, workspace).values() if not p.is_relative_to(context.root)]
     try:
-        await run(argv, env=rpm_environment(context.workspace), log=context.log)
+        with no_stray_copies(context.root, strays):
+            await run(argv, env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
         raise_missing(error, MISSING, f"the repositories of {config.distribution} {config.release}")
         raise

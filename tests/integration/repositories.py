@@ -27,7 +27,7 @@ BUSYBOX = Path("/bin/busybox")
 BASE = "mkosi-test-base"
 HELLO = "mkosi-test-hello"
 HELLO_OUTPUT = "hello from mkosi-test-hello"
-HELLO_SCRIPT = f"#!/bin/sh\necho '{HELLO_OUTPUT}'\n"
+HELLO_SCRIPT = f'#!/bin/sh\necho "{HELLO_OUTPUT}"\n'
 HELLO_DOC = "/usr/share/doc/mkosi-test-hello/README"
 _HELLO_PRINTF = HELLO_SCRIPT.replace("\n", "\\n")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +25,7 @@ from mkosi.distributions.debian import host_mirrors
 from mkosi.package_managers.rpm import RPMDB
 from tests.integration import repositories
 from tests.integration.repositories import BASE, HELLO, HELLO_DOC, HELLO_OUTPUT
-from tests.integration.support import Result, mkosi
+from tests.integration.support import CACHE, Result, mkosi
 
 # What a package manager could write on the build host if it were not isolated from it.
 HOST_STATE = (
@@ -109,22 +111,50 @@ class Built:
     cache: Path
 
 
-def build(distribution: str, mirror: Path, directory: Path, *args: str, check: bool = True) -> Result:
+@pytest.fixture(scope="session")
+def served() -> Iterator[str]:
+    """The test mirrors over HTTP, as real mirrors are: package managers copy nothing from file://
+    repositories into their caches, so the package pool would go untested."""
+    root = CACHE / "repositories"
+    root.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def build(
+    distribution: str, mirror: Path, served: str, directory: Path, *args: str, check: bool = True
+) -> Result:
     # A package pool per test mirror: test packages of one name and version differ between recipes.
     cache = mirror.with_name(mirror.name + ".packages")
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
     return mkosi(
-        "-d", distribution, f"--mirror={mirror.as_uri()}", f"--cache={cache}", *args, "build",
-        cwd=directory, check=check,
+        "-d", distribution, f"--mirror={url}", f"--cache={cache}", *args, "build", cwd=directory, check=check
     )  # fmt: skip
 
 
 @pytest.fixture(scope="session", params=sorted(CASES))
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, served: str) -> Built:
     distribution: str = request.param
     mirror = CASES[distribution].mirror()
     directory = tmp_path_factory.mktemp(distribution)
     before = host_state()
-    build(distribution, mirror, directory, "--repository-key-check=no", "-p", HELLO, "-o", "tree")
+    build(distribution, mirror, served, directory, "--repository-key-check=no", "-p", HELLO, "-o", "tree")
     return Built(
         distribution, mirror, directory / "tree", before, host_state(),
         mirror.with_name(mirror.name + ".packages"),
@@ -163,19 +193,19 @@ def test_workspace_paths_do_not_leak_into_the_tree(built: Built) -> None:
 
 
 @pytest.mark.parametrize("distribution", sorted(CASES))
-def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: Path) -> None:
+def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: Path, served: str) -> None:
     case = CASES[distribution]
-    result = build(distribution, case.mirror(), tmp_path, check=False)
+    result = build(distribution, case.mirror(), served, tmp_path, check=False)
     assert result.returncode != 0
     assert case.unsigned in result.stderr.lower() or case.unsigned in result.stderr, result.stderr
     assert not (tmp_path / "image").exists()
 
 
 @pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
-def test_missing_package_is_named(distribution: str, tmp_path: Path) -> None:
+def test_missing_package_is_named(distribution: str, tmp_path: Path, served: str) -> None:
     mirror = CASES[distribution].mirror()
     args = ("--repository-key-check=no", "-p", "no-such-pkg")
-    result = build(distribution, mirror, tmp_path, *args, check=False)
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
     assert result.returncode != 0
     assert "no package no-such-pkg in" in result.stderr, result.stderr
 

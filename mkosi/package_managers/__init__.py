@@ -22,6 +22,10 @@ class NoSuchPackage(MkosiError):
     """The repositories have no package of this name."""
 
 
+class UntrustedRepository(MkosiError):
+    """Signature checking is on and what the repository serves is not signed by a trusted key."""
+
+
 def missing_packages(error: CommandError, patterns: Iterable[str]) -> list[str]:
     """The package names a failed command complained about, using each tool's own wording."""
     names: list[str] = []
@@ -37,6 +41,16 @@ def raise_missing(error: CommandError, patterns: Iterable[str], where: str) -> N
     if names := missing_packages(error, patterns):
         plural = "s" if len(names) > 1 else ""
         raise NoSuchPackage(f"no package{plural} {', '.join(names)} in {where}") from error
+
+
+def raise_untrusted(error: CommandError, patterns: Iterable[str], where: str) -> None:
+    """Turn a package manager's signature failure into an error that says what to do about it."""
+    for line in error.tail:
+        if any(re.search(pattern, line) for pattern in patterns):
+            raise UntrustedRepository(
+                f"{where} are not signed by a trusted key ({line.strip()}); "
+                "RepositoryKeyCheck=no turns checking off, for unsigned local repositories"
+            ) from error
 
 
 @contextlib.contextmanager

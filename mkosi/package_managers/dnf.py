@@ -15,11 +15,12 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import no_stray_copies, raise_missing
+from mkosi.package_managers import no_stray_copies, raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
 MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
+UNTRUSTED = (r"is not signed", r"GPG check FAILED", r"public key .* is not installed")
 
 
 def config_text(context: Context, repositories: Sequence[Repository], *, workspace: Path) -> str:
@@ -84,7 +85,9 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         with no_stray_copies(context.root, strays):
             await run(argv, env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
-        raise_missing(error, MISSING, f"the repositories of {config.distribution} {config.release}")
+        where = f"the repositories of {config.distribution} {config.release}"
+        raise_untrusted(error, UNTRUSTED, where)
+        raise_missing(error, MISSING, where)
         raise
     if pool is not None:
         await link_out(workspace / "cache", pool)

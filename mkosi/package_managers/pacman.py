@@ -15,11 +15,17 @@ import anyio
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import raise_missing
+from mkosi.package_managers import raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
 ARCHITECTURES = {"x86-64": "x86_64", "arm64": "aarch64"}
 MISSING = (r"error: target not found: (\S+)",)
+# A repository without signatures makes pacman fail to fetch the .sig files it requires.
+UNTRUSTED = (
+    r"missing required signature",
+    r"failed retrieving file '[^']+\.sig'",
+    r"invalid or corrupted package \(PGP",
+)
 # Packages must be signed by a trusted key; databases are signed by few mirrors, so optional.
 SIGNED = "Required DatabaseOptional"
 
@@ -81,7 +87,9 @@ async def install(
     try:
         await run(command(configuration, [*base_packages, *config.packages]), log=context.log)
     except CommandError as error:
-        raise_missing(error, MISSING, f"the repositories of {config.distribution}")
+        where = f"the repositories of {config.distribution}"
+        raise_untrusted(error, UNTRUSTED, where)
+        raise_missing(error, MISSING, where)
         raise
     finally:
         if config.repository_key_check:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.errors import MkosiError
-from mkosi.package_managers import raise_missing
+from mkosi.package_managers import raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
 MISSING = (r"No provider of '([^']+)' found", r"Package '([^']+)' not found")
+UNTRUSTED = (r"Signature verification failed", r"is unsigned", r"NOKEY", r"Bad GPG signature")
 # zypper's cache inside the root; the downloaded packages are moved to the shared pool instead.
 CACHE = "var/cache/zypp"
 
@@ -85,20 +85,13 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         await link_in(pool, cache, packages="")
     refresh, install_packages = commands(context, repos_dir, base_packages)
     where = f"the repositories of {config.distribution} {config.release}"
-    try:
-        await run(refresh, env=env, log=context.log)
-    except CommandError as error:
-        if any("Signature verification failed" in line for line in error.tail):
-            raise MkosiError(
-                f"signature verification failed for {where}; RepositoryKeyCheck=no turns checking off "
-                "for unsigned local repositories"
-            ) from error
-        raise
-    try:
-        await run(install_packages, env=env, log=context.log)
-    except CommandError as error:
-        raise_missing(error, MISSING, where)
-        raise
+    for argv in (refresh, install_packages):
+        try:
+            await run(argv, env=env, log=context.log)
+        except CommandError as error:
+            raise_untrusted(error, UNTRUSTED, where)
+            raise_missing(error, MISSING, where)
+            raise
     if pool is not None:
         await link_out(cache, pool, packages="")
     await remove_tree(context.root / CACHE)

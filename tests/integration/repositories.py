@@ -119,7 +119,8 @@ def pkgbuild(name: str, provides: Sequence[str]) -> str:
             "package() {\n"
             f'    install -Dm755 {BUSYBOX} "$pkgdir/usr/bin/busybox"\n'
             '    ln -s busybox "$pkgdir/usr/bin/sh"\n    ln -s usr/bin "$pkgdir/bin"\n'
-            '    mkdir -p "$pkgdir/etc"\n    echo ID=arch > "$pkgdir/usr/lib/os-release"\n}\n'
+            '    mkdir -p "$pkgdir/etc" "$pkgdir/usr/lib"\n'
+            '    echo ID=arch > "$pkgdir/usr/lib/os-release"\n}\n'
         )
     return head + (
         f"pkgdesc='says hello'\ndepends=({BASE})\n"

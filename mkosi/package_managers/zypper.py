@@ -33,7 +33,8 @@ def zypp_conf(context: Context) -> str:
 def base_command(context: Context, repos_dir: Path) -> list[str]:
     argv = ["zypper", f"--root={context.root}", f"--reposd-dir={repos_dir}", "--non-interactive"]
     if context.config.repository_key_check:
-        # Only the keys the repository definitions name (gpgkey=) are imported.
+        # zypper cannot be told which keys to trust without asking: a repository's signing key
+        # (the gpgkey= of its definition) is trusted when first seen. Signatures are still checked.
         argv.append("--gpg-auto-import-keys")
     else:
         argv.append("--no-gpg-checks")

@@ -222,3 +222,37 @@ def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: st
         (mirror / f"dists/{suite}/Release").write_text(release)
 
     return cached(name, recipe, build)
+
+
+# ---- signatures ----
+
+
+def signed_rpm_mirror(mirror: Path) -> Path:
+    """A copy of an rpm-md mirror with every package and repository index signed by a test key.
+
+    The public key is published next to each index as repodata/repomd.xml.key, where openSUSE
+    publishes its own.
+    """
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with tempfile.TemporaryDirectory() as gnupg:
+            env = {"GNUPGHOME": gnupg}
+            _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mkosi test <test@mkosi.invalid>",
+                 "rsa3072", "sign", "never", env=env)  # fmt: skip
+            try:
+                for rpm in signed.rglob("*.rpm"):
+                    _run("rpmsign", "--addsign", "--define", "_gpg_name mkosi test", "--define",
+                         "__gpg /usr/bin/gpg", "--define", f"_gpg_path {gnupg}", rpm, env=env)  # fmt: skip
+                key = subprocess.run(
+                    ["gpg", "--export", "--armor"], capture_output=True, check=True, env={**os.environ, **env}
+                ).stdout
+                for repomd in signed.rglob("repodata/repomd.xml"):
+                    _run("createrepo_c", "--quiet", repomd.parent.parent)
+                    _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
+                    (repomd.parent / "repomd.xml.key").write_bytes(key)
+            finally:
+                # gpg-agent leaves the process group; it must not outlive the temporary home.
+                subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+
+    return cached(mirror.name + "-signed", mirror.name, build)

@@ -8,6 +8,7 @@ they do not.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -208,6 +209,30 @@ def test_missing_package_is_named(distribution: str, tmp_path: Path, served: str
     result = build(distribution, mirror, served, tmp_path, *args, check=False)
     assert result.returncode != 0
     assert "no package no-such-pkg in" in result.stderr, result.stderr
+
+
+def test_signed_mirror_is_checked_and_accepted(tmp_path: Path, served: str) -> None:
+    signed = repositories.signed_rpm_mirror(opensuse_mirror())
+    build("opensuse", signed, served, tmp_path, "-p", HELLO)
+    query = subprocess.run(
+        ["rpm", f"--root={tmp_path / 'image'}", f"--dbpath={RPMDB}", "-qa"], capture_output=True, text=True
+    )
+    assert HELLO in query.stdout
+    # The repository's key was imported into the image's rpm database, as on openSUSE.
+    assert "gpg-pubkey-" in query.stdout
+
+
+def test_package_not_matching_the_signed_index_is_refused(tmp_path: Path, served: str) -> None:
+    signed = repositories.signed_rpm_mirror(opensuse_mirror())
+    tampered = tmp_path / "mirror"
+    shutil.copytree(signed, tampered)
+    hello = next(tampered.rglob(f"{HELLO}-*.rpm"))
+    shutil.copy(next(tampered.rglob(f"{BASE}-*.rpm")), hello)
+    result = mkosi("-d", "opensuse", f"--mirror={tampered.as_uri()}", f"--cache={tmp_path / 'cache'}",
+                   "-p", HELLO, "build", cwd=tmp_path, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "corrupted" in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()
 
 
 def _resolves(url: str) -> str | None:

@@ -1,8 +1,9 @@
 """zypper: an install root filled from rpm-md repositories, the openSUSE way.
 
-zypper keeps its repository definitions and caches inside the root it works on (`--root`), which is
-where openSUSE has them too. What would otherwise come from the host is named explicitly: zypp.conf
-(ZYPP_CONF), the log (ZYPP_LOGFILE, else the host's /var/log/zypper.log) and the rpm database path.
+zypper keeps its caches inside the root it works on (`--root`), which is where openSUSE has them
+too. What would otherwise come from the host is named explicitly: zypper's own configuration
+(--config, else the host's /etc/zypp/zypper.conf), libzypp's (ZYPP_CONF), the log (ZYPP_LOGFILE,
+else the host's /var/log/zypper.log), the repository definitions and the rpm database path.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ def zypp_conf(context: Context) -> str:
 
 
 def base_command(context: Context, repos_dir: Path) -> list[str]:
-    argv = ["zypper", f"--root={context.root}", f"--reposd-dir={repos_dir}", "--non-interactive"]
+    argv = [
+        "zypper",
+        f"--config={repos_dir.parent / 'zypper.conf'}",
+        f"--root={context.root}",
+        f"--reposd-dir={repos_dir}",
+        "--non-interactive",
+    ]
     if context.config.repository_key_check:
         # zypper cannot be told which keys to trust without asking: a repository's signing key
         # (the gpgkey= of its definition) is trusted when first seen. Signatures are still checked.
@@ -72,6 +79,7 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         context.root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False
     )
     (workspace / "zypp.conf").write_text(zypp_conf(context))
+    (workspace / "zypper.conf").write_text("")
     env = {
         **rpm_environment(context.workspace),
         "ZYPP_CONF": str(workspace / "zypp.conf"),

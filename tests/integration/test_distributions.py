@@ -202,7 +202,7 @@ def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: 
     assert not (tmp_path / "image").exists()
 
 
-@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+@pytest.mark.parametrize("distribution", sorted(CASES))
 def test_missing_package_is_named(distribution: str, tmp_path: Path, served: str) -> None:
     mirror = CASES[distribution].mirror()
     args = ("--repository-key-check=no", "-p", "no-such-pkg")

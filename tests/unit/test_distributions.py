@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import anyio
 import pytest
 import structlog
 
@@ -34,6 +35,8 @@ from mkosi.package_managers import (
     zypper,
 )
 from mkosi.package_managers.rpm import RPMDB, Repository, rpm_environment
+from mkosi.package_managers.rpm import link_in as rpm_link_in
+from mkosi.package_managers.rpm import link_out as rpm_link_out
 from mkosi.run import CommandError
 
 
@@ -239,7 +242,8 @@ def test_opensuse_repositories(project: Path) -> None:
 def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     ctx = context(load("-d", "opensuse", "-p", "vim"), tmp_path)
     refresh, install = zypper.commands(ctx, tmp_path / "repos.d", opensuse.PACKAGES.base)
-    base = ["zypper", f"--root={tmp_path}/ws/root", f"--reposd-dir={tmp_path}/repos.d", "--non-interactive"]
+    base = ["zypper", f"--config={tmp_path}/zypper.conf", f"--root={tmp_path}/ws/root",
+            f"--reposd-dir={tmp_path}/repos.d", "--non-interactive"]  # fmt: skip
     assert refresh == [*base, "--gpg-auto-import-keys", "refresh"]
     assert install == [*base, "--gpg-auto-import-keys", "install", "--no-recommends",
                        "openSUSE-release", "systemd", "util-linux", "vim"]  # fmt: skip
@@ -273,6 +277,21 @@ def test_pacman_commands(tmp_path: Path) -> None:
     ]
     init, populate = pacman.keyring_commands(conf, tmp_path / "g", "archlinux")
     assert init[-1] == "--init" and populate[-2:] == ["--populate", "archlinux"]
+
+
+def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
+    cache, pool = tmp_path / "cache", tmp_path / "pool"
+    (cache / "fedora-1234/packages").mkdir(parents=True)
+    (cache / "fedora-1234/packages/a-1.rpm").write_text("a")
+    (cache / "fedora-1234/repodata").mkdir()
+    anyio.run(rpm_link_out, cache, pool)
+    assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.rpm")) == ["fedora-1234/a-1.rpm"]
+    fresh = tmp_path / "fresh"
+    anyio.run(rpm_link_in, pool, fresh)
+    assert (fresh / "fedora-1234/packages/a-1.rpm").read_text() == "a"
+    # zypper keeps packages directly in a directory per repository.
+    anyio.run(rpm_link_in, pool, tmp_path / "zypp", "")
+    assert (tmp_path / "zypp/fedora-1234/a-1.rpm").exists()
 
 
 # ---- errors named by the package manager ----

@@ -23,6 +23,9 @@ PACKAGES = PackageNames(
 
 
 def repositories(config: Config) -> list[pacman.Repository]:
+    if config.architecture != "x86-64":
+        # Arch Linux ARM is a separate project, with mirrors, keys and repositories of its own.
+        raise MkosiError(f"arch is built for x86-64 only, not {config.architecture}")
     wanted = config.repositories or DEFAULT_REPOSITORIES
     unknown = [r for r in wanted if r not in KNOWN_REPOSITORIES]
     if unknown:

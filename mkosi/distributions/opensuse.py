@@ -17,6 +17,8 @@ REPOSITORIES = {
     "repo-update": "update/tumbleweed/",
 }
 DEFAULT_REPOSITORIES = ("repo-oss", "repo-update")
+# Other architectures than x86-64 are published below ports/, without a separate update repository.
+PORTS = {"arm64": "ports/aarch64/"}
 PACKAGES = PackageNames(
     base=("openSUSE-release", "systemd", "util-linux"),
     kernel=("kernel-default", "dracut"),
@@ -26,18 +28,21 @@ PACKAGES = PackageNames(
 
 
 def repositories(config: Config) -> list[Repository]:
-    wanted = config.repositories or DEFAULT_REPOSITORIES
-    unknown = [r for r in wanted if r not in REPOSITORIES]
+    ports = PORTS.get(config.architecture, "")
+    known = {n: ports + path for n, path in REPOSITORIES.items() if not (ports and n == "repo-update")}
+    wanted = config.repositories or tuple(r for r in DEFAULT_REPOSITORIES if r in known)
+    unknown = [r for r in wanted if r not in known]
     if unknown:
         raise MkosiError(
-            f"opensuse has no repository {', '.join(unknown)} (known: {', '.join(REPOSITORIES)})"
+            f"opensuse has no repository {', '.join(unknown)} for {config.architecture} "
+            f"(known: {', '.join(known)})"
         )
     mirror = (config.mirror or DEFAULT_MIRROR).rstrip("/")
     # Debian has no openSUSE keys: the signing key is the one published next to the main
     # repository's metadata, fetched from the configured mirror.
-    key = f"{mirror}/{REPOSITORIES['repo-oss']}repodata/repomd.xml.key"
+    key = f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key"
     return [
-        Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{REPOSITORIES[n]}", gpgkeys=(key,))
+        Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=(key,))
         for n in wanted
     ]
 

@@ -184,7 +184,7 @@ def test_fedora_default_metalinks_and_rawhide(project: Path) -> None:
 def test_unknown_repository_is_named(project: Path) -> None:
     with pytest.raises(MkosiError, match="fedora 45 has no repository extras"):
         fedora.repositories(load("-d", "fedora", "--repositories=fedora,extras"))
-    with pytest.raises(MkosiError, match="opensuse has no repository oss"):
+    with pytest.raises(MkosiError, match="opensuse has no repository oss for x86-64"):
         opensuse.repositories(load("-d", "opensuse", "--repositories=oss"))
     with pytest.raises(MkosiError, match="arch has no repository community"):
         arch.repositories(load("-d", "arch", "--repositories=community"))
@@ -237,6 +237,17 @@ def test_opensuse_repositories(project: Path) -> None:
     ]
     local = opensuse.repositories(load("-d", "opensuse", "-m", "http://local/"))
     assert local[0].gpgkeys == ("http://local/tumbleweed/repo/oss/repodata/repomd.xml.key",)
+
+
+def test_opensuse_ports_and_arch_on_arm64(project: Path) -> None:
+    repos = opensuse.repositories(load("-d", "opensuse", "--architecture=arm64"))
+    assert [(r.id, r.baseurl) for r in repos] == [
+        ("repo-oss", "https://download.opensuse.org/ports/aarch64/tumbleweed/repo/oss/")
+    ]
+    with pytest.raises(MkosiError, match="no repository repo-update for arm64"):
+        opensuse.repositories(load("-d", "opensuse", "--architecture=arm64", "--repositories=repo-update"))
+    with pytest.raises(MkosiError, match="x86-64 only, not arm64"):
+        arch.repositories(load("-d", "arch", "--architecture=arm64"))
 
 
 def test_zypper_commands(project: Path, tmp_path: Path) -> None:

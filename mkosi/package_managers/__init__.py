@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from mkosi.errors import MkosiError
@@ -41,6 +41,15 @@ def raise_missing(error: CommandError, patterns: Iterable[str], where: str) -> N
     if names := missing_packages(error, patterns):
         plural = "s" if len(names) > 1 else ""
         raise NoSuchPackage(f"no package{plural} {', '.join(names)} in {where}") from error
+
+
+def contained(argv: Sequence[str | Path]) -> list[str | Path]:
+    """`argv` in a PID namespace of its own, which ends, with everything in it, when it exits.
+
+    The signature checks of dnf, zypper and pacman start gpg-agent, which leaves the process group
+    that mkosi.run ends after a command; it cannot leave a PID namespace.
+    """
+    return ["unshare", "--pid", "--fork", "--kill-child", *argv]
 
 
 def raise_untrusted(error: CommandError, patterns: Iterable[str], where: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import no_stray_copies, raise_missing, raise_untrusted
+from mkosi.package_managers import contained, no_stray_copies, raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
@@ -83,7 +83,7 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
     strays = [p for p in host_paths(context, workspace).values() if not p.is_relative_to(context.root)]
     try:
         with no_stray_copies(context.root, strays):
-            await run(argv, env=rpm_environment(context.workspace), log=context.log)
+            await run(contained(argv), env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
         where = f"the repositories of {config.distribution} {config.release}"
         raise_untrusted(error, UNTRUSTED, where)

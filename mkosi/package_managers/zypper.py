@@ -3,7 +3,8 @@
 zypper keeps its caches inside the root it works on (`--root`), which is where openSUSE has them
 too. What would otherwise come from the host is named explicitly: zypper's own configuration
 (--config, else the host's /etc/zypp/zypper.conf), libzypp's (ZYPP_CONF), the log (ZYPP_LOGFILE,
-else the host's /var/log/zypper.log), the repository definitions and the rpm database path.
+else the host's /var/log/zypper.log), temporary files (ZYPPTMPDIR, else /var/tmp), the repository
+definitions and the rpm database path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import raise_missing, raise_untrusted
+from mkosi.package_managers import contained, raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
@@ -84,7 +85,10 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         **rpm_environment(context.workspace),
         "ZYPP_CONF": str(workspace / "zypp.conf"),
         "ZYPP_LOGFILE": str(workspace / "zypper.log"),
+        # libzypp's temporary keyrings, else in the host's /var/tmp.
+        "ZYPPTMPDIR": str(workspace / "tmp"),
     }
+    (workspace / "tmp").mkdir(exist_ok=True)
     cache = context.root / CACHE / "packages"
     pool = None
     if config.cache_path is not None:
@@ -96,7 +100,7 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
     where = f"the repositories of {config.distribution} {config.release}"
     for argv in (refresh, install_packages):
         try:
-            await run(argv, env=env, log=context.log)
+            await run(contained(argv), env=env, log=context.log)
         except CommandError as error:
             raise_untrusted(error, UNTRUSTED, where)
             raise_missing(error, MISSING, where)

@@ -8,6 +8,7 @@ they do not.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -205,6 +206,10 @@ def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: 
     assert result.returncode != 0
     assert case.unsigned in result.stderr and "RepositoryKeyCheck=no" in result.stderr, result.stderr
     assert not (tmp_path / "image").exists()
+    if distribution == "arch":
+        # The populated keyring is kept for the next build.
+        cache = case.mirror().with_name(case.mirror().name + ".packages")
+        assert list(cache.glob("keyrings/pacman-archlinux-*/pubring.gpg"))
 
 
 @pytest.mark.parametrize("distribution", sorted(CASES))
@@ -218,10 +223,14 @@ def test_missing_package_is_named(distribution: str, tmp_path: Path, served: str
 
 def test_signed_mirror_is_checked_and_accepted(tmp_path: Path, served: str) -> None:
     signed = repositories.signed_rpm_mirror(opensuse_mirror())
-    build("opensuse", signed, served, tmp_path, "-p", HELLO)
+    # A name no other build has: the workspace, where libzypp's keyrings are, is named after it.
+    output = f"signed-{os.getpid()}-{tmp_path.name}"
+    build("opensuse", signed, served, tmp_path, "-p", HELLO, "-o", output)
     query = subprocess.run(
-        ["rpm", f"--root={tmp_path / 'image'}", f"--dbpath={RPMDB}", "-qa"], capture_output=True, text=True
+        ["rpm", f"--root={tmp_path / output}", f"--dbpath={RPMDB}", "-qa"], capture_output=True, text=True
     )
+    # The gpg-agent that importing the key started ended with the build.
+    assert subprocess.run(["pgrep", "-f", f"gpg-agent.*{output}"], capture_output=True).returncode == 1
     assert HELLO in query.stdout
     # The repository's key was imported into the image's rpm database, as on openSUSE.
     assert "gpg-pubkey-" in query.stdout

@@ -305,6 +305,16 @@ def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
     assert (tmp_path / "zypp/fedora-1234/a-1.rpm").exists()
 
 
+def test_pacman_keyring_cache_is_named_after_the_keyring_files(tmp_path: Path) -> None:
+    keyrings = tmp_path / "keyrings"
+    keyrings.mkdir()
+    (keyrings / "archlinux.gpg").write_bytes(b"keys")
+    first = pacman.keyring_cache(tmp_path / "cache", "archlinux", keyrings)
+    assert first.parent == tmp_path / "cache/keyrings" and first.name.startswith("pacman-archlinux-")
+    (keyrings / "archlinux-revoked").write_text("ABCD\n")
+    assert pacman.keyring_cache(tmp_path / "cache", "archlinux", keyrings) != first
+
+
 # ---- errors named by the package manager ----
 
 

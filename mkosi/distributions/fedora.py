@@ -6,15 +6,16 @@ from pathlib import Path
 
 from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.distributions import PackageNames
+from mkosi.distributions import DISTRIBUTIONS, Distribution, PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import dnf
 from mkosi.package_managers.rpm import ARCHITECTURES, Repository
 
 METALINK = "https://mirrors.fedoraproject.org/metalink"
-# Fedora's signing keys of every current release, published over HTTPS by the project. The
-# distribution-gpg-keys package, where the host has it, has them locally.
-GPG_KEY_URL = "https://fedoraproject.org/fedora.gpg"
+# Each release's signing key as the fedora-repos package ships it (/etc/pki/rpm-gpg in Fedora),
+# from the package's sources over HTTPS; the host's distribution-gpg-keys package, where it has one,
+# has the same files locally.
+FEDORA_REPOS_KEYS = "https://src.fedoraproject.org/rpms/fedora-repos/raw/rawhide/f"
 LOCAL_KEYS = Path("/usr/share/distribution-gpg-keys/fedora")
 DEFAULT_REPOSITORIES = ("fedora", "updates")
 PACKAGES = PackageNames(
@@ -36,9 +37,14 @@ def _paths(release: str, arch: str) -> dict[str, tuple[str, str]]:
     }
 
 
-def gpg_keys(release: str) -> tuple[str, ...]:
-    local = LOCAL_KEYS / f"RPM-GPG-KEY-fedora-{release}-primary"
-    return (local.as_uri(),) if local.exists() else (GPG_KEY_URL,)
+def gpg_keys(release: str, local_keys: Path = LOCAL_KEYS) -> tuple[str, ...]:
+    number = release
+    if release == "rawhide":
+        # Rawhide is signed with the key of the release it will become.
+        number = str(int(DISTRIBUTIONS[Distribution.fedora].default_release) + 1)
+    name = f"RPM-GPG-KEY-fedora-{number}-primary"
+    local = local_keys / name
+    return (local.as_uri(),) if local.exists() else (f"{FEDORA_REPOS_KEYS}/{name}",)
 
 
 def repositories(config: Config) -> list[Repository]:

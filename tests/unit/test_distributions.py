@@ -181,6 +181,13 @@ def test_fedora_default_metalinks_and_rawhide(project: Path) -> None:
     assert [r.id for r in rawhide] == ["fedora"] and "repo=rawhide" in (rawhide[0].metalink or "")
 
 
+def test_fedora_keys(tmp_path: Path) -> None:
+    assert fedora.gpg_keys("45", tmp_path) == (f"{fedora.FEDORA_REPOS_KEYS}/RPM-GPG-KEY-fedora-45-primary",)
+    assert fedora.gpg_keys("rawhide", tmp_path)[0].endswith("RPM-GPG-KEY-fedora-46-primary")
+    (tmp_path / "RPM-GPG-KEY-fedora-44-primary").write_text("key")
+    assert fedora.gpg_keys("44", tmp_path) == ((tmp_path / "RPM-GPG-KEY-fedora-44-primary").as_uri(),)
+
+
 def test_unknown_repository_is_named(project: Path) -> None:
     with pytest.raises(MkosiError, match="fedora 45 has no repository extras"):
         fedora.repositories(load("-d", "fedora", "--repositories=fedora,extras"))

@@ -27,11 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mkosi.distributions.debian import BASE_PACKAGES, DEFAULT_MIRROR, host_mirrors  # noqa: E402
+from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors  # noqa: E402
+from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
 
 RELEASE = "bookworm"
 EXTRA_PACKAGES = ("less",)
-PACKAGES = (*BASE_PACKAGES, *EXTRA_PACKAGES)
+PACKAGES = (*DEBIAN_PACKAGES.base, *EXTRA_PACKAGES)
 MIRROR = host_mirrors()[0] or DEFAULT_MIRROR
 # The same command line for our mkosi and for Debian's mkosi 14, the 2017 tool's descendant.
 MKOSI_ARGS = ["-d", "debian", "-r", RELEASE, "-t", "directory", "-m", MIRROR]
@@ -56,9 +57,7 @@ def machine() -> str:
 
 def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.monotonic()
-    result = subprocess.run(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")

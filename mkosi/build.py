@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -11,13 +13,16 @@ import anyio
 import structlog
 
 from mkosi import package_cache
+from mkosi.boot import kernel_command_line
 from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
-from mkosi.outputs import CHECKS, WRITERS
+from mkosi.outputs import CHECKS, WRITERS, disk
 from mkosi.pipeline import Stage, hash_tree, run_stages
+from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -54,6 +59,8 @@ STAGES: list[Stage] = [
             "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
+            # A bootable image's bootstrap installs a kernel and the boot tools too.
+            "bootable": c.bootable,
             "with_docs": c.with_docs,
         },
     ),
@@ -70,18 +77,34 @@ STAGES: list[Stage] = [
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(
-        "output", write_output, inputs=lambda c: {"format": c.format, "compress": c.compress}, cacheable=False
+        "boot-files",
+        disk.build_boot_files,
+        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
+        enabled=lambda c: c.bootable,
+    ),
+    Stage(
+        "filesystems",
+        disk.make_filesystems,
+        inputs=lambda c: {
+            "partitions": [dataclasses.asdict(p) for p in plan(c)],
+            "seed": c.seed,
+            "output": c.output.name,
+        },
+        enabled=lambda c: c.format.is_raw,
+    ),
+    Stage(
+        "output",
+        write_output,
+        inputs=lambda c: {"format": c.format, "compress": c.compress, "seed": c.seed},
+        cacheable=False,
     ),
 ]
 
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
 PENDING: list[tuple[Callable[[Config], bool], str]] = [
-    (lambda c: c.format.is_raw, "Format= raw disk images"),
-    (lambda c: c.bootable, "Bootable="),
     (lambda c: c.secure_boot, "SecureBoot="),
     (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
-    (lambda c: bool(c.kernel_command_line), "KernelCommandLine="),
     (lambda c: c.incremental, "Incremental="),
     (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
     (lambda c: bool(c.build_packages), "BuildPackages="),
@@ -94,8 +117,11 @@ PENDING: list[tuple[Callable[[Config], bool], str]] = [
 
 
 def check_supported(config: Config) -> None:
-    if not DISTRIBUTIONS[config.distribution].implemented:
+    info = DISTRIBUTIONS[config.distribution]
+    if not info.implemented:
         raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
+    if config.bootable and not info.bootable:
+        raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
     for asked, setting in PENDING:
         if asked(config):
             raise NotImplementedYet(f"{setting}: not implemented yet")
@@ -141,6 +167,9 @@ async def build(config: Config) -> None:
             raise MkosiError(f"{config.output} already exists, use -f to replace it")
         await remove_outputs(config)
 
+    clock = SubprocessClock()
+    subprocess_clock.set(clock)
+    started = time.monotonic()
     with build_log(config.output.name, log_path(config)) as log:
         async with workspace(config, log) as path:
             context = Context(config=config, workspace=path, log=log)
@@ -151,4 +180,10 @@ async def build(config: Config) -> None:
                 with anyio.CancelScope(shield=True):
                     for staged in context.staged.values():
                         await remove_tree(staged)
-        log.info("built", output=str(config.output))
+        elapsed = time.monotonic() - started
+        log.info(
+            "built",
+            output=str(config.output),
+            seconds=round(elapsed, 1),
+            outside_subprocesses=round(elapsed - clock.busy, 2),
+        )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import anyio
 import structlog
 
-from mkosi import log
+from mkosi import log, machine
 from mkosi.build import STAGES, build, remove_caches, remove_outputs
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
@@ -38,7 +38,7 @@ def _leaves(group: BaseExceptionGroup[MkosiError]) -> list[MkosiError]:
     return leaves
 
 
-async def run_verb(verb: Verb, config: Config) -> int:
+async def run_verb(verb: Verb, config: Config, args: Sequence[str] = ()) -> int:
     """Run the verb; Ctrl-C or SIGTERM cancels it, and the run layer cleans up what it started."""
     received: list[signal.Signals] = []
 
@@ -50,6 +50,7 @@ async def run_verb(verb: Verb, config: Config) -> int:
                 return
 
     failures: list[MkosiError] = []
+    status = 0
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals, tg.cancel_scope)
@@ -57,6 +58,10 @@ async def run_verb(verb: Verb, config: Config) -> int:
                 await build(config)
             elif verb is Verb.clean:
                 await clean(config)
+            elif verb in (Verb.shell, Verb.boot):
+                status = await machine.shell(config, args, boot=verb is Verb.boot)
+            elif verb is Verb.qemu:
+                status = await machine.qemu(config, args)
             tg.cancel_scope.cancel()
     except* MkosiError as group:
         failures += _leaves(group)
@@ -66,13 +71,13 @@ async def run_verb(verb: Verb, config: Config) -> int:
     if received:
         structlog.get_logger("mkosi").error(f"interrupted by {received[0].name}, cleaned up")
         return SIGNAL_EXIT[received[0]]
-    return 0
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        verb, config, _ = parse_args(args)
+        verb, config, verb_args = parse_args(args)
         if verb is Verb.help:
             print(format_help())
             return
@@ -81,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         json = {LogFormat.json: True, LogFormat.console: False}.get(config.log_format)
         log.setup(json=json, verbose=config.verbose)
-        status = anyio.run(run_verb, verb, config)
+        status = anyio.run(run_verb, verb, config, verb_args)
     except MkosiError as error:
         print(f"mkosi: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

@@ -22,6 +22,13 @@ class Verb(enum.StrEnum):
     summary = "summary"
     clean = "clean"
     help = "help"
+    shell = "shell"
+    boot = "boot"
+    qemu = "qemu"
+
+
+# Verbs that pass the arguments after them on: to the build script, the command in the image, qemu.
+VERBS_WITH_ARGUMENTS = (Verb.build, Verb.shell, Verb.boot, Verb.qemu)
 
 
 PROJECT_GROUP = "Project"
@@ -46,7 +53,7 @@ class Assignment:
 
 
 def suggest(word: str, candidates: Iterable[str], template: str = "{}") -> str:
-    """", did you mean X?" for the closest candidate (ignoring case), or nothing."""
+    """ ", did you mean X?" for the closest candidate (ignoring case), or nothing."""
     lowered = {c.lower(): c for c in candidates}
     match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f", did you mean {template.format(lowered[match[0]])}?" if match else ""
@@ -94,7 +101,7 @@ def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
         usage="mkosi [options...] [VERB] [ARGS...]",
         description="Build legacy-free OS images.\n\nVerbs: "
         + ", ".join(v.value for v in Verb)
-        + " (default: build; ARGS are passed to the build script)",
+        + " (default: build; ARGS go to the build script, the command run by shell/boot, or qemu)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
         allow_abbrev=False,  # abbreviations would make the verb/argument split below ambiguous
@@ -122,7 +129,12 @@ def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
             nargs[flag] = kwargs.get("nargs")
         if s.negation:
             group.add_argument(
-                s.negation, action=_Record, setting=s, fixed="no", nargs=0, default=argparse.SUPPRESS,
+                s.negation,
+                action=_Record,
+                setting=s,
+                fixed="no",
+                nargs=0,
+                default=argparse.SUPPRESS,
                 help=f"same as {s.long}=no",
             )
             nargs[s.negation] = 0
@@ -198,7 +210,7 @@ def parse_command_line(argv: Sequence[str]) -> tuple[Verb, list[Assignment], lis
                 f"unknown verb {positional[0]!r} (choose from {choices}){suggest(positional[0], Verb)}"
             ) from None
     args = positional[1:]
-    if args and verb is not Verb.build:
+    if args and verb not in VERBS_WITH_ARGUMENTS:
         raise ConfigError(f"{verb} takes no arguments, got {' '.join(args)!r}")
     return verb, list(getattr(namespace, "assignments", [])), args
 

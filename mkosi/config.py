@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,8 +43,18 @@ from mkosi.settings import (
 # to the command line parser (mkosi.cli_args); all are re-exported here so that everything about
 # configuration is imported from mkosi.config.
 __all__ = [
-    "Compression", "Config", "Distribution", "Encrypt", "GitFiles", "LogFormat", "OutputFormat", "Verb",
-    "WorkspaceMode", "format_help", "format_summary", "parse_args",
+    "Compression",
+    "Config",
+    "Distribution",
+    "Encrypt",
+    "GitFiles",
+    "LogFormat",
+    "OutputFormat",
+    "Verb",
+    "WorkspaceMode",
+    "format_help",
+    "format_summary",
+    "parse_args",
 ]
 
 
@@ -71,6 +82,7 @@ class Config:
     incremental: bool
     hostname: str | None
     kernel_command_line: tuple[str, ...]
+    seed: uuid.UUID
     workspace: WorkspaceMode
     packages: tuple[str, ...]
     with_docs: bool
@@ -338,8 +350,17 @@ def _validate(c: Config, r: _Resolver) -> None:
 
     if not c.format.is_raw:
         raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
-        for dest in ("verity", "encrypt", "bootable", "read_only", "root_size", "esp_size", "swap_size",
-                     "home_size", "srv_size"):
+        for dest in (
+            "verity",
+            "encrypt",
+            "bootable",
+            "read_only",
+            "root_size",
+            "esp_size",
+            "swap_size",
+            "home_size",
+            "srv_size",
+        ):
             if getattr(c, dest) not in (None, False):
                 fail(dest, f"only supported with raw formats ({raw}), not {c.format}")
     if c.compress is not Compression.none and c.format in (OutputFormat.directory, OutputFormat.subvolume):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,51 @@ TAIL_LINES = 20
 Argument = str | os.PathLike[str]
 
 
+class SubprocessClock:
+    """Wall time during which at least one subprocess of a build was running.
+
+    What remains of the build's wall time is mkosi's own overhead, which should stay small.
+    """
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self._active = 0
+        self._since = 0.0
+
+    def started(self) -> None:
+        if self._active == 0:
+            self._since = time.monotonic()
+        self._active += 1
+
+    def stopped(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self.busy += time.monotonic() - self._since
+
+
+subprocess_clock: contextvars.ContextVar[SubprocessClock | None] = contextvars.ContextVar(
+    "subprocess_clock", default=None
+)
+
+
+@contextlib.contextmanager
+def _counted() -> Iterator[None]:
+    clock = subprocess_clock.get()
+    if clock:
+        clock.started()
+    try:
+        yield
+    finally:
+        if clock:
+            clock.stopped()
+
+
 @dataclass(frozen=True)
 class CompletedCommand:
     argv: tuple[str, ...]
     returncode: int
     stdout: str
+    tail: tuple[str, ...]  # the last lines of output (standard error only, when stdout is captured)
 
 
 class CommandError(MkosiError):
@@ -102,6 +144,7 @@ async def run(
     cwd: Path | None = None,
     input: bytes | None = None,
     capture_stdout: bool = False,
+    merge_stderr: bool = False,
     check: bool = True,
     log: Any = None,
     grace: float = TERMINATE_GRACE_SECONDS,
@@ -109,8 +152,9 @@ async def run(
     """Run a command to completion; see the module docstring for the guarantees.
 
     `env` entries are added to mkosi's own environment. With `capture_stdout`, standard output is
-    returned instead of logged (standard error is still logged). `input` is written to standard
-    input, so secrets never need to appear on a command line.
+    returned instead of logged (standard error is still logged, unless `merge_stderr` sends it to
+    standard output too). `input` is written to standard input, so secrets never need to appear on
+    a command line.
     """
     args = tuple(os.fspath(a) for a in argv)
     log = (log or structlog.get_logger("mkosi")).bind(cmd=args[0])
@@ -118,31 +162,58 @@ async def run(
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured: list[bytes] | None = [] if capture_stdout else None
 
+    with _counted():
+        process = await anyio.open_process(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
+            start_new_session=True,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
+                tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
+                if process.stdin is not None:
+                    async with process.stdin:
+                        await process.stdin.send(input or b"")
+                returncode = await process.wait()
+                # Whatever the command left running in its group would hold our pipes open forever.
+                _signal_group(process.pid, signal.SIGKILL)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _terminate(process, grace)
+            raise
+
+        stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
+        if check and returncode != 0:
+            raise CommandError(args, returncode, tail)
+        return CompletedCommand(args, returncode, stdout, tuple(tail))
+
+
+async def run_interactive(
+    argv: Sequence[Argument], *, env: Mapping[str, str] | None = None, log: Any = None
+) -> int:
+    """Run a command on mkosi's own terminal (a shell in the image, a VM's console); return its status.
+
+    Unlike `run()`, the command stays in mkosi's process group so that it keeps the controlling
+    terminal. When mkosi is cancelled it gets SIGTERM, then SIGKILL after the grace period.
+    """
+    args = tuple(os.fspath(a) for a in argv)
+    (log or structlog.get_logger("mkosi")).debug("running " + shlex.join(args))
     process = await anyio.open_process(
-        args,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env={**os.environ, **env} if env else None,
-        start_new_session=True,
+        args, stdin=None, stdout=None, stderr=None, env={**os.environ, **env} if env else None
     )
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
-            tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
-            if process.stdin is not None:
-                async with process.stdin:
-                    await process.stdin.send(input or b"")
-            returncode = await process.wait()
-            # Whatever the command left running in its group would hold our pipes open forever.
-            _signal_group(process.pid, signal.SIGKILL)
+        return await process.wait()
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await _terminate(process, grace)
+            process.terminate()
+            with anyio.move_on_after(TERMINATE_GRACE_SECONDS):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         raise
-
-    stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
-    if check and returncode != 0:
-        raise CommandError(args, returncode, tail)
-    return CompletedCommand(args, returncode, stdout)

@@ -26,6 +26,9 @@ class DistributionInfo:
     releases: frozenset[str] | None
     # Whether images of this distribution can be built yet.
     implemented: bool
+    # Whether bootable images can be built yet: the boot stages expect Debian's kernel layout
+    # (/boot/vmlinuz-VERSION, an initrd built by dracut's kernel hook).
+    bootable: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
         default_release="bookworm",
         releases=frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"}),
         implemented=True,
+        bootable=True,
     ),
     # 26.04 "resolute" is the LTS of April 2026; 25.10 "questing" is the interim release still supported.
     Distribution.ubuntu: DistributionInfo(
         default_release="resolute",
         releases=frozenset({"jammy", "noble", "questing", "resolute"}),
         implemented=True,
+        bootable=True,
     ),
     # Fedora 45 came out in the autumn of 2026 (a release every six months, 44 in the spring).
     Distribution.fedora: DistributionInfo(default_release="45", releases=None, implemented=True),

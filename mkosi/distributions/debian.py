@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
@@ -17,10 +18,13 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PACKAGES = PackageNames(
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
-    kernel=("linux-image-amd64", "dracut"),  # linux-image-arm64 on arm64
-    boot=("systemd-boot",),
+    kernel=("linux-image-amd64",),  # linux-image-arm64 on arm64
+    # dracut for a systemd-based initrd (zstd to compress it quickly), udev, and systemd-boot's EFI
+    # binaries for the ESP and the unified kernel image.
+    boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
     filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
 )
+KERNELS = {"x86-64": "linux-image-amd64", "arm64": "linux-image-arm64"}
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
 
@@ -65,11 +69,37 @@ def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> li
     return result
 
 
-def bootstrap(config: Config) -> mmdebstrap.Bootstrap:
+def packages(config: Config, names: PackageNames = PACKAGES, kernel: str | None = None) -> tuple[str, ...]:
+    """Everything the bootstrap installs: the base system, what booting needs, the user's packages."""
+    kernel = kernel or KERNELS[config.architecture]
+    boot_packages = (kernel, *names.boot) if config.bootable else ()
+    return (*names.base, *boot_packages, *config.packages)
+
+
+def dracut_hooks(context: Context) -> tuple[str, ...]:
+    """mmdebstrap hooks that put mkosi's dracut configuration into a bootable image.
+
+    Before the kernel is installed, so that its initrd hook builds the initrd we want, once.
+    """
+    if not context.config.bootable:
+        return ()
+    dracut_config = context.workspace / Path(boot.DRACUT_CONFIG_PATH).name
+    destination = Path("/", boot.DRACUT_CONFIG_PATH).parent
+    return (f'--essential-hook=mkdir -p "$1{destination}"', f"--essential-hook=copy-in {dracut_config} {destination}")
+
+
+def write_dracut_config(context: Context) -> None:
+    if context.config.bootable:
+        (context.workspace / Path(boot.DRACUT_CONFIG_PATH).name).write_text(boot.DRACUT_CONFIG)
+
+
+def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
+    config = context.config
     return mmdebstrap.Bootstrap(
         sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
-        base_packages=PACKAGES.base,
+        packages=packages(config),
         keyring=KEYRING if config.repository_key_check else None,
+        hooks=dracut_hooks(context),
     )
 
 
@@ -86,6 +116,7 @@ def exclude_documentation(root: Path) -> None:
 
 
 async def install(context: Context) -> None:
-    await mmdebstrap.install(context, bootstrap(context.config))
+    write_dracut_config(context)
+    await mmdebstrap.install(context, bootstrap(context))
     if not context.config.with_docs:
         exclude_documentation(context.root)

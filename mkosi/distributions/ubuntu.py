@@ -7,7 +7,7 @@ from pathlib import Path
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
-from mkosi.distributions.debian import exclude_documentation
+from mkosi.distributions.debian import dracut_hooks, exclude_documentation, packages, write_dracut_config
 from mkosi.errors import MkosiError
 from mkosi.package_managers import mmdebstrap
 from mkosi.package_managers.mmdebstrap import Source
@@ -21,8 +21,9 @@ DEFAULT_COMPONENTS = ("main", "universe")
 KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 PACKAGES = PackageNames(
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
-    kernel=("linux-image-generic", "dracut"),
-    boot=("systemd-boot",),
+    kernel=("linux-image-generic",),
+    # As Debian's: Ubuntu's kernel packages also install to /boot/vmlinuz-* and run dracut's hook.
+    boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
     filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
 )
 
@@ -51,13 +52,18 @@ def keyring(config: Config, path: Path = KEYRING) -> Path | None:
     return path
 
 
-def bootstrap(config: Config) -> mmdebstrap.Bootstrap:
+def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
+    config = context.config
     return mmdebstrap.Bootstrap(
-        sources=tuple(sources(config)), base_packages=PACKAGES.base, keyring=keyring(config)
+        sources=tuple(sources(config)),
+        packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
+        keyring=keyring(config),
+        hooks=dracut_hooks(context),
     )
 
 
 async def install(context: Context) -> None:
-    await mmdebstrap.install(context, bootstrap(context.config))
+    write_dracut_config(context)
+    await mmdebstrap.install(context, bootstrap(context))
     if not context.config.with_docs:
         exclude_documentation(context.root)

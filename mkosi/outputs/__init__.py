@@ -7,7 +7,7 @@ from typing import Any
 
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.outputs import directory, subvolume, tar
+from mkosi.outputs import directory, disk, subvolume, tar
 
 Writer = Callable[[Context], Awaitable[None]]
 Check = Callable[[Config, Any], Awaitable[None]]
@@ -16,6 +16,9 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.directory: directory.write,
     OutputFormat.subvolume: subvolume.write,
     OutputFormat.tar: tar.write,
+    OutputFormat.raw_gpt: disk.write,
+    OutputFormat.raw_btrfs: disk.write,
+    OutputFormat.raw_squashfs: disk.write,
 }
 
 # Checks that must pass before a build of the format starts.

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from mkosi.config import Compression
-from mkosi.context import Context
-from mkosi.run import run
+import shlex
 
-COMPRESSORS = {
-    Compression.xz: "xz -T0",
-    Compression.zstd: "zstd -T0 -q",
-}
+from mkosi.context import Context
+from mkosi.outputs.compress import command
+from mkosi.run import run
 
 
 async def write(context: Context) -> None:
     staged = context.stage_output(context.config.output)
-    compressor = COMPRESSORS.get(context.config.compress)
+    compressor = command(context.config.compress)
     await run(
         [
             "tar",
@@ -26,7 +23,7 @@ async def write(context: Context) -> None:
             "--xattrs-include=*",
             "--acls",
             "--sort=name",
-            *([f"--use-compress-program={compressor}"] if compressor else []),
+            *([f"--use-compress-program={shlex.join(compressor)}"] if compressor else []),
             ".",
         ],
         log=context.log,

@@ -42,9 +42,12 @@ class Bootstrap:
     """What a distribution asks of mmdebstrap."""
 
     sources: tuple[Source, ...]
-    base_packages: tuple[str, ...]
+    # Everything to install on top of the essential packages, the user's packages included.
+    packages: tuple[str, ...]
     # None when signature checking is off: then every source is trusted as is.
     keyring: Path | None
+    # Further mmdebstrap options (hooks) the distribution needs.
+    hooks: tuple[str, ...] = ()
 
 
 def command(context: Context, bootstrap: Bootstrap) -> list[str]:
@@ -55,7 +58,8 @@ def command(context: Context, bootstrap: Bootstrap) -> list[str]:
         "--mode=unshare",
         "--variant=minbase",
         f"--architectures={ARCHITECTURES[config.architecture]}",
-        f"--include={','.join((*bootstrap.base_packages, *config.packages))}",
+        f"--include={','.join(bootstrap.packages)}",
+        *bootstrap.hooks,
     ]
     if bootstrap.keyring is not None:
         argv.append(f"--keyring={bootstrap.keyring}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,12 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
     ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
     ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
+    ("Output", "Seed"): (
+        "0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11",
+        ["--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"],
+        uuid.UUID("0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"),
+        "",
+    ),
     ("Output", "Workspace"): ("disk", ["--workspace=disk"], WorkspaceMode.disk, ""),
     ("Packages", "Packages"): ("git, vim", ["-p", "git,vim"], ("git", "vim"), ""),
     ("Packages", "WithDocs"): ("yes", ["--with-docs"], True, ""),
@@ -723,7 +730,8 @@ def test_secure_boot_key_must_be_private(project: Path) -> None:
         (["--force=3"], "--force: ignored explicit argument '3'"),
         (["--without-tests=yes"], "--without-tests: ignored explicit argument 'yes'"),
         (["-d"], "--distribution: expected one argument"),
-        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help), did you mean build?"),
+        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu), "
+                    "did you mean build?"),
         (["summary", "extra"], "summary takes no arguments, got 'extra'"),
         (["-C", "nowhere"], "-C: no such directory: {project}/nowhere"),
         (["--default=nope.conf"], "--default: no such file: nope.conf"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import structlog
 
 from mkosi import settings
+from mkosi.build import check_supported
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
 from mkosi.distributions import (
@@ -22,7 +24,7 @@ from mkosi.distributions import (
     opensuse,
     ubuntu,
 )
-from mkosi.errors import ConfigError, MkosiError
+from mkosi.errors import ConfigError, MkosiError, NotImplementedYet
 from mkosi.package_managers import (
     NoSuchPackage,
     UntrustedRepository,
@@ -125,14 +127,15 @@ def test_distribution_specific_names() -> None:
 
 
 def test_debian_uses_only_debians_keyring(project: Path, tmp_path: Path) -> None:
-    argv = mmdebstrap.command(context(c := load("-m", "http://m/debian"), tmp_path), debian.bootstrap(c))
+    ctx = context(load("-m", "http://m/debian"), tmp_path)
+    argv = mmdebstrap.command(ctx, debian.bootstrap(ctx))
     assert f"--keyring={debian.KEYRING}" in argv
     assert argv[-1] == "deb http://m/debian bookworm main"
 
 
 def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
-    config = load("-d", "ubuntu", "--repository-key-check=no")
-    argv = mmdebstrap.command(context(config, tmp_path), ubuntu.bootstrap(config))
+    ctx = context(load("-d", "ubuntu", "--repository-key-check=no"), tmp_path)
+    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
     assert argv[-3:] == [
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute main universe",
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute-updates main universe",
@@ -145,12 +148,34 @@ def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
 def test_ubuntu_mirror_repositories_and_arm64(project: Path, tmp_path: Path) -> None:
     config = load("-d", "ubuntu", "-r", "noble", "--repository-key-check=no", "--architecture=arm64",
                   "--repositories=main,restricted", "-m", "http://local/ubuntu", "-p", "vim")  # fmt: skip
-    argv = mmdebstrap.command(context(config, tmp_path), ubuntu.bootstrap(config))
+    ctx = context(config, tmp_path)
+    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
     assert argv[-1] == "deb [trusted=yes] http://local/ubuntu noble main restricted"
     assert "--architectures=arm64" in argv and argv[-2] == str(tmp_path / "ws/root")
     assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,vim" in argv
     ports = ubuntu.sources(load("-d", "ubuntu", "--architecture=arm64"))[0]
     assert ports.uri == ubuntu.DEFAULT_MIRRORS["arm64"]
+
+
+@pytest.mark.parametrize(("module", "kernel"), [(debian, "linux-image-amd64"), (ubuntu, "linux-image-generic")])
+def test_bootable_images_get_a_kernel_and_the_dracut_configuration(
+    project: Path, tmp_path: Path, module: Any, kernel: str
+) -> None:
+    distribution = module.__name__.rsplit(".", 1)[1]
+    ctx = context(load("-d", distribution, "-t", "raw_gpt", "--bootable", "--repository-key-check=no"), tmp_path)
+    argv = mmdebstrap.command(ctx, module.bootstrap(ctx))
+    include = next(a for a in argv if a.startswith("--include="))
+    assert f",{kernel},dracut,zstd,udev,systemd-boot-efi" in include
+    assert "--essential-hook=mkdir -p \"$1/etc/dracut.conf.d\"" in argv
+    plain = context(load("-d", distribution, "--repository-key-check=no"), tmp_path)
+    assert not any("hook" in a for a in mmdebstrap.command(plain, module.bootstrap(plain)))
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "arch", "opensuse"])
+def test_bootable_is_refused_where_the_boot_stages_do_not_work_yet(project: Path, distribution: str) -> None:
+    with pytest.raises(NotImplementedYet, match=f"Bootable= for {distribution}: not implemented yet"):
+        check_supported(load("-d", distribution, "-t", "raw_gpt", "--bootable"))
+    check_supported(load("-d", "ubuntu", "-t", "raw_gpt", "--bootable"))
 
 
 def test_ubuntu_without_its_keyring_says_what_to_do(project: Path, tmp_path: Path) -> None:

@@ -104,3 +104,8 @@ async def test_background_stragglers_do_not_hang_a_finished_command(tmp_path: Pa
     while _alive(straggler) and time.monotonic() < deadline:
         await anyio.sleep(0.05)
     assert not _alive(straggler)
+
+
+async def test_merge_stderr_captures_both_streams_in_order() -> None:
+    result = await run(["sh", "-c", "echo out; echo err >&2; echo out2"], capture_stdout=True, merge_stderr=True)
+    assert result.stdout == "out\nerr\nout2\n"

@@ -1,0 +1,106 @@
+"""Filesystem images made from a tree, as plain files: ext4, btrfs, squashfs, swap and the FAT ESP."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mkosi.disk.partitions import MiB, align
+from mkosi.run import run
+
+BLOCK = 4096
+# Per-inode cost in an ext4 image (inode table entry plus directory entry), generously.
+INODE_OVERHEAD = 512
+
+
+def content_size(tree: Path) -> int:
+    """Bytes the tree occupies in 4 KiB blocks, counting every inode's metadata too."""
+    total = 0
+    for directory, dirnames, filenames in os.walk(tree):
+        total += BLOCK + INODE_OVERHEAD * (len(dirnames) + len(filenames))
+        for name in filenames:
+            st = os.lstat(os.path.join(directory, name))
+            total += align(st.st_blocks * 512 if st.st_nlink == 1 else st.st_size, BLOCK)
+    return total
+
+
+def minimum_size(tree: Path) -> int:
+    """The least a filesystem holding the tree can have: content, metadata and a small journal."""
+    return align(content_size(tree) * 11 // 10 + 8 * MiB)
+
+
+def default_size(tree: Path, writable: bool) -> int:
+    """Room for the content plus filesystem metadata, and for a writable root some space to grow."""
+    content = content_size(tree)
+    size = content * 6 // 5 + 64 * MiB
+    if writable:
+        size += max(content // 2, 512 * MiB)
+    return align(size)
+
+
+def _allocate(image: Path, size: int) -> None:
+    with image.open("wb") as f:
+        f.truncate(size)
+
+
+async def make_ext4(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:
+    _allocate(image, size)
+    await run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-U",
+            str(fs_uuid),
+            "-d",
+            tree,
+            # The same inputs give the same filesystem: no random hash seed, no creation-time UUIDs.
+            "-E",
+            f"hash_seed={fs_uuid},root_owner=0:0",
+            image,
+        ],
+        log=log,
+    )
+
+
+async def make_btrfs(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:
+    _allocate(image, size)
+    await run(["mkfs.btrfs", "-q", "-f", "-L", label, "-U", str(fs_uuid), "--rootdir", tree, image], log=log)
+
+
+async def make_squashfs(tree: Path, image: Path, log: Any) -> None:
+    await run(
+        ["mksquashfs", tree, image, "-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-xattrs"],
+        log=log,
+    )
+
+
+async def make_swap(image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:
+    _allocate(image, size)
+    await run(["mkswap", "-q", "-L", label, "-U", str(fs_uuid), image], log=log)
+
+
+async def make_esp(image: Path, size: int, volume_id: int, files: Mapping[str, Path], log: Any) -> None:
+    """A FAT ESP filled with mtools, since vfat cannot be mounted on every build host.
+
+    `files` maps paths inside the ESP ("EFI/BOOT/BOOTX64.EFI") to host files.
+    """
+    # mtools fails on small FAT32 filesystems, mkfs.vfat refuses FAT16 below 16 MiB; UEFI reads all three.
+    fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
+    await run(
+        ["mkfs.vfat", "-C", "-F", fat, "-n", "ESP", "-i", f"{volume_id:08X}", image, str(size // 1024)],
+        log=log,
+    )
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    # Every directory on the way to every file, parents first.
+    directories = {"/".join(Path(t).parts[:i]) for t in files for i in range(1, len(Path(t).parts))}
+    if directories:
+        ordered = sorted(directories, key=lambda d: (d.count("/"), d))
+        await run(["mmd", "-i", image, *(f"::{d}" for d in ordered)], env=env, log=log)
+    for target, source in sorted(files.items()):
+        await run(["mcopy", "-i", image, source, f"::{target}"], env=env, log=log)

@@ -1,0 +1,44 @@
+"""Which partitions an image gets, from its settings: ESP, root, swap, home, srv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mkosi.config import Config, OutputFormat
+from mkosi.disk.partitions import MiB, Role, align
+
+DEFAULT_ESP_SIZE = 256 * MiB
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """A partition before its filesystem exists: the size may still be unknown (None: from content)."""
+
+    role: Role
+    filesystem: str  # ext4, btrfs, squashfs, swap, vfat
+    size: int | None
+    read_only: bool = False
+
+
+def root_filesystem(config: Config) -> str:
+    return {OutputFormat.raw_btrfs: "btrfs", OutputFormat.raw_squashfs: "squashfs"}.get(config.format, "ext4")
+
+
+def data_filesystem(config: Config) -> str:
+    """/home and /srv stay writable: btrfs next to a btrfs root, ext4 otherwise."""
+    return "btrfs" if config.format is OutputFormat.raw_btrfs else "ext4"
+
+
+def plan(config: Config) -> list[PartitionPlan]:
+    plans = []
+    if config.bootable:
+        plans.append(PartitionPlan(Role.esp, "vfat", align(config.esp_size or DEFAULT_ESP_SIZE)))
+    root_size = align(config.root_size) if config.root_size else None
+    plans.append(PartitionPlan(Role.root, root_filesystem(config), root_size, read_only=config.read_only))
+    if config.swap_size:
+        plans.append(PartitionPlan(Role.swap, "swap", align(config.swap_size)))
+    if config.home_size:
+        plans.append(PartitionPlan(Role.home, data_filesystem(config), align(config.home_size)))
+    if config.srv_size:
+        plans.append(PartitionPlan(Role.srv, data_filesystem(config), align(config.srv_size)))
+    return plans

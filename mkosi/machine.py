@@ -1,0 +1,124 @@
+"""Running a built image: `mkosi shell` and `mkosi boot` (systemd-nspawn), `mkosi qemu` (UEFI VM)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from mkosi import loopdev
+from mkosi.config import Compression, Config, OutputFormat
+from mkosi.disk.partitions import Role, find_partition
+from mkosi.errors import MkosiError
+from mkosi.run import run, run_interactive
+
+# These hosts may run without systemd as PID 1 and without D-Bus: nspawn must neither register
+# the container with machined nor move it into a scope of its own.
+NSPAWN = ["systemd-nspawn", "--register=no", "--keep-unit"]
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+KVM_PROBE_SECONDS = 3
+
+
+def _require_output(config: Config) -> None:
+    if not (config.output.exists() or config.output.is_symlink()):
+        raise MkosiError(f"{config.output} does not exist: build the image first")
+
+
+@contextlib.asynccontextmanager
+async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], list[str]]]:
+    """How to give nspawn the image's root: a command prefix and nspawn's own arguments."""
+    _require_output(config)
+    if config.format in (OutputFormat.directory, OutputFormat.subvolume):
+        yield [], ["--directory", str(config.output)]
+    elif config.format.is_raw:
+        if config.compress is not Compression.none:
+            raise MkosiError(f"{config.output} is compressed: decompress it to run it")
+        # nspawn --image needs udev and partition scanning, which not every host (or container)
+        # has: mount just the root partition, in a mount namespace that dies with the command.
+        offset, size = await find_partition(config.output, Role.root, config.architecture, log)
+        read_only = config.read_only
+        async with loopdev.attach(
+            config.output, offset=offset, size=size, read_only=read_only, log=log
+        ) as device:
+            with tempfile.TemporaryDirectory(prefix="mkosi-root.") as mountpoint:
+                prefix = [
+                    "unshare", "--mount", "--propagation=private", "--",
+                    "sh", "-c", 'mount -o "$1" "$2" "$3" && shift 3 && exec "$@"',
+                    "sh", "ro" if read_only else "rw", str(device), mountpoint,
+                ]  # fmt: skip
+                yield prefix, ["--directory", mountpoint]
+    else:
+        raise MkosiError(
+            f"Format={config.format} images cannot be run: use directory, subvolume or a raw format"
+        )
+
+
+async def shell(config: Config, args: Sequence[str], *, boot: bool = False) -> int:
+    log = structlog.get_logger("mkosi")
+    async with _root_of(config, log) as (prefix, root):
+        machine_name = config.output.name.split(".")[0]
+        options = [*root, f"--machine={machine_name}", *(["--read-only"] if config.read_only else [])]
+        if config.nspawn_settings is None:
+            options.append("--settings=no")
+        command = [*prefix, *NSPAWN, *options, *(["--boot"] if boot else []), *args]
+        return await run_interactive(command, log=log)
+
+
+async def kvm_usable(log: Any) -> bool:
+    """Whether KVM really runs a guest here; some hosts offer /dev/kvm but fail on the first instruction.
+
+    The probe boots the firmware alone for a few seconds: a broken KVM reports an internal error
+    (and hangs) at once, a working one is still running when time is up.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.TemporaryDirectory(prefix="mkosi-kvm-probe.") as scratch:
+        variables = Path(scratch) / "vars.fd"
+        shutil.copyfile(OVMF_VARS, variables)
+        probe = await run(
+            ["timeout", str(KVM_PROBE_SECONDS), "qemu-system-x86_64", "-machine", "q35,accel=kvm",
+             "-cpu", "host", "-m", "128", "-nodefaults", "-display", "none",
+             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+             "-drive", f"if=pflash,format=raw,file={variables}"],
+            capture_stdout=True, merge_stderr=True, check=False, log=log,
+        )  # fmt: skip
+    # Still running when time was up, and no complaint from KVM on the way.
+    return probe.returncode == 124 and "KVM internal error" not in probe.stdout
+
+
+def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str]) -> list[str]:
+    return [
+        "qemu-system-x86_64",
+        "-machine", f"q35,accel={accel}",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-smp", str(os.cpu_count() or 1),
+        "-m", "1024",
+        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,file={variables}",
+        "-drive", f"if=virtio,format=raw,file={config.output}",
+        "-nographic", "-nodefaults", "-serial", "mon:stdio",
+        *args,
+    ]  # fmt: skip
+
+
+async def qemu(config: Config, args: Sequence[str]) -> int:
+    log = structlog.get_logger("mkosi")
+    _require_output(config)
+    if not (config.format.is_raw and config.bootable):
+        raise MkosiError("qemu needs a bootable raw image: build with --bootable and a raw format")
+    if config.architecture != "x86-64":
+        raise MkosiError(f"qemu: booting {config.architecture} images is not supported yet")
+    accel = "kvm" if await kvm_usable(log) else "tcg"
+    log.info("booting in qemu", accel=accel)
+    with tempfile.TemporaryDirectory(prefix="mkosi-qemu.") as scratch:
+        # The firmware's variable store is per VM and written to: a copy of the template.
+        variables = Path(scratch) / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, variables)
+        return await run_interactive(qemu_command(config, variables, accel, args), log=log)

@@ -18,7 +18,7 @@ from mkosi.concurrency import exclusive
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
 from mkosi.disk.layout import plan
-from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
+from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk
@@ -30,6 +30,10 @@ from mkosi.workspace import remove_tree, workspace
 
 INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
     Distribution.debian: debian.install,
+    Distribution.ubuntu: ubuntu.install,
+    Distribution.fedora: fedora.install,
+    Distribution.arch: arch.install,
+    Distribution.opensuse: opensuse.install,
 }
 
 
@@ -63,8 +67,11 @@ STAGES: list[Stage] = [
             "release": c.release,
             "mirror": c.mirror,
             "repositories": c.repositories,
+            "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
+            # A bootable image's bootstrap installs a kernel and the boot tools too.
+            "bootable": c.bootable,
             "with_docs": c.with_docs,
         },
     ),
@@ -120,8 +127,11 @@ PENDING: list[tuple[Callable[[Config], bool], str]] = [
 
 
 def check_supported(config: Config) -> None:
-    if not DISTRIBUTIONS[config.distribution].implemented:
+    info = DISTRIBUTIONS[config.distribution]
+    if not info.implemented:
         raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
+    if config.bootable and not info.bootable:
+        raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
     for asked, setting in PENDING:
         if asked(config):
             raise NotImplementedYet(f"{setting}: not implemented yet")

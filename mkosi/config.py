@@ -67,6 +67,7 @@ class Config:
     release: str
     mirror: str | None
     repositories: tuple[str, ...]
+    repository_key_check: bool
     architecture: str
     format: OutputFormat
     output: Path

@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import package_cache
+from mkosi import buildscript, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config
@@ -22,6 +22,7 @@ from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedor
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk
+from mkosi.package_managers import apt
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
 from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.stage_cache import SnapshotCache
@@ -35,6 +36,17 @@ INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
     Distribution.arch: arch.install,
     Distribution.opensuse: opensuse.install,
 }
+
+
+# Installing into an existing tree, as the build image's BuildPackages= need.
+PACKAGE_INSTALLERS: dict[Distribution, buildscript.PackageInstaller] = {
+    Distribution.debian: apt.install,
+    Distribution.ubuntu: apt.install,
+}
+
+
+async def make_build_image(context: Context) -> None:
+    await buildscript.make_build_image(context, PACKAGE_INSTALLERS.get(context.config.distribution))
 
 
 async def install_distribution(context: Context) -> None:
@@ -52,6 +64,10 @@ async def install_distribution(context: Context) -> None:
 
 async def write_output(context: Context) -> None:
     await WRITERS[context.config.format](context)
+
+
+def _paths(path: Path | None) -> list[Path]:
+    return [] if path is None else [path]
 
 
 def _secret_digest(secret: str | None) -> str | None:
@@ -76,10 +92,42 @@ STAGES: list[Stage] = [
         },
     ),
     Stage(
+        "build-image",
+        make_build_image,
+        inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
+        enabled=lambda c: c.build_script is not None,
+    ),
+    Stage(
+        "build-script",
+        buildscript.build,
+        inputs=lambda c: {
+            "script": hash_tree(_paths(c.build_script)),
+            "sources": buildscript.sources_digest(c),
+            "use_git_files": c.use_git_files,
+            "git_files": c.git_files,
+            "with_docs": c.with_docs,
+            "with_tests": c.with_tests,
+            "with_network": c.with_network,
+        },
+        enabled=lambda c: c.build_script is not None,
+    ),
+    Stage(
         "extra-trees",
         install_extra_trees,
         inputs=lambda c: {"trees": hash_tree(c.extra_trees)},
         enabled=lambda c: bool(c.extra_trees),
+    ),
+    Stage(
+        "install-build",
+        buildscript.install_build_output,
+        inputs=lambda c: {},
+        enabled=lambda c: c.build_script is not None,
+    ),
+    Stage(
+        "postinst",
+        buildscript.postinst,
+        inputs=lambda c: {"script": hash_tree(_paths(c.postinst_script)), "with_network": c.with_network},
+        enabled=lambda c: c.postinst_script is not None,
     ),
     Stage(
         "configure",
@@ -116,10 +164,6 @@ PENDING: list[tuple[Callable[[Config], bool], str]] = [
     (lambda c: c.secure_boot, "SecureBoot="),
     (lambda c: c.verity, "Verity="),
     (lambda c: c.encrypt is not None, "Encrypt="),
-    (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
-    (lambda c: bool(c.build_packages), "BuildPackages="),
-    (lambda c: c.with_network, "WithNetwork="),
-    (lambda c: c.postinst_script is not None, "PostInstallationScript= (mkosi.postinst)"),
     (lambda c: c.nspawn_settings is not None, "NSpawnSettings= (mkosi.nspawn)"),
     (lambda c: c.checksum, "CheckSum="),
     (lambda c: c.sign, "Sign="),

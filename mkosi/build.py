@@ -23,9 +23,9 @@ from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk
 from mkosi.package_managers import apt
-from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
+from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
-from mkosi.stage_cache import SnapshotCache
+from mkosi.stage_cache import SnapshotCache, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
@@ -90,12 +90,14 @@ STAGES: list[Stage] = [
             "bootable": c.bootable,
             "with_docs": c.with_docs,
         },
+        checkpoint=True,
     ),
     Stage(
         "build-image",
         make_build_image,
         inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
         enabled=lambda c: c.build_script is not None,
+        checkpoint=True,
     ),
     Stage(
         "build-script",
@@ -110,6 +112,7 @@ STAGES: list[Stage] = [
             "with_network": c.with_network,
         },
         enabled=lambda c: c.build_script is not None,
+        checkpoint=True,
     ),
     Stage(
         "extra-trees",
@@ -223,8 +226,11 @@ async def build(
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
+    checkpoints = (
+        {key for stage, key in stage_keys(config, STAGES) if stage.checkpoint} if config.incremental else set()
+    )
     if cache is None and config.incremental:
-        cache = SnapshotCache(stage_cache_dir(config), STAGES)
+        cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():
@@ -241,6 +247,8 @@ async def build(
             try:
                 await run_stages(context, STAGES, cache, observe)
                 publish(context)
+                if config.incremental:
+                    await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
             finally:
                 with anyio.CancelScope(shield=True):
                     for staged in context.staged.values():

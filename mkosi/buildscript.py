@@ -16,6 +16,7 @@ from pathlib import Path
 from mkosi.config import Config, GitFiles
 from mkosi.context import Context
 from mkosi.errors import MkosiError
+from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.pipeline import hash_tree
 from mkosi.run import CommandError, run
 
@@ -29,8 +30,6 @@ SRCDIR = "/root/src"
 DESTDIR = "/root/dest"
 BUILDDIR = "/root/build"
 SCRIPT = "/root/mkosi.build"
-# These hosts may run without systemd as PID 1 and without D-Bus.
-NSPAWN = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--settings=no"]
 
 
 class ScriptError(MkosiError):
@@ -49,7 +48,7 @@ def _flag(value: bool) -> str:
 def nspawn_command(config: Config, root: Path, command: Sequence[str], *, env: dict[str, str]) -> list[str]:
     """systemd-nspawn running `command` in `root`, with networking only if WithNetwork= says so."""
     return [
-        *NSPAWN,
+        *NSPAWN_BUILD,
         f"--directory={root}",
         f"--machine=mkosi-{os.getpid()}",
         *([] if config.with_network else ["--private-network"]),
@@ -65,7 +64,7 @@ async def run_script(context: Context, root: Path, script: Path, args: Sequence[
     shutil.copy2(script, inside)
     command = nspawn_command(context.config, root, [f"/root/{script.name}", *args], env=env)
     try:
-        await run(command, env={"SYSTEMD_NSPAWN_LOCK": "0"}, log=context.log)
+        await run(command, env=NSPAWN_ENV, log=context.log)
     except CommandError as error:
         raise ScriptError(script, error) from None
     finally:

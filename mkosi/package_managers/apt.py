@@ -11,11 +11,11 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
+from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.package_managers import raise_missing
 from mkosi.package_managers.mmdebstrap import MISSING
 from mkosi.run import CommandError, run
 
-NSPAWN = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--settings=no"]
 APT_OPTIONS = ["-o", "APT::Keep-Downloaded-Packages=true", "-o", "Dpkg::Use-Pty=false", "-q"]
 
 
@@ -34,9 +34,9 @@ async def install(context: Context, root: Path, packages: tuple[str, ...]) -> No
         f"apt-get {options} update && "
         f'DEBIAN_FRONTEND=noninteractive apt-get {options} install -y --no-install-recommends -- "$@"'
     )
-    command = [*NSPAWN, f"--directory={root}", "/bin/sh", "-c", script, "sh", *packages]
+    command = [*NSPAWN_BUILD, f"--directory={root}", "/bin/sh", "-c", script, "sh", *packages]
     try:
-        await run(command, env={"SYSTEMD_NSPAWN_LOCK": "0"}, log=context.log)
+        await run(command, env=NSPAWN_ENV, log=context.log)
     except CommandError as error:
         raise_missing(error, MISSING, f"{config.distribution} {config.release}")
         raise

@@ -146,14 +146,31 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def matrix_arguments(argv: Sequence[str]) -> list[str] | None:
+    """The matrix's own arguments when the command line is `mkosi [-C DIR] matrix ...`, else None."""
+    prefix: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-C", "--directory") and i + 1 < len(argv):
+            prefix += argv[i : i + 2]
+            i += 2
+        elif argv[i].startswith("--directory=") or (argv[i].startswith("-C") and len(argv[i]) > 2):
+            prefix.append(argv[i])
+            i += 1
+        else:
+            break
+    return [*prefix, *argv[i + 1 :]] if argv[i : i + 1] == ["matrix"] else None
+
+
 def entry() -> None:
     """The `mkosi` command."""
     argv = sys.argv[1:]
-    if argv[:1] != ["matrix"]:
+    arguments = matrix_arguments(argv)
+    if arguments is None:
         mkosi_cli.main(argv)
         return
     try:
-        status = main(argv[1:])
+        status = main(arguments)
     except MkosiError as error:
         print(f"mkosi matrix: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

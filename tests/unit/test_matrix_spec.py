@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from matrix.cli import matrix_arguments
 from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
 from matrix.spec import Matrix, expand, parse_matrix, select
 from mkosi.config import Compression, OutputFormat
@@ -152,3 +153,19 @@ def test_cells_needing_unlanded_features_are_marked(tmp_path: Path) -> None:
     planned = plan(m, tmp_path, m.cells, tmp_path / "work")
     assert planned[0].unsupported is None
     assert planned[1].unsupported is not None and "not implemented yet" in planned[1].unsupported
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["matrix", "--list"], ["--list"]),
+        (["-C", "proj", "matrix", "--jobs", "2"], ["-C", "proj", "--jobs", "2"]),
+        (["--directory=proj", "matrix"], ["--directory=proj"]),
+        (["-Cproj", "matrix"], ["-Cproj"]),
+        (["-o", "matrix", "build"], None),
+        (["build"], None),
+        ([], None),
+    ],
+)
+def test_matrix_verb_is_recognised_after_the_project_directory(argv: list[str], expected: list[str] | None) -> None:
+    assert matrix_arguments(argv) == expected

@@ -14,7 +14,10 @@ fi
 # Host tools, one line per purpose. The README says why each is needed.
 HOST_PACKAGES=(
     python3 python3-venv                     # the project's virtual environment
-    mmdebstrap debootstrap debian-archive-keyring  # bootstrapping Debian trees
+    mmdebstrap debootstrap debian-archive-keyring  # bootstrapping Debian and Ubuntu trees
+    dnf rpm zypper                           # installing Fedora and openSUSE trees
+    pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys
+    createrepo-c makepkg libarchive-tools apt-utils busybox-static  # local test mirrors
     systemd-container bubblewrap             # running commands and scripts inside image trees
     e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images

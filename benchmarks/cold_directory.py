@@ -27,11 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mkosi.distributions.debian import BASE_PACKAGES, DEFAULT_MIRROR, host_mirrors  # noqa: E402
+from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors  # noqa: E402
+from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
 
 RELEASE = "bookworm"
 EXTRA_PACKAGES = ("less",)
-PACKAGES = (*BASE_PACKAGES, *EXTRA_PACKAGES)
+PACKAGES = (*DEBIAN_PACKAGES.base, *EXTRA_PACKAGES)
 MIRROR = host_mirrors()[0] or DEFAULT_MIRROR
 # The same command line for our mkosi and for Debian's mkosi 14, the 2017 tool's descendant.
 MKOSI_ARGS = ["-d", "debian", "-r", RELEASE, "-t", "directory", "-m", MIRROR]

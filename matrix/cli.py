@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +24,9 @@ from matrix.scheduler import Observer, Status
 from matrix.spec import load_matrix, select
 from mkosi import cli as mkosi_cli
 from mkosi import log
+from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.workspace import remove_tree
-
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,20 +83,8 @@ def parser() -> argparse.ArgumentParser:
 
 async def _run_with_signals(run: Run, observer: Observer) -> int | None:
     """Run the matrix; Ctrl-C or SIGTERM cancels every cell. Returns the signal's exit status, if any."""
-    received: list[signal.Signals] = []
-
-    async def watch(scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                received.append(signal.Signals(signum))
-                scope.cancel()
-                return
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
-        await run.execute(observer)
-        tg.cancel_scope.cancel()
-    return SIGNAL_EXIT[received[0]] if received else None
+    stopped_by = await cancelled_by_signals(lambda: run.execute(observer))
+    return SIGNAL_EXIT[stopped_by] if stopped_by else None
 
 
 async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool) -> int:
@@ -160,14 +146,31 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def matrix_arguments(argv: Sequence[str]) -> list[str] | None:
+    """The matrix's own arguments when the command line is `mkosi [-C DIR] matrix ...`, else None."""
+    prefix: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-C", "--directory") and i + 1 < len(argv):
+            prefix += argv[i : i + 2]
+            i += 2
+        elif argv[i].startswith("--directory=") or (argv[i].startswith("-C") and len(argv[i]) > 2):
+            prefix.append(argv[i])
+            i += 1
+        else:
+            break
+    return [*prefix, *argv[i + 1 :]] if argv[i : i + 1] == ["matrix"] else None
+
+
 def entry() -> None:
     """The `mkosi` command."""
     argv = sys.argv[1:]
-    if argv[:1] != ["matrix"]:
+    arguments = matrix_arguments(argv)
+    if arguments is None:
         mkosi_cli.main(argv)
         return
     try:
-        status = main(argv[1:])
+        status = main(arguments)
     except MkosiError as error:
         print(f"mkosi matrix: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

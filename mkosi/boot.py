@@ -26,10 +26,19 @@ DRACUT_CONFIG = """\
 hostonly="no"
 hostonly_cmdline="no"
 compress="zstd"
-# Opening roothash= verity roots needs asking for; LUKS roots (crypt) come with systemd-cryptsetup.
-add_dracutmodules+=" systemd-veritysetup crypt "
 """
+# Only when needed: a distribution's dracut may lack these modules, and asking for a missing one fails.
+PROTECTED_ROOT_MODULES = 'add_dracutmodules+=" systemd-veritysetup crypt "\n'
 DRACUT_CONFIG_PATH = "etc/dracut.conf.d/50-mkosi.conf"
+
+
+def opens_protected_root(config: Config) -> bool:
+    """Whether the initrd must open a verity or LUKS root (or /home, /srv: same modules)."""
+    return config.verity or config.encrypt is not None
+
+
+def dracut_config(config: Config) -> str:
+    return DRACUT_CONFIG + (PROTECTED_ROOT_MODULES if opens_protected_root(config) else "")
 
 EFI_ARCHITECTURES = {"x86-64": "x64", "arm64": "aa64"}
 PAGE = 4096

@@ -12,26 +12,42 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import boot, package_cache
+from mkosi import boot, buildscript, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
 from mkosi.disk.layout import plan
-from mkosi.distributions import DISTRIBUTIONS, Distribution, debian
+from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
-from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages
+from mkosi.package_managers import apt
+from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
-from mkosi.stage_cache import SnapshotCache
+from mkosi.stage_cache import SnapshotCache, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import remove_tree, workspace
 
 INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
     Distribution.debian: debian.install,
+    Distribution.ubuntu: ubuntu.install,
+    Distribution.fedora: fedora.install,
+    Distribution.arch: arch.install,
+    Distribution.opensuse: opensuse.install,
 }
+
+
+# Installing into an existing tree, as the build image's BuildPackages= need.
+PACKAGE_INSTALLERS: dict[Distribution, buildscript.PackageInstaller] = {
+    Distribution.debian: apt.install,
+    Distribution.ubuntu: apt.install,
+}
+
+
+async def make_build_image(context: Context) -> None:
+    await buildscript.make_build_image(context, PACKAGE_INSTALLERS.get(context.config.distribution))
 
 
 async def install_distribution(context: Context) -> None:
@@ -49,6 +65,10 @@ async def install_distribution(context: Context) -> None:
 
 async def write_output(context: Context) -> None:
     await WRITERS[context.config.format](context)
+
+
+def _paths(path: Path | None) -> list[Path]:
+    return [] if path is None else [path]
 
 
 def _secret_digest(secret: str | None) -> str | None:
@@ -69,18 +89,56 @@ STAGES: list[Stage] = [
             "release": c.release,
             "mirror": c.mirror,
             "repositories": c.repositories,
+            "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
+            # A bootable image's bootstrap installs a kernel and the boot tools too.
+            "bootable": c.bootable,
             "with_docs": c.with_docs,
-            # The kernel and initrd tools, and the initrd's configuration.
-            "bootable": boot.DRACUT_CONFIG if c.bootable else False,
+            # The initrd is built while the kernel installs, with this configuration.
+            "initrd": boot.dracut_config(c) if c.bootable else None,
         },
+        checkpoint=True,
+    ),
+    Stage(
+        "build-image",
+        make_build_image,
+        inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
+        enabled=lambda c: c.build_script is not None,
+        checkpoint=True,
+    ),
+    Stage(
+        "build-script",
+        buildscript.build,
+        inputs=lambda c: {
+            "script": hash_tree(_paths(c.build_script)),
+            "sources": buildscript.sources_digest(c),
+            "use_git_files": c.use_git_files,
+            "git_files": c.git_files,
+            "with_docs": c.with_docs,
+            "with_tests": c.with_tests,
+            "with_network": c.with_network,
+        },
+        enabled=lambda c: c.build_script is not None,
+        checkpoint=True,
     ),
     Stage(
         "extra-trees",
         install_extra_trees,
         inputs=lambda c: {"trees": hash_tree(c.extra_trees)},
         enabled=lambda c: bool(c.extra_trees),
+    ),
+    Stage(
+        "install-build",
+        buildscript.install_build_output,
+        inputs=lambda c: {},
+        enabled=lambda c: c.build_script is not None,
+    ),
+    Stage(
+        "postinst",
+        buildscript.postinst,
+        inputs=lambda c: {"script": hash_tree(_paths(c.postinst_script)), "with_network": c.with_network},
+        enabled=lambda c: c.postinst_script is not None,
     ),
     Stage(
         "configure",
@@ -131,16 +189,15 @@ STAGES: list[Stage] = [
 
 # Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
 PENDING: list[tuple[Callable[[Config], bool], str]] = [
-    (lambda c: c.build_script is not None, "BuildScript= (mkosi.build)"),
-    (lambda c: bool(c.build_packages), "BuildPackages="),
-    (lambda c: c.with_network, "WithNetwork="),
-    (lambda c: c.postinst_script is not None, "PostInstallationScript= (mkosi.postinst)"),
 ]
 
 
 def check_supported(config: Config) -> None:
-    if not DISTRIBUTIONS[config.distribution].implemented:
+    info = DISTRIBUTIONS[config.distribution]
+    if not info.implemented:
         raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
+    if config.bootable and not info.bootable:
+        raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
     for asked, setting in PENDING:
         if asked(config):
             raise NotImplementedYet(f"{setting}: not implemented yet")
@@ -190,8 +247,11 @@ async def build(
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
+    checkpoints = (
+        {key for stage, key in stage_keys(config, STAGES) if stage.checkpoint} if config.incremental else set()
+    )
     if cache is None and config.incremental:
-        cache = SnapshotCache(stage_cache_dir(config), STAGES)
+        cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():
@@ -208,6 +268,8 @@ async def build(
             try:
                 await run_stages(context, STAGES, cache, observe)
                 publish(context)
+                if config.incremental:
+                    await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
             finally:
                 with anyio.CancelScope(shield=True):
                     for staged in context.staged.values():

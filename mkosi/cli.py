@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -11,12 +10,10 @@ import structlog
 
 from mkosi import log, machine
 from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir
+from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
-
-# Exit statuses of a build stopped by a signal, as a shell would report them.
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def summary(config: Config) -> str:
@@ -47,37 +44,31 @@ def _leaves(group: BaseExceptionGroup[MkosiError]) -> list[MkosiError]:
 
 async def run_verb(verb: Verb, config: Config, args: Sequence[str] = ()) -> int:
     """Run the verb; Ctrl-C or SIGTERM cancels it, and the run layer cleans up what it started."""
-    received: list[signal.Signals] = []
+    status = 0
 
-    async def watch_signals(scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                received.append(signal.Signals(signum))
-                scope.cancel()
-                return
+    async def work() -> None:
+        nonlocal status
+        if verb is Verb.build:
+            await build(config)
+        elif verb is Verb.clean:
+            await clean(config)
+        elif verb in (Verb.shell, Verb.boot):
+            status = await machine.shell(config, args, boot=verb is Verb.boot)
+        elif verb is Verb.qemu:
+            status = await machine.qemu(config, args)
 
     failures: list[MkosiError] = []
-    status = 0
+    stopped_by = None
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_signals, tg.cancel_scope)
-            if verb is Verb.build:
-                await build(config)
-            elif verb is Verb.clean:
-                await clean(config)
-            elif verb in (Verb.shell, Verb.boot):
-                status = await machine.shell(config, args, boot=verb is Verb.boot)
-            elif verb is Verb.qemu:
-                status = await machine.qemu(config, args)
-            tg.cancel_scope.cancel()
+        stopped_by = await cancelled_by_signals(work)
     except* MkosiError as group:
+        # Raised from here, it would be wrapped in a group again: report the first after the block.
         failures += _leaves(group)
     if failures:
         raise failures[0]
-
-    if received:
-        structlog.get_logger("mkosi").error(f"interrupted by {received[0].name}, cleaned up")
-        return SIGNAL_EXIT[received[0]]
+    if stopped_by is not None:
+        structlog.get_logger("mkosi").error(f"interrupted by {stopped_by.name}, cleaned up")
+        return SIGNAL_EXIT[stopped_by]
     return status
 
 

@@ -15,7 +15,8 @@ import contextlib
 import contextvars
 import fcntl
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,28 @@ async def cpu_heavy() -> AsyncIterator[None]:
         return
     async with limiter:
         yield
+
+
+# Exit statuses of a command stopped by a signal, as a shell reports them.
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+async def cancelled_by_signals(work: Callable[[], Awaitable[object]]) -> signal.Signals | None:
+    """Run `work`; Ctrl-C or SIGTERM cancels it (the run layer then ends every subprocess it started).
+
+    Returns the signal that stopped it, or None when it ran to completion.
+    """
+    received: list[signal.Signals] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                received.append(signal.Signals(signum))
+                scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        await work()
+        tg.cancel_scope.cancel()
+    return received[0] if received else None

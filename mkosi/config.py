@@ -69,6 +69,7 @@ class Config:
     release: str
     mirror: str | None
     repositories: tuple[str, ...]
+    repository_key_check: bool
     architecture: str
     format: OutputFormat
     output: Path

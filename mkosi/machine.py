@@ -16,11 +16,9 @@ from mkosi import loopdev, secure_boot
 from mkosi.config import Compression, Config, OutputFormat
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
+from mkosi.nspawn import NSPAWN
 from mkosi.run import run, run_interactive
 
-# These hosts may run without systemd as PID 1 and without D-Bus: nspawn must neither register
-# the container with machined nor move it into a scope of its own.
-NSPAWN = ["systemd-nspawn", "--register=no", "--keep-unit"]
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")

@@ -35,6 +35,9 @@ class Stage:
     # Whether the stage's whole result is the workspace's state, so a copy of it can stand in for
     # running the stage again (not so for stages that publish outputs).
     cacheable: bool = True
+    # Whether incremental builds keep a copy of the workspace after this stage. Copies cost time and
+    # space, so only after stages that are slow to redo (package installation, the build script).
+    checkpoint: bool = False
 
 
 class StageCache(Protocol):

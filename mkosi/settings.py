@@ -385,6 +385,16 @@ SETTINGS: tuple[Setting, ...] = (
         help="repositories to use (comma-separated)",
     ),
     Setting(
+        "repository_key_check",
+        "--repository-key-check",
+        "Distribution",
+        "RepositoryKeyCheck",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=True,
+        help="check the signatures of repositories and packages (turn off only for local repositories)",
+    ),
+    Setting(
         "architecture",
         "--architecture",
         "Distribution",

@@ -19,11 +19,13 @@ for a matrix, only the keys other cells will ask for too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mkosi import concurrency
 from mkosi.config import Config
@@ -148,6 +150,27 @@ class SnapshotCache:
             await remove_tree(temporary)
         self.stored.append(key)
         context.log.info("stored in the stage cache", key=key[:12])
+
+
+async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) -> None:
+    """Forget what `owner` (one image's output path) used before, keeping `keys`, its latest entries.
+
+    Each owner's keys are recorded in DIR/owners/; an entry is removed once no owner records it, so
+    an incremental cache holds the latest entries of each image and does not grow with every build.
+    """
+    owners = directory / "owners"
+    owners.mkdir(parents=True, exist_ok=True)
+    async with concurrency.exclusive(directory / ".prune.lock"):
+        record = owners / hashlib.sha256(owner.encode()).hexdigest()
+        previous = set(record.read_text().split()) if record.exists() else set()
+        temporary = record.with_suffix(".tmp")
+        temporary.write_text("\n".join(sorted(keys)) + "\n")
+        os.replace(temporary, record)
+        still_used = set().union(*(set(r.read_text().split()) for r in owners.iterdir() if r.suffix != ".tmp"))
+        for key in sorted(previous - still_used):
+            await remove_tree(directory / key)
+            if log is not None:
+                log.info("dropped from the stage cache", key=key[:12])
 
 
 async def remove_cache(directory: Path) -> None:

@@ -26,6 +26,22 @@ class DistributionInfo:
     releases: frozenset[str] | None
     # Whether images of this distribution can be built yet.
     implemented: bool
+    # Whether bootable images can be built yet: the boot stages expect Debian's kernel layout
+    # (/boot/vmlinuz-VERSION, an initrd built by dracut's kernel hook).
+    bootable: bool = False
+
+
+@dataclass(frozen=True)
+class PackageNames:
+    """What a distribution calls the packages an image is made of."""
+
+    # Installed into every image: enough to boot as a container with systemd as PID 1.
+    base: tuple[str, ...]
+    # What a bootable image adds: a kernel, an initrd generator and the boot loader.
+    kernel: tuple[str, ...]
+    boot: tuple[str, ...]
+    # The tools that create and check each root file system type inside a bootable image.
+    filesystems: dict[str, str]
 
 
 DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
@@ -33,22 +49,30 @@ DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
         default_release="bookworm",
         releases=frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"}),
         implemented=True,
+        bootable=True,
     ),
+    # 26.04 "resolute" is the LTS of April 2026; 25.10 "questing" is the interim release still supported.
     Distribution.ubuntu: DistributionInfo(
-        default_release="noble",
-        releases=frozenset({"jammy", "noble", "plucky", "questing"}),
-        implemented=False,
+        default_release="resolute",
+        releases=frozenset({"jammy", "noble", "questing", "resolute"}),
+        implemented=True,
+        bootable=True,
     ),
-    Distribution.fedora: DistributionInfo(default_release="43", releases=None, implemented=False),
-    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=False),
+    # Fedora 45 came out in the autumn of 2026 (a release every six months, 44 in the spring).
+    Distribution.fedora: DistributionInfo(default_release="45", releases=None, implemented=True),
+    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=True),
     Distribution.opensuse: DistributionInfo(
-        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=False
+        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=True
     ),
 }
 
 
 def check_release(distribution: Distribution, release: str) -> None:
     """Raise ValueError with a readable message if the distribution has no such release."""
+    if distribution is Distribution.fedora:
+        if release != "rawhide" and not (release.isascii() and release.isdigit()):
+            raise ValueError(f"fedora has no release {release!r} (use a release number or rawhide)")
+        return
     releases = DISTRIBUTIONS[distribution].releases
     if releases is not None and release not in releases:
         raise ValueError(f"{distribution} has no release {release!r} (known: {', '.join(sorted(releases))})")

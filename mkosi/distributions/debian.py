@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-from mkosi import boot, package_cache
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.run import run
+from mkosi.distributions import PackageNames
+from mkosi.package_managers import mmdebstrap
+from mkosi.package_managers.mmdebstrap import Source
 from mkosi.tree import DOCUMENTATION
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# Enough for an image that boots as a container or a VM with systemd as PID 1.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd")
+# Only Debian's own keys: the host's apt keyrings may trust any third-party archive.
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+PACKAGES = PackageNames(
+    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
+    kernel=("linux-image-amd64",),  # linux-image-arm64 on arm64
+    # dracut for a systemd-based initrd (zstd to compress it quickly), udev, and systemd-boot's EFI
+    # binaries for the ESP and the unified kernel image.
+    boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
+    filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
+)
+KERNELS = {"x86-64": "linux-image-amd64", "arm64": "linux-image-arm64"}
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
-ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
-# What a bootable image needs on top: a kernel, dracut for a systemd-based initrd (zstd to compress
-# it quickly), udev, and systemd-boot's EFI binaries for the ESP and the unified kernel image.
-BOOT_PACKAGES = ("dracut", "zstd", "udev", "systemd-boot-efi")
-# systemd-cryptsetup and systemd-veritysetup, which the initrd uses to open LUKS and verity roots, are
+# systemd-cryptsetup and systemd-veritysetup, with which the initrd opens LUKS and verity roots, are
 # part of the systemd package up to bookworm and a package of their own since.
-CRYPTSETUP_PACKAGES = {"bookworm": ()}
-SPLIT_CRYPTSETUP_PACKAGES = ("systemd-cryptsetup",)
+CRYPTSETUP_IN_SYSTEMD = {"bookworm"}
 
 
 def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
@@ -49,60 +54,60 @@ def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | No
     return mirror, security
 
 
-def sources(mirror: str | None, release: str, components: str) -> list[str]:
-    """The apt source lines of the image, first the main archive."""
+def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> list[Source]:
+    """The apt sources of the image, first the main archive."""
     if mirror:
-        return [f"deb {mirror} {release} {components}"]
+        return [Source(mirror, release, components)]
     host_mirror, host_security = host_mirrors()
     main = host_mirror or DEFAULT_MIRROR
-    lines = [f"deb {main} {release} {components}"]
+    result = [Source(main, release, components)]
     if release in SUPPORTED_STABLE:
         security = host_security or main.removesuffix("/debian") + "/debian-security"
-        lines += [
-            f"deb {main} {release}-updates {components}",
-            f"deb {security} {release}-security {components}",
+        result += [
+            Source(main, f"{release}-updates", components),
+            Source(security, f"{release}-security", components),
         ]
-    return lines
+    return result
 
 
-def packages(config: Config) -> list[str]:
-    boot_packages = []
-    if config.bootable:
-        cryptsetup = CRYPTSETUP_PACKAGES.get(config.release, SPLIT_CRYPTSETUP_PACKAGES)
-        boot_packages = [f"linux-image-{ARCHITECTURES[config.architecture]}", *BOOT_PACKAGES, *cryptsetup]
-    return [*BASE_PACKAGES, *boot_packages, *config.packages]
+def packages(config: Config, names: PackageNames = PACKAGES, kernel: str | None = None) -> tuple[str, ...]:
+    """Everything the bootstrap installs: the base system, what booting needs, the user's packages."""
+    kernel = kernel or KERNELS[config.architecture]
+    boot_packages = (kernel, *names.boot) if config.bootable else ()
+    return (*names.base, *boot_packages, *config.packages)
 
 
-def mmdebstrap_command(context: Context) -> list[str]:
+def cryptsetup_packages(config: Config) -> tuple[str, ...]:
+    if config.bootable and boot.opens_protected_root(config) and config.release not in CRYPTSETUP_IN_SYSTEMD:
+        return ("systemd-cryptsetup",)
+    return ()
+
+
+def dracut_hooks(context: Context) -> tuple[str, ...]:
+    """mmdebstrap hooks that put mkosi's dracut configuration into a bootable image.
+
+    Before the kernel is installed, so that its initrd hook builds the initrd we want, once.
+    """
+    if not context.config.bootable:
+        return ()
+    dracut_config = context.workspace / Path(boot.DRACUT_CONFIG_PATH).name
+    destination = Path("/", boot.DRACUT_CONFIG_PATH).parent
+    return (f'--essential-hook=mkdir -p "$1{destination}"', f"--essential-hook=copy-in {dracut_config} {destination}")
+
+
+def write_dracut_config(context: Context) -> None:
+    if context.config.bootable:
+        (context.workspace / Path(boot.DRACUT_CONFIG_PATH).name).write_text(boot.dracut_config(context.config))
+
+
+def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
     config = context.config
-    components = ",".join(config.repositories) or "main"
-    command = [
-        "mmdebstrap",
-        # Even as root: a private mount namespace, so an interrupted bootstrap leaves no mounts behind.
-        "--mode=unshare",
-        "--variant=minbase",
-        f"--architectures={ARCHITECTURES[config.architecture]}",
-        f"--include={','.join(packages(config))}",
-    ]
-    if config.bootable:
-        # Before the kernel is installed, so that its initrd hook builds the initrd we want, once.
-        dracut_config = context.workspace / Path(boot.DRACUT_CONFIG_PATH).name
-        destination = Path("/", boot.DRACUT_CONFIG_PATH).parent
-        command += [
-            f'--essential-hook=mkdir -p "$1{destination}"',
-            f"--essential-hook=copy-in {dracut_config} {destination}",
-        ]
-    if config.cache_path is not None:
-        pool = package_cache.pool_for(config.cache_path, "debian", config.release, config.architecture)
-        hook = f"{sys.executable} -m mkosi.package_cache"
-        command += [
-            # Keep the packages the bootstrap installs first, so they reach the pool too.
-            "--skip=essential/unlink",
-            "--skip=download/empty",
-            f'--setup-hook={hook} link-in {pool} "$1/var/cache/apt/archives"',
-            f'--customize-hook={hook} link-out "$1/var/cache/apt/archives" {pool}',
-        ]
-    return [*command, config.release, str(context.root), *sources(config.mirror, config.release, components)]
+    return mmdebstrap.Bootstrap(
+        sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
+        packages=(*packages(config), *cryptsetup_packages(config)),
+        keyring=KEYRING if config.repository_key_check else None,
+        hooks=dracut_hooks(context),
+    )
 
 
 def exclude_documentation(root: Path) -> None:
@@ -118,8 +123,7 @@ def exclude_documentation(root: Path) -> None:
 
 
 async def install(context: Context) -> None:
-    if context.config.bootable:
-        (context.workspace / Path(boot.DRACUT_CONFIG_PATH).name).write_text(boot.DRACUT_CONFIG)
-    await run(mmdebstrap_command(context), log=context.log)
+    write_dracut_config(context)
+    await mmdebstrap.install(context, bootstrap(context))
     if not context.config.with_docs:
         exclude_documentation(context.root)

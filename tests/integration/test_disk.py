@@ -244,5 +244,5 @@ def test_too_small_root_is_refused(boot_project: Path) -> None:
 def test_bootable_needs_a_raw_format(tmp_path: Path) -> None:
     result = mkosi("-t", "tar", "--bootable", "build", cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "Bootable" in result.stderr
+    assert "--bootable" in result.stderr and "raw" in result.stderr
     assert list(tmp_path.iterdir()) == []

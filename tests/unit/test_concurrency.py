@@ -37,14 +37,15 @@ async def test_exclusive_in_process(tmp_path: Path) -> None:
 
 
 async def test_exclusive_across_processes(tmp_path: Path) -> None:
-    lock = tmp_path / "lock"
+    lock, released = tmp_path / "lock", tmp_path / "released"
     # Another process holds the flock for a moment; we must wait for it, without blocking the loop.
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             f"import fcntl,time,sys; f=open({str(lock)!r},'w'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('held', flush=True); time.sleep(0.5)",
+            f"print('held', flush=True); time.sleep(0.5); open({str(released)!r},'w').close(); f.close(); "
+            "time.sleep(5)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -61,9 +62,10 @@ async def test_exclusive_across_processes(tmp_path: Path) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(tick)
         async with exclusive(lock):
-            assert holder.poll() is not None  # got it only once the holder exited
+            assert released.exists()  # got it only once the holder let go
         tg.cancel_scope.cancel()
     assert ticks > 10
+    holder.kill()
     holder.wait()
 
 

@@ -98,6 +98,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
         "",
     ),
     ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"], ("main", "contrib"), ""),
+    ("Distribution", "RepositoryKeyCheck"): ("no", ["--repository-key-check=no"], False, ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
@@ -453,9 +454,10 @@ def test_defaults(project: Path) -> None:
         ((Distribution.debian, None), [], "bookworm"),
         ((Distribution.debian, "hamm"), [], "bookworm"),  # unknown to us: fall back, do not refuse
         ((Distribution.debian, "trixie"), ["-d", "debian"], "bookworm"),  # not from the host
-        ((Distribution.debian, "trixie"), ["-d", "ubuntu"], "noble"),
-        ((Distribution.fedora, "40"), [], "40"),
-        ((Distribution.fedora, "40"), ["-d", "arch"], "rolling"),
+        ((Distribution.debian, "trixie"), ["-d", "ubuntu"], "resolute"),
+        ((Distribution.fedora, "44"), [], "44"),
+        ((Distribution.fedora, "branched"), [], "45"),  # not a Fedora release: the default instead
+        ((Distribution.fedora, "44"), ["-d", "arch"], "rolling"),
     ],
 )
 def test_release_default(
@@ -568,7 +570,7 @@ def test_summary(project: Path) -> None:
     extra = "[Partitions]\nRootSize=2G\n[Validation]\nPassword=hunter2\n"
     write(project / "mkosi.default", EXAMPLE_2017 + extra)
     text = format_summary(load())
-    assert "Distribution:\n  Distribution: fedora\n  Release:      24\n" in text
+    assert "Distribution:\n  Distribution:       fedora\n  Release:            24\n" in text
     lines = [line.split(":", 1) for line in text.splitlines() if line.startswith("  ")]
     values = {key.strip(): value.strip() for key, value in lines}
     assert values["Format"] == "raw_btrfs"
@@ -656,7 +658,8 @@ def test_bad_values_on_the_command_line(project: Path, argv: list[str], message:
 def test_unknown_release_in_file(project: Path) -> None:
     write(project / "mkosi.default", "[Distribution]\nDistribution=ubuntu\nRelease=hamm\n")
     assert error() == (
-        "mkosi.default:3: [Distribution] Release: ubuntu has no release 'hamm' (known: jammy, noble, plucky, questing)"
+        "mkosi.default:3: [Distribution] Release: "
+        "ubuntu has no release 'hamm' (known: jammy, noble, questing, resolute)"
     )
 
 
@@ -766,8 +769,8 @@ def test_passphrase_must_be_private(project: Path) -> None:
         "mkosi.passphrase: accessible by group or others (mode 0644): mkosi.passphrase (chmod 600 it)"
     )
     (project / "mkosi.passphrase").chmod(0o600)
-    config = load("-t", "raw_gpt", "--encrypt=all", "--verity")  # verity on an encrypted root is fine
-    assert (config.encrypt, config.verity) == (Encrypt.all, True)
+    config = load("-t", "raw_gpt", "--encrypt=all")
+    assert config.encrypt is Encrypt.all
 
 
 def test_secure_boot_key_must_be_private(project: Path) -> None:
@@ -787,7 +790,10 @@ def test_secure_boot_key_must_be_private(project: Path) -> None:
         (["--force=3"], "--force: ignored explicit argument '3'"),
         (["--without-tests=yes"], "--without-tests: ignored explicit argument 'yes'"),
         (["-d"], "--distribution: expected one argument"),
-        (["biuld"], "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu), did you mean build?"),
+        (
+            ["biuld"],
+            "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu), did you mean build?",
+        ),
         (["summary", "extra"], "summary takes no arguments, got 'extra'"),
         (["-C", "nowhere"], "-C: no such directory: {project}/nowhere"),
         (["--default=nope.conf"], "--default: no such file: nope.conf"),

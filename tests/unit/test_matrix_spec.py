@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import mkosi.build
+from matrix.cli import matrix_arguments
 from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
 from matrix.spec import Matrix, expand, parse_matrix, select
 from mkosi.config import Compression, OutputFormat
@@ -147,8 +149,26 @@ def test_invalid_cells_are_all_reported_before_anything_runs(tmp_path: Path) -> 
     assert not (tmp_path / "work").exists()
 
 
-def test_cells_needing_unlanded_features_are_marked(tmp_path: Path) -> None:
+def test_cells_needing_unlanded_features_are_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every setting has landed; the guard stays for the next one that has not.
+    monkeypatch.setattr(mkosi.build, "PENDING", [(lambda c: c.with_network, "WithNetwork=")])
     m = _matrix(tmp_path, '[matrix]\nFormat = ["raw_squashfs"]\nWithNetwork = [false, true]\nRelease=["bookworm"]\n')
     planned = plan(m, tmp_path, m.cells, tmp_path / "work")
     assert planned[0].unsupported is None
     assert planned[1].unsupported is not None and "not implemented yet" in planned[1].unsupported
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["matrix", "--list"], ["--list"]),
+        (["-C", "proj", "matrix", "--jobs", "2"], ["-C", "proj", "--jobs", "2"]),
+        (["--directory=proj", "matrix"], ["--directory=proj"]),
+        (["-Cproj", "matrix"], ["-Cproj"]),
+        (["-o", "matrix", "build"], None),
+        (["build"], None),
+        ([], None),
+    ],
+)
+def test_matrix_verb_is_recognised_after_the_project_directory(argv: list[str], expected: list[str] | None) -> None:
+    assert matrix_arguments(argv) == expected

@@ -1,0 +1,172 @@
+"""Two-phase builds: the project's `mkosi.build` runs in a build image, its output goes into the final one.
+
+The build image starts as a copy of the bootstrapped tree (the distribution is installed once for
+both images), gets the build packages, a copy of the sources and the script, and runs it isolated
+in systemd-nspawn. Whatever the script installed into $DESTDIR is kept; the build image is thrown
+away, so compilers and sources never reach the final image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from mkosi.config import Config, GitFiles
+from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
+from mkosi.pipeline import hash_tree
+from mkosi.run import CommandError, run
+
+# Installs packages into a tree that already holds the distribution.
+PackageInstaller = Callable[[Context, Path, tuple[str, ...]], Awaitable[None]]
+
+BUILD_ROOT = "build-root"
+BUILD_OUTPUT = "build-output"
+# Where things live inside the build image.
+SRCDIR = "/root/src"
+DESTDIR = "/root/dest"
+BUILDDIR = "/root/build"
+SCRIPT = "/root/mkosi.build"
+
+
+class ScriptError(MkosiError):
+    """A project script failed; mkosi exits with the script's own status."""
+
+    def __init__(self, script: Path, error: CommandError) -> None:
+        self.exit_status = error.returncode
+        tail = "".join(f"\n    {line}" for line in error.tail)
+        super().__init__(f"{script.name} failed with exit status {error.returncode}, last output:{tail}")
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def nspawn_command(config: Config, root: Path, command: Sequence[str], *, env: dict[str, str]) -> list[str]:
+    """systemd-nspawn running `command` in `root`, with networking only if WithNetwork= says so."""
+    return [
+        *NSPAWN_BUILD,
+        f"--directory={root}",
+        f"--machine=mkosi-{os.getpid()}",
+        *([] if config.with_network else ["--private-network"]),
+        *(f"--setenv={key}={value}" for key, value in env.items()),
+        *command,
+    ]
+
+
+async def run_script(context: Context, root: Path, script: Path, args: Sequence[str], *, env: dict[str, str]) -> None:
+    """Copy `script` into the tree and run it there; the tree keeps no trace of it."""
+    inside = root / "root" / script.name
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(script, inside)
+    command = nspawn_command(context.config, root, [f"/root/{script.name}", *args], env=env)
+    try:
+        await run(command, env=NSPAWN_ENV, log=context.log)
+    except CommandError as error:
+        raise ScriptError(script, error) from None
+    finally:
+        inside.unlink(missing_ok=True)
+
+
+def _excluded(config: Config) -> set[str]:
+    """What never counts as a source: mkosi's own outputs, caches and scratch space."""
+    names = {".git", config.output.name, config.output.name + ".log", "mkosi.cache", "mkosi.builddir"}
+    return names | {".mkosi-tmp." + config.output.name}
+
+
+def sources_digest(config: Config) -> str:
+    """What determines the build script's input: every file under BuildSources=, mkosi's own excepted.
+
+    Deliberately coarser than what gets copied (git decides that, at build time): a change to an
+    ignored file can cause a needless rebuild, but a build is never stale.
+    """
+    excluded = _excluded(config)
+    top = config.build_sources
+    paths = sorted(p for p in top.iterdir() if p.name not in excluded and not p.name.startswith(".mkosi-"))
+    return hash_tree(paths)
+
+
+async def source_files(context: Context) -> list[Path] | None:
+    """The files git tracks (and, with GitFiles=others, untracked files it does not ignore)."""
+    config = context.config
+    if not config.use_git_files:
+        return None
+    sources = str(config.build_sources)
+    # Reading the file list of a checkout owned by another user (mkosi runs as root) is safe.
+    command = ["git", "-c", f"safe.directory={sources}", "-C", sources, "ls-files", "-z", "--cached"]
+    if config.git_files is GitFiles.others:
+        command += ["--others", "--exclude-standard"]
+    result = await run(command, capture_stdout=True, log=context.log)
+    return [Path(name) for name in result.stdout.split("\0") if name]
+
+
+async def copy_sources(context: Context, destination: Path) -> None:
+    config = context.config
+    files = await source_files(context)
+    if files is None:
+        excluded = _excluded(config)
+        shutil.copytree(
+            config.build_sources,
+            destination,
+            symlinks=True,
+            ignore=lambda _, names: [n for n in names if n in excluded or n.startswith(".mkosi-")],
+        )
+        return
+    destination.mkdir(parents=True)
+    for name in files:
+        source = config.build_sources / name
+        if not (source.exists() or source.is_symlink()):
+            continue  # deleted in the work tree but not yet in git's index
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+async def make_build_image(context: Context, install_packages: PackageInstaller | None) -> None:
+    """A copy of the bootstrapped tree with the build packages, and mkosi.postinst run as "build"."""
+    config = context.config
+    root = context.workspace / BUILD_ROOT
+    await run(["cp", "-a", "--reflink=auto", "--no-target-directory", context.root, root], log=context.log)
+    if config.build_packages:
+        if install_packages is None:
+            raise MkosiError(f"BuildPackages= for {config.distribution}: not implemented yet")
+        await install_packages(context, root, config.build_packages)
+    if config.postinst_script is not None:
+        await run_script(context, root, config.postinst_script, ["build"], env={})
+
+
+async def build(context: Context) -> None:
+    """Run the build script in the build image and keep what it installed into $DESTDIR."""
+    config = context.config
+    assert config.build_script is not None
+    root = context.workspace / BUILD_ROOT
+    await copy_sources(context, root / SRCDIR.lstrip("/"))
+    for directory in (DESTDIR, BUILDDIR):
+        (root / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    env = {
+        "SRCDIR": SRCDIR,
+        "DESTDIR": DESTDIR,
+        "BUILDDIR": BUILDDIR,
+        "WITH_DOCS": _flag(config.with_docs),
+        "WITH_TESTS": _flag(config.with_tests),
+        "WITH_NETWORK": _flag(config.with_network),
+    }
+    await run_script(context, root, config.build_script, [], env=env)
+    os.rename(root / DESTDIR.lstrip("/"), context.workspace / BUILD_OUTPUT)
+    # The build image has served its purpose; nothing of it may reach the final image.
+    await run(["rm", "-rf", "--one-file-system", "--", root], log=context.log)
+
+
+async def install_build_output(context: Context) -> None:
+    output = context.workspace / BUILD_OUTPUT
+    await run(["cp", "-a", "--reflink=auto", f"{output}/.", context.root], log=context.log)
+    await run(["rm", "-rf", "--one-file-system", "--", output], log=context.log)
+
+
+async def postinst(context: Context) -> None:
+    """mkosi.postinst in the final image, told so by its argument."""
+    assert context.config.postinst_script is not None
+    await run_script(context, context.root, context.config.postinst_script, ["final"], env={})

@@ -1,0 +1,47 @@
+"""openSUSE Tumbleweed: installed with zypper from download.opensuse.org or `--mirror`."""
+
+from __future__ import annotations
+
+from mkosi.config import Config
+from mkosi.context import Context
+from mkosi.distributions import PackageNames
+from mkosi.errors import MkosiError
+from mkosi.package_managers import zypper
+from mkosi.package_managers.rpm import Repository
+
+DEFAULT_MIRROR = "https://download.opensuse.org"
+# Each repository's path below a mirror.
+REPOSITORIES = {
+    "repo-oss": "tumbleweed/repo/oss/",
+    "repo-non-oss": "tumbleweed/repo/non-oss/",
+    "repo-update": "update/tumbleweed/",
+}
+DEFAULT_REPOSITORIES = ("repo-oss", "repo-update")
+# Other architectures than x86-64 are published below ports/, without a separate update repository.
+PORTS = {"arm64": "ports/aarch64/"}
+PACKAGES = PackageNames(
+    base=("openSUSE-release", "systemd", "util-linux"),
+    kernel=("kernel-default", "dracut"),
+    boot=("systemd-boot",),
+    filesystems={"ext4": "e2fsprogs", "btrfs": "btrfsprogs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
+)
+
+
+def repositories(config: Config) -> list[Repository]:
+    ports = PORTS.get(config.architecture, "")
+    known = {n: ports + path for n, path in REPOSITORIES.items() if not (ports and n == "repo-update")}
+    wanted = config.repositories or tuple(r for r in DEFAULT_REPOSITORIES if r in known)
+    unknown = [r for r in wanted if r not in known]
+    if unknown:
+        raise MkosiError(
+            f"opensuse has no repository {', '.join(unknown)} for {config.architecture} (known: {', '.join(known)})"
+        )
+    mirror = (config.mirror or DEFAULT_MIRROR).rstrip("/")
+    # Debian has no openSUSE keys: the signing key is the one published next to the main
+    # repository's metadata, fetched from the configured mirror.
+    key = f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key"
+    return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=(key,)) for n in wanted]
+
+
+async def install(context: Context) -> None:
+    await zypper.install(context, repositories(context.config), PACKAGES.base)

@@ -1,0 +1,69 @@
+"""Ubuntu: bootstrapped with mmdebstrap, like Debian, from Ubuntu's archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mkosi.config import Config
+from mkosi.context import Context
+from mkosi.distributions import PackageNames
+from mkosi.distributions.debian import dracut_hooks, exclude_documentation, packages, write_dracut_config
+from mkosi.errors import MkosiError
+from mkosi.package_managers import mmdebstrap
+from mkosi.package_managers.mmdebstrap import Source
+
+# Ubuntu publishes amd64 on its main archive and every other architecture on the ports archive.
+DEFAULT_MIRRORS = {"x86-64": "http://archive.ubuntu.com/ubuntu", "arm64": "http://ports.ubuntu.com/ubuntu-ports"}
+SECURITY_MIRRORS = {"x86-64": "http://security.ubuntu.com/ubuntu", "arm64": "http://ports.ubuntu.com/ubuntu-ports"}
+# systemd-boot and dracut live in universe.
+DEFAULT_COMPONENTS = ("main", "universe")
+# Debian ships no Ubuntu keys; Ubuntu's ubuntu-keyring package installs them here.
+KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+PACKAGES = PackageNames(
+    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
+    kernel=("linux-image-generic",),
+    # As Debian's: Ubuntu's kernel packages also install to /boot/vmlinuz-* and run dracut's hook.
+    boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
+    filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
+)
+
+
+def sources(config: Config) -> list[Source]:
+    components = config.repositories or DEFAULT_COMPONENTS
+    release = config.release
+    if config.mirror:
+        return [Source(config.mirror, release, components)]
+    main, security = DEFAULT_MIRRORS[config.architecture], SECURITY_MIRRORS[config.architecture]
+    return [
+        Source(main, release, components),
+        Source(main, f"{release}-updates", components),
+        Source(security, f"{release}-security", components),
+    ]
+
+
+def keyring(config: Config, path: Path = KEYRING) -> Path | None:
+    if not config.repository_key_check:
+        return None
+    if not path.exists():
+        raise MkosiError(
+            f"checking Ubuntu's signatures needs its archive keyring at {path} (from Ubuntu's "
+            "ubuntu-keyring package); RepositoryKeyCheck=no builds without checking"
+        )
+    return path
+
+
+def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
+    config = context.config
+    return mmdebstrap.Bootstrap(
+        sources=tuple(sources(config)),
+        packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
+        keyring=keyring(config),
+        hooks=dracut_hooks(context),
+    )
+
+
+async def install(context: Context) -> None:
+    write_dracut_config(context)
+    await mmdebstrap.install(context, bootstrap(context))
+    if not context.config.with_docs:
+        exclude_documentation(context.root)

@@ -1,0 +1,91 @@
+"""One module per package manager, each driving its tool the way it is meant to be used for an
+install root: configuration, caches, keyrings and logs live in the build's workspace or in the image,
+never on the build host.
+
+A distribution module picks one of these and hands it its mirror, repositories, release and package
+names. What the modules share lives here: reporting a package that does not exist by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from mkosi.errors import MkosiError
+from mkosi.run import CommandError
+
+
+class NoSuchPackage(MkosiError):
+    """The repositories have no package of this name."""
+
+
+class UntrustedRepository(MkosiError):
+    """Signature checking is on and what the repository serves is not signed by a trusted key."""
+
+
+def missing_packages(error: CommandError, patterns: Iterable[str]) -> list[str]:
+    """The package names a failed command complained about, using each tool's own wording."""
+    names: list[str] = []
+    for line in error.tail:
+        for pattern in patterns:
+            if (match := re.search(pattern, line)) and match.group(1) not in names:
+                names.append(match.group(1))
+    return names
+
+
+def raise_missing(error: CommandError, patterns: Iterable[str], where: str) -> None:
+    """Turn a package manager's failure to find packages into an error that names them."""
+    if names := missing_packages(error, patterns):
+        plural = "s" if len(names) > 1 else ""
+        raise NoSuchPackage(f"no package{plural} {', '.join(names)} in {where}") from error
+
+
+def contained(argv: Sequence[str | Path]) -> list[str | Path]:
+    """`argv` in a PID namespace of its own, which ends, with everything in it, when it exits.
+
+    The signature checks of dnf, zypper and pacman start gpg-agent, which leaves the process group
+    that mkosi.run ends after a command; it cannot leave a PID namespace.
+    """
+    return ["unshare", "--pid", "--fork", "--kill-child", *argv]
+
+
+def raise_untrusted(error: CommandError, patterns: Iterable[str], where: str) -> None:
+    """Turn a package manager's signature failure into an error that says what to do about it."""
+    for line in error.tail:
+        if any(re.search(pattern, line) for pattern in patterns):
+            raise UntrustedRepository(
+                f"{where} are not signed by a trusted key ({line.strip()}); "
+                "RepositoryKeyCheck=no turns checking off, for unsigned local repositories"
+            ) from error
+
+
+@contextlib.contextmanager
+def no_stray_copies(root: Path, host_paths: Iterable[Path]) -> Iterator[None]:
+    """Remove what a package manager writes below `root` at the paths of `host_paths`.
+
+    dnf 4 given host paths as well as an install root still creates those paths inside the root and
+    writes logs and cache state there. Whatever appears inside the root at one of those paths (all
+    of them private to this build) is removed, then the directories made for it if they are empty,
+    so a directory the image has (its /tmp, say) is never touched.
+    """
+    new: list[Path] = []
+    copies: list[Path] = []
+    for path in host_paths:
+        relative = path.relative_to("/").parts
+        copies.append(root.joinpath(*relative))
+        for depth in range(1, len(relative) + 1):
+            candidate = root.joinpath(*relative[:depth])
+            if not candidate.exists() and candidate not in new:
+                new.append(candidate)
+    try:
+        yield
+    finally:
+        for copy in copies:
+            if copy in new:
+                shutil.rmtree(copy, ignore_errors=True)
+        for directory in sorted(new, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()

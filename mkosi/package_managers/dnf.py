@@ -1,0 +1,91 @@
+"""dnf (version 4): an install root filled from rpm-md repositories.
+
+Everything dnf reads or writes is named explicitly: its configuration, repository definitions and
+variables come from the build's workspace, never from the host's /etc/dnf or /etc/yum.repos.d; its
+cache and logs go to the workspace; its history goes into the image, where dnf inside the image
+will look for it. dnf 4 prefixes cachedir, logdir and persistdir with the install root when they
+come from the configuration file, and takes them as host paths only from the command line; it
+still creates the prefixed directories, empty, which are removed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkosi import package_cache
+from mkosi.context import Context
+from mkosi.package_managers import contained, no_stray_copies, raise_missing, raise_untrusted
+from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
+from mkosi.run import CommandError, run
+
+MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
+UNTRUSTED = (r"is not signed", r"GPG check FAILED", r"public key .* is not installed")
+
+
+def config_text(context: Context, repositories: Sequence[Repository], *, workspace: Path) -> str:
+    config = context.config
+    main = [
+        "[main]",
+        f"reposdir={workspace / 'repos.d'}",
+        f"varsdir={workspace / 'vars'}",
+        # Packages stay in the cache after installation, so they can reach the shared pool.
+        "keepcache=1",
+        "install_weak_deps=0",
+        f"gpgcheck={int(config.repository_key_check)}",
+        "skip_if_unavailable=0",
+    ]
+    if not config.with_docs:
+        main.append("tsflags=nodocs")
+    sections = [r.section(key_check=config.repository_key_check, keep_packages=False) for r in repositories]
+    return "\n".join(main) + "\n\n" + "\n".join(sections)
+
+
+def host_paths(context: Context, workspace: Path) -> dict[str, Path]:
+    return {
+        "cachedir": workspace / "cache",
+        "logdir": workspace / "log",
+        "persistdir": context.root / "var/lib/dnf",
+    }
+
+
+def command(context: Context, configuration: Path, base_packages: Sequence[str]) -> list[str]:
+    config = context.config
+    workspace = configuration.parent
+    return [
+        "dnf",
+        "--assumeyes",
+        "--noplugins",
+        f"--config={configuration}",
+        *(f"--setopt={name}={path}" for name, path in host_paths(context, workspace).items()),
+        f"--installroot={context.root}",
+        f"--releasever={config.release}",
+        "install",
+        *base_packages,
+        *config.packages,
+    ]
+
+
+async def install(context: Context, repositories: Sequence[Repository], base_packages: Sequence[str]) -> None:
+    config = context.config
+    workspace = context.workspace / "dnf"
+    for directory in ("cache", "log", "repos.d", "vars"):
+        (workspace / directory).mkdir(parents=True, exist_ok=True)
+    configuration = workspace / "dnf.conf"
+    configuration.write_text(config_text(context, repositories, workspace=workspace))
+    pool = None
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+        await link_in(pool, workspace / "cache")
+    argv = command(context, configuration, base_packages)
+    strays = [p for p in host_paths(context, workspace).values() if not p.is_relative_to(context.root)]
+    try:
+        with no_stray_copies(context.root, strays):
+            await run(contained(argv), env=rpm_environment(context.workspace), log=context.log)
+    except CommandError as error:
+        where = f"the repositories of {config.distribution} {config.release}"
+        raise_untrusted(error, UNTRUSTED, where)
+        raise_missing(error, MISSING, where)
+        raise
+    if pool is not None:
+        await link_out(workspace / "cache", pool)

@@ -1,0 +1,135 @@
+"""pacman: an install root filled from Arch-style repositories.
+
+pacman gets a configuration file of ours (never the host's /etc/pacman.conf) that names every path
+it uses: the root and its package database, a cache and log in the workspace, and a keyring of its
+own in the workspace, populated from the Arch Linux keyring the host has installed (and kept in the
+package cache, named after the keyring files, for the next build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from mkosi import package_cache
+from mkosi.context import Context
+from mkosi.package_managers import contained, raise_missing, raise_untrusted
+from mkosi.run import CommandError, run
+
+ARCHITECTURES = {"x86-64": "x86_64", "arm64": "aarch64"}
+MISSING = (r"error: target not found: (\S+)",)
+# A repository without signatures makes pacman fail to fetch the .sig files it requires.
+UNTRUSTED = (
+    r"missing required signature",
+    r"failed retrieving file '[^']+\.sig'",
+    r"invalid or corrupted package \(PGP",
+)
+# Packages must be signed by a trusted key; databases are signed by few mirrors, so optional.
+SIGNED = "Required DatabaseOptional"
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    # May contain pacman's $repo and $arch.
+    server: str
+
+
+def config_text(context: Context, repositories: Sequence[Repository], *, workspace: Path) -> str:
+    config = context.config
+    options = [
+        "[options]",
+        f"RootDir = {context.root}",
+        f"DBPath = {context.root / 'var/lib/pacman'}/",
+        f"CacheDir = {workspace / 'cache'}/",
+        f"LogFile = {workspace / 'pacman.log'}",
+        f"GPGDir = {workspace / 'gnupg'}/",
+        f"HookDir = {context.root / 'etc/pacman.d/hooks'}/",
+        f"Architecture = {ARCHITECTURES[config.architecture]}",
+        f"SigLevel = {SIGNED if config.repository_key_check else 'Never'}",
+    ]
+    if not config.with_docs:
+        options.append("NoExtract = usr/share/doc/* usr/share/man/* usr/share/info/*")
+    sections = [f"[{r.name}]\nServer = {r.server}\n" for r in repositories]
+    return "\n".join(options) + "\n\n" + "\n".join(sections)
+
+
+def keyring_commands(configuration: Path, gnupg: Path, keyring: str) -> list[list[str]]:
+    base = ["pacman-key", f"--config={configuration}", f"--gpgdir={gnupg}"]
+    return [[*base, "--init"], [*base, "--populate", keyring]]
+
+
+def command(configuration: Path, packages: Sequence[str]) -> list[str]:
+    # --needed: a package named twice (base packages and Packages=) is installed once.
+    return ["pacman", f"--config={configuration}", "--noconfirm", "--needed", "-Sy", *packages]
+
+
+KEYRINGS = Path("/usr/share/keyrings")
+
+
+def keyring_cache(cache: Path, keyring: str, keyrings: Path = KEYRINGS) -> Path:
+    """Where a populated pacman keyring is kept, named after the keyring files it was made from."""
+    digest = hashlib.sha256()
+    for path in sorted(keyrings.glob(f"{keyring}*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return cache / "keyrings" / f"pacman-{keyring}-{digest.hexdigest()[:16]}"
+
+
+def _copy_keyring(source: Path, destination: Path) -> None:
+    # gpg-agent's sockets and lock files belong to the process that made them.
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+
+
+async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, keyring: str) -> None:
+    """Populate pacman's keyring, or reuse one populated from the same keyring files.
+
+    Populating takes ten seconds of gpg work for each build otherwise.
+    """
+    cache_path = context.config.cache_path
+    cached = keyring_cache(cache_path, keyring) if cache_path is not None else None
+    if cached is not None and cached.is_dir():
+        await anyio.to_thread.run_sync(_copy_keyring, cached, gnupg)
+        return
+    for argv in keyring_commands(configuration, gnupg, keyring):
+        await run(contained(argv), log=context.log)
+    if cached is not None:
+        staging = cached.with_name(f".{cached.name}.{os.getpid()}")
+        await anyio.to_thread.run_sync(_copy_keyring, gnupg, staging)
+        try:
+            os.rename(staging, cached)
+        except OSError:
+            # Another build stored the same keyring first.
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+async def install(
+    context: Context, repositories: Sequence[Repository], base_packages: Sequence[str], *, keyring: str
+) -> None:
+    config = context.config
+    workspace = context.workspace / "pacman"
+    gnupg = workspace / "gnupg"
+    (workspace / "cache").mkdir(parents=True, exist_ok=True)
+    (context.root / "var/lib/pacman").mkdir(parents=True, exist_ok=True)
+    configuration = workspace / "pacman.conf"
+    configuration.write_text(config_text(context, repositories, workspace=workspace))
+    pool = None
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+        await anyio.to_thread.run_sync(package_cache.link_in, pool, workspace / "cache")
+    try:
+        if config.repository_key_check:
+            await prepare_keyring(context, configuration, gnupg, keyring)
+        await run(contained(command(configuration, [*base_packages, *config.packages])), log=context.log)
+    except CommandError as error:
+        where = f"the repositories of {config.distribution}"
+        raise_untrusted(error, UNTRUSTED, where)
+        raise_missing(error, MISSING, where)
+        raise
+    if pool is not None:
+        await anyio.to_thread.run_sync(package_cache.link_out, workspace / "cache", pool)

@@ -1,0 +1,77 @@
+"""What dnf and zypper share: rpm's database location and repository descriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from mkosi import package_cache
+
+# Where Fedora and openSUSE keep the rpm database. Debian's rpm defaults to ~/.rpmdb, which would put
+# the image's package database in the build host's home directory.
+RPMDB = "/usr/lib/sysimage/rpm"
+ARCHITECTURES = {"x86-64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One rpm-md repository: where to find it and which keys sign it."""
+
+    id: str
+    name: str
+    baseurl: str | None = None
+    metalink: str | None = None
+    gpgkeys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.baseurl is None) == (self.metalink is None):
+            raise ValueError(f"repository {self.id} needs exactly one of baseurl and metalink")
+
+    def section(self, *, key_check: bool, keep_packages: bool) -> str:
+        """The repository as a .repo file section, understood by both dnf and zypper."""
+        lines = [f"[{self.id}]", f"name={self.name}", "enabled=1", f"gpgcheck={int(key_check)}"]
+        lines.append(f"baseurl={self.baseurl}" if self.baseurl else f"metalink={self.metalink}")
+        if key_check and self.gpgkeys:
+            lines.append(f"gpgkey={' '.join(self.gpgkeys)}")
+        if keep_packages:
+            lines.append("keeppackages=1")
+        return "\n".join(lines) + "\n"
+
+
+def rpm_environment(workspace: Path) -> dict[str, str]:
+    """An environment whose rpm macros put the image's rpm database where the distribution has it.
+
+    rpm reads ~/.rpmmacros: through HOME, the rpm library that dnf and zypper load is configured
+    without touching the host's /etc/rpm.
+    """
+    home = workspace / "rpm-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_dbpath {RPMDB}\n")
+    return {"HOME": str(home)}
+
+
+def _link_in(pool: Path, cache: Path, packages: str) -> None:
+    for repository in pool.iterdir() if pool.is_dir() else ():
+        if repository.is_dir():
+            package_cache.link_in(repository, cache / repository.name / packages)
+
+
+def _link_out(cache: Path, pool: Path, packages: str) -> None:
+    for repository in cache.iterdir() if cache.is_dir() else ():
+        if (repository / packages).is_dir():
+            package_cache.link_out(repository / packages, pool / repository.name)
+
+
+async def link_in(pool: Path, cache: Path, packages: str = "packages") -> None:
+    """Seed a package manager's per-repository package directories from the shared pool.
+
+    The pool mirrors the cache's layout one level deep (a directory per repository, named as the
+    package manager names it), so packages of different mirrors never mix.
+    """
+    await anyio.to_thread.run_sync(_link_in, pool, cache, packages)
+
+
+async def link_out(cache: Path, pool: Path, packages: str = "packages") -> None:
+    await anyio.to_thread.run_sync(_link_out, cache, pool, packages)

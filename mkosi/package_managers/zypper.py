@@ -1,0 +1,105 @@
+"""zypper: an install root filled from rpm-md repositories, the openSUSE way.
+
+zypper keeps its caches inside the root it works on (`--root`), which is where openSUSE has them
+too. What would otherwise come from the host is named explicitly: zypper's own configuration
+(--config, else the host's /etc/zypp/zypper.conf), libzypp's (ZYPP_CONF), the log (ZYPP_LOGFILE,
+else the host's /var/log/zypper.log), temporary files (ZYPPTMPDIR, else /var/tmp), the repository
+definitions and the rpm database path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkosi import package_cache
+from mkosi.context import Context
+from mkosi.package_managers import contained, raise_missing, raise_untrusted
+from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
+from mkosi.run import CommandError, run
+from mkosi.workspace import remove_tree
+
+MISSING = (r"No provider of '([^']+)' found", r"Package '([^']+)' not found")
+UNTRUSTED = (r"Signature verification failed", r"is unsigned", r"NOKEY", r"Bad GPG signature")
+# zypper's cache inside the root; the downloaded packages are moved to the shared pool instead.
+CACHE = "var/cache/zypp"
+
+
+def zypp_conf(context: Context) -> str:
+    lines = ["[main]", "solver.onlyRequires = true"]
+    if not context.config.with_docs:
+        lines.append("rpm.install.excludedocs = yes")
+    return "\n".join(lines) + "\n"
+
+
+def base_command(context: Context, repos_dir: Path) -> list[str]:
+    argv = [
+        "zypper",
+        f"--config={repos_dir.parent / 'zypper.conf'}",
+        f"--root={context.root}",
+        f"--reposd-dir={repos_dir}",
+        "--non-interactive",
+    ]
+    if context.config.repository_key_check:
+        # zypper cannot be told which keys to trust without asking: a repository's signing key
+        # (the gpgkey= of its definition) is trusted when first seen. Signatures are still checked.
+        argv.append("--gpg-auto-import-keys")
+    else:
+        argv.append("--no-gpg-checks")
+    return argv
+
+
+def commands(context: Context, repos_dir: Path, base_packages: Sequence[str]) -> list[list[str]]:
+    """Refresh first: an unreachable or badly signed repository is an error, not a skipped one."""
+    base = base_command(context, repos_dir)
+    return [
+        [*base, "refresh"],
+        [*base, "install", "--no-recommends", *base_packages, *context.config.packages],
+    ]
+
+
+def write_repositories(directory: Path, repositories: Sequence[Repository], *, key_check: bool, keep: bool) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for repository in repositories:
+        (directory / f"{repository.id}.repo").write_text(repository.section(key_check=key_check, keep_packages=keep))
+
+
+async def install(context: Context, repositories: Sequence[Repository], base_packages: Sequence[str]) -> None:
+    config = context.config
+    workspace = context.workspace / "zypper"
+    workspace.mkdir(parents=True, exist_ok=True)
+    # For the build, the definitions also keep downloaded packages, so they can reach the shared pool;
+    # the image gets the same repositories without that.
+    repos_dir = workspace / "repos.d"
+    write_repositories(repos_dir, repositories, key_check=config.repository_key_check, keep=True)
+    write_repositories(
+        context.root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False
+    )
+    (workspace / "zypp.conf").write_text(zypp_conf(context))
+    (workspace / "zypper.conf").write_text("")
+    env = {
+        **rpm_environment(context.workspace),
+        "ZYPP_CONF": str(workspace / "zypp.conf"),
+        "ZYPP_LOGFILE": str(workspace / "zypper.log"),
+        # libzypp's temporary keyrings, else in the host's /var/tmp.
+        "ZYPPTMPDIR": str(workspace / "tmp"),
+    }
+    (workspace / "tmp").mkdir(exist_ok=True)
+    cache = context.root / CACHE / "packages"
+    pool = None
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+        await link_in(pool, cache, packages="")
+    refresh, install_packages = commands(context, repos_dir, base_packages)
+    where = f"the repositories of {config.distribution} {config.release}"
+    for argv in (refresh, install_packages):
+        try:
+            await run(contained(argv), env=env, log=context.log)
+        except CommandError as error:
+            raise_untrusted(error, UNTRUSTED, where)
+            raise_missing(error, MISSING, where)
+            raise
+    if pool is not None:
+        await link_out(cache, pool, packages="")
+    await remove_tree(context.root / CACHE)
+    (context.root / "run/zypp.pid").unlink(missing_ok=True)

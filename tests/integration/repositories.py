@@ -1,0 +1,265 @@
+"""Small package repositories made at test time with each distribution's own tools.
+
+Only Debian's mirror is reachable from the test machines, so Fedora, openSUSE, Arch and Ubuntu
+builds are tested against local mirrors laid out like the real ones. Their base package is the
+host's static busybox: it provides the names the distribution module installs as its base system,
+so that mkosi's own package list resolves unchanged, and it gives the tree a shell to run commands
+with. A second package, mkosi-test-hello, stands for the user's `Packages=`; it lives in the second
+repository (updates, extra, ...) so that builds are shown to use more than one.
+
+Repositories are built once and kept in the test cache under a name derived from their recipe
+(and the busybox binary), so a changed recipe gets a new repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tests.integration.support import CACHE
+
+BUSYBOX = Path("/bin/busybox")
+BASE = "mkosi-test-base"
+HELLO = "mkosi-test-hello"
+HELLO_OUTPUT = "hello from mkosi-test-hello"
+HELLO_SCRIPT = f'#!/bin/sh\necho "{HELLO_OUTPUT}"\n'
+HELLO_DOC = "/usr/share/doc/mkosi-test-hello/README"
+_HELLO_PRINTF = HELLO_SCRIPT.replace("\n", "\\n")
+
+
+def _run(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    process = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if process.returncode != 0:
+        raise AssertionError(f"{argv} failed with {process.returncode}:\n{process.stdout}\n{process.stderr}")
+
+
+def cached(name: str, recipe: str, build: Callable[[Path], None]) -> Path:
+    """The repository `build` makes from `recipe`, made at most once per recipe."""
+    digest = hashlib.sha256(recipe.encode() + BUSYBOX.read_bytes()).hexdigest()[:16]
+    target = CACHE / "repositories" / f"{name}-{digest}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(staging)
+        staging.chmod(0o755)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# ---- rpm-md repositories (dnf, zypper) ----
+
+
+def rpm_spec(name: str, provides: Sequence[str], os_id: str) -> str:
+    common = (
+        f"Name: {name}\nVersion: 1\nRelease: 1\nLicense: GPL-2.0-only\nBuildArch: x86_64\n"
+        "AutoReqProv: no\n%define debug_package %{nil}\n%define __os_install_post %{nil}\n"
+    )
+    if name == BASE:
+        return common + (
+            f"Summary: busybox as the base system\nProvides: {' '.join(provides)}\n"
+            "%description\nbusybox as the base system\n"
+            "%install\nmkdir -p %{buildroot}/usr/bin %{buildroot}/usr/lib %{buildroot}/etc\n"
+            f"cp {BUSYBOX} %{{buildroot}}/usr/bin/busybox\n"
+            "ln -s busybox %{buildroot}/usr/bin/sh\nln -s usr/bin %{buildroot}/bin\n"
+            f"echo ID={os_id} > %{{buildroot}}/usr/lib/os-release\n"
+            "%files\n%dir /etc\n/usr/bin/busybox\n/usr/bin/sh\n/bin\n/usr/lib/os-release\n"
+        )
+    return common + (
+        f"Summary: says hello\nRequires: {BASE}\n%description\nsays hello\n"
+        "%install\nmkdir -p %{buildroot}/usr/bin %{buildroot}/usr/share/doc/mkosi-test-hello\n"
+        f"printf '{_HELLO_PRINTF}' > %{{buildroot}}/usr/bin/mkosi-hello\n"
+        "chmod 755 %{buildroot}/usr/bin/mkosi-hello\n"
+        f"echo documentation > %{{buildroot}}{HELLO_DOC}\n"
+        f"%files\n/usr/bin/mkosi-hello\n%doc {HELLO_DOC}\n"
+    )
+
+
+def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
+    spec_file = work / "package.spec"
+    spec_file.write_text(spec)
+    _run("rpmbuild", "-bb", "--define", f"_topdir {work / 'top'}", spec_file)
+    directory.mkdir(parents=True, exist_ok=True)
+    for rpm in (work / "top/RPMS").rglob("*.rpm"):
+        shutil.copy(rpm, directory)
+    _run("createrepo_c", "--quiet", directory)
+
+
+def rpm_mirror(name: str, provides: Sequence[str], os_id: str, base_path: str, hello_path: str) -> Path:
+    """A mirror with the base package at `base_path` and mkosi-test-hello at `hello_path`."""
+    specs = {base_path: rpm_spec(BASE, provides, os_id), hello_path: rpm_spec(HELLO, provides, os_id)}
+
+    def build(mirror: Path) -> None:
+        for path, spec in specs.items():
+            with tempfile.TemporaryDirectory() as work:
+                _rpm_repository(mirror / path, spec, Path(work))
+
+    return cached(name, repr(sorted(specs.items())), build)
+
+
+# ---- pacman repositories ----
+
+
+def pkgbuild(name: str, provides: Sequence[str]) -> str:
+    head = f"pkgname={name}\npkgver=1\npkgrel=1\narch=(x86_64)\nlicense=(GPL2)\noptions=(!strip)\n"
+    if name == BASE:
+        return head + (
+            f"pkgdesc='busybox as the base system'\nprovides=({' '.join(provides)})\n"
+            "package() {\n"
+            f'    install -Dm755 {BUSYBOX} "$pkgdir/usr/bin/busybox"\n'
+            '    ln -s busybox "$pkgdir/usr/bin/sh"\n    ln -s usr/bin "$pkgdir/bin"\n'
+            '    mkdir -p "$pkgdir/etc" "$pkgdir/usr/lib"\n'
+            '    echo ID=arch > "$pkgdir/usr/lib/os-release"\n}\n'
+        )
+    return head + (
+        f"pkgdesc='says hello'\ndepends=({BASE})\n"
+        "package() {\n"
+        f'    install -Dm755 /dev/stdin "$pkgdir/usr/bin/mkosi-hello" <<"EOF"\n{HELLO_SCRIPT}EOF\n'
+        f'    install -Dm644 /dev/null "$pkgdir{HELLO_DOC}"\n}}\n'
+    )
+
+
+def _makepkg(recipe: str, work: Path) -> Path:
+    """makepkg refuses to run as root: build as nobody in a directory nobody owns."""
+    work.mkdir(parents=True)
+    (work / "PKGBUILD").write_text(recipe)
+    shutil.chown(work, "nobody")
+    _run(
+        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+        "makepkg", "--nodeps", "--force", cwd=work,
+        env={"HOME": str(work), "PKGEXT": ".pkg.tar.zst", "PKGDEST": str(work)},
+    )  # fmt: skip
+    return next(work.glob("*.pkg.tar.zst"))
+
+
+def pacman_mirror(name: str, provides: Sequence[str]) -> Path:
+    """An Arch mirror: the base package in core, mkosi-test-hello in extra."""
+    recipes = {"core": pkgbuild(BASE, provides), "extra": pkgbuild(HELLO, provides)}
+
+    def build(mirror: Path) -> None:
+        with tempfile.TemporaryDirectory() as work:
+            os.chmod(work, 0o755)
+            for repository, recipe in recipes.items():
+                package = _makepkg(recipe, Path(work) / repository)
+                directory = mirror / repository / "os/x86_64"
+                directory.mkdir(parents=True)
+                shutil.copy(package, directory)
+                _run("repo-add", "--quiet", directory / f"{repository}.db.tar.gz", directory / package.name)
+
+    return cached(name, repr(sorted(recipes.items())), build)
+
+
+# ---- apt repositories ----
+
+
+def _hello_deb(directory: Path) -> None:
+    package = directory / "hello"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN/control").write_text(
+        f"Package: {HELLO}\nVersion: 1\nArchitecture: all\nMaintainer: mkosi tests <tests@mkosi>\n"
+        f"Description: says hello\n"
+    )
+    script = package / "usr/bin/mkosi-hello"
+    script.parent.mkdir(parents=True)
+    script.write_text(HELLO_SCRIPT)
+    script.chmod(0o755)
+    doc = package / HELLO_DOC.lstrip("/")
+    doc.parent.mkdir(parents=True)
+    doc.write_text("documentation\n")
+    _run("dpkg-deb", "--root-owner-group", "--build", package, directory / f"{HELLO}_1_all.deb")
+    shutil.rmtree(package)
+
+
+def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: str) -> Path:
+    """An archive laid out like Ubuntu's, with suite `suite` and components main and universe.
+
+    Its packages are Debian bookworm's (the bootstrap set and `packages`, downloaded with
+    mmdebstrap) plus mkosi-test-hello, made with dpkg-deb.
+    """
+    recipe = f"{suite} {sorted(packages)} bookworm"
+
+    def build(mirror: Path) -> None:
+        pool = mirror / "pool/main"
+        pool.mkdir(parents=True)
+        with tempfile.TemporaryDirectory() as work:
+            _run(
+                "mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
+                "--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt",
+                f"--customize-hook=cp \"$1\"/var/cache/apt/archives/*.deb {pool}",
+                "bookworm", Path(work) / "tree", debian_mirror,
+            )  # fmt: skip
+        _hello_deb(pool)
+        for component in ("main", "universe"):
+            index = mirror / f"dists/{suite}/{component}/binary-amd64"
+            index.mkdir(parents=True)
+            listing = (
+                subprocess.run(
+                    ["apt-ftparchive", "packages", f"pool/{component}"],
+                    cwd=mirror,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                if (mirror / f"pool/{component}").exists()
+                else ""
+            )
+            (index / "Packages").write_text(listing)
+        release = subprocess.run(
+            [
+                "apt-ftparchive", "release",
+                "-o", f"APT::FTPArchive::Release::Suite={suite}",
+                "-o", f"APT::FTPArchive::Release::Codename={suite}",
+                "-o", "APT::FTPArchive::Release::Components=main universe",
+                "-o", "APT::FTPArchive::Release::Architectures=amd64",
+                f"dists/{suite}",
+            ],
+            cwd=mirror, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        (mirror / f"dists/{suite}/Release").write_text(release)
+
+    return cached(name, recipe, build)
+
+
+# ---- signatures ----
+
+
+def signed_rpm_mirror(mirror: Path) -> Path:
+    """A copy of an rpm-md mirror with every package and repository index signed by a test key.
+
+    The public key is published next to each index as repodata/repomd.xml.key, where openSUSE
+    publishes its own.
+    """
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with tempfile.TemporaryDirectory() as gnupg:
+            env = {"GNUPGHOME": gnupg}
+            _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mkosi test <test@mkosi.invalid>",
+                 "rsa3072", "sign", "never", env=env)  # fmt: skip
+            try:
+                for rpm in signed.rglob("*.rpm"):
+                    _run("rpmsign", "--addsign", "--define", "_gpg_name mkosi test", "--define",
+                         "__gpg /usr/bin/gpg", "--define", f"_gpg_path {gnupg}", rpm, env=env)  # fmt: skip
+                key = subprocess.run(
+                    ["gpg", "--export", "--armor"], capture_output=True, check=True, env={**os.environ, **env}
+                ).stdout
+                for repomd in signed.rglob("repodata/repomd.xml"):
+                    _run("createrepo_c", "--quiet", repomd.parent.parent)
+                    _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
+                    (repomd.parent / "repomd.xml.key").write_bytes(key)
+            finally:
+                # gpg-agent leaves the process group; it must not outlive the temporary home.
+                subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+
+    return cached(mirror.name + "-signed", mirror.name, build)

@@ -1,0 +1,276 @@
+"""Ubuntu, Fedora, openSUSE and Arch images built by the real package managers from local mirrors.
+
+The mirrors are made at test time (see repositories.py) and laid out like the distributions' own,
+so the builds go through exactly the code a build from the real mirror takes; `--mirror` points
+there. Builds from the real mirrors run where those resolve and are skipped with the reason where
+they do not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, fedora, opensuse, ubuntu
+from mkosi.distributions.debian import DEFAULT_MIRROR as DEBIAN_MIRROR
+from mkosi.distributions.debian import host_mirrors
+from mkosi.package_managers.rpm import RPMDB
+from tests.integration import repositories
+from tests.integration.repositories import BASE, HELLO, HELLO_DOC, HELLO_OUTPUT
+from tests.integration.support import CACHE, Result, mkosi
+
+# Only the Ubuntu mirror is made of Debian's packages; it checks for Debian's mirror itself.
+NEEDS_DEBIAN_MIRROR = False
+
+# What a package manager could write on the build host if it were not isolated from it.
+HOST_STATE = (
+    "/var/cache/dnf", "/var/lib/dnf", "/var/log/dnf.log", "/var/log/dnf.rpm.log", "/root/.rpmdb",
+    "/var/lib/rpm", "/var/cache/zypp", "/var/lib/zypp", "/var/log/zypper.log", "/etc/zypp/repos.d",
+    "/var/lib/pacman", "/var/cache/pacman", "/var/log/pacman.log", "/etc/pacman.d/gnupg",
+)  # fmt: skip
+
+
+def host_state() -> dict[str, tuple[int, int] | None]:
+    state: dict[str, tuple[int, int] | None] = {}
+    for name in HOST_STATE:
+        path = Path(name)
+        try:
+            st = path.stat()
+            state[name] = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            state[name] = None
+    return state
+
+
+def rpm_query(tree: Path) -> list[str]:
+    return ["rpm", f"--root={tree}", f"--dbpath={RPMDB}", "-q", BASE, HELLO]
+
+
+def pacman_query(tree: Path) -> list[str]:
+    return ["pacman", f"--root={tree}", f"--dbpath={tree / 'var/lib/pacman'}", "-Q", BASE, HELLO]
+
+
+def dpkg_query(tree: Path) -> list[str]:
+    return ["dpkg-query", f"--root={tree}", "-W", HELLO, "systemd"]
+
+
+def fedora_mirror() -> Path:
+    release = DISTRIBUTIONS[Distribution.fedora].default_release
+    paths = fedora._paths(release, "x86_64")
+    return repositories.rpm_mirror("fedora", fedora.PACKAGES.base, "fedora", paths["fedora"][0], paths["updates"][0])
+
+
+def opensuse_mirror() -> Path:
+    paths = opensuse.REPOSITORIES
+    return repositories.rpm_mirror(
+        "opensuse", opensuse.PACKAGES.base, "opensuse-tumbleweed", paths["repo-oss"], paths["repo-update"]
+    )
+
+
+def arch_mirror() -> Path:
+    return repositories.pacman_mirror("arch", arch.PACKAGES.base)
+
+
+def ubuntu_mirror() -> Path:
+    release = DISTRIBUTIONS[Distribution.ubuntu].default_release
+    debian = host_mirrors()[0] or DEBIAN_MIRROR
+    if reason := _resolves(debian):
+        pytest.skip(f"the Ubuntu test mirror is made of Debian's packages: {reason}")
+    return repositories.apt_mirror("ubuntu", release, ubuntu.PACKAGES.base, debian)
+
+
+@dataclass(frozen=True)
+class Case:
+    mirror: Callable[[], Path]
+    query: Callable[[Path], list[str]]
+    # What the build names when signature checking is on and the local repository is unsigned.
+    unsigned: str
+
+
+CASES = {
+    "fedora": Case(fedora_mirror, rpm_query, "not signed by a trusted key"),
+    "opensuse": Case(opensuse_mirror, rpm_query, "not signed by a trusted key"),
+    "arch": Case(arch_mirror, pacman_query, "not signed by a trusted key"),
+    # Debian ships no Ubuntu keyring, so the build stops before it fetches anything.
+    "ubuntu": Case(ubuntu_mirror, dpkg_query, "ubuntu-archive-keyring.gpg"),
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    distribution: str
+    mirror: Path
+    tree: Path
+    before: dict[str, tuple[int, int] | None]
+    after: dict[str, tuple[int, int] | None]
+    cache: Path
+
+
+@pytest.fixture(scope="session")
+def served() -> Iterator[str]:
+    """The test mirrors over HTTP, as real mirrors are: package managers copy nothing from file://
+    repositories into their caches, so the package pool would go untested."""
+    root = CACHE / "repositories"
+    root.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def build(distribution: str, mirror: Path, served: str, directory: Path, *args: str, check: bool = True) -> Result:
+    # A package pool per test mirror: test packages of one name and version differ between recipes.
+    cache = mirror.with_name(mirror.name + ".packages")
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
+    return mkosi(
+        "-d", distribution, f"--mirror={url}", f"--cache={cache}", *args, "build", cwd=directory, check=check
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session", params=sorted(CASES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, served: str) -> Built:
+    distribution: str = request.param
+    mirror = CASES[distribution].mirror()
+    directory = tmp_path_factory.mktemp(distribution)
+    before = host_state()
+    build(distribution, mirror, served, directory, "--repository-key-check=no", "-p", HELLO, "-o", "tree")
+    return Built(
+        distribution, mirror, directory / "tree", before, host_state(),
+        mirror.with_name(mirror.name + ".packages"),
+    )  # fmt: skip
+
+
+def test_package_database_lists_the_packages(built: Built) -> None:
+    result = subprocess.run(CASES[built.distribution].query(built.tree), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert HELLO in result.stdout
+
+
+def test_files_are_installed_without_documentation(built: Built) -> None:
+    assert (built.tree / "usr/bin/mkosi-hello").is_file()
+    assert not (built.tree / HELLO_DOC.lstrip("/")).exists()
+
+
+def test_a_command_runs_inside_the_tree(built: Built) -> None:
+    result = subprocess.run(["chroot", built.tree, "/usr/bin/mkosi-hello"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == HELLO_OUTPUT
+    assert subprocess.run(["chroot", built.tree, "/bin/sh", "-c", "true"]).returncode == 0
+
+
+def test_the_host_is_left_alone(built: Built) -> None:
+    assert built.after == built.before
+
+
+def test_downloaded_packages_reach_the_pool(built: Built) -> None:
+    assert any(HELLO in p.name for p in built.cache.rglob("*") if p.is_file())
+
+
+def test_workspace_paths_do_not_leak_into_the_tree(built: Built) -> None:
+    # Package managers given host paths under --root tend to recreate them inside the root.
+    assert not list(built.tree.rglob(".mkosi-workspace*"))
+
+
+@pytest.mark.parametrize("distribution", sorted(CASES))
+def test_unsigned_repository_is_refused_by_default(distribution: str, tmp_path: Path, served: str) -> None:
+    case = CASES[distribution]
+    result = build(distribution, case.mirror(), served, tmp_path, check=False)
+    assert result.returncode != 0
+    assert case.unsigned in result.stderr and "RepositoryKeyCheck=no" in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()
+    if distribution == "arch":
+        # The populated keyring is kept for the next build.
+        cache = case.mirror().with_name(case.mirror().name + ".packages")
+        assert list(cache.glob("keyrings/pacman-archlinux-*/pubring.gpg"))
+
+
+@pytest.mark.parametrize("distribution", sorted(CASES))
+def test_missing_package_is_named(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = CASES[distribution].mirror()
+    args = ("--repository-key-check=no", "-p", "no-such-pkg")
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package no-such-pkg in" in result.stderr, result.stderr
+
+
+def test_signed_mirror_is_checked_and_accepted(tmp_path: Path, served: str) -> None:
+    signed = repositories.signed_rpm_mirror(opensuse_mirror())
+    # A name no other build has: the workspace, where libzypp's keyrings are, is named after it.
+    output = f"signed-{os.getpid()}-{tmp_path.name}"
+    build("opensuse", signed, served, tmp_path, "-p", HELLO, "-o", output)
+    query = subprocess.run(
+        ["rpm", f"--root={tmp_path / output}", f"--dbpath={RPMDB}", "-qa"], capture_output=True, text=True
+    )
+    # The gpg-agent that importing the key started ended with the build.
+    assert subprocess.run(["pgrep", "-f", f"gpg-agent.*{output}"], capture_output=True).returncode == 1
+    assert HELLO in query.stdout
+    # The repository's key was imported into the image's rpm database, as on openSUSE.
+    assert "gpg-pubkey-" in query.stdout
+
+
+def test_package_not_matching_the_signed_index_is_refused(tmp_path: Path, served: str) -> None:
+    signed = repositories.signed_rpm_mirror(opensuse_mirror())
+    tampered = tmp_path / "mirror"
+    shutil.copytree(signed, tampered)
+    hello = next(tampered.rglob(f"{HELLO}-*.rpm"))
+    shutil.copy(next(tampered.rglob(f"{BASE}-*.rpm")), hello)
+    result = mkosi("-d", "opensuse", f"--mirror={tampered.as_uri()}", f"--cache={tmp_path / 'cache'}",
+                   "-p", HELLO, "build", cwd=tmp_path, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "corrupted" in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()
+
+
+def _resolves(url: str) -> str | None:
+    host = urlparse(url).hostname or url
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        return f"{host} does not resolve from here ({error})"
+    return None
+
+
+@pytest.mark.parametrize(
+    ("distribution", "url"),
+    [
+        ("fedora", fedora.METALINK),
+        ("opensuse", opensuse.DEFAULT_MIRROR),
+        ("arch", arch.DEFAULT_MIRROR),
+    ],
+)
+def test_default_mirror(distribution: str, url: str, tmp_path: Path) -> None:
+    if reason := _resolves(url):
+        pytest.skip(f"needs {distribution}'s real mirror: {reason}")
+    mkosi("-d", distribution, "build", cwd=tmp_path)
+    assert (tmp_path / "image/usr/lib/os-release").exists()
+
+
+@pytest.mark.parametrize("built", ["ubuntu"], indirect=True)
+def test_ubuntu_tree_is_configured_for_its_release(built: Built) -> None:
+    sources = (built.tree / "etc/apt/sources.list").read_text()
+    release = DISTRIBUTIONS[Distribution.ubuntu].default_release
+    assert f" {release} main universe" in sources

@@ -1,0 +1,388 @@
+"""Each distribution's defaults, repositories, package names and package manager command lines."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from mkosi import settings
+from mkosi.build import check_supported
+from mkosi.config import Config, parse_args
+from mkosi.context import Context
+from mkosi.distributions import (
+    DISTRIBUTIONS,
+    Distribution,
+    arch,
+    check_release,
+    debian,
+    fedora,
+    opensuse,
+    ubuntu,
+)
+from mkosi.errors import ConfigError, MkosiError, NotImplementedYet
+from mkosi.package_managers import (
+    NoSuchPackage,
+    UntrustedRepository,
+    dnf,
+    mmdebstrap,
+    no_stray_copies,
+    pacman,
+    raise_missing,
+    raise_untrusted,
+    zypper,
+)
+from mkosi.package_managers.rpm import RPMDB, Repository, rpm_environment
+from mkosi.package_managers.rpm import link_in as rpm_link_in
+from mkosi.package_managers.rpm import link_out as rpm_link_out
+from mkosi.run import CommandError
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(settings, "detect_host", lambda: (Distribution.debian, "bookworm"))
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    return tmp_path
+
+
+def load(*argv: str) -> Config:
+    return parse_args(list(argv))[1]
+
+
+def context(config: Config, tmp_path: Path) -> Context:
+    return Context(config=config, workspace=tmp_path / "ws", log=structlog.get_logger("test"))
+
+
+# ---- defaults and releases ----
+
+
+@pytest.mark.parametrize(
+    ("distribution", "release"),
+    [("debian", "bookworm"), ("ubuntu", "resolute"), ("fedora", "45"), ("arch", "rolling"),
+     ("opensuse", "tumbleweed")],
+)  # fmt: skip
+def test_default_release(project: Path, distribution: str, release: str) -> None:
+    assert load("-d", distribution).release == release
+
+
+def test_every_distribution_is_implemented() -> None:
+    assert all(info.implemented for info in DISTRIBUTIONS.values())
+
+
+@pytest.mark.parametrize(("distribution", "release"), [("fedora", "44"), ("fedora", "rawhide"), ("ubuntu", "noble")])
+def test_known_releases(distribution: str, release: str) -> None:
+    check_release(Distribution(distribution), release)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-d", "fedora", "-r", "bookworm"], "fedora has no release 'bookworm' (use a release number or"),
+        (["-d", "ubuntu", "-r", "focal"], "ubuntu has no release 'focal'"),
+        (["-d", "arch", "-r", "2024"], "arch has no release '2024' (known: rolling)"),
+        (["-d", "opensuse", "-r", "leap"], "opensuse has no release 'leap' (known: tumbleweed)"),
+        (["-d", "slackware"], "-d: invalid value 'slackware'"),
+    ],
+)
+def test_bad_distribution_or_release_is_refused_early(project: Path, argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(*argv)
+    assert message in str(e.value)
+
+
+def test_repository_key_check_is_on_by_default(project: Path) -> None:
+    assert load().repository_key_check is True
+    assert load("--repository-key-check=no").repository_key_check is False
+    (project / "mkosi.default").write_text("[Distribution]\nRepositoryKeyCheck=no\n")
+    assert load().repository_key_check is False
+
+
+# ---- package names ----
+
+
+@pytest.mark.parametrize("module", [debian, ubuntu, fedora, arch, opensuse])
+def test_package_names_cover_a_bootable_image(module: object) -> None:
+    names = module.PACKAGES  # type: ignore[attr-defined]
+    assert "systemd" in names.base or "base" in names.base
+    assert names.kernel and names.boot
+    assert {"ext4", "btrfs", "xfs"} <= set(names.filesystems)
+
+
+def test_distribution_specific_names() -> None:
+    assert "fedora-release" in fedora.PACKAGES.base and "kernel-core" in fedora.PACKAGES.kernel
+    assert "openSUSE-release" in opensuse.PACKAGES.base
+    assert opensuse.PACKAGES.filesystems["btrfs"] == "btrfsprogs"
+    assert arch.PACKAGES.base == ("base",) and "linux" in arch.PACKAGES.kernel
+    assert "linux-image-generic" in ubuntu.PACKAGES.kernel
+
+
+# ---- apt (mmdebstrap): Debian and Ubuntu ----
+
+
+def test_debian_uses_only_debians_keyring(project: Path, tmp_path: Path) -> None:
+    ctx = context(load("-m", "http://m/debian"), tmp_path)
+    argv = mmdebstrap.command(ctx, debian.bootstrap(ctx))
+    assert f"--keyring={debian.KEYRING}" in argv
+    assert argv[-1] == "deb http://m/debian bookworm main"
+
+
+def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
+    ctx = context(load("-d", "ubuntu", "--repository-key-check=no"), tmp_path)
+    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
+    assert argv[-3:] == [
+        "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute main universe",
+        "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute-updates main universe",
+        "deb [trusted=yes] http://security.ubuntu.com/ubuntu resolute-security main universe",
+    ]
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd" in argv
+    assert not any(a.startswith("--keyring") for a in argv)
+
+
+def test_ubuntu_mirror_repositories_and_arm64(project: Path, tmp_path: Path) -> None:
+    config = load("-d", "ubuntu", "-r", "noble", "--repository-key-check=no", "--architecture=arm64",
+                  "--repositories=main,restricted", "-m", "http://local/ubuntu", "-p", "vim")  # fmt: skip
+    ctx = context(config, tmp_path)
+    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
+    assert argv[-1] == "deb [trusted=yes] http://local/ubuntu noble main restricted"
+    assert "--architectures=arm64" in argv and argv[-2] == str(tmp_path / "ws/root")
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,vim" in argv
+    ports = ubuntu.sources(load("-d", "ubuntu", "--architecture=arm64"))[0]
+    assert ports.uri == ubuntu.DEFAULT_MIRRORS["arm64"]
+
+
+@pytest.mark.parametrize(("module", "kernel"), [(debian, "linux-image-amd64"), (ubuntu, "linux-image-generic")])
+def test_bootable_images_get_a_kernel_and_the_dracut_configuration(
+    project: Path, tmp_path: Path, module: Any, kernel: str
+) -> None:
+    distribution = module.__name__.rsplit(".", 1)[1]
+    ctx = context(load("-d", distribution, "-t", "raw_gpt", "--bootable", "--repository-key-check=no"), tmp_path)
+    argv = mmdebstrap.command(ctx, module.bootstrap(ctx))
+    include = next(a for a in argv if a.startswith("--include="))
+    assert f",{kernel},dracut,zstd,udev,systemd-boot-efi" in include
+    assert '--essential-hook=mkdir -p "$1/etc/dracut.conf.d"' in argv
+    plain = context(load("-d", distribution, "--repository-key-check=no"), tmp_path)
+    assert not any("hook" in a for a in mmdebstrap.command(plain, module.bootstrap(plain)))
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "arch", "opensuse"])
+def test_bootable_is_refused_where_the_boot_stages_do_not_work_yet(project: Path, distribution: str) -> None:
+    with pytest.raises(NotImplementedYet, match=f"Bootable= for {distribution}: not implemented yet"):
+        check_supported(load("-d", distribution, "-t", "raw_gpt", "--bootable"))
+    check_supported(load("-d", "ubuntu", "-t", "raw_gpt", "--bootable"))
+
+
+def test_ubuntu_without_its_keyring_says_what_to_do(project: Path, tmp_path: Path) -> None:
+    with pytest.raises(MkosiError, match=r"ubuntu-keyring.*RepositoryKeyCheck=no"):
+        ubuntu.keyring(load("-d", "ubuntu"), tmp_path / "missing.gpg")
+    present = tmp_path / "ubuntu.gpg"
+    present.write_bytes(b"")
+    assert ubuntu.keyring(load("-d", "ubuntu"), present) == present
+
+
+# ---- dnf: Fedora ----
+
+
+def test_fedora_repositories_from_a_mirror(project: Path) -> None:
+    repos = fedora.repositories(load("-d", "fedora", "-m", "http://m/fedora/"))
+    assert [(r.id, r.baseurl) for r in repos] == [
+        ("fedora", "http://m/fedora/releases/45/Everything/x86_64/os/"),
+        ("updates", "http://m/fedora/updates/45/Everything/x86_64/"),
+    ]
+    assert all(r.gpgkeys for r in repos)
+
+
+def test_fedora_default_metalinks_and_rawhide(project: Path) -> None:
+    repos = fedora.repositories(load("-d", "fedora", "--architecture=arm64"))
+    assert repos[0].metalink == f"{fedora.METALINK}?repo=fedora-45&arch=aarch64"
+    assert repos[1].metalink == f"{fedora.METALINK}?repo=updates-released-f45&arch=aarch64"
+    rawhide = fedora.repositories(load("-d", "fedora", "-r", "rawhide"))
+    assert [r.id for r in rawhide] == ["fedora"] and "repo=rawhide" in (rawhide[0].metalink or "")
+
+
+def test_fedora_keys(tmp_path: Path) -> None:
+    assert fedora.gpg_keys("45", tmp_path) == (f"{fedora.FEDORA_REPOS_KEYS}/RPM-GPG-KEY-fedora-45-primary",)
+    assert fedora.gpg_keys("rawhide", tmp_path)[0].endswith("RPM-GPG-KEY-fedora-46-primary")
+    (tmp_path / "RPM-GPG-KEY-fedora-44-primary").write_text("key")
+    assert fedora.gpg_keys("44", tmp_path) == ((tmp_path / "RPM-GPG-KEY-fedora-44-primary").as_uri(),)
+
+
+def test_unknown_repository_is_named(project: Path) -> None:
+    with pytest.raises(MkosiError, match="fedora 45 has no repository extras"):
+        fedora.repositories(load("-d", "fedora", "--repositories=fedora,extras"))
+    with pytest.raises(MkosiError, match="opensuse has no repository oss for x86-64"):
+        opensuse.repositories(load("-d", "opensuse", "--repositories=oss"))
+    with pytest.raises(MkosiError, match="arch has no repository community"):
+        arch.repositories(load("-d", "arch", "--repositories=community"))
+
+
+def test_dnf_configuration_is_isolated_from_the_host(project: Path, tmp_path: Path) -> None:
+    config = load("-d", "fedora", "-m", "http://m", "-p", "vim")
+    ctx = context(config, tmp_path)
+    text = dnf.config_text(ctx, fedora.repositories(config), workspace=tmp_path / "ws/dnf")
+    assert f"reposdir={tmp_path}/ws/dnf/repos.d" in text and f"varsdir={tmp_path}/ws/dnf/vars" in text
+    assert "gpgcheck=1" in text and "tsflags=nodocs" in text and "keepcache=1" in text
+    argv = dnf.command(ctx, tmp_path / "ws/dnf/dnf.conf", fedora.PACKAGES.base)
+    assert argv[:4] == ["dnf", "--assumeyes", "--noplugins", f"--config={tmp_path}/ws/dnf/dnf.conf"]
+    # dnf 4 takes these as host paths only from the command line.
+    assert f"--setopt=cachedir={tmp_path}/ws/dnf/cache" in argv
+    assert f"--setopt=persistdir={tmp_path}/ws/root/var/lib/dnf" in argv
+    assert f"--installroot={tmp_path}/ws/root" in argv and "--releasever=45" in argv
+    assert argv[-5:] == ["install", "fedora-release", "systemd", "util-linux", "vim"]
+
+
+def test_dnf_without_key_check(project: Path, tmp_path: Path) -> None:
+    config = load("-d", "fedora", "-m", "http://m", "--repository-key-check=no", "--with-docs")
+    text = dnf.config_text(context(config, tmp_path), fedora.repositories(config), workspace=tmp_path)
+    assert "gpgcheck=1" not in text and "gpgkey" not in text and "tsflags" not in text
+
+
+def test_repository_section() -> None:
+    repo = Repository("r", "R", baseurl="http://m/r/", gpgkeys=("https://k1", "file:///k2"))
+    assert repo.section(key_check=True, keep_packages=True) == (
+        "[r]\nname=R\nenabled=1\ngpgcheck=1\nbaseurl=http://m/r/\ngpgkey=https://k1 file:///k2\nkeeppackages=1\n"
+    )
+    with pytest.raises(ValueError, match="exactly one"):
+        Repository("r", "R")
+
+
+def test_rpm_database_goes_where_the_distribution_keeps_it(tmp_path: Path) -> None:
+    env = rpm_environment(tmp_path)
+    assert (Path(env["HOME"]) / ".rpmmacros").read_text() == f"%_dbpath {RPMDB}\n"
+    assert Path(env["HOME"]).is_relative_to(tmp_path)
+
+
+# ---- zypper: openSUSE ----
+
+
+def test_opensuse_repositories(project: Path) -> None:
+    repos = opensuse.repositories(load("-d", "opensuse"))
+    assert [(r.id, r.baseurl) for r in repos] == [
+        ("repo-oss", "https://download.opensuse.org/tumbleweed/repo/oss/"),
+        ("repo-update", "https://download.opensuse.org/update/tumbleweed/"),
+    ]
+    local = opensuse.repositories(load("-d", "opensuse", "-m", "http://local/"))
+    assert local[0].gpgkeys == ("http://local/tumbleweed/repo/oss/repodata/repomd.xml.key",)
+
+
+def test_opensuse_ports_and_arch_on_arm64(project: Path) -> None:
+    repos = opensuse.repositories(load("-d", "opensuse", "--architecture=arm64"))
+    assert [(r.id, r.baseurl) for r in repos] == [
+        ("repo-oss", "https://download.opensuse.org/ports/aarch64/tumbleweed/repo/oss/")
+    ]
+    with pytest.raises(MkosiError, match="no repository repo-update for arm64"):
+        opensuse.repositories(load("-d", "opensuse", "--architecture=arm64", "--repositories=repo-update"))
+    with pytest.raises(MkosiError, match="x86-64 only, not arm64"):
+        arch.repositories(load("-d", "arch", "--architecture=arm64"))
+
+
+def test_zypper_commands(project: Path, tmp_path: Path) -> None:
+    ctx = context(load("-d", "opensuse", "-p", "vim"), tmp_path)
+    refresh, install = zypper.commands(ctx, tmp_path / "repos.d", opensuse.PACKAGES.base)
+    base = ["zypper", f"--config={tmp_path}/zypper.conf", f"--root={tmp_path}/ws/root",
+            f"--reposd-dir={tmp_path}/repos.d", "--non-interactive"]  # fmt: skip
+    assert refresh == [*base, "--gpg-auto-import-keys", "refresh"]
+    assert install == [*base, "--gpg-auto-import-keys", "install", "--no-recommends",
+                       "openSUSE-release", "systemd", "util-linux", "vim"]  # fmt: skip
+    unchecked = context(load("-d", "opensuse", "--repository-key-check=no"), tmp_path)
+    assert "--no-gpg-checks" in zypper.commands(unchecked, tmp_path, ())[0]
+    assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
+
+
+# ---- pacman: Arch ----
+
+
+def test_pacman_configuration(project: Path, tmp_path: Path) -> None:
+    config = load("-d", "arch")
+    ctx = context(config, tmp_path)
+    text = pacman.config_text(ctx, arch.repositories(config), workspace=tmp_path / "p")
+    assert f"RootDir = {tmp_path}/ws/root\n" in text
+    assert f"DBPath = {tmp_path}/ws/root/var/lib/pacman/\n" in text
+    assert f"GPGDir = {tmp_path}/p/gnupg/\n" in text and f"CacheDir = {tmp_path}/p/cache/\n" in text
+    assert "SigLevel = Required DatabaseOptional\n" in text
+    assert "[core]\nServer = https://geo.mirror.pkgbuild.com/$repo/os/$arch\n" in text
+    assert "[extra]\n" in text and "NoExtract = usr/share/doc/*" in text
+    unchecked = load("-d", "arch", "--repository-key-check=no", "-m", "http://l/")
+    text = pacman.config_text(context(unchecked, tmp_path), arch.repositories(unchecked), workspace=tmp_path)
+    assert "SigLevel = Never\n" in text and "Server = http://l/$repo/os/$arch" in text
+
+
+def test_pacman_commands(tmp_path: Path) -> None:
+    conf = tmp_path / "pacman.conf"
+    assert pacman.command(conf, ["base", "vim"]) == [
+        "pacman",
+        f"--config={conf}",
+        "--noconfirm",
+        "--needed",
+        "-Sy",
+        "base",
+        "vim",
+    ]
+    init, populate = pacman.keyring_commands(conf, tmp_path / "g", "archlinux")
+    assert init[-1] == "--init" and populate[-2:] == ["--populate", "archlinux"]
+
+
+def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
+    cache, pool = tmp_path / "cache", tmp_path / "pool"
+    (cache / "fedora-1234/packages").mkdir(parents=True)
+    (cache / "fedora-1234/packages/a-1.rpm").write_text("a")
+    (cache / "fedora-1234/repodata").mkdir()
+    anyio.run(rpm_link_out, cache, pool)
+    assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.rpm")) == ["fedora-1234/a-1.rpm"]
+    fresh = tmp_path / "fresh"
+    anyio.run(rpm_link_in, pool, fresh)
+    assert (fresh / "fedora-1234/packages/a-1.rpm").read_text() == "a"
+    # zypper keeps packages directly in a directory per repository.
+    anyio.run(rpm_link_in, pool, tmp_path / "zypp", "")
+    assert (tmp_path / "zypp/fedora-1234/a-1.rpm").exists()
+
+
+def test_pacman_keyring_cache_is_named_after_the_keyring_files(tmp_path: Path) -> None:
+    keyrings = tmp_path / "keyrings"
+    keyrings.mkdir()
+    (keyrings / "archlinux.gpg").write_bytes(b"keys")
+    first = pacman.keyring_cache(tmp_path / "cache", "archlinux", keyrings)
+    assert first.parent == tmp_path / "cache/keyrings" and first.name.startswith("pacman-archlinux-")
+    (keyrings / "archlinux-revoked").write_text("ABCD\n")
+    assert pacman.keyring_cache(tmp_path / "cache", "archlinux", keyrings) != first
+
+
+# ---- errors named by the package manager ----
+
+
+@pytest.mark.parametrize(
+    ("module", "line"),
+    [
+        (dnf, "No match for argument: nopkg"),
+        (zypper, "No provider of 'nopkg' found."),
+        (pacman, "error: target not found: nopkg"),
+        (mmdebstrap, "E: Unable to locate package nopkg"),
+    ],
+)
+def test_missing_package_is_named(module: object, line: str) -> None:
+    error = CommandError(["x"], 1, ["noise", line])
+    with pytest.raises(NoSuchPackage, match="no package nopkg in the repositories"):
+        raise_missing(error, module.MISSING, "the repositories")  # type: ignore[attr-defined]
+
+
+def test_untrusted_repository_is_explained() -> None:
+    error = CommandError(["dnf"], 1, ["Package mkosi-test-base-1-1.x86_64.rpm is not signed"])
+    with pytest.raises(UntrustedRepository, match="RepositoryKeyCheck=no"):
+        raise_untrusted(error, dnf.UNTRUSTED, "the repositories of fedora 45")
+    raise_untrusted(CommandError(["dnf"], 1, ["other"]), dnf.UNTRUSTED, "x")  # nothing to say
+
+
+def test_stray_copies_of_host_paths_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "tmp").mkdir(parents=True)
+    host = tmp_path / "ws" / "log"
+    with no_stray_copies(root, [host]):
+        leaked = root / host.relative_to("/")
+        leaked.mkdir(parents=True)
+        (leaked / "dnf.log").write_text("x")
+    assert not (root / host.relative_to("/")).exists()
+    assert (root / "tmp").is_dir()  # the image's own directory stays

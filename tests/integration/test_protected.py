@@ -164,7 +164,7 @@ def luks_project(project: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def luks_image(luks_project: Path) -> Path:
-    # -i: the unattended variant below reuses every stage up to the filesystems.
+    # -i: the unattended variant below reuses the bootstrap.
     mkosi(*LUKS_OPTIONS, "-i", "-o", "luks.raw", "-f", "build", cwd=luks_project)
     return luks_project / "luks.raw"
 

@@ -25,6 +25,7 @@ HOST_PACKAGES=(
     tar xz-utils zstd                        # tar outputs and compression
     git                                      # git-aware build sources
     qemu-system-x86 ovmf                     # booting images under UEFI
+    cpio                                     # tests: extra initrds (Initrds=) for unattended boots
 )
 
 missing=()

@@ -10,19 +10,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import json
 import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from mkosi.concurrency import cpu_heavy
+from mkosi.checksums import Artifact, describe_artifact
 from mkosi.config import Compression, Config
 from mkosi.outputs.tar import tar_tree
 from mkosi.run import run
@@ -34,27 +30,6 @@ TOOLS = ("mmdebstrap", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    size: int
-    sha256: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "sha256": self.sha256}
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-async def describe_artifact(path: Path) -> Artifact:
-    async with cpu_heavy():
-        digest = await anyio.to_thread.run_sync(_sha256, path)
-    return Artifact(path.name, path.stat().st_size, digest)
 
 
 async def collect_artifacts(
@@ -81,29 +56,6 @@ async def collect_artifacts(
         os.rename(path, target)
         artifacts.append(target)
     return [await describe_artifact(path) for path in artifacts]
-
-
-def checksums(artifacts: Sequence[Artifact]) -> str:
-    """coreutils' binary-mode lines as systemd's importer reads them, sorted bytewise (LC_ALL=C sort)."""
-    return "".join(sorted(f"{a.sha256} *{a.name}\n" for a in artifacts))
-
-
-async def sign(sums: Path, key: str | None, log: Any) -> Path:
-    signature = sums.with_name(sums.name + ".gpg")
-    await run(
-        [
-            "gpg",
-            "--batch",
-            "--yes",
-            "--detach-sign",
-            *(["--local-user", key] if key else []),
-            "--output",
-            signature,
-            sums,
-        ],
-        log=log,
-    )
-    return signature
 
 
 async def tool_versions(log: Any) -> dict[str, str]:

@@ -16,6 +16,7 @@ import structlog
 from matrix import release as rel
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
 from matrix.spec import Cell, Matrix, ini_value
+from mkosi import checksums
 from mkosi.build import STAGES, build, check_supported
 from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
 from mkosi.context import StageRecord
@@ -43,7 +44,7 @@ class PlannedCell:
 @dataclass
 class CellResult:
     stages: list[StageRecord] = field(default_factory=list)
-    artifacts: list[rel.Artifact] = field(default_factory=list)
+    artifacts: list[checksums.Artifact] = field(default_factory=list)
 
 
 def _output_name(config: Config, name: str) -> str:
@@ -240,10 +241,10 @@ class Run:
         share = sharers(self.planned)
         succeeded = [o.name for o in outcomes if o.status is Status.success]
         artifacts = [a for name in succeeded for a in self.results[name].artifacts]
-        sums = self.assembled / "SHA256SUMS"
-        sums.write_text(rel.checksums(artifacts))
+        sums = self.assembled / checksums.SUMS
+        sums.write_text(checksums.checksums(artifacts))
         if self.matrix.release.sign:
-            await rel.sign(sums, self.matrix.release.key, self.log)
+            await checksums.sign(sums, self.matrix.release.key, self.log)
         cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
         rel.write_manifest(self.assembled / "manifest.json", cells, await rel.tool_versions(self.log))
         await rel.publish(self.assembled, self.matrix.release.directory)

@@ -8,6 +8,8 @@ they match the image's systemd, not the build host's.
 from __future__ import annotations
 
 import re
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ DRACUT_CONFIG = """\
 hostonly="no"
 hostonly_cmdline="no"
 compress="zstd"
+# Opening roothash= verity roots needs asking for; LUKS roots (crypt) come with systemd-cryptsetup.
+add_dracutmodules+=" systemd-veritysetup crypt "
 """
 DRACUT_CONFIG_PATH = "etc/dracut.conf.d/50-mkosi.conf"
 
@@ -71,20 +75,31 @@ async def section_end(stub: Path, log: Any) -> int:
     return end
 
 
-async def build_uki(context: Context, kernel: Kernel, output: Path) -> None:
-    """stub + .osrel + .cmdline + .linux + .initrd, each section placed after the previous one."""
+async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdline: Sequence[str] = ()) -> None:
+    """stub + .osrel + .cmdline + .linux + .initrd, each section placed after the previous one.
+
+    `extra_cmdline` holds what is only known once the filesystems exist (roothash=).
+    """
     root, log = context.root, context.log
     efi_arch = EFI_ARCHITECTURES[context.config.architecture]
     stub = root / f"usr/lib/systemd/boot/efi/linux{efi_arch}.efi.stub"
     if not stub.exists():
         raise MkosiError(f"Bootable=yes: the image has no EFI stub at /{stub.relative_to(root)}")
     cmdline = context.workspace / "cmdline"
-    cmdline.write_text(kernel_command_line(context.config) + "\n")
+    cmdline.write_text(" ".join([kernel_command_line(context.config), *extra_cmdline]) + "\n")
+    initrd = kernel.initrd
+    if context.config.initrds:
+        # The kernel unpacks concatenated cpio archives one after the other, later files winning.
+        initrd = context.workspace / "initrd"
+        with initrd.open("wb") as combined:
+            for part in (kernel.initrd, *context.config.initrds):
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, combined)
     sections = [
         (".osrel", root / "usr/lib/os-release"),
         (".cmdline", cmdline),
         (".linux", kernel.image),
-        (".initrd", kernel.initrd),
+        (".initrd", initrd),
     ]
     address = await section_end(stub, log)
     arguments: list[str] = []
@@ -95,17 +110,23 @@ async def build_uki(context: Context, kernel: Kernel, output: Path) -> None:
     await run(["objcopy", *arguments, stub, output], log=log)
 
 
-def esp_files(context: Context, uki: Path, kernel: Kernel) -> dict[str, Path]:
-    """systemd-boot as the removable-media boot loader, and the UKI where it finds it by itself."""
+def boot_loader(context: Context) -> Path:
+    """systemd-boot's EFI binary, from the image."""
     efi_arch = EFI_ARCHITECTURES[context.config.architecture]
-    boot_loader = context.root / f"usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
-    if not boot_loader.exists():
-        raise MkosiError(f"Bootable=yes: the image has no systemd-boot at /{boot_loader.relative_to(context.root)}")
+    path = context.root / f"usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
+    if not path.exists():
+        raise MkosiError(f"Bootable=yes: the image has no systemd-boot at /{path.relative_to(context.root)}")
+    return path
+
+
+def esp_files(context: Context, uki: Path, kernel: Kernel, loader: Path) -> dict[str, Path]:
+    """systemd-boot (`loader`) as the removable-media boot loader, and the UKI where it finds it by itself."""
+    efi_arch = EFI_ARCHITECTURES[context.config.architecture]
     loader_conf = context.workspace / "loader.conf"
     loader_conf.write_text("timeout 0\n")
     return {
-        f"EFI/BOOT/BOOT{efi_arch.upper()}.EFI": boot_loader,
-        f"EFI/systemd/systemd-boot{efi_arch}.efi": boot_loader,
+        f"EFI/BOOT/BOOT{efi_arch.upper()}.EFI": loader,
+        f"EFI/systemd/systemd-boot{efi_arch}.efi": loader,
         f"EFI/Linux/{context.config.output.name.split('.')[0]}-{kernel.version}.efi": uki,
         "loader/loader.conf": loader_conf,
     }

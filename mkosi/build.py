@@ -12,16 +12,17 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import buildscript, package_cache
+from mkosi import boot, buildscript, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
+from mkosi.disk import luks
 from mkosi.disk.layout import plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
-from mkosi.outputs import CHECKS, WRITERS, disk
+from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.package_managers import apt
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
@@ -74,6 +75,11 @@ def _secret_digest(secret: str | None) -> str | None:
     return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _secure_boot_keys(c: Config) -> str | None:
+    paths = [c.secure_boot_key, c.secure_boot_certificate]
+    return hash_tree(p for p in paths if p is not None) if c.secure_boot else None
+
+
 STAGES: list[Stage] = [
     Stage(
         "bootstrap",
@@ -86,9 +92,9 @@ STAGES: list[Stage] = [
             "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
-            # A bootable image's bootstrap installs a kernel and the boot tools too.
-            "bootable": c.bootable,
             "with_docs": c.with_docs,
+            # The kernel and initrd tools, and the initrd's configuration.
+            "bootable": boot.DRACUT_CONFIG if c.bootable else False,
         },
         checkpoint=True,
     ),
@@ -139,20 +145,30 @@ STAGES: list[Stage] = [
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(
-        "boot-files",
-        disk.build_boot_files,
-        inputs=lambda c: {"cmdline": kernel_command_line(c), "architecture": c.architecture},
-        enabled=lambda c: c.bootable,
-    ),
-    Stage(
         "filesystems",
         disk.make_filesystems,
         inputs=lambda c: {
             "partitions": [dataclasses.asdict(p) for p in plan(c)],
             "seed": c.seed,
-            "output": c.output.name,
+            "encrypt": c.encrypt,
+            "passphrase": _secret_digest(luks.read_passphrase(c).decode(errors="replace")) if c.encrypt else None,
+            "key_derivation": [c.key_derivation, c.key_derivation_time],
         },
         enabled=lambda c: c.format.is_raw,
+    ),
+    # After the filesystems: the kernel command line carries the root's verity hash.
+    Stage(
+        "boot-files",
+        disk.build_boot_files,
+        inputs=lambda c: {
+            "cmdline": kernel_command_line(c),
+            "architecture": c.architecture,
+            "secure_boot": _secure_boot_keys(c),
+            "initrds": hash_tree(c.initrds),
+            # The UKI's name in the ESP.
+            "output": c.output.name,
+        },
+        enabled=lambda c: c.bootable,
     ),
     Stage(
         "output",
@@ -160,16 +176,13 @@ STAGES: list[Stage] = [
         inputs=lambda c: {"format": c.format, "compress": c.compress, "seed": c.seed},
         cacheable=False,
     ),
-]
-
-# Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
-PENDING: list[tuple[Callable[[Config], bool], str]] = [
-    (lambda c: c.secure_boot, "SecureBoot="),
-    (lambda c: c.verity, "Verity="),
-    (lambda c: c.encrypt is not None, "Encrypt="),
-    (lambda c: c.nspawn_settings is not None, "NSpawnSettings= (mkosi.nspawn)"),
-    (lambda c: c.checksum, "CheckSum="),
-    (lambda c: c.sign, "Sign="),
+    Stage(
+        "release-files",
+        sidecars.write,
+        inputs=lambda c: {"nspawn": c.nspawn_settings, "checksum": c.checksum, "sign": c.sign, "key": c.key},
+        enabled=lambda c: c.checksum or c.nspawn_settings is not None,
+        cacheable=False,
+    ),
 ]
 
 
@@ -179,14 +192,11 @@ def check_supported(config: Config) -> None:
         raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
     if config.bootable and not info.bootable:
         raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
-    for asked, setting in PENDING:
-        if asked(config):
-            raise NotImplementedYet(f"{setting}: not implemented yet")
 
 
 def output_paths(config: Config) -> list[Path]:
     """Everything a build of this configuration publishes."""
-    return [config.output, log_path(config)]
+    return [config.output, log_path(config), *sidecars.release_files(config)]
 
 
 def log_path(config: Config) -> Path:
@@ -198,6 +208,8 @@ async def remove_outputs(config: Config) -> None:
         await remove_tree(path)
     # Leftovers of builds that were killed too hard to clean up after themselves.
     for leftover in config.output.parent.glob(f".mkosi-*.{config.output.name}*"):
+        await remove_tree(leftover)
+    for leftover in config.output.parent.glob(".mkosi-tmp.SHA256SUMS*"):
         await remove_tree(leftover)
 
 

@@ -30,6 +30,7 @@ from mkosi.settings import (
     Compression,
     Encrypt,
     GitFiles,
+    KeyDerivation,
     Kind,
     LogFormat,
     OutputFormat,
@@ -48,6 +49,7 @@ __all__ = [
     "Distribution",
     "Encrypt",
     "GitFiles",
+    "KeyDerivation",
     "LogFormat",
     "OutputFormat",
     "Verb",
@@ -79,6 +81,9 @@ class Config:
     read_only: bool
     encrypt: Encrypt | None
     verity: bool
+    key_derivation: KeyDerivation
+    key_derivation_time: int | None
+    initrds: tuple[Path, ...]
     compress: Compression
     incremental: bool
     hostname: str | None
@@ -354,6 +359,7 @@ def _validate(c: Config, r: _Resolver) -> None:
         for dest in (
             "verity",
             "encrypt",
+            "initrds",
             "bootable",
             "read_only",
             "root_size",
@@ -362,11 +368,13 @@ def _validate(c: Config, r: _Resolver) -> None:
             "home_size",
             "srv_size",
         ):
-            if getattr(c, dest) not in (None, False):
+            if getattr(c, dest) not in (None, False, ()):
                 fail(dest, f"only supported with raw formats ({raw}), not {c.format}")
     if c.compress is not Compression.none and c.format in (OutputFormat.directory, OutputFormat.subvolume):
         fail("compress", f"cannot compress a {c.format} output")
 
+    if c.verity and not c.read_only:
+        fail("verity", "needs a read-only root: a hash tree only protects a root that never changes")
     if c.secure_boot:
         if not c.bootable:
             fail("secure_boot", "needs Bootable=yes")
@@ -375,6 +383,13 @@ def _validate(c: Config, r: _Resolver) -> None:
                 fail("secure_boot", f"needs {PRIMARY[dest].key}= or a {PRIMARY[dest].discover} file")
         check("secure_boot_key", "private")
         check("secure_boot_certificate", "file")
+    if c.verity and c.encrypt is Encrypt.all:
+        fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
+    if c.initrds and not c.bootable:
+        fail("initrds", "needs Bootable=yes")
+    for initrd, where in zip(c.initrds, r.item_where.get("initrds", []), strict=True):
+        if problem := _problem(initrd, "file", c.directory):
+            raise where.error(problem)
     if c.encrypt is not None:
         if c.passphrase is None:
             fail("encrypt", "needs a passphrase file: add mkosi.passphrase to the project directory")

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from mkosi import loopdev
+from mkosi import loopdev, secure_boot
 from mkosi.config import Compression, Config, OutputFormat
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
@@ -21,6 +21,7 @@ from mkosi.run import run, run_interactive
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 KVM_PROBE_SECONDS = 3
 
 
@@ -88,13 +89,16 @@ async def kvm_usable(log: Any) -> bool:
 
 
 def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str]) -> list[str]:
+    # Secure Boot: firmware that enforces it, whose variable store only SMM code may write.
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if config.secure_boot else []
     return [
         "qemu-system-x86_64",
-        "-machine", f"q35,accel={accel}",
+        "-machine", f"q35,accel={accel}" + (",smm=on" if config.secure_boot else ""),
         "-cpu", "host" if accel == "kvm" else "max",
         "-smp", str(os.cpu_count() or 1),
         "-m", "1024",
-        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+        *secure,
+        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_SECURE_CODE if config.secure_boot else OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={variables}",
         "-drive", f"if=virtio,format=raw,file={config.output}",
         "-nographic", "-nodefaults", "-serial", "mon:stdio",
@@ -114,5 +118,9 @@ async def qemu(config: Config, args: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="mkosi-qemu.") as scratch:
         # The firmware's variable store is per VM and written to: a copy of the template.
         variables = Path(scratch) / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, variables)
+        if config.secure_boot:
+            assert config.secure_boot_certificate is not None
+            await secure_boot.enroll(OVMF_VARS, variables, config.secure_boot_certificate, log)
+        else:
+            shutil.copyfile(OVMF_VARS, variables)
         return await run_interactive(qemu_command(config, variables, accel, args), log=log)

@@ -43,6 +43,11 @@ class Encrypt(enum.StrEnum):
     data = "data"
 
 
+class KeyDerivation(enum.StrEnum):
+    argon2id = "argon2id"
+    pbkdf2 = "pbkdf2"
+
+
 class Compression(enum.StrEnum):
     none = "none"
     xz = "xz"
@@ -238,6 +243,13 @@ def parse_counter(value: str) -> int:
         return int(word in _TRUE)
     if not word.isascii() or not word.isdigit() or len(word) > 3:
         raise ValueError(f"invalid value {value.strip()!r} (use yes/no or a small count)")
+    return int(word)
+
+
+def parse_milliseconds(value: str) -> int:
+    word = value.strip()
+    if not word.isascii() or not word.isdigit() or not 0 < int(word) <= 3_600_000:
+        raise ValueError(f"invalid time {word!r} (milliseconds, from 1 to 3600000)")
     return int(word)
 
 
@@ -501,6 +513,38 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help=f"add a dm-verity partition for the root file system ({_RAW})",
+    ),
+    Setting(
+        "key_derivation",
+        "--key-derivation",
+        "Output",
+        "KeyDerivation",
+        parse=enum_parser(KeyDerivation),
+        default=KeyDerivation.argon2id,
+        choices=_values(KeyDerivation),
+        metavar="KDF",
+        help="how LUKS turns the passphrase into a key (argon2id: memory-hard, needs RAM to unlock; pbkdf2)",
+    ),
+    Setting(
+        "key_derivation_time",
+        "--key-derivation-time",
+        "Output",
+        "KeyDerivationTime",
+        parse=parse_milliseconds,
+        metavar="MS",
+        help="milliseconds one LUKS unlock should take on the build host (default: cryptsetup's, 2000)",
+    ),
+    Setting(
+        "initrds",
+        "--initrd",
+        "Output",
+        "Initrds",
+        parse=parse_paths,
+        path=True,
+        kind=Kind.list,
+        default=(),
+        metavar="PATH",
+        help="extra initrd (cpio archive) appended to the unified kernel image's (repeatable; bootable images)",
     ),
     Setting(
         "compress",

@@ -27,6 +27,10 @@ PACKAGES = PackageNames(
 KERNELS = {"x86-64": "linux-image-amd64", "arm64": "linux-image-arm64"}
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
+# systemd-cryptsetup and systemd-veritysetup, which the initrd uses to open LUKS and verity roots, are
+# part of the systemd package up to bookworm and a package of their own since.
+CRYPTSETUP_PACKAGES = {"bookworm": ()}
+SPLIT_CRYPTSETUP_PACKAGES = ("systemd-cryptsetup",)
 
 
 def host_mirrors(apt_dir: Path = Path("/etc/apt")) -> tuple[str | None, str | None]:
@@ -70,7 +74,10 @@ def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> li
 def packages(config: Config, names: PackageNames = PACKAGES, kernel: str | None = None) -> tuple[str, ...]:
     """Everything the bootstrap installs: the base system, what booting needs, the user's packages."""
     kernel = kernel or KERNELS[config.architecture]
-    boot_packages = (kernel, *names.boot) if config.bootable else ()
+    boot_packages: tuple[str, ...] = ()
+    if config.bootable:
+        cryptsetup = CRYPTSETUP_PACKAGES.get(config.release, SPLIT_CRYPTSETUP_PACKAGES)
+        boot_packages = (kernel, *names.boot, *cryptsetup)
     return (*names.base, *boot_packages, *config.packages)
 
 

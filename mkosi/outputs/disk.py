@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -9,15 +10,16 @@ from pathlib import Path
 
 import anyio
 
-from mkosi.boot import build_uki, esp_files, find_kernel
+from mkosi import secure_boot
+from mkosi.boot import boot_loader, build_uki, esp_files, find_kernel
 from mkosi.config import Compression
 from mkosi.context import Context
 from mkosi.disk import filesystems as fs
+from mkosi.disk import luks, verity
 from mkosi.disk.layout import PartitionPlan, plan
 from mkosi.disk.partitions import (
     Partition,
     Role,
-    align,
     assemble,
     derive_uuid,
     partition_label,
@@ -25,14 +27,12 @@ from mkosi.disk.partitions import (
 )
 from mkosi.errors import MkosiError
 from mkosi.outputs.compress import compress_file
+from mkosi.outputs.sidecars import ROOT_HASH_SUFFIX, sidecar
 
 UKI = "uki.efi"
 FILESYSTEMS = "filesystems"
 PARTITIONS = "partitions.json"
-
-
-async def build_boot_files(context: Context) -> None:
-    await build_uki(context, find_kernel(context.root), context.workspace / UKI)
+ROOT_HASH = "roothash"
 
 
 def _split_off(context: Context, role: Role) -> Path:
@@ -55,29 +55,34 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
     label = partition_label(item.role, config.architecture)
     fs_uuid = derive_uuid(config.seed, f"{item.role}-filesystem")
     size = item.size
-    if item.role is Role.esp:
-        assert size is not None
-        kernel = find_kernel(context.root)
-        files = esp_files(context, context.workspace / UKI, kernel)
-        await fs.make_esp(image, size, fs_uuid.int & 0xFFFFFFFF, files, log)
-    elif item.filesystem == "swap":
+    # An encrypted partition's filesystem leaves room for the LUKS2 header at the partition's end.
+    encrypted = item.role in luks.encrypted_roles(config)
+    slack = luks.SLACK if encrypted else 0
+    if item.filesystem == "swap":
         assert size is not None
         await fs.make_swap(image, size, fs_uuid, label, log)
     elif item.filesystem == "squashfs":
         await fs.make_squashfs(trees[item.role], image, log)
-        size = align(image.stat().st_size)
+        # Padded to the partition's size: a verity hash tree then covers the whole partition.
+        size = verity.pad(image) + slack
     else:
         tree = trees[item.role]
-        needed = fs.minimum_size(tree)
+        needed = fs.minimum_size(tree) + slack
         if size is None:
-            size = fs.default_size(tree, writable=not item.read_only)
+            size = fs.default_size(tree, writable=not item.read_only) + slack
         elif size < needed:
             raise MkosiError(
                 f"{item.role.capitalize()}Size={size >> 20}M is too small for the content of "
-                f"/{'' if item.role is Role.root else item.role}: it needs about {needed >> 20}M"
+                f"/{'' if item.role is Role.root else item.role}"
+                + (" and a LUKS header" if encrypted else "")
+                + f": it needs about {needed >> 20}M"
             )
         make = fs.make_btrfs if item.filesystem == "btrfs" else fs.make_ext4
-        await make(tree, image, size, fs_uuid, label, log)
+        await make(tree, image, size - slack, fs_uuid, label, log)
+    if encrypted:
+        with image.open("r+b") as f:
+            f.truncate(size)
+        await luks.encrypt(image, config, derive_uuid(config.seed, f"{item.role}-luks"), label, log)
     return Partition(
         role=item.role,
         label=label,
@@ -90,8 +95,11 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
 
 
 async def make_filesystems(context: Context) -> None:
-    """Every partition's filesystem as a file, built side by side."""
-    plans = plan(context.config)
+    """Every partition's filesystem as a file, built side by side; then the root's hash tree.
+
+    The ESP comes later (boot-files): the kernel command line it carries needs the root hash.
+    """
+    plans = [p for p in plan(context.config) if p.role not in (Role.esp, Role.root_verity)]
     (context.workspace / FILESYSTEMS).mkdir()
     trees = {Role.root: context.root}
     for item in plans:
@@ -106,8 +114,74 @@ async def make_filesystems(context: Context) -> None:
     async with anyio.create_task_group() as tg:
         for item in plans:
             tg.start_soon(make, item)
-    partitions = [made[item.role] for item in plans]
+    if context.config.verity:
+        made.update(await _add_verity(context, made[Role.root]))
+    _save(context, list(made.values()))
+
+
+async def _add_verity(context: Context, root: Partition) -> dict[Role, Partition]:
+    config = context.config
+    assert root.image is not None
+    hashes = context.workspace / FILESYSTEMS / f"{Role.root_verity}.img"
+    root_hash = await verity.format_hash_tree(root.image, hashes, config.seed, context.log)
+    (context.workspace / ROOT_HASH).write_text(root_hash + "\n")
+    data_uuid, hash_uuid = verity.partition_uuids(root_hash)
+    return {
+        Role.root: dataclasses.replace(root, uuid=data_uuid, read_only=True),
+        Role.root_verity: Partition(
+            role=Role.root_verity,
+            label=partition_label(Role.root_verity, config.architecture),
+            type=partition_type(Role.root_verity, config.architecture),
+            uuid=hash_uuid,
+            size=hashes.stat().st_size,
+            image=hashes,
+            read_only=True,
+        ),
+    }
+
+
+def root_hash(context: Context) -> str | None:
+    path = context.workspace / ROOT_HASH
+    return path.read_text().strip() if path.exists() else None
+
+
+async def build_boot_files(context: Context) -> None:
+    """The unified kernel image (signed for Secure Boot if asked) and the ESP that boots it."""
+    config, log = context.config, context.log
+    kernel = find_kernel(context.root)
+    uki = context.workspace / UKI
+    found = root_hash(context)
+    await build_uki(context, kernel, uki, [f"roothash={found}"] if found else [])
+    loader = boot_loader(context)
+    if config.secure_boot:
+        assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
+        signed_uki, signed_loader = uki.with_suffix(".signed.efi"), context.workspace / "systemd-boot.signed.efi"
+        for source, signed in ((uki, signed_uki), (loader, signed_loader)):
+            await secure_boot.sign(source, signed, config.secure_boot_key, config.secure_boot_certificate, log)
+        uki, loader = signed_uki, signed_loader
+    esp = next(p for p in plan(config) if p.role is Role.esp)
+    assert esp.size is not None
+    image = context.workspace / FILESYSTEMS / f"{Role.esp}.img"
+    fs_uuid = derive_uuid(config.seed, f"{Role.esp}-filesystem")
+    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, esp_files(context, uki, kernel, loader), log)
+    partition = Partition(
+        role=Role.esp,
+        label=partition_label(Role.esp, config.architecture),
+        type=partition_type(Role.esp, config.architecture),
+        uuid=derive_uuid(config.seed, f"{Role.esp}-partition"),
+        size=esp.size,
+        image=image,
+    )
+    _save(context, [*_load(context), partition])
+
+
+def _save(context: Context, partitions: list[Partition]) -> None:
     (context.workspace / PARTITIONS).write_text(json.dumps([_encode(p) for p in partitions], indent=2))
+
+
+def _load(context: Context) -> list[Partition]:
+    records = json.loads((context.workspace / PARTITIONS).read_text())
+    return [_decode(p, context.workspace / FILESYSTEMS) for p in records]
 
 
 def _encode(partition: Partition) -> dict[str, object]:
@@ -137,10 +211,13 @@ def _decode(data: dict[str, object], directory: Path) -> Partition:
 
 async def write(context: Context) -> None:
     config = context.config
-    records = json.loads((context.workspace / PARTITIONS).read_text())
-    partitions = [_decode(p, context.workspace / FILESYSTEMS) for p in records]
+    # In the plan's order (ESP, root, root-verity, swap, home, srv), whichever stage made them.
+    order = [item.role for item in plan(config)]
+    partitions = sorted(_load(context), key=lambda p: order.index(p.role))
     staged = context.stage_output(config.output)
     disk = staged if config.compress is Compression.none else context.workspace / "disk.raw"
     await assemble(disk, partitions, derive_uuid(config.seed, "disk"), context.log)
     if config.compress is not Compression.none:
         await compress_file(config.compress, disk, staged, context.log)
+    if (found := root_hash(context)) is not None:
+        context.stage_output(sidecar(config, ROOT_HASH_SUFFIX)).write_text(found + "\n")

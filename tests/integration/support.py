@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,3 +35,46 @@ def mkosi(*args: str | Path, cwd: Path, check: bool = True) -> Result:
     if check and process.returncode != 0:
         raise AssertionError(f"mkosi {args} failed with {process.returncode}:\n{process.stderr[-4000:]}")
     return result
+
+
+def boot(
+    project: Path,
+    *options: str,
+    until: Sequence[str],
+    timeout: float,
+    answers: Mapping[str, bytes] | None = None,
+) -> str:
+    """Boot an image with `mkosi [options] qemu -snapshot` until the console shows one of `until`
+    (or qemu exits, or time is up); return the console. `answers` maps a prompt to what is typed
+    on the serial console each time the prompt appears."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mkosi", *options, "qemu", "-snapshot"],
+        cwd=project,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    console = b""
+    answered: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            chunk = process.stdout.read()
+            if not chunk:
+                time.sleep(0.5)
+                continue
+            console += chunk
+            text = console.decode(errors="replace")
+            for prompt, answer in (answers or {}).items():
+                if text.count(prompt) > answered.get(prompt, 0):
+                    answered[prompt] = text.count(prompt)
+                    process.stdin.write(answer)
+                    process.stdin.flush()
+            if any(word in text for word in until):
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    return console.decode(errors="replace")

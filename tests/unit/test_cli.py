@@ -28,7 +28,7 @@ def test_config_error_is_one_line_with_status_2_and_writes_nothing(tmp_path: Pat
 
 
 def test_pending_feature_is_refused_not_ignored(tmp_path: Path) -> None:
-    result = mkosi(tmp_path, "-t", "tar", "--checksum", "build")
+    result = mkosi(tmp_path, "-d", "fedora", "-t", "raw_gpt", "--bootable", "build")
     assert result.returncode == 2
     assert "not implemented yet" in result.stderr
     assert sorted(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ from mkosi.config import (
     Config,
     Encrypt,
     GitFiles,
+    KeyDerivation,
     LogFormat,
     OutputFormat,
     Verb,
@@ -119,6 +120,9 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "ReadOnly"): ("yes", ["--read-only"], True, RAW),
     ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, RAW),
     ("Output", "Verity"): ("yes", ["--verity=yes"], True, RAW),
+    ("Output", "KeyDerivation"): ("pbkdf2", ["--key-derivation=pbkdf2"], KeyDerivation.pbkdf2, ""),
+    ("Output", "KeyDerivationTime"): ("10", ["--key-derivation-time=10"], 10, ""),
+    ("Output", "Initrds"): ("keys.cpio", ["--initrd=keys.cpio"], lambda p: (p / "keys.cpio",), RAW + "Bootable=yes\n"),
     ("Output", "Compress"): ("xz", ["--compress=xz"], Compression.xz, COMPRESSIBLE),
     ("Output", "XZ"): ("yes", ["--xz"], Compression.xz, COMPRESSIBLE),
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
@@ -164,6 +168,7 @@ def support_files(project: Path) -> None:
     write(project / "build.sh", "#!/bin/sh\n", 0o755)
     write(project / "post.sh", "#!/bin/sh\n", 0o755)
     write(project / "x.nspawn", "[Exec]\n")
+    write(project / "keys.cpio", "cpio")
     for name in ("tree", "cache", "src"):
         (project / name).mkdir()
 
@@ -764,8 +769,8 @@ def test_passphrase_must_be_private(project: Path) -> None:
         "mkosi.passphrase: accessible by group or others (mode 0644): mkosi.passphrase (chmod 600 it)"
     )
     (project / "mkosi.passphrase").chmod(0o600)
-    config = load("-t", "raw_gpt", "--encrypt=all", "--verity")  # verity on an encrypted root is fine
-    assert (config.encrypt, config.verity) == (Encrypt.all, True)
+    config = load("-t", "raw_gpt", "--encrypt=data", "--verity")  # a verity root with encrypted /home, /srv
+    assert (config.encrypt, config.verity) == (Encrypt.data, True)
 
 
 def test_secure_boot_key_must_be_private(project: Path) -> None:

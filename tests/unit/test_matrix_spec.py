@@ -149,7 +149,8 @@ def test_invalid_cells_are_all_reported_before_anything_runs(tmp_path: Path) -> 
 
 
 def test_cells_needing_unlanded_features_are_marked(tmp_path: Path) -> None:
-    m = _matrix(tmp_path, '[matrix]\nFormat = ["raw_squashfs"]\nVerity = [false, true]\nRelease=["bookworm"]\n')
+    text = '[matrix]\nDistribution = ["debian", "fedora"]\n[defaults]\nFormat = "raw_gpt"\nBootable = true\n'
+    m = _matrix(tmp_path, text)
     planned = plan(m, tmp_path, m.cells, tmp_path / "work")
     assert planned[0].unsupported is None
     assert planned[1].unsupported is not None and "not implemented yet" in planned[1].unsupported

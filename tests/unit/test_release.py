@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from matrix.release import Artifact, checksums, collect_artifacts, publish
+from matrix.release import collect_artifacts, publish
+from mkosi.checksums import Artifact, checksums
 from mkosi.config import Compression, parse_args
 
 pytestmark = pytest.mark.anyio

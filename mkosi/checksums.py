@@ -1,0 +1,89 @@
+"""SHA256SUMS and its detached gpg signature: the release files systemd's importer verifies.
+
+Shared by single builds (--checksum, --sign) and by release matrices (matrix/release.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mkosi.concurrency import cpu_heavy
+from mkosi.run import run
+
+SUMS = "SHA256SUMS"
+SIGNATURE = "SHA256SUMS.gpg"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    size: int
+    sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+async def describe_artifact(path: Path, name: str | None = None) -> Artifact:
+    """The file's digest and size, under `name` when it is still waiting under a temporary one."""
+    async with cpu_heavy():
+        digest = await anyio.to_thread.run_sync(sha256_file, path)
+    return Artifact(name or path.name, path.stat().st_size, digest)
+
+
+def checksums(artifacts: Sequence[Artifact]) -> str:
+    """coreutils' binary-mode lines as systemd's importer reads them, sorted bytewise (LC_ALL=C sort)."""
+    return "".join(sorted((f"{a.sha256} *{a.name}\n" for a in artifacts), key=str.encode))
+
+
+async def _agent_running(log: Any) -> bool:
+    # gpg-connect-agent --no-autostart succeeds either way: ask the agent's socket itself.
+    found = await run(["gpgconf", "--list-dirs", "agent-socket"], capture_stdout=True, log=log)
+    path = found.stdout.strip()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+async def sign(sums: Path, key: str | None, log: Any, signature: Path | None = None) -> Path:
+    """A binary detached signature of `sums` (default: next to it, with .gpg appended).
+
+    gpg starts an agent that outlives it; one that was not running before is stopped again, so
+    that a build with a temporary GNUPGHOME leaves no daemon (and no socket in that directory).
+    """
+    signature = signature or sums.with_name(sums.name + ".gpg")
+    started_agent = not await _agent_running(log)
+    try:
+        await run(
+            [
+                "gpg",
+                "--batch",
+                "--yes",
+                "--detach-sign",
+                *(["--local-user", key] if key else []),
+                "--output",
+                signature,
+                sums,
+            ],
+            log=log,
+        )
+    finally:
+        if started_agent:
+            with anyio.CancelScope(shield=True):
+                await run(["gpgconf", "--kill", "gpg-agent"], check=False, log=log)
+    return signature

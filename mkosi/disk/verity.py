@@ -1,0 +1,61 @@
+"""dm-verity for the root partition, built offline with veritysetup on files.
+
+The hash tree goes into a partition of its own (the Discoverable Partitions Specification's
+root-verity type). Its salt and superblock UUID come from the seed, so the same tree and seed give
+the same root hash; the root hash names the two partitions (first and last 128 bits) so that the
+initrd finds both from `roothash=` alone.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mkosi.disk.partitions import align, derive_uuid
+from mkosi.errors import MkosiError
+from mkosi.run import run
+
+BLOCK = 4096
+
+
+def salt(seed: uuid.UUID) -> str:
+    """32 bytes, as veritysetup makes by default, but derived from the seed instead of random."""
+    return derive_uuid(seed, "root-verity-salt-1").hex + derive_uuid(seed, "root-verity-salt-2").hex
+
+
+def partition_uuids(root_hash: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The data and hash partitions' UUIDs: the first and last 128 bits of the root hash."""
+    return uuid.UUID(hex=root_hash[:32]), uuid.UUID(hex=root_hash[-32:])
+
+
+def pad(image: Path) -> int:
+    """Grow the data image to its partition's size, so that the hash tree covers the whole partition."""
+    size = align(image.stat().st_size)
+    with image.open("r+b") as f:
+        f.truncate(size)
+    return size
+
+
+async def format_hash_tree(data: Path, hashes: Path, seed: uuid.UUID, log: Any) -> str:
+    """Write the hash tree of `data` into `hashes` (padded to 1 MiB); return the root hash."""
+    result = await run(
+        [
+            "veritysetup",
+            "format",
+            f"--data-block-size={BLOCK}",
+            f"--hash-block-size={BLOCK}",
+            f"--salt={salt(seed)}",
+            f"--uuid={derive_uuid(seed, 'root-verity-superblock')}",
+            data,
+            hashes,
+        ],
+        capture_stdout=True,
+        log=log,
+    )
+    match = re.search(r"^Root hash:\s*([0-9a-f]{64})\s*$", result.stdout, re.MULTILINE)
+    if match is None:
+        raise MkosiError(f"veritysetup format printed no root hash:\n{result.stdout}")
+    pad(hashes)
+    return match[1]

@@ -1,0 +1,52 @@
+"""Files published next to the output: `<output>.nspawn`, and SHA256SUMS with its gpg signature.
+
+They run after the output is staged, so the checksums cover exactly what will be published (the
+image, `.roothash`, `.nspawn`), under the names it will be published as; the build log is not an
+output and is left out.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mkosi import checksums
+from mkosi.config import Config
+from mkosi.context import Context
+
+NSPAWN_SUFFIX = ".nspawn"
+ROOT_HASH_SUFFIX = ".roothash"
+
+
+def sidecar(config: Config, suffix: str) -> Path:
+    """`<output><suffix>`, next to the output."""
+    return config.output.with_name(config.output.name + suffix)
+
+
+def release_files(config: Config) -> list[Path]:
+    """Every file published next to the output (for -f and clean)."""
+    return [
+        sidecar(config, NSPAWN_SUFFIX),
+        sidecar(config, ROOT_HASH_SUFFIX),
+        config.output.parent / checksums.SUMS,
+        config.output.parent / checksums.SIGNATURE,
+    ]
+
+
+async def write(context: Context) -> None:
+    config = context.config
+    if config.nspawn_settings is not None:
+        shutil.copyfile(config.nspawn_settings, context.stage_output(sidecar(config, NSPAWN_SUFFIX)))
+    if not config.checksum:
+        return
+    # A directory output is a tree, not a file: only the files next to it can be summed.
+    artifacts = [
+        await checksums.describe_artifact(staged, final.name)
+        for final, staged in sorted(context.staged.items())
+        if staged.is_file()
+    ]
+    sums = context.stage_output(config.output.parent / checksums.SUMS)
+    sums.write_text(checksums.checksums(artifacts))
+    if config.sign:
+        signature = context.stage_output(config.output.parent / checksums.SIGNATURE)
+        await checksums.sign(sums, config.key, context.log, signature)

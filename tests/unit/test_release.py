@@ -68,4 +68,5 @@ async def test_collect_packs_trees_and_moves_files(tmp_path: Path) -> None:
     config = parse_args(["-C", str(tmp_path), "-d", "debian", "-t", "tar", "-o", str(cell / "c2.tar")])[1]
     artifacts = await collect_artifacts(config, "c2", release, Compression.none, log)
     assert sorted(a.name for a in artifacts) == ["c2.roothash", "c2.tar"]
-    assert artifacts[0].sha256 == hashlib.sha256(b"x" * 10).hexdigest() and artifacts[0].size == 10
+    image = next(a for a in artifacts if a.name == "c2.tar")
+    assert image.sha256 == hashlib.sha256(b"x" * 10).hexdigest() and image.size == 10

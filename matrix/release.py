@@ -20,6 +20,7 @@ from typing import Any
 
 from mkosi.checksums import Artifact, describe_artifact
 from mkosi.config import Compression, Config
+from mkosi.outputs.sidecars import image_stem
 from mkosi.outputs.tar import tar_tree
 from mkosi.run import run
 from mkosi.workspace import remove_tree
@@ -41,6 +42,7 @@ async def collect_artifacts(
     included) is an artifact, except the build log.
     """
     output = config.output
+    stem = image_stem(config)
     artifacts: list[Path] = []
     if output.is_dir() and not output.is_symlink():
         packed = release / (name + TAR_SUFFIXES[compress])
@@ -48,7 +50,7 @@ async def collect_artifacts(
         await remove_tree(output)
         artifacts.append(packed)
     for path in sorted(output.parent.iterdir()):
-        if (path == output and path.is_dir()) or not path.name.startswith(output.name):
+        if (path == output and path.is_dir()) or not (path == output or path.name.startswith(stem + ".")):
             continue
         if path.name.endswith(".log") or path == release:
             continue

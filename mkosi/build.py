@@ -92,8 +92,6 @@ STAGES: list[Stage] = [
             "repository_key_check": c.repository_key_check,
             "architecture": c.architecture,
             "packages": c.packages,
-            # A bootable image's bootstrap installs a kernel and the boot tools too.
-            "bootable": c.bootable,
             "with_docs": c.with_docs,
             # The initrd is built while the kernel installs, with this configuration.
             "initrd": boot.dracut_config(c) if c.bootable else None,
@@ -187,10 +185,6 @@ STAGES: list[Stage] = [
     ),
 ]
 
-# Settings whose features have not landed yet: (is it asked for?, the setting, what it needs).
-PENDING: list[tuple[Callable[[Config], bool], str]] = [
-]
-
 
 def check_supported(config: Config) -> None:
     info = DISTRIBUTIONS[config.distribution]
@@ -198,9 +192,6 @@ def check_supported(config: Config) -> None:
         raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
     if config.bootable and not info.bootable:
         raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
-    for asked, setting in PENDING:
-        if asked(config):
-            raise NotImplementedYet(f"{setting}: not implemented yet")
 
 
 def output_paths(config: Config) -> list[Path]:

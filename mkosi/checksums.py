@@ -87,4 +87,3 @@ async def sign(sums: Path, key: str | None, log: Any, signature: Path | None = N
             with anyio.CancelScope(shield=True):
                 await run(["gpgconf", "--kill", "gpg-agent"], check=False, log=log)
     return signature
-

@@ -1,4 +1,4 @@
-"""Files published next to the output: `<output>.nspawn`, and SHA256SUMS with its gpg signature.
+"""Files published next to the output: `<image>.nspawn`, and SHA256SUMS with its gpg signature.
 
 They run after the output is staged, so the checksums cover exactly what will be published (the
 image, `.roothash`, `.nspawn`), under the names it will be published as; the build log is not an
@@ -18,9 +18,24 @@ NSPAWN_SUFFIX = ".nspawn"
 ROOT_HASH_SUFFIX = ".roothash"
 
 
+# What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash.
+_COMPRESSION_SUFFIXES = (".xz", ".zst", ".gz")
+_IMAGE_SUFFIXES = (".raw", ".tar")
+
+
+def image_stem(config: Config) -> str:
+    """The output's name without its format and compression suffixes."""
+    name = config.output.name
+    for suffix in _COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    for suffix in _IMAGE_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
 def sidecar(config: Config, suffix: str) -> Path:
-    """`<output><suffix>`, next to the output."""
-    return config.output.with_name(config.output.name + suffix)
+    """`<image><suffix>` next to the output, named as systemd-importd and systemd-dissect look for it."""
+    return config.output.with_name(image_stem(config) + suffix)
 
 
 def release_files(config: Config) -> list[Path]:

@@ -88,7 +88,7 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def test_verity_partitions_are_named_by_the_root_hash(verity_image: Path) -> None:
-    root_hash = (verity_image.parent / "verity.raw.roothash").read_text().strip()
+    root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
     assert len(root_hash) == 64
     parts = _by_type(verity_image)
     assert set(parts) == {ESP_TYPE, ROOT_TYPE, VERITY_TYPE}
@@ -98,7 +98,7 @@ def test_verity_partitions_are_named_by_the_root_hash(verity_image: Path) -> Non
 
 
 def test_veritysetup_verifies_and_notices_one_flipped_byte(verity_image: Path, tmp_path: Path) -> None:
-    root_hash = (verity_image.parent / "verity.raw.roothash").read_text().strip()
+    root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
     parts = _by_type(verity_image)
     data = _extract(verity_image, parts[ROOT_TYPE], tmp_path / "root.img")
     hashes = _extract(verity_image, parts[VERITY_TYPE], tmp_path / "verity.img")
@@ -109,7 +109,7 @@ def test_veritysetup_verifies_and_notices_one_flipped_byte(verity_image: Path, t
 
 
 def test_uki_carries_the_root_hash_and_both_efi_binaries_are_signed(verity_image: Path, tmp_path: Path) -> None:
-    root_hash = (verity_image.parent / "verity.raw.roothash").read_text().strip()
+    root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
     uki = _esp_file(verity_image, "::/EFI/Linux/", tmp_path / "uki.efi")
     cmdline = tmp_path / "cmdline"
     # objcopy rewrites its input when given no output file, which would drop the signature.

@@ -48,10 +48,10 @@ def signed_release(tmp_path_factory: pytest.TempPathFactory, gnupg_home: Path) -
 
 def test_outputs_and_checksum_lines(signed_release: Path) -> None:
     names = sorted(p.name for p in signed_release.iterdir() if not p.name.startswith("mkosi."))
-    assert names == ["SHA256SUMS", "SHA256SUMS.gpg", "image.tar.zst", "image.tar.zst.log", "image.tar.zst.nspawn"]
-    assert (signed_release / "image.tar.zst.nspawn").read_text() == NSPAWN
+    assert names == ["SHA256SUMS", "SHA256SUMS.gpg", "image.nspawn", "image.tar.zst", "image.tar.zst.log"]
+    assert (signed_release / "image.nspawn").read_text() == NSPAWN
     lines = (signed_release / "SHA256SUMS").read_text().splitlines()
-    assert sorted(line.split(" *", 1)[1] for line in lines) == ["image.tar.zst", "image.tar.zst.nspawn"]
+    assert sorted(line.split(" *", 1)[1] for line in lines) == ["image.nspawn", "image.tar.zst"]
     assert lines == sorted(lines, key=str.encode)
     head = (signed_release / "image.tar.zst").read_bytes()[:4]
     assert head == b"\x28\xb5\x2f\xfd"  # the checksum covers the compressed file
@@ -79,7 +79,7 @@ def test_gpgv_verifies_and_rejects_a_modified_sums_file(signed_release: Path, gn
     copy = tmp_path / "copy"
     shutil.copytree(signed_release, copy)
     sums = copy / "SHA256SUMS"
-    sums.write_text(sums.read_text().replace("image.tar.zst.nspawn", "image.tar.zst.nspawm"))
+    sums.write_text(sums.read_text().replace("image.nspawn", "image.nspawm"))
     assert subprocess.run(gpgv, cwd=copy, capture_output=True).returncode != 0
 
 
@@ -92,10 +92,10 @@ def test_the_seed_example_produces_every_release_file(tmp_path: Path) -> None:
     example = ("-d", "debian", "-t", "raw_squashfs", "--verity", "--checksum", "--xz", "--package=openssh-client")
     mkosi(*example, cwd=tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["SHA256SUMS", "image.raw.xz", "image.raw.xz.log", "image.raw.xz.roothash"]
+    assert names == ["SHA256SUMS", "image.raw.xz", "image.raw.xz.log", "image.roothash"]
     sums = (tmp_path / "SHA256SUMS").read_text()
     covered = sorted(line.split(" *", 1)[1] for line in sums.splitlines())
-    assert covered == ["image.raw.xz", "image.raw.xz.roothash"]
+    assert covered == ["image.raw.xz", "image.roothash"]
     check = subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True)
     assert check.returncode == 0
 
@@ -111,7 +111,7 @@ def test_the_seed_example_produces_every_release_file(tmp_path: Path) -> None:
             ["dd", f"if={raw}", f"of={tmp_path / name}", "bs=512", f"skip={start}", f"count={size}", "status=none"],
             check=True,
         )
-    root_hash = (tmp_path / "image.raw.xz.roothash").read_text().strip()
+    root_hash = (tmp_path / "image.roothash").read_text().strip()
     verify = ["veritysetup", "verify", str(tmp_path / "root-x86-64"), str(tmp_path / "root-x86-64-verity"), root_hash]
     assert subprocess.run(verify, capture_output=True).returncode == 0
     listing = subprocess.run(

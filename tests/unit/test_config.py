@@ -769,8 +769,8 @@ def test_passphrase_must_be_private(project: Path) -> None:
         "mkosi.passphrase: accessible by group or others (mode 0644): mkosi.passphrase (chmod 600 it)"
     )
     (project / "mkosi.passphrase").chmod(0o600)
-    config = load("-t", "raw_gpt", "--encrypt=all")
-    assert config.encrypt is Encrypt.all
+    config = load("-t", "raw_gpt", "--encrypt=data", "--verity")  # a verity root with encrypted /home, /srv
+    assert (config.encrypt, config.verity) == (Encrypt.data, True)
 
 
 def test_secure_boot_key_must_be_private(project: Path) -> None:

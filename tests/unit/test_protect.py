@@ -104,14 +104,14 @@ async def test_checksums_cover_staged_outputs_under_their_final_names(tmp_path: 
     config = _config(tmp_path, "-t", "tar", "--checksum", "-o", "image.tar")
     context = Context(config=config, workspace=tmp_path, log=structlog.get_logger("test"))
     context.stage_output(config.output).write_bytes(b"tarball")
-    context.stage_output(tmp_path / "image.tar.roothash").write_text("ab" * 32 + "\n")
+    context.stage_output(tmp_path / "image.roothash").write_text("ab" * 32 + "\n")
     await sidecars.write(context)
     sums = context.staged[tmp_path / "SHA256SUMS"].read_text()
-    assert [line.split(" *")[1] for line in sorted(sums.splitlines(), key=lambda x: x.split(" *")[1])] == [
+    assert sorted(line.split(" *")[1] for line in sums.splitlines()) == [
+        "image.nspawn",
+        "image.roothash",
         "image.tar",
-        "image.tar.nspawn",
-        "image.tar.roothash",
     ]
     assert hashlib.sha256(b"tarball").hexdigest() + " *image.tar\n" in sums
     assert tmp_path / "SHA256SUMS.gpg" not in context.staged
-    assert context.staged[tmp_path / "image.tar.nspawn"].read_text() == "[Exec]\nBoot=yes\n"
+    assert context.staged[tmp_path / "image.nspawn"].read_text() == "[Exec]\nBoot=yes\n"

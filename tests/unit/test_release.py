@@ -64,8 +64,9 @@ async def test_collect_packs_trees_and_moves_files(tmp_path: Path) -> None:
     assert "./etc/os-release" in listing
 
     (cell / "c2.tar").write_bytes(b"x" * 10)
-    (cell / "c2.tar.roothash").write_text("abc")
+    (cell / "c2.roothash").write_text("abc")
     config = parse_args(["-C", str(tmp_path), "-d", "debian", "-t", "tar", "-o", str(cell / "c2.tar")])[1]
     artifacts = await collect_artifacts(config, "c2", release, Compression.none, log)
-    assert sorted(a.name for a in artifacts) == ["c2.tar", "c2.tar.roothash"]
-    assert artifacts[0].sha256 == hashlib.sha256(b"x" * 10).hexdigest() and artifacts[0].size == 10
+    assert sorted(a.name for a in artifacts) == ["c2.roothash", "c2.tar"]
+    image = next(a for a in artifacts if a.name == "c2.tar")
+    assert image.sha256 == hashlib.sha256(b"x" * 10).hexdigest() and image.size == 10

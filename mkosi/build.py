@@ -233,14 +233,22 @@ def publish(context: Context) -> None:
     context.staged.clear()
 
 
+def incremental_checkpoints(config: Config) -> set[str]:
+    """The stage keys -i keeps copies for: after the slow stages, and after the last cacheable one, so
+    that a rebuild with nothing changed only restores one copy and writes the output."""
+    cacheable = [(stage, key) for stage, key in stage_keys(config, STAGES) if stage.cacheable]
+    keys = {key for stage, key in cacheable if stage.checkpoint}
+    if cacheable:
+        keys.add(cacheable[-1][1])
+    return keys
+
+
 async def build(
     config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
-    checkpoints = (
-        {key for stage, key in stage_keys(config, STAGES) if stage.checkpoint} if config.incremental else set()
-    )
+    checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
     if check := CHECKS.get(config.format):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkosi.errors import MkosiError
 from mkosi.run import run
 
 MiB = 1 << 20
@@ -136,7 +137,7 @@ async def assemble(disk: Path, partitions: Sequence[Partition], disk_uuid: uuid.
         if image is None:
             continue
         if image.stat().st_size > item.partition.size:
-            raise ValueError(f"{image.name} does not fit into partition {item.partition.label}")
+            raise MkosiError(f"{image.name} does not fit into partition {item.partition.label}")
         # Sparse: zero blocks of the filesystem image stay holes in the disk image.
         await run(
             [

@@ -20,6 +20,7 @@ from mkosi.disk.layout import PartitionPlan, plan
 from mkosi.disk.partitions import (
     Partition,
     Role,
+    align,
     assemble,
     derive_uuid,
     partition_label,
@@ -79,6 +80,8 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
             )
         make = fs.make_btrfs if item.filesystem == "btrfs" else fs.make_ext4
         await make(tree, image, size - slack, fs_uuid, label, log)
+        # mkfs.btrfs grows an image file that is too small for the tree rather than failing.
+        size = max(size, align(image.stat().st_size) + slack)
     if encrypted:
         with image.open("r+b") as f:
             f.truncate(size)

@@ -108,6 +108,25 @@ def test_veritysetup_verifies_and_notices_one_flipped_byte(verity_image: Path, t
     assert subprocess.run(verify, capture_output=True).returncode != 0
 
 
+@pytest.mark.parametrize(("fmt", "fstype"), [("raw_gpt", "ext4"), ("raw_btrfs", "btrfs")])
+def test_read_only_ext4_and_btrfs_roots_take_verity_too(project: Path, tmp_path: Path, fmt: str, fstype: str) -> None:
+    mkosi("-d", "debian", "-r", "bookworm", "-t", fmt, "--verity", "-o", f"{fmt}-verity.raw", "-f", "build",
+          cwd=project)  # fmt: skip
+    image = project / f"{fmt}-verity.raw"
+    root_hash = (project / f"{fmt}-verity.roothash").read_text().strip()
+    parts = _by_type(image)
+    assert set(parts) == {ROOT_TYPE, VERITY_TYPE}
+    assert "GUID:60" in str(parts[ROOT_TYPE].get("attrs", ""))  # verity implies a read-only root
+    data = _extract(image, parts[ROOT_TYPE], tmp_path / "root.img")
+    hashes = _extract(image, parts[VERITY_TYPE], tmp_path / "verity.img")
+    blkid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", str(data)], capture_output=True, text=True)
+    assert blkid.stdout.strip() == fstype
+    verify = ["veritysetup", "verify", str(data), str(hashes), root_hash]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
+    _flip(data, data.stat().st_size // 3)
+    assert subprocess.run(verify, capture_output=True).returncode != 0
+
+
 def test_uki_carries_the_root_hash_and_both_efi_binaries_are_signed(verity_image: Path, tmp_path: Path) -> None:
     root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
     uki = _esp_file(verity_image, "::/EFI/Linux/", tmp_path / "uki.efi")

@@ -24,6 +24,7 @@ from mkosi.disk.partitions import (
     partition_type,
     place,
 )
+from mkosi.errors import MkosiError
 
 pytestmark = pytest.mark.anyio
 SEED = uuid.UUID("5a1d2b7c-0c43-4c9e-8d51-0d3d8f8e2a10")
@@ -129,7 +130,7 @@ async def test_image_larger_than_its_partition_is_refused(tmp_path: Path) -> Non
     image = tmp_path / "big.img"
     image.write_bytes(b"x" * (2 * MiB))
     part = Partition(Role.root, "root", partition_type(Role.root, "x86-64"), SEED, MiB, image)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(MkosiError, match="does not fit"):
         await assemble(tmp_path / "disk.raw", [part], SEED, structlog.get_logger("test"))
 
 

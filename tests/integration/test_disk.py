@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from mkosi.disk.partitions import derive_uuid
-from tests.integration.support import mkosi
+from tests.integration.support import boot, mkosi
 
 MiB = 1 << 20
 ROOT_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
@@ -192,31 +189,11 @@ def test_uuids_derive_from_the_seed(gpt_image: Path) -> None:
 
 
 def _boot(image: Path) -> str:
-    """Boot with `mkosi qemu` (throwaway writes: -snapshot) until the marker; return the console."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mkosi", "-t", image.stem, "--bootable", "-o", image.name, "qemu", "-snapshot"],
-        cwd=image.parent,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    console = b""
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    try:
-        while MARKER.encode() not in console and time.monotonic() < deadline and process.poll() is None:
-            chunk = process.stdout.read()
-            if chunk:
-                console += chunk
-            else:
-                time.sleep(0.5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    text = console.decode(errors="replace")
+    """Boot with `mkosi qemu -snapshot` until the marker; qemu must be gone afterwards."""
+    options = ("-t", image.stem, "--bootable", "-o", image.name)
+    console = boot(image.parent, *options, until=[MARKER], timeout=BOOT_TIMEOUT)
     assert subprocess.run(["pgrep", "-f", f"file={image}"], capture_output=True).returncode == 1, "qemu left behind"
-    return text
+    return console
 
 
 @pytest.mark.parametrize("fmt", ["raw_gpt", "raw_btrfs", "raw_squashfs"])

@@ -139,7 +139,9 @@ def test_uki_carries_the_root_hash_and_both_efi_binaries_are_signed(verity_image
     _, other = _certificate(tmp_path, "other")
     certificate = verity_image.parent / "mkosi.secure-boot.crt"
     for binary in (uki, loader):
-        assert subprocess.run(["sbverify", "--cert", str(certificate), str(binary)], capture_output=True).returncode == 0  # noqa: E501
+        assert (
+            subprocess.run(["sbverify", "--cert", str(certificate), str(binary)], capture_output=True).returncode == 0
+        )
         assert subprocess.run(["sbverify", "--cert", str(other), str(binary)], capture_output=True).returncode != 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import anyio
 import pytest
 
 from mkosi.run import CommandError, run
+from tests.processes import alive
 
 pytestmark = pytest.mark.anyio
 
@@ -24,16 +24,6 @@ class RecordingLog:
 
     def debug(self, message: str, **kw: Any) -> None:
         self.lines.append((message, kw))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_streams_stdout_and_stderr_lines_into_the_log() -> None:
@@ -80,9 +70,9 @@ async def test_cancellation_kills_the_whole_process_group(tmp_path: Path) -> Non
         await run(["sh", "-c", script])
     grandchild = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:
+    while alive(grandchild) and time.monotonic() < deadline:
         await anyio.sleep(0.05)
-    assert not _alive(grandchild)
+    assert not alive(grandchild)
 
 
 async def test_term_ignoring_process_is_killed_after_grace(tmp_path: Path) -> None:
@@ -92,7 +82,7 @@ async def test_term_ignoring_process_is_killed_after_grace(tmp_path: Path) -> No
     with anyio.move_on_after(0.5):
         await run(["sh", "-c", script], grace=0.5)
     assert time.monotonic() - start < 3
-    assert not _alive(int(pidfile.read_text()))
+    assert not alive(int(pidfile.read_text()))
 
 
 async def test_background_stragglers_do_not_hang_a_finished_command(tmp_path: Path) -> None:
@@ -101,9 +91,9 @@ async def test_background_stragglers_do_not_hang_a_finished_command(tmp_path: Pa
         await run(["sh", "-c", f"sleep 1000 & echo $! > {pidfile}"])
     straggler = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while _alive(straggler) and time.monotonic() < deadline:
+    while alive(straggler) and time.monotonic() < deadline:
         await anyio.sleep(0.05)
-    assert not _alive(straggler)
+    assert not alive(straggler)
 
 
 async def test_merge_stderr_captures_both_streams_in_order() -> None:

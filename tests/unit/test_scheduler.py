@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from matrix.scheduler import Job, Outcome, Report, Status, schedule
 from mkosi.concurrency import CPU_LIMITER, cpu_heavy
 from mkosi.run import run
+from tests.processes import alive
 
 pytestmark = pytest.mark.anyio
 
@@ -81,16 +81,6 @@ async def test_fail_fast_starts_no_new_job() -> None:
     assert outcomes[0].error == "one; two"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for every purpose that matters here.
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def test_cancellation_reaches_every_running_subprocess(tmp_path: Path) -> None:
     pids: list[int] = []
 
@@ -107,5 +97,5 @@ async def test_cancellation_reaches_every_running_subprocess(tmp_path: Path) -> 
     found = [int(line) for f in tmp_path.glob("*.pid") for line in f.read_text().split()]
     assert len(found) == 6
     with anyio.fail_after(5):
-        while any(_alive(pid) for pid in found):
+        while any(alive(pid) for pid in found):
             await anyio.sleep(0.05)

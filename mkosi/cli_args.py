@@ -27,8 +27,8 @@ class Verb(enum.StrEnum):
     qemu = "qemu"
 
 
-# Verbs that pass the arguments after them on: to the build script, the command in the image, qemu.
-VERBS_WITH_ARGUMENTS = (Verb.build, Verb.shell, Verb.boot, Verb.qemu)
+# Verbs that pass the arguments after them on: the command to run in the image, or qemu's options.
+VERBS_WITH_ARGUMENTS = (Verb.shell, Verb.boot, Verb.qemu)
 
 
 PROJECT_GROUP = "Project"
@@ -101,7 +101,7 @@ def _build_parser() -> tuple[_Parser, dict[str, str | int | None]]:
         usage="mkosi [options...] [VERB] [ARGS...]",
         description="Build legacy-free OS images.\n\nVerbs: "
         + ", ".join(v.value for v in Verb)
-        + " (default: build; ARGS go to the build script, the command run by shell/boot, or qemu)",
+        + " (default: build; ARGS: the command shell/boot run in the image, or options for qemu)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
         allow_abbrev=False,  # abbreviations would make the verb/argument split below ambiguous

@@ -529,14 +529,19 @@ def test_use_git_files_default_follows_build_sources(project: Path) -> None:
         (["summary"], Verb.summary, []),
         (["clean"], Verb.clean, []),
         (["-f", "clean"], Verb.clean, []),
-        (["build", "--foo", "-x", "bar"], Verb.build, ["--foo", "-x", "bar"]),
-        (["-t", "raw_gpt", "--bootable", "build", "x"], Verb.build, ["x"]),
+        (["shell", "--foo", "-x", "bar"], Verb.shell, ["--foo", "-x", "bar"]),
+        (["-t", "raw_gpt", "--bootable", "qemu", "x"], Verb.qemu, ["x"]),
         (["-t", "raw_gpt", "-b", "summary"], Verb.summary, []),
-        (["--", "build", "-x"], Verb.build, ["-x"]),
+        (["--", "boot", "-x"], Verb.boot, ["-x"]),
     ],
 )
 def test_verbs(project: Path, argv: list[str], verb: Verb, args: list[str]) -> None:
     assert parse_args(argv)[0::2] == (verb, args)
+
+
+def test_build_takes_no_arguments(project: Path) -> None:
+    with pytest.raises(ConfigError, match="build takes no arguments"):
+        parse_args(["build", "x"])
 
 
 @pytest.mark.parametrize("argv", [["help"], ["-h"], ["--help"], ["-vh"], ["-d", "x", "--help", "--bogus"]])

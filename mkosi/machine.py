@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -58,7 +59,8 @@ async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], l
 async def shell(config: Config, args: Sequence[str], *, boot: bool = False) -> int:
     log = structlog.get_logger("mkosi")
     async with _root_of(config, log) as (prefix, root):
-        machine_name = config.output.name.split(".")[0]
+        # A machine name is a hostname: "raw_gpt.raw" becomes "raw-gpt".
+        machine_name = re.sub(r"[^A-Za-z0-9-]+", "-", config.output.name.split(".")[0]).strip("-")[:64] or "mkosi"
         options = [*root, f"--machine={machine_name}", *(["--read-only"] if config.read_only else [])]
         if config.nspawn_settings is None:
             options.append("--settings=no")

@@ -64,6 +64,37 @@ def test_image_runs_in_nspawn(directory_image: Path) -> None:
     assert result.returncode == 0 and result.stdout, result.stderr
 
 
+def test_mkosi_shell_runs_a_command_in_the_image(debian_project: Path, directory_image: Path) -> None:
+    result = mkosi("-t", "directory", "-o", "directory-image", "shell", "cat", "/etc/hostname", cwd=debian_project)
+    assert "mkosi-test" in result.stdout
+    failing = mkosi("-t", "directory", "-o", "directory-image", "shell", "sh", "-c", "exit 3", cwd=debian_project,
+                    check=False)  # fmt: skip
+    assert failing.returncode == 3  # the command's status is mkosi's
+
+
+def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: Path, directory_image: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mkosi", "-t", "directory", "-o", "directory-image", "boot"],
+        cwd=debian_project,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    console = b""
+    deadline = time.monotonic() + 120
+    while b"login:" not in console and time.monotonic() < deadline and process.poll() is None:
+        console += process.stdout.read() or b""
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert b"login:" in console, console[-2000:].decode(errors="replace")
+    assert b"Debian GNU/Linux 12" in console
+    leftovers = subprocess.run(["pgrep", "-f", str(directory_image)], capture_output=True, text=True).stdout
+    assert leftovers == ""
+
+
 def test_build_log_has_subprocess_output(directory_image: Path) -> None:
     log = (directory_image.parent / "directory-image.log").read_text()
     assert "mmdebstrap" in log

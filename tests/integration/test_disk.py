@@ -180,6 +180,15 @@ def test_btrfs_and_squashfs_roots(btrfs_image: Path, squashfs_image: Path, tmp_p
     assert content == "on the root\n"
 
 
+def test_mkosi_shell_runs_in_a_raw_image(gpt_image: Path) -> None:
+    options = ("-t", "raw_gpt", "--bootable", "-o", gpt_image.name)
+    result = mkosi(*options, "shell", "cat", "/etc/mkosi-test-marker", cwd=gpt_image.parent)
+    assert "on the root" in result.stdout
+    # The loop device and the mount are gone again.
+    assert str(gpt_image) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert "mkosi-root." not in Path("/proc/mounts").read_text()
+
+
 def test_uuids_derive_from_the_seed(gpt_image: Path) -> None:
     summary = mkosi("-t", "raw_gpt", "-o", gpt_image.name, "summary", cwd=gpt_image.parent).stdout
     seed = uuid.UUID(next(line.split()[-1] for line in summary.splitlines() if line.strip().startswith("Seed:")))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from mkosi.boot import find_kernel
 from mkosi.config import parse_args
 from mkosi.disk import filesystems
 from mkosi.disk.layout import plan
@@ -139,3 +140,16 @@ def test_minimum_size_grows_with_content(tmp_path: Path) -> None:
     (tmp_path / "blob").write_bytes(b"\1" * (8 * MiB))
     assert filesystems.minimum_size(tmp_path) >= empty + 8 * MiB
     assert filesystems.default_size(tmp_path, writable=True) > filesystems.default_size(tmp_path, writable=False)
+
+
+def test_a_tree_without_a_kernel_is_reported_clearly(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    with pytest.raises(MkosiError, match="no kernel in /boot"):
+        find_kernel(tmp_path)
+    (tmp_path / "boot/vmlinuz-6.1.0-1-amd64").write_bytes(b"k")
+    with pytest.raises(MkosiError, match=r"no initrd for kernel 6\.1\.0-1-amd64"):
+        find_kernel(tmp_path)
+    (tmp_path / "boot/initrd.img-6.1.0-1-amd64").write_bytes(b"i")
+    (tmp_path / "boot/vmlinuz-6.1.0-10-amd64").write_bytes(b"k")
+    (tmp_path / "boot/initrd.img-6.1.0-10-amd64").write_bytes(b"i")
+    assert find_kernel(tmp_path).version == "6.1.0-10-amd64"  # the newest, by version, not by name

@@ -15,8 +15,10 @@ run, a failure, Ctrl-C or a killed benchmark.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +125,13 @@ def write_package_manager_tree(directory: Path, release: str = "bookworm") -> No
     path.write_text("\n".join(stanzas))
 
 
+def _die_with_parent() -> None:
+    # Even a SIGKILLed benchmark then takes unshare, and through --kill-child the whole namespace
+    # with its mounts, down with it.
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class Run:
     seconds: float
@@ -141,7 +150,7 @@ def run(scratch: Path, project: Path, args: list[str], log: Path) -> Run:
     with log.open("ab") as out:
         # Ctrl-C reaches the whole foreground process group; should the benchmark die instead,
         # --kill-child takes the namespace's processes, and with them its mounts, down too.
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     return Run(time.monotonic() - start, result.returncode)
 
 

@@ -64,19 +64,25 @@ def test_image_runs_in_nspawn(directory_image: Path) -> None:
     assert result.returncode == 0 and result.stdout, result.stderr
 
 
-def test_mkosi_shell_runs_a_command_in_the_image(debian_project: Path, directory_image: Path) -> None:
-    result = mkosi("-t", "directory", "-o", "directory-image", "shell", "cat", "/etc/hostname", cwd=debian_project)
+@pytest.fixture
+def scratch_image(debian_project: Path, directory_image: Path) -> Iterator[str]:
+    """A copy of the built image for verbs that write to it (nspawn adds resolv.conf, a journal…)."""
+    subprocess.run(["cp", "-a", str(directory_image), str(debian_project / "scratch-image")], check=True)
+    yield "scratch-image"
+    subprocess.run(["rm", "-rf", str(debian_project / "scratch-image")], check=True)
+
+
+def test_mkosi_shell_runs_a_command_in_the_image(debian_project: Path, scratch_image: str) -> None:
+    result = mkosi("-t", "directory", "-o", scratch_image, "shell", "cat", "/etc/hostname", cwd=debian_project)
     assert "mkosi-test" in result.stdout
-    failing = mkosi("-t", "directory", "-o", "directory-image", "shell", "sh", "-c", "exit 3", cwd=debian_project,
+    failing = mkosi("-t", "directory", "-o", scratch_image, "shell", "sh", "-c", "exit 3", cwd=debian_project,
                     check=False)  # fmt: skip
     assert failing.returncode == 3  # the command's status is mkosi's
 
 
-def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: Path, directory_image: Path) -> None:
-    # Booting writes to the tree (journal, machine-id): boot a copy, the other tests check the build's.
-    subprocess.run(["cp", "-a", str(directory_image), str(debian_project / "boot-copy")], check=True)
+def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: Path, scratch_image: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mkosi", "-t", "directory", "-o", "boot-copy", "boot"],
+        [sys.executable, "-m", "mkosi", "-t", "directory", "-o", scratch_image, "boot"],
         cwd=debian_project,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -93,9 +99,8 @@ def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: 
     process.wait(timeout=60)
     assert b"login:" in console, console[-2000:].decode(errors="replace")
     assert b"Debian GNU/Linux 12" in console
-    leftovers = subprocess.run(["pgrep", "-f", "boot-copy"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-f", scratch_image], capture_output=True, text=True).stdout
     assert leftovers == ""
-    subprocess.run(["rm", "-rf", str(debian_project / "boot-copy")], check=True)
 
 
 def test_build_log_has_subprocess_output(directory_image: Path) -> None:

@@ -49,14 +49,6 @@ BuildPackages=make gcc libcurl-devel
 """
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(settings, "detect_host", lambda: (Distribution.debian, "bookworm"))
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    return tmp_path
-
-
 def write(path: Path, text: str = "", mode: int = 0o644) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

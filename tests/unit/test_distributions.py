@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ import anyio
 import pytest
 import structlog
 
-from mkosi import settings
 from mkosi.build import check_supported
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
@@ -40,14 +38,6 @@ from mkosi.package_managers.rpm import RPMDB, Repository, rpm_environment
 from mkosi.package_managers.rpm import link_in as rpm_link_in
 from mkosi.package_managers.rpm import link_out as rpm_link_out
 from mkosi.run import CommandError
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(settings, "detect_host", lambda: (Distribution.debian, "bookworm"))
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    return tmp_path
 
 
 def load(*argv: str) -> Config:

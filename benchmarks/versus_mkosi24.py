@@ -186,13 +186,8 @@ def our_project(scratch: Path, build: bool) -> Path:
     project.mkdir()
     default = "[Distribution]\nDistribution=debian\nRelease=bookworm\n"
     if build:
-        copy_sources(project)
-        script = project / "mkosi.build"
-        script.write_text(BUILD_SCRIPT)
-        script.chmod(0o755)
+        add_build(project, "mkosi.build")
         default += f"\n[Packages]\nBuildPackages={' '.join(BUILD_PACKAGES)}\n"
-        (project / "mkosi.cache").mkdir()
-        commit(project)
     (project / "mkosi.default").write_text(default)
     return project
 
@@ -207,16 +202,21 @@ def their_project(scratch: Path, bootable: bool, build: bool) -> Path:
     if bootable:
         conf += "Bootable=yes\nBootloader=systemd-boot\nUnifiedKernelImages=yes\n"
     if build:
-        copy_sources(project)
         # .chroot: mkosi 24 runs it inside the build image, as ours runs mkosi.build.
-        script = project / "mkosi.build.chroot"
-        script.write_text(BUILD_SCRIPT)
-        script.chmod(0o755)
+        add_build(project, "mkosi.build.chroot")
         conf += f"BuildPackages={','.join(BUILD_PACKAGES)}\n"
-        (project / "mkosi.cache").mkdir()
-        commit(project)
     (project / "mkosi.conf").write_text(conf)
     return project
+
+
+def add_build(project: Path, script_name: str) -> None:
+    """The example project's sources and build script, a package cache, all committed to git."""
+    copy_sources(project)
+    script = project / script_name
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    (project / "mkosi.cache").mkdir()
+    commit(project)
 
 
 def copy_sources(project: Path) -> None:

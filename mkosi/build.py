@@ -118,7 +118,8 @@ STAGES: list[Stage] = [
             "with_network": c.with_network,
         },
         enabled=lambda c: c.build_script is not None,
-        checkpoint=True,
+        # No copy of its own for -i: the stages up to the next copy are quick, so a rebuild after a
+        # source change, the common case, does not pay for one copy it will never use.
     ),
     Stage(
         "extra-trees",
@@ -155,6 +156,9 @@ STAGES: list[Stage] = [
             "key_derivation": [c.key_derivation, c.key_derivation_time],
         },
         enabled=lambda c: c.format.is_raw,
+        # Making the file systems again costs about as much as storing and restoring a copy of the
+        # tree together with its images would, so neither -i nor a matrix keeps one.
+        cacheable=False,
     ),
     # After the filesystems: the kernel command line carries the root's verity hash.
     Stage(
@@ -169,6 +173,7 @@ STAGES: list[Stage] = [
             "output": c.output.name,
         },
         enabled=lambda c: c.bootable,
+        cacheable=False,
     ),
     Stage(
         "output",

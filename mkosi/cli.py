@@ -14,14 +14,14 @@ from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
+from mkosi.stage_cache import cached_keys
 
 
 def summary(config: Config) -> str:
     lines = [format_summary(config), "", "Stages:"]
     cached: set[str] = set()
     if config.incremental and config.cache_path is not None:
-        directory = stage_cache_dir(config)
-        cached = {p.name for p in directory.iterdir() if p.is_dir()} if directory.is_dir() else set()
+        cached = cached_keys(stage_cache_dir(config))
     lines += [
         f"  {stage.name:<12} {key[:16]}" + ("  (cached, reused with -i)" if key in cached else "")
         for stage, key in stage_keys(config, STAGES)

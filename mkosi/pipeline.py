@@ -36,7 +36,7 @@ class Stage:
     # running the stage again (not so for stages that publish outputs).
     cacheable: bool = True
     # Whether incremental builds keep a copy of the workspace after this stage. Copies cost time and
-    # space, so only after stages that are slow to redo (package installation, the build script).
+    # space, so only after stages that are slow to redo (package installation).
     checkpoint: bool = False
 
 

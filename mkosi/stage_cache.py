@@ -1,9 +1,16 @@
 """A content-addressed cache of workspace snapshots, one per stage key.
 
 After a cacheable stage the whole workspace is its result, so a copy of it stands in for running
-the stage (and every stage before it: keys are chained) again. Entries live in DIR/<key>/; each is
-copied under a temporary name and renamed into place, so a reader never sees half an entry, and
-entries never change once written.
+the stage (and every stage before it: keys are chained) again. Each entry is a directory, DIR/<key>/, of
+tar archives, one per top-level item of the workspace (the image's tree, the build image, file
+system images), written under a temporary name and renamed into place, so a reader never sees half
+an entry, and entries never change once written. The archives are written and extracted side by
+side: extracting a build image and the final tree at once takes about half as long on two cores.
+
+Why archives and not copies of the tree: the workspace lives on tmpfs and the cache on disk, and
+creating ten thousand small files on the disk's file system is what a snapshot used to cost (a
+200 MB Debian tree: 2-7 s with cp -a, 0.3 s as one sparse tar file; extracting it to tmpfs takes
+about as long as copying the tree).
 
 Single flight: a build that misses takes the lock of the next key it will store (per key, both
 in-process and across processes) before building, so a concurrent build of the same key waits for
@@ -24,8 +31,11 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from mkosi import concurrency
 from mkosi.config import Config
@@ -35,9 +45,40 @@ from mkosi.pipeline import Stage, stage_keys
 from mkosi.run import run
 from mkosi.workspace import remove_tree
 
+# Everything a root file system tree holds: ownership by number (the tree's users are not the
+# host's), permissions, ACLs and extended attributes (file capabilities), hard links, and holes in
+# sparse files such as file system images.
+ARCHIVE_OPTIONS = ["--sparse", "--acls", "--xattrs", "--xattrs-include=*", "--numeric-owner"]
+
 
 def _keep_all(key: str) -> bool:
     return True
+
+
+OWNERS = "owners"
+
+
+def cached_keys(directory: Path) -> set[str]:
+    """The keys the cache in `directory` holds an entry for."""
+    if not directory.is_dir():
+        return set()
+    return {p.name for p in directory.iterdir() if p.is_dir() and p.name != OWNERS and not p.name.startswith(".")}
+
+
+async def archive(source: Path, entry: Path, log: Any) -> None:
+    """Each item of `source` into ENTRY/<item>.tar, side by side."""
+    async with anyio.create_task_group() as tg:
+        for item in sorted(source.iterdir()):
+            command = ["tar", "--create", f"--file={entry / item.name}.tar", f"--directory={source}"]
+            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, item.name], log=log))
+
+
+async def extract(entry: Path, destination: Path, log: Any) -> None:
+    """The archives of `entry` into `destination`, side by side."""
+    async with anyio.create_task_group() as tg:
+        for item in sorted(entry.glob("*.tar")):
+            command = ["tar", "--extract", f"--file={item}", f"--directory={destination}"]
+            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, "--same-permissions", "--same-owner"], log=log))
 
 
 @dataclass
@@ -135,7 +176,7 @@ class SnapshotCache:
     async def _restore(self, key: str, context: Context) -> None:
         for child in list(context.workspace.iterdir()):
             await remove_tree(child)
-        await run(["cp", "-a", "--reflink=auto", f"{self.entry(key)}/.", context.workspace], log=context.log)
+        await extract(self.entry(key), context.workspace, context.log)
         self.restored.append(key)
         context.log.info("restored from the stage cache", key=key[:12])
 
@@ -144,7 +185,7 @@ class SnapshotCache:
             return
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
-            await run(["cp", "-a", "--reflink=auto", f"{context.workspace}/.", temporary], log=context.log)
+            await archive(context.workspace, temporary, context.log)
             os.rename(temporary, self.entry(key))
         finally:
             await remove_tree(temporary)
@@ -158,7 +199,7 @@ async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) ->
     Each owner's keys are recorded in DIR/owners/; an entry is removed once no owner records it, so
     an incremental cache holds the latest entries of each image and does not grow with every build.
     """
-    owners = directory / "owners"
+    owners = directory / OWNERS
     owners.mkdir(parents=True, exist_ok=True)
     async with concurrency.exclusive(directory / ".prune.lock"):
         record = owners / hashlib.sha256(owner.encode()).hexdigest()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import struct
 from pathlib import Path
 
 import anyio
@@ -159,3 +162,48 @@ def test_summary_marks_cached_stages(tmp_path: Path) -> None:
     (stage_cache_dir(config) / bootstrap_key).mkdir(parents=True)
     lines = [line for line in summary(config).splitlines() if "reused with -i" in line]
     assert len(lines) == 1 and "bootstrap" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership and file capabilities need root")
+async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> None:
+    """Owners by number, modes, capabilities, hard links, symlinks, holes and times survive a round trip."""
+    rec = Recorder()
+    stages = _stages(rec)
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    config = _config(tmp_path)
+    first = _context(tmp_path, config, "first")
+    root = first.root
+    (root / "usr/bin").mkdir(parents=True)
+    ping = root / "usr/bin/ping"
+    ping.write_bytes(b"\x7fELF")
+    os.chown(ping, 4321, 8765)
+    ping.chmod(0o4750)
+    # A version 2 file capability: cap_net_raw (bit 13) permitted and effective.
+    os.setxattr(ping, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0))
+    os.link(ping, root / "usr/bin/ping6")
+    (root / "usr/bin/ping4").symlink_to("ping")
+    sparse = root / "disk.img"
+    with sparse.open("wb") as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(b"data")
+    os.utime(ping, ns=(1_000_000_123, 1_000_000_123))
+    (root / "empty").mkdir(mode=0o700)
+    key = "0" * 64
+    cache.directory.mkdir()
+    await cache._store(key, first)
+    assert sum(p.stat().st_size for p in cache.entry(key).iterdir()) < 1 << 20  # holes are not stored
+
+    second = _context(tmp_path, config, "second")
+    await cache._restore(key, second)
+    copy = second.root / "usr/bin/ping"
+    st = copy.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 8765, 0o4750)
+    assert os.getxattr(copy, "security.capability") == os.getxattr(ping, "security.capability")
+    assert st.st_mtime_ns == 1_000_000_123
+    assert os.stat(second.root / "usr/bin/ping6").st_ino == st.st_ino
+    assert os.readlink(second.root / "usr/bin/ping4") == "ping"
+    image = second.root / "disk.img"
+    assert image.stat().st_size == 64 << 20 and image.stat().st_blocks * 512 < 1 << 20
+    assert image.read_bytes()[32 << 20 :][:4] == b"data"
+    assert stat.S_IMODE((second.root / "empty").stat().st_mode) == 0o700

@@ -42,6 +42,7 @@ def opens_protected_root(config: Config) -> bool:
 def dracut_config(config: Config) -> str:
     return DRACUT_CONFIG + (PROTECTED_ROOT_MODULES if opens_protected_root(config) else "")
 
+
 EFI_ARCHITECTURES = {"x86-64": "x64", "arm64": "aa64"}
 PAGE = 4096
 

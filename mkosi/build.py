@@ -226,6 +226,10 @@ def stage_cache_dir(config: Config) -> Path:
 
 
 async def remove_caches(config: Config) -> None:
+    if config.build_dir is not None and config.build_dir.is_dir():
+        # Emptied, not removed: the directory is what turns persistent build directories on.
+        for child in list(config.build_dir.iterdir()):
+            await remove_tree(child)
     if config.cache_path is not None:
         await remove_tree(stage_cache_dir(config))
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)

@@ -45,24 +45,36 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def nspawn_command(config: Config, root: Path, command: Sequence[str], *, env: dict[str, str]) -> list[str]:
-    """systemd-nspawn running `command` in `root`, with networking only if WithNetwork= says so."""
+def nspawn_command(
+    config: Config, root: Path, command: Sequence[str], *, env: dict[str, str], binds: dict[Path, str] | None = None
+) -> list[str]:
+    """systemd-nspawn running `command` in `root`, with networking only if WithNetwork= says so, and
+    each host directory of `binds` mounted at its path inside."""
     return [
         *NSPAWN_BUILD,
         f"--directory={root}",
         f"--machine=mkosi-{os.getpid()}",
         *([] if config.with_network else ["--private-network"]),
+        *(f"--bind={host}:{inside}" for host, inside in (binds or {}).items()),
         *(f"--setenv={key}={value}" for key, value in env.items()),
         *command,
     ]
 
 
-async def run_script(context: Context, root: Path, script: Path, args: Sequence[str], *, env: dict[str, str]) -> None:
+async def run_script(
+    context: Context,
+    root: Path,
+    script: Path,
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    binds: dict[Path, str] | None = None,
+) -> None:
     """Copy `script` into the tree and run it there; the tree keeps no trace of it."""
     inside = root / "root" / script.name
     inside.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(script, inside)
-    command = nspawn_command(context.config, root, [f"/root/{script.name}", *args], env=env)
+    command = nspawn_command(context.config, root, [f"/root/{script.name}", *args], env=env, binds=binds)
     try:
         await run(command, env=NSPAWN_ENV, log=context.log)
     except CommandError as error:
@@ -74,6 +86,8 @@ async def run_script(context: Context, root: Path, script: Path, args: Sequence[
 def _excluded(config: Config) -> set[str]:
     """What never counts as a source: mkosi's own outputs, caches and scratch space."""
     names = {".git", config.output.name, config.output.name + ".log", "mkosi.cache", "mkosi.builddir"}
+    if config.build_dir is not None and config.build_dir.parent == config.build_sources:
+        names.add(config.build_dir.name)
     return names | {".mkosi-tmp." + config.output.name}
 
 
@@ -154,7 +168,14 @@ async def build(context: Context) -> None:
         "WITH_TESTS": _flag(config.with_tests),
         "WITH_NETWORK": _flag(config.with_network),
     }
-    await run_script(context, root, config.build_script, [], env=env)
+    # A persistent build directory is deliberately not an input of the stage: it holds the build
+    # system's intermediate files, which it is the project's build system's job to keep consistent
+    # (as make does by timestamps). That is what makes incremental compiles possible.
+    binds: dict[Path, str] = {}
+    if config.build_dir is not None:
+        config.build_dir.mkdir(parents=True, exist_ok=True)
+        binds[config.build_dir] = BUILDDIR
+    await run_script(context, root, config.build_script, [], env=env, binds=binds)
     os.rename(root / DESTDIR.lstrip("/"), context.workspace / BUILD_OUTPUT)
     # The build image has served its purpose; nothing of it may reach the final image.
     await run(["rm", "-rf", "--one-file-system", "--", root], log=context.log)

@@ -97,6 +97,7 @@ class Config:
     extra_trees: tuple[Path, ...]
     build_script: Path | None
     build_sources: Path
+    build_dir: Path | None
     build_packages: tuple[str, ...]
     postinst_script: Path | None
     use_git_files: bool
@@ -402,6 +403,8 @@ def _validate(c: Config, r: _Resolver) -> None:
     # The build creates a missing cache directory; only something else in its way is an error.
     if c.cache_path is not None and _stat(c.cache_path) is not None:
         check("cache_path", "dir")
+    if c.build_dir is not None and _stat(c.build_dir) is not None:
+        check("build_dir", "dir")
     for tree, where in zip(c.extra_trees, r.item_where.get("extra_trees", []), strict=True):
         if problem := _problem(tree, "dir", c.directory):
             raise where.error(problem)

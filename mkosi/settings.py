@@ -700,6 +700,18 @@ SETTINGS: tuple[Setting, ...] = (
         help="source tree to build (default: the project directory)",
     ),
     Setting(
+        "build_dir",
+        "--build-dir",
+        "Packages",
+        "BuildDirectory",
+        parse=parse_path,
+        path=True,
+        discover="mkosi.builddir/",
+        metavar="PATH",
+        help="directory kept between builds as the build script's $BUILDDIR, for incremental compiles "
+        "(default: mkosi.builddir/ if it exists)",
+    ),
+    Setting(
         "build_packages",
         "--build-package",
         "Packages",

@@ -130,3 +130,46 @@ def test_failing_script_stops_the_build_with_its_status(tmp_path: Path) -> None:
     assert "about to fail" in result.stderr
     assert not (tmp_path / "image").exists()
     assert not list(tmp_path.glob(".mkosi-*"))
+
+
+# Counts its runs in $BUILDDIR and ships the count, so the image shows what the build directory held.
+COUNTING_SCRIPT = """#!/bin/sh
+set -e
+runs=$(cat "$BUILDDIR/runs" 2>/dev/null || echo 0)
+echo $((runs + 1)) > "$BUILDDIR/runs"
+mkdir -p "$DESTDIR/usr/share/example"
+cp "$BUILDDIR/runs" "$DESTDIR/usr/share/example/runs"
+cat "$SRCDIR/version" > "$DESTDIR/usr/share/example/version"
+"""
+
+
+def test_build_directory_persists_between_builds(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mkosi.default").write_text("[Distribution]\nDistribution=debian\nRelease=bookworm\n")
+    (project / "mkosi.build").write_text(COUNTING_SCRIPT)
+    (project / "mkosi.build").chmod(0o755)
+    (project / "version").write_text("1\n")
+    (project / "mkosi.builddir").mkdir()
+    cache = project / "mkosi.cache"
+    cache.mkdir()
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    pool.mkdir(parents=True, exist_ok=True)
+    (cache / pool.name).symlink_to(pool)
+    example = project / "image/usr/share/example"
+
+    _build(project)
+    assert (example / "runs").read_text() == "1\n"
+    # A source change reruns the script, which finds what its last run left in $BUILDDIR.
+    (project / "version").write_text("2\n")
+    fates = _build(project)
+    assert fates["build-script"] == "done"
+    assert (example / "runs").read_text() == "2\n" and (example / "version").read_text() == "2\n"
+    assert (project / "mkosi.builddir/runs").read_text() == "2\n"
+    # Neither the build directory nor its content reaches the image or counts as a source.
+    assert not (project / "image/root/build/runs").exists()
+    assert _build(project)["build-script"] == "reused"
+
+    # -ff empties it and keeps it, so persistent builds stay on.
+    mkosi("-ff", "clean", cwd=project)
+    assert (project / "mkosi.builddir").is_dir() and not list((project / "mkosi.builddir").iterdir())

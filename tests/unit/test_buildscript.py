@@ -85,3 +85,7 @@ def test_script_runs_isolated_unless_network_is_asked_for(tmp_path: Path) -> Non
     assert offline[-1] == "/root/x"
     online = buildscript.nspawn_command(_context(project, "--with-network").config, tmp_path, ["/root/x"], env={})
     assert "--private-network" not in online
+    bound = buildscript.nspawn_command(
+        _context(project).config, tmp_path, ["/root/x"], env={}, binds={tmp_path / "b": "/root/build"}
+    )
+    assert f"--bind={tmp_path / 'b'}:/root/build" in bound and bound[-1] == "/root/x"

@@ -134,6 +134,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "ExtraTrees"): ("tree", ["--extra-tree=tree"], lambda p: (p / "tree",), ""),
     ("Packages", "BuildScript"): ("build.sh", ["--build-script=build.sh"], lambda p: p / "build.sh", ""),
     ("Packages", "BuildSources"): ("src", ["--build-sources=src"], lambda p: p / "src", ""),
+    ("Packages", "BuildDirectory"): ("bld", ["--build-dir=bld"], lambda p: p / "bld", ""),
     ("Packages", "BuildPackages"): ("gcc make", ["--build-package=gcc,make"], ("gcc", "make"), ""),
     ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"], lambda p: p / "post.sh", ""),
     ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
@@ -692,6 +693,16 @@ def test_cache_path(project: Path) -> None:
     write(project / "cachefile")
     assert error("--cache=cachefile") == "--cache: not a directory: cachefile"
     assert load("--cache=not-yet").cache_path == project / "not-yet"  # the build creates it
+
+
+def test_build_directory(project: Path) -> None:
+    assert load().build_dir is None
+    (project / "mkosi.builddir").mkdir()
+    assert load().build_dir == project / "mkosi.builddir"
+    write(project / "afile")
+    assert error("--build-dir=afile") == "--build-dir: not a directory: afile"
+    write(project / "mkosi.default", "[Packages]\nBuildDirectory=afile\n")
+    assert error() == "mkosi.default:2: [Packages] BuildDirectory: not a directory: afile"
 
 
 def test_nspawn_settings_missing(project: Path) -> None:

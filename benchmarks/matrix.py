@@ -9,6 +9,10 @@ side ran (from the matrix's manifest and from the serial builds' own logs).
 
     .venv/bin/python benchmarks/matrix.py [--matrix mkosi.matrix.example] [--jobs N]
 
+With --scaling it measures instead how the wall time of `mkosi matrix` grows with the number of
+formats of one distribution: a matrix of SCALING_FORMATS against one of twice as many (target: at
+most 25 % more time).
+
 Needs root and the Debian mirror. Run it once at a time: it fills both cores.
 """
 
@@ -130,15 +134,48 @@ def serial_side(matrix_file: Path, base: Path, package_cache: Path | None) -> tu
     return time.monotonic() - start, bootstraps
 
 
+# One Debian release in two formats, then in twice as many: one tree, one raw image each time.
+SCALING_FORMATS = ("directory", "raw_gpt")
+DOUBLED_FORMATS = ("directory", "tar", "raw_gpt", "raw_btrfs")
+
+
+def scaling_matrix(base: Path, formats: tuple[str, ...]) -> Path:
+    path = base / f"scaling-{len(formats)}.toml"
+    axes = ", ".join(f'"{f}"' for f in formats)
+    path.write_text(
+        f'[matrix]\nDistribution = ["debian"]\nRelease = ["bookworm"]\nFormat = [{axes}]\n\n'
+        '[defaults]\nPackages = ["less"]\n\n[release]\nCompress = "zstd"\n'
+    )
+    return path
+
+
+def scaling(base: Path, jobs: int, package_cache: Path | None) -> None:
+    times: dict[int, float] = {}
+    for formats in (SCALING_FORMATS, DOUBLED_FORMATS):
+        work = base / f"scaling-{len(formats)}"
+        work.mkdir()
+        times[len(formats)], bootstraps = matrix_side(scaling_matrix(base, formats), work, jobs, package_cache)
+        print(f"{len(formats)} formats ({', '.join(formats)}): {times[len(formats)]:6.1f} s, {bootstraps} bootstrap(s)")
+    small, large = times[len(SCALING_FORMATS)], times[len(DOUBLED_FORMATS)]
+    print(f"twice the formats: {large / small:.2f}x the wall time (target: at most 1.25x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--matrix", type=Path, default=REPO / "mkosi.matrix.example")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--package-cache", type=Path, help="a warm package pool both sides use")
+    parser.add_argument("--scaling", action="store_true", help="measure twice the formats instead")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root")
     base = Path(tempfile.mkdtemp(prefix="mkosi-bench-matrix.", dir="/var/tmp"))
+    if args.scaling:
+        try:
+            scaling(base, args.jobs, args.package_cache)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     try:
         cells = len(load_matrix(args.matrix, base).cells)
         matrix_time, matrix_bootstraps = matrix_side(args.matrix, base, args.jobs, args.package_cache)

@@ -22,7 +22,6 @@ from matrix.progress import LiveProgress, LogProgress, summary_table
 from matrix.runner import Run, listing, plan
 from matrix.scheduler import Observer, Status
 from matrix.spec import load_matrix, select
-from mkosi import cli as mkosi_cli
 from mkosi import log
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.errors import ConfigError, MkosiError
@@ -146,29 +145,8 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def matrix_arguments(argv: Sequence[str]) -> list[str] | None:
-    """The matrix's own arguments when the command line is `mkosi [-C DIR] matrix ...`, else None."""
-    prefix: list[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] in ("-C", "--directory") and i + 1 < len(argv):
-            prefix += argv[i : i + 2]
-            i += 2
-        elif argv[i].startswith("--directory=") or (argv[i].startswith("-C") and len(argv[i]) > 2):
-            prefix.append(argv[i])
-            i += 1
-        else:
-            break
-    return [*prefix, *argv[i + 1 :]] if argv[i : i + 1] == ["matrix"] else None
-
-
-def entry() -> None:
-    """The `mkosi` command."""
-    argv = sys.argv[1:]
-    arguments = matrix_arguments(argv)
-    if arguments is None:
-        mkosi_cli.main(argv)
-        return
+def run(arguments: list[str]) -> NoReturn:
+    """`mkosi matrix ARGUMENTS`: exits with the matrix's status."""
     try:
         status = main(arguments)
     except MkosiError as error:

@@ -67,6 +67,10 @@ def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Pat
         except ConfigError as e:
             problems.append(str(e))
             continue
+        if config.format is OutputFormat.directory:
+            # A tree is published as a tarball: written straight from the build's workspace, instead
+            # of creating every file of the tree on disk first and packing them from there.
+            config = dataclasses.replace(config, format=OutputFormat.tar)
         compressible = config.format is OutputFormat.tar or config.format.is_raw
         if config.compress is Compression.none and compressible:
             config = dataclasses.replace(config, compress=matrix.release.compress)

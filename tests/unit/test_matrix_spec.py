@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.cli import matrix_arguments
+from matrix.command import matrix_arguments
 from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
 from matrix.spec import Matrix, expand, parse_matrix, select
 from mkosi.config import Compression, OutputFormat
@@ -112,7 +112,10 @@ def test_plan_builds_configs_through_the_settings_table(tmp_path: Path) -> None:
     assert tar.packages == ("less", "vim-tiny")
     assert tar.hostname == "other"
     assert configs["debian-bookworm-directory"].hostname == "base"
-    assert configs["debian-bookworm-directory"].compress is Compression.none
+    # A directory cell is published as a tarball, so it is built as one.
+    tree = configs["debian-bookworm-directory"]
+    assert tree.format is OutputFormat.tar and tree.compress is Compression.zstd
+    assert tree.output == tmp_path / "work/debian-bookworm-directory/debian-bookworm-directory.tar.zst"
     assert tar.output == tmp_path / "work/debian-bookworm-tar-other/debian-bookworm-tar-other.tar.zst"
     assert all(p.unsupported is None for p in planned)
 

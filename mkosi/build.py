@@ -208,14 +208,41 @@ def log_path(config: Config) -> Path:
     return config.output.with_name(config.output.name + ".log")
 
 
+def set_aside_outputs(config: Config) -> list[Path]:
+    """Move the outputs of an earlier build out of the way, under names remove_outputs() knows.
+
+    Renaming is instant; removing a tree of thousands of files is not, so -f removes them while
+    the new build runs instead of before it starts.
+    """
+    moved = []
+    for path in output_paths(config):
+        if path.exists() or path.is_symlink():
+            aside = path.with_name(f".mkosi-old.{path.name}")
+            if aside.exists() or aside.is_symlink():
+                raise MkosiError(f"{aside} is in the way: remove it, or run mkosi clean")
+            os.rename(path, aside)
+            moved.append(aside)
+    return moved
+
+
+async def remove_set_aside(paths: list[Path]) -> None:
+    # Shielded: a removal cut short would leave half a tree behind.
+    with anyio.CancelScope(shield=True):
+        for path in paths:
+            await remove_tree(path)
+
+
 async def remove_outputs(config: Config) -> None:
     for path in output_paths(config):
         await remove_tree(path)
-    # Leftovers of builds that were killed too hard to clean up after themselves.
-    for leftover in config.output.parent.glob(f".mkosi-*.{config.output.name}*"):
-        await remove_tree(leftover)
-    for leftover in config.output.parent.glob(".mkosi-tmp.SHA256SUMS*"):
-        await remove_tree(leftover)
+    await remove_outputs_of_killed_builds(config)
+
+
+async def remove_outputs_of_killed_builds(config: Config) -> None:
+    """Leftovers of builds that were killed too hard to clean up after themselves."""
+    for path in output_paths(config):
+        for leftover in path.parent.glob(f".mkosi-*.{path.name}*"):
+            await remove_tree(leftover)
 
 
 def stage_cache_dir(config: Config) -> Path:
@@ -265,13 +292,17 @@ async def build(
     if config.output.exists() or config.output.is_symlink():
         if not config.force:
             raise MkosiError(f"{config.output} already exists, use -f to replace it")
-        await remove_outputs(config)
+        await remove_outputs_of_killed_builds(config)
+        old_outputs = set_aside_outputs(config)
+    else:
+        old_outputs = []
 
     clock = SubprocessClock()
     subprocess_clock.set(clock)
     started = time.monotonic()
     with build_log(config.output.name, log_path(config)) as log:
-        async with workspace(config, log) as path:
+        async with workspace(config, log) as path, anyio.create_task_group() as background:
+            background.start_soon(remove_set_aside, old_outputs)
             context = Context(config=config, workspace=path, log=log)
             try:
                 await run_stages(context, STAGES, cache, observe)

@@ -64,3 +64,28 @@ async def test_directory_output_is_the_tree(tmp_path: Path) -> None:
     publish(context)
     assert (tmp_path / "image/etc/os-release").read_text() == "ID=test\n"
     assert (tmp_path / "image/bin").readlink() == Path("usr/bin")
+
+
+async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path) -> None:
+    from mkosi.build import remove_outputs_of_killed_builds, remove_set_aside, set_aside_outputs
+
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "--checksum", "-f"])
+    (tmp_path / "image.tar").write_text("old image")
+    (tmp_path / "image.tar.log").write_text("old log")
+    (tmp_path / "SHA256SUMS").write_text("old sums")
+    (tmp_path / "unrelated").write_text("kept")
+    aside = set_aside_outputs(config)
+    expected = [".mkosi-old.SHA256SUMS", ".mkosi-old.image.tar", ".mkosi-old.image.tar.log"]
+    assert sorted(p.name for p in aside) == expected
+    assert not (tmp_path / "image.tar").exists() and (tmp_path / ".mkosi-old.image.tar").read_text() == "old image"
+    await remove_set_aside(aside)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated"]
+
+    # What a build killed with SIGKILL left set aside is removed by the next one.
+    (tmp_path / "image.tar").write_text("old image")
+    (tmp_path / ".mkosi-old.image.tar").write_text("left behind")
+    (tmp_path / ".mkosi-old.SHA256SUMS").write_text("left behind")
+    with pytest.raises(Exception, match="in the way"):
+        set_aside_outputs(config)
+    await remove_outputs_of_killed_builds(config)
+    assert [p.name for p in set_aside_outputs(config)] == [".mkosi-old.image.tar"]

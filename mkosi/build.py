@@ -43,6 +43,9 @@ INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
 PACKAGE_INSTALLERS: dict[Distribution, buildscript.PackageInstaller] = {
     Distribution.debian: apt.install,
     Distribution.ubuntu: apt.install,
+    Distribution.fedora: fedora.install_packages,
+    Distribution.opensuse: opensuse.install_packages,
+    Distribution.arch: arch.install_packages,
 }
 
 

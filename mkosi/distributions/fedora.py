@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import DISTRIBUTIONS, Distribution, PackageNames
@@ -68,4 +69,14 @@ def repositories(config: Config) -> list[Repository]:
 
 
 async def install(context: Context) -> None:
-    await dnf.install(context, repositories(context.config), PACKAGES.base)
+    config = context.config
+    boot.write_dracut_config(context.root, config)
+    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages)
+    await dnf.install(context, context.root, repositories(config), packages)
+    if config.bootable:
+        await boot.ensure_initrd(context)
+
+
+async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
+    """BuildPackages= into the build image, from the image's own repositories."""
+    await dnf.install(context, root, repositories(context.config), packages)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
@@ -44,4 +47,14 @@ def repositories(config: Config) -> list[Repository]:
 
 
 async def install(context: Context) -> None:
-    await zypper.install(context, repositories(context.config), PACKAGES.base)
+    config = context.config
+    boot.write_dracut_config(context.root, config)
+    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages)
+    await zypper.install(context, context.root, repositories(config), packages)
+    if config.bootable:
+        await boot.ensure_initrd(context)
+
+
+async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
+    """BuildPackages= into the build image, from the image's own repositories."""
+    await zypper.install(context, root, repositories(context.config), packages)

@@ -5,6 +5,8 @@ too. What would otherwise come from the host is named explicitly: zypper's own c
 (--config, else the host's /etc/zypp/zypper.conf), libzypp's (ZYPP_CONF), the log (ZYPP_LOGFILE,
 else the host's /var/log/zypper.log), temporary files (ZYPPTMPDIR, else /var/tmp), the repository
 definitions and the rpm database path.
+
+The same code installs into the image (the bootstrap) and into the build image (BuildPackages=).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ def zypp_conf(context: Context) -> str:
     return "\n".join(lines) + "\n"
 
 
-def base_command(context: Context, repos_dir: Path) -> list[str]:
+def base_command(context: Context, root: Path, repos_dir: Path) -> list[str]:
     argv = [
         "zypper",
         f"--config={repos_dir.parent / 'zypper.conf'}",
-        f"--root={context.root}",
+        f"--root={root}",
         f"--reposd-dir={repos_dir}",
         "--non-interactive",
     ]
@@ -49,13 +51,10 @@ def base_command(context: Context, repos_dir: Path) -> list[str]:
     return argv
 
 
-def commands(context: Context, repos_dir: Path, base_packages: Sequence[str]) -> list[list[str]]:
+def commands(context: Context, root: Path, repos_dir: Path, packages: Sequence[str]) -> list[list[str]]:
     """Refresh first: an unreachable or badly signed repository is an error, not a skipped one."""
-    base = base_command(context, repos_dir)
-    return [
-        [*base, "refresh"],
-        [*base, "install", "--no-recommends", *base_packages, *context.config.packages],
-    ]
+    base = base_command(context, root, repos_dir)
+    return [[*base, "refresh"], [*base, "install", "--no-recommends", *packages]]
 
 
 def write_repositories(directory: Path, repositories: Sequence[Repository], *, key_check: bool, keep: bool) -> None:
@@ -64,7 +63,8 @@ def write_repositories(directory: Path, repositories: Sequence[Repository], *, k
         (directory / f"{repository.id}.repo").write_text(repository.section(key_check=key_check, keep_packages=keep))
 
 
-async def install(context: Context, repositories: Sequence[Repository], base_packages: Sequence[str]) -> None:
+async def install(context: Context, root: Path, repositories: Sequence[Repository], packages: Sequence[str]) -> None:
+    """Install `packages` into `root`, the image's tree or the build image's."""
     config = context.config
     workspace = context.workspace / "zypper"
     workspace.mkdir(parents=True, exist_ok=True)
@@ -72,9 +72,7 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
     # the image gets the same repositories without that.
     repos_dir = workspace / "repos.d"
     write_repositories(repos_dir, repositories, key_check=config.repository_key_check, keep=True)
-    write_repositories(
-        context.root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False
-    )
+    write_repositories(root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False)
     (workspace / "zypp.conf").write_text(zypp_conf(context))
     (workspace / "zypper.conf").write_text("")
     env = {
@@ -85,12 +83,12 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         "ZYPPTMPDIR": str(workspace / "tmp"),
     }
     (workspace / "tmp").mkdir(exist_ok=True)
-    cache = context.root / CACHE / "packages"
+    cache = root / CACHE / "packages"
     pool = None
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         await link_in(pool, cache, packages="")
-    refresh, install_packages = commands(context, repos_dir, base_packages)
+    refresh, install_packages = commands(context, root, repos_dir, packages)
     where = f"the repositories of {config.distribution} {config.release}"
     for argv in (refresh, install_packages):
         try:
@@ -101,5 +99,5 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
             raise
     if pool is not None:
         await link_out(cache, pool, packages="")
-    await remove_tree(context.root / CACHE)
-    (context.root / "run/zypp.pid").unlink(missing_ok=True)
+    await remove_tree(root / CACHE)
+    (root / "run/zypp.pid").unlink(missing_ok=True)

@@ -9,6 +9,7 @@ they do not.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -274,3 +275,42 @@ def test_ubuntu_tree_is_configured_for_its_release(built: Built) -> None:
     sources = (built.tree / "etc/apt/sources.list").read_text()
     release = DISTRIBUTIONS[Distribution.ubuntu].default_release
     assert f" {release} main universe" in sources
+
+
+# ---- BuildPackages=: dnf, zypper and pacman installing into the build image ----
+
+BUILD_SCRIPT = '#!/bin/sh\nset -e\nmkosi-hello > "$DESTDIR/hello-output"\n'
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+def test_build_packages_reach_the_build_image_only(distribution: str, tmp_path: Path, served: str) -> None:
+    case = CASES[distribution]
+    mirror = case.mirror()
+    script = tmp_path / "mkosi.build"
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    before = host_state()
+    args = ("--repository-key-check=no", f"--build-package={HELLO}", "-o", "tree")
+    build(distribution, mirror, served, tmp_path, *args)
+    tree = tmp_path / "tree"
+    # The build script ran mkosi-hello in the build image; its output is all that reached the image.
+    assert (tree / "hello-output").read_text().strip() == HELLO_OUTPUT
+    assert not (tree / "usr/bin/mkosi-hello").exists()
+    query = subprocess.run(case.query(tree), capture_output=True, text=True)
+    # rpm says "mkosi-test-hello-1-1.x86_64", pacman "mkosi-test-hello 1-1" for an installed package.
+    assert not re.search(rf"^{HELLO}[- ]1", query.stdout, re.MULTILINE) and BASE in query.stdout, query.stdout
+    assert host_state() == before
+    assert not list(tree.rglob(".mkosi-workspace*"))
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+def test_missing_build_package_is_named(distribution: str, tmp_path: Path, served: str) -> None:
+    script = tmp_path / "mkosi.build"
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    mirror = CASES[distribution].mirror()
+    args = ("--repository-key-check=no", "--build-package=no-such-build-pkg")
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package no-such-build-pkg in" in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()

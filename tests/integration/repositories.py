@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mkosi.distributions import PackageNames
 from tests.integration.support import CACHE
 
 BUSYBOX = Path("/bin/busybox")
@@ -86,13 +87,17 @@ def rpm_spec(name: str, provides: Sequence[str], os_id: str) -> str:
     )
 
 
-def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
+def _rpm_package(directory: Path, spec: str, work: Path) -> None:
     spec_file = work / "package.spec"
     spec_file.write_text(spec)
     _run("rpmbuild", "-bb", "--define", f"_topdir {work / 'top'}", spec_file)
     directory.mkdir(parents=True, exist_ok=True)
     for rpm in (work / "top/RPMS").rglob("*.rpm"):
         shutil.copy(rpm, directory)
+
+
+def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
+    _rpm_package(directory, spec, work)
     _run("createrepo_c", "--quiet", directory)
 
 
@@ -106,6 +111,88 @@ def rpm_mirror(name: str, provides: Sequence[str], os_id: str, base_path: str, h
                 _rpm_repository(mirror / path, spec, Path(work))
 
     return cached(name, repr(sorted(specs.items())), build)
+
+
+# ---- bootable test mirrors: a real kernel, a stand-in for dracut, the host's systemd-boot ----
+
+# Stands for dracut, run by mkosi as "dracut --force --kver VERSION OUTPUT" inside the image: its
+# "initrd" is the dracut configuration it found there, which tests then look for in the UKI.
+DRACUT_SCRIPT = '#!/bin/sh\nfor output; do :; done\ncat /etc/dracut.conf.d/*.conf > "$output"\n'
+EFI = Path("/usr/lib/systemd/boot/efi")
+BOOT_FILES = {f"{EFI}/{name}": EFI / name for name in ("systemd-bootx64.efi", "linuxx64.efi.stub")}
+
+
+def debian_kernel(debian_mirror: str) -> tuple[str, Path]:
+    """A real kernel image and its version, from a Debian linux-image package: the one in the test
+    package pool if a Debian bootable build left one there, else downloaded with the host's apt."""
+    debs = sorted((CACHE / "packages").glob("debian~*/linux-image-[0-9]*.deb"))
+    if not debs:
+        target = CACHE / "packages" / "kernel"
+        target.mkdir(parents=True, exist_ok=True)
+        depends = subprocess.run(
+            ["apt-cache", "depends", "--important", "linux-image-cloud-amd64"], capture_output=True, text=True
+        ).stdout
+        name = next(w for w in depends.split() if w.startswith("linux-image-") and w[12].isdigit())
+        _run("apt-get", "download", name, cwd=target)
+        debs = sorted(target.glob("linux-image-[0-9]*.deb"))
+    deb = debs[-1]
+
+    def extract(directory: Path) -> None:
+        tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", directory, "--wildcards", "./boot/vmlinuz-*"], input=tar, check=True)
+
+    directory = cached("kernel", deb.name, extract)
+    image = next(directory.glob("boot/vmlinuz-*"))
+    image.chmod(0o644)
+    (directory / "boot").chmod(0o755)
+    return image.name.removeprefix("vmlinuz-"), image
+
+
+def _digest(files: dict[str, Path]) -> str:
+    return repr(sorted((dest, hashlib.sha256(source.read_bytes()).hexdigest()) for dest, source in files.items()))
+
+
+def rpm_files_spec(name: str, provides: Sequence[str], files: dict[str, Path], script: dict[str, str]) -> str:
+    """A package of host `files` and generated `script`s (both by their path in the image)."""
+    install = [f"install -D -m 0644 {source} %{{buildroot}}{dest}" for dest, source in files.items()]
+    for dest, text in script.items():
+        install += [f"mkdir -p %{{buildroot}}{Path(dest).parent}",
+                    f"printf '{text.replace(chr(10), chr(92) + 'n')}' > %{{buildroot}}{dest}",
+                    f"chmod 755 %{{buildroot}}{dest}"]  # fmt: skip
+    return (
+        f"Name: {name}\nVersion: 1\nRelease: 1\nLicense: GPL-2.0-only\nBuildArch: x86_64\n"
+        "AutoReqProv: no\n%define debug_package %{nil}\n%define __os_install_post %{nil}\n"
+        f"Summary: {name}\nProvides: {' '.join(provides)}\nRequires: {BASE}\n%description\n{name}\n"
+        "%install\n" + "\n".join(install) + "\n%files\n" + "\n".join([*files, *script]) + "\n"
+    )
+
+
+def rpm_boot_mirror(
+    name: str, names: PackageNames, os_id: str, base_path: str, hello_path: str, kernel: tuple[str, Path]
+) -> Path:
+    """rpm_mirror's packages, and next to the base package one package each providing the kernel
+    (at /usr/lib/modules/VERSION/vmlinuz, as Fedora and openSUSE have it), dracut and systemd-boot."""
+    version, image = kernel
+    packages = {
+        "mkosi-test-kernel": (names.kernel[:1], {f"/usr/lib/modules/{version}/vmlinuz": image}, {}),
+        "mkosi-test-dracut": (("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT}),
+        "mkosi-test-boot": (names.boot, BOOT_FILES, {}),
+    }
+    specs = {
+        hello_path: [rpm_spec(HELLO, names.base, os_id)],
+        base_path: [rpm_spec(BASE, names.base, os_id)]
+        + [rpm_files_spec(n, p, f, s) for n, (p, f, s) in packages.items()],
+    }
+
+    def build(mirror: Path) -> None:
+        for path, path_specs in specs.items():
+            for spec in path_specs:
+                with tempfile.TemporaryDirectory() as work:
+                    _rpm_package(mirror / path, spec, Path(work))
+            _run("createrepo_c", "--quiet", mirror / path)
+
+    files = {k: v for _, f, _ in packages.values() for k, v in f.items()}
+    return cached(name, repr(sorted(specs.items())) + _digest(files), build)
 
 
 # ---- pacman repositories ----
@@ -143,21 +230,52 @@ def _makepkg(recipe: str, work: Path) -> Path:
     return next(work.glob("*.pkg.tar.zst"))
 
 
-def pacman_mirror(name: str, provides: Sequence[str]) -> Path:
-    """An Arch mirror: the base package in core, mkosi-test-hello in extra."""
-    recipes = {"core": pkgbuild(BASE, provides), "extra": pkgbuild(HELLO, provides)}
+def pkgbuild_files(name: str, provides: Sequence[str], files: dict[str, Path], text: dict[str, str]) -> str:
+    """A package of host `files` and generated `text` files (both by their path in the image)."""
+    lines = [f'    install -Dm644 {source} "$pkgdir{dest}"' for dest, source in files.items()]
+    lines += [f'    install -Dm755 /dev/stdin "$pkgdir{dest}" <<"EOF"\n{content}EOF' for dest, content in text.items()]
+    return (
+        f"pkgname={name}\npkgver=1\npkgrel=1\narch=(x86_64)\nlicense=(GPL2)\noptions=(!strip)\n"
+        f"pkgdesc='{name}'\nprovides=({' '.join(provides)})\ndepends=({BASE})\n"
+        "package() {\n" + "\n".join(lines) + "\n}\n"
+    )
+
+
+def _pacman_mirror(name: str, recipes: Sequence[tuple[str, str]], key: str = "") -> Path:
+    """A mirror holding, in each repository named in `recipes`, the package that recipe makes."""
 
     def build(mirror: Path) -> None:
         with tempfile.TemporaryDirectory() as work:
             os.chmod(work, 0o755)
-            for repository, recipe in recipes.items():
-                package = _makepkg(recipe, Path(work) / repository)
+            for number, (repository, recipe) in enumerate(recipes):
+                package = _makepkg(recipe, Path(work) / str(number))
                 directory = mirror / repository / "os/x86_64"
-                directory.mkdir(parents=True)
+                directory.mkdir(parents=True, exist_ok=True)
                 shutil.copy(package, directory)
                 _run("repo-add", "--quiet", directory / f"{repository}.db.tar.gz", directory / package.name)
 
-    return cached(name, repr(sorted(recipes.items())), build)
+    return cached(name, repr(sorted(recipes)) + key, build)
+
+
+def pacman_mirror(name: str, provides: Sequence[str]) -> Path:
+    """An Arch mirror: the base package in core, mkosi-test-hello in extra."""
+    return _pacman_mirror(name, [("core", pkgbuild(BASE, provides)), ("extra", pkgbuild(HELLO, provides))])
+
+
+def pacman_boot_mirror(name: str, names: PackageNames, kernel: tuple[str, Path]) -> Path:
+    """pacman_mirror's packages, and in core one package each providing the kernel (as Arch has it:
+    /boot/vmlinuz-linux, and the package's name in /usr/lib/modules/VERSION/pkgbase), dracut and
+    systemd-boot."""
+    version, image = kernel
+    pkgbase = {f"/usr/lib/modules/{version}/pkgbase": "linux\n"}
+    recipes = [
+        ("core", pkgbuild(BASE, names.base)),
+        ("extra", pkgbuild(HELLO, names.base)),
+        ("core", pkgbuild_files("mkosi-test-kernel", names.kernel[:1], {"/boot/vmlinuz-linux": image}, pkgbase)),
+        ("core", pkgbuild_files("mkosi-test-dracut", ("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT})),
+        ("core", pkgbuild_files("mkosi-test-boot", names.boot, BOOT_FILES, {})),
+    ]
+    return _pacman_mirror(name, recipes, _digest({"kernel": image, **BOOT_FILES}))
 
 
 # ---- apt repositories ----

@@ -8,6 +8,7 @@ they do not.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -314,3 +315,95 @@ def test_missing_build_package_is_named(distribution: str, tmp_path: Path, serve
     assert result.returncode != 0
     assert "no package no-such-build-pkg in" in result.stderr, result.stderr
     assert not (tmp_path / "image").exists()
+
+
+# ---- Bootable=: a real kernel in the UKI, systemd-boot in the ESP ----
+
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+
+
+def _kernel() -> tuple[str, Path]:
+    debian = host_mirrors()[0] or DEBIAN_MIRROR
+    return repositories.debian_kernel(debian)
+
+
+def fedora_boot_mirror() -> Path:
+    paths = fedora._paths(DISTRIBUTIONS[Distribution.fedora].default_release, "x86_64")
+    names = fedora.PACKAGES
+    return repositories.rpm_boot_mirror(
+        "fedora-boot", names, "fedora", paths["fedora"][0], paths["updates"][0], _kernel()
+    )
+
+
+def opensuse_boot_mirror() -> Path:
+    paths = opensuse.REPOSITORIES
+    names = opensuse.PACKAGES
+    return repositories.rpm_boot_mirror(
+        "opensuse-boot", names, "opensuse-tumbleweed", paths["repo-oss"], paths["repo-update"], _kernel()
+    )
+
+
+def arch_boot_mirror() -> Path:
+    return repositories.pacman_boot_mirror("arch-boot", arch.PACKAGES, _kernel())
+
+
+BOOT_MIRRORS = {"arch": arch_boot_mirror, "fedora": fedora_boot_mirror, "opensuse": opensuse_boot_mirror}
+
+
+def _esp_offset(image: Path) -> str:
+    table = json.loads(subprocess.run(["sfdisk", "-J", image], capture_output=True, text=True, check=True).stdout)
+    partitions = table["partitiontable"]["partitions"]
+    assert {p["type"].lower() for p in partitions} == {ESP_TYPE, ROOT_X86_64}, partitions
+    esp = next(p for p in partitions if p["type"].lower() == ESP_TYPE)
+    return f"{image}@@{esp['start'] * 512}"
+
+
+def _esp_file(esp: str, name: str, destination: Path) -> Path:
+    """Copy the ESP's file `name` (in mtools' notation, ::/DIR/FILE) out of the disk image."""
+    subprocess.run(["mcopy", "-n", "-i", esp, name, destination], check=True, env=MTOOLS_ENV)
+    return destination
+
+
+def _section(uki: Path, name: str, destination: Path) -> bytes:
+    subprocess.run(["objcopy", "-O", "binary", f"--only-section={name}", uki, destination], check=True)
+    return destination.read_bytes()
+
+
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+@pytest.mark.parametrize("distribution", sorted(BOOT_MIRRORS))
+def test_bootable_image_boots_the_kernel_package(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = BOOT_MIRRORS[distribution]()
+    _, kernel = _kernel()
+    args = ("--repository-key-check=no", "-t", "raw_gpt", "--bootable", "-o", "image.raw")
+    build(distribution, mirror, served, tmp_path, *args)
+    esp = _esp_offset(tmp_path / "image.raw")
+    listing = subprocess.run(["mdir", "-b", "-i", esp, "::/EFI/Linux"], capture_output=True, text=True, env=MTOOLS_ENV)
+    ukis = [line for line in listing.stdout.split() if line.endswith(".efi")]
+    assert len(ukis) == 1, listing.stdout + listing.stderr
+    uki = _esp_file(esp, ukis[0], tmp_path / "uki.efi")
+    # The kernel of the distribution's kernel package, found in its layout.
+    assert _section(uki, ".linux", tmp_path / "linux") == kernel.read_bytes()
+    # The initrd mkosi had the image's dracut build, with mkosi's dracut configuration.
+    assert 'hostonly="no"' in _section(uki, ".initrd", tmp_path / "initrd").decode()
+    assert (
+        f"ID={ {'opensuse': 'opensuse-tumbleweed'}.get(distribution, distribution) }"
+        in _section(uki, ".osrel", tmp_path / "osrel").decode()
+    )
+    # systemd-boot of the distribution's boot loader package, as the removable-media boot loader.
+    loader = _esp_file(esp, "::/EFI/BOOT/BOOTX64.EFI", tmp_path / "BOOTX64.EFI")
+    assert loader.read_bytes() == (repositories.EFI / "systemd-bootx64.efi").read_bytes()
+
+
+@pytest.mark.parametrize("distribution", sorted(BOOT_MIRRORS))
+def test_bootable_image_without_a_kernel_package_names_it(distribution: str, tmp_path: Path, served: str) -> None:
+    # The plain test mirror has no kernel, dracut or boot loader packages.
+    mirror = CASES[distribution].mirror()
+    module = {"arch": arch, "fedora": fedora, "opensuse": opensuse}[distribution]
+    args = ("--repository-key-check=no", "-t", "raw_gpt", "--bootable")
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package" in result.stderr and module.PACKAGES.kernel[0] in result.stderr, result.stderr
+    assert not (tmp_path / "image.raw").exists()

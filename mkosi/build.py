@@ -93,6 +93,7 @@ STAGES: list[Stage] = [
             "mirror": c.mirror,
             "repositories": c.repositories,
             "repository_key_check": c.repository_key_check,
+            "repository_keys": hash_tree(c.repository_keys),
             "architecture": c.architecture,
             "packages": c.packages,
             "with_docs": c.with_docs,

@@ -55,7 +55,7 @@ def repositories(config: Config) -> list[Repository]:
     unknown = [r for r in wanted if r not in paths]
     if unknown:
         raise MkosiError(f"fedora {config.release} has no repository {', '.join(unknown)} (known: {', '.join(paths)})")
-    keys = gpg_keys(config.release)
+    keys = tuple(k.absolute().as_uri() for k in config.repository_keys) or gpg_keys(config.release)
     result = []
     for name in wanted:
         path, metalink = paths[name]

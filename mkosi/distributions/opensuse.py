@@ -42,8 +42,10 @@ def repositories(config: Config) -> list[Repository]:
     mirror = (config.mirror or DEFAULT_MIRROR).rstrip("/")
     # Debian has no openSUSE keys: the signing key is the one published next to the main
     # repository's metadata, fetched from the configured mirror.
-    key = f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key"
-    return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=(key,)) for n in wanted]
+    keys = tuple(k.absolute().as_uri() for k in config.repository_keys) or (
+        f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key",
+    )
+    return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=keys) for n in wanted]
 
 
 async def install(context: Context) -> None:

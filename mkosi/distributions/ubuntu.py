@@ -41,15 +41,19 @@ def sources(config: Config) -> list[Source]:
     ]
 
 
-def keyring(config: Config, path: Path = KEYRING) -> Path | None:
+def keyrings(config: Config, path: Path = KEYRING) -> tuple[Path, ...]:
+    """The keys Ubuntu's archive is checked against: RepositoryKey= if given, else Ubuntu's keyring
+    from the host, which Debian 12 does not package."""
     if not config.repository_key_check:
-        return None
+        return ()
+    if config.repository_keys:
+        return config.repository_keys
     if not path.exists():
         raise MkosiError(
             f"checking Ubuntu's signatures needs its archive keyring at {path} (from Ubuntu's "
-            "ubuntu-keyring package); RepositoryKeyCheck=no builds without checking"
+            "ubuntu-keyring package) or given as RepositoryKey=; RepositoryKeyCheck=no builds without checking"
         )
-    return path
+    return (path,)
 
 
 def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
@@ -57,7 +61,7 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
     return mmdebstrap.Bootstrap(
         sources=tuple(sources(config)),
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
-        keyring=keyring(config),
+        keyrings=keyrings(config),
         hooks=dracut_hooks(context),
     )
 

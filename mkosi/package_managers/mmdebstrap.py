@@ -1,7 +1,7 @@
 """apt, through mmdebstrap: Debian and its derivatives bootstrapped from a list of apt sources.
 
 mmdebstrap runs apt with a configuration of its own inside the new tree, so the host's apt sources,
-keyrings and caches are never read or written: only the keyring named here is trusted.
+keyrings and caches are never read or written: only the keyrings named here are trusted.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class Bootstrap:
     sources: tuple[Source, ...]
     # Everything to install on top of the essential packages, the user's packages included.
     packages: tuple[str, ...]
-    # None when signature checking is off: then every source is trusted as is.
-    keyring: Path | None
+    # Empty when signature checking is off: then every source is trusted as is.
+    keyrings: tuple[Path, ...]
     # Further mmdebstrap options (hooks) the distribution needs.
     hooks: tuple[str, ...] = ()
 
@@ -61,8 +61,7 @@ def command(context: Context, bootstrap: Bootstrap) -> list[str]:
         f"--include={','.join(bootstrap.packages)}",
         *bootstrap.hooks,
     ]
-    if bootstrap.keyring is not None:
-        argv.append(f"--keyring={bootstrap.keyring}")
+    argv += [f"--keyring={keyring}" for keyring in bootstrap.keyrings]
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         hook = f"{sys.executable} -m mkosi.package_cache"
@@ -73,7 +72,7 @@ def command(context: Context, bootstrap: Bootstrap) -> list[str]:
             f'--setup-hook={hook} link-in {pool} "$1/var/cache/apt/archives"',
             f'--customize-hook={hook} link-out "$1/var/cache/apt/archives" {pool}',
         ]
-    trusted = bootstrap.keyring is None
+    trusted = not bootstrap.keyrings
     return [*argv, config.release, str(context.root), *(s.line(trusted) for s in bootstrap.sources)]
 
 

@@ -89,6 +89,36 @@ def _copy_keyring(source: Path, destination: Path) -> None:
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
 
 
+def fingerprints(show_keys: str) -> list[str]:
+    """The primary keys' fingerprints in `gpg --with-colons --show-keys` output."""
+    result: list[str] = []
+    primary = False
+    for line in show_keys.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            primary = fields[0] == "pub"
+        elif fields[0] == "fpr" and primary:
+            result.append(fields[9])
+            primary = False
+    return result
+
+
+async def trust_keys(context: Context, configuration: Path, gnupg: Path, keys: Sequence[Path]) -> None:
+    """A keyring trusting exactly `keys` (RepositoryKey=), as pacman-key's --populate would trust a
+    distribution keyring's: added, then signed locally so pacman accepts what they sign."""
+    base = ["pacman-key", f"--config={configuration}", f"--gpgdir={gnupg}"]
+    await run(contained([*base, "--init"]), log=context.log)
+    for key in keys:
+        await run(contained([*base, "--add", str(key)]), log=context.log)
+        shown = await run(
+            ["gpg", f"--homedir={gnupg}", "--batch", "--with-colons", "--show-keys", key],
+            capture_stdout=True,
+            log=context.log,
+        )
+        for fingerprint in fingerprints(shown.stdout):
+            await run(contained([*base, "--lsign-key", fingerprint]), log=context.log)
+
+
 async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, keyring: str) -> None:
     """Populate pacman's keyring, or reuse one populated from the same keyring files.
 
@@ -96,6 +126,9 @@ async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, ke
     finds the keyring the bootstrap populated in the same workspace.
     """
     if gnupg.is_dir():
+        return
+    if context.config.repository_keys:
+        await trust_keys(context, configuration, gnupg, context.config.repository_keys)
         return
     cache_path = context.config.cache_path
     cached = keyring_cache(cache_path, keyring) if cache_path is not None else None

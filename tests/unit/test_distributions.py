@@ -236,10 +236,32 @@ def test_missing_initrd_without_dracut_is_named(project: Path, tmp_path: Path) -
 
 def test_ubuntu_without_its_keyring_says_what_to_do(project: Path, tmp_path: Path) -> None:
     with pytest.raises(MkosiError, match=r"ubuntu-keyring.*RepositoryKeyCheck=no"):
-        ubuntu.keyring(load("-d", "ubuntu"), tmp_path / "missing.gpg")
+        ubuntu.keyrings(load("-d", "ubuntu"), tmp_path / "missing.gpg")
     present = tmp_path / "ubuntu.gpg"
     present.write_bytes(b"")
-    assert ubuntu.keyring(load("-d", "ubuntu"), present) == present
+    assert ubuntu.keyrings(load("-d", "ubuntu"), present) == (present,)
+
+
+def test_repository_keys_replace_the_distributions_own(project: Path, tmp_path: Path) -> None:
+    key = project / "mirror.gpg"
+    key.write_bytes(b"key")
+    given = ("-m", "http://m/", f"--repository-key={key}")
+    assert ubuntu.keyrings(load("-d", "ubuntu", *given), tmp_path / "missing.gpg") == (key,)
+    assert ubuntu.keyrings(load("-d", "ubuntu", *given, "--repository-key-check=no")) == ()
+    ctx = context(load("-d", "debian", *given), tmp_path)
+    assert mmdebstrap.command(ctx, debian.bootstrap(ctx)).count(f"--keyring={key}") == 1
+    assert f"--keyring={debian.KEYRING}" not in mmdebstrap.command(ctx, debian.bootstrap(ctx))
+    assert {r.gpgkeys for r in fedora.repositories(load("-d", "fedora", *given))} == {(key.as_uri(),)}
+    assert {r.gpgkeys for r in opensuse.repositories(load("-d", "opensuse", *given))} == {(key.as_uri(),)}
+
+
+def test_pacman_trusts_the_primary_keys_of_given_keys() -> None:
+    shown = (
+        "pub:-:255:22:AAAA:1:::-:::scSC::::::23::0:\nfpr:::::::::PRIMARY1:\n"
+        "uid:-::::1::X::mkosi test::::::::::0:\nsub:-:255:18:BBBB:1::::::e::::::23:\nfpr:::::::::SUBKEY:\n"
+        "pub:-:255:22:CCCC:1:::-:::scSC::::::23::0:\nfpr:::::::::PRIMARY2:\n"
+    )
+    assert pacman.fingerprints(shown) == ["PRIMARY1", "PRIMARY2"]
 
 
 # ---- dnf: Fedora ----

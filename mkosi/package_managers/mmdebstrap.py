@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import raise_missing
+from mkosi.package_managers import raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
 ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
@@ -22,6 +22,8 @@ MISSING = (
     r"Package '?([^' ]+)'? has no installation candidate",
     r"Couldn't find any package by (?:glob|regex) '([^']+)'",
 )
+# apt's wording for an archive whose Release file is unsigned, signed by an unknown key, or changed.
+UNTRUSTED = (r"NO_PUBKEY", r"BADSIG", r"is not signed", r"signatures were invalid")
 
 
 @dataclass(frozen=True)
@@ -81,5 +83,6 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         await run(command(context, bootstrap), log=context.log)
     except CommandError as error:
         config = context.config
+        raise_untrusted(error, UNTRUSTED, f"the archives of {config.distribution} {config.release}")
         raise_missing(error, MISSING, f"{config.distribution} {config.release}")
         raise

@@ -32,6 +32,9 @@ UNTRUSTED = (
     r"missing required signature",
     r"failed retrieving file '[^']+\.sig'",
     r"invalid or corrupted package \(PGP",
+    # Signed by a key the keyring does not have.
+    r"required key missing from keyring",
+    r"signature from .* is (?:invalid|unknown trust|marginal trust)",
 )
 # Packages must be signed by a trusted key; databases are signed by few mirrors, so optional.
 SIGNED = "Required DatabaseOptional"

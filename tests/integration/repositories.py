@@ -13,12 +13,13 @@ Repositories are built once and kept in the test cache under a name derived from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mkosi.distributions import PackageNames
@@ -351,33 +352,99 @@ def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: st
 
 # ---- signatures ----
 
+KEY_NAME = "mkosi test"
+# Where each signed mirror publishes its public key, armored and as a binary keyring (apt wants that).
+ARMORED_KEY = "mkosi-test.asc"
+BINARY_KEY = "mkosi-test.gpg"
+
+
+@contextlib.contextmanager
+def _throwaway_key() -> Iterator[dict[str, str]]:
+    """An environment whose GNUPGHOME holds a new signing key and nothing else."""
+    with tempfile.TemporaryDirectory() as gnupg:
+        env = {"GNUPGHOME": gnupg}
+        _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", f"{KEY_NAME} <test@mkosi.invalid>",
+             "rsa3072", "sign", "never", env=env)  # fmt: skip
+        try:
+            yield env
+        finally:
+            # gpg-agent leaves the process group; it must not outlive the temporary home.
+            subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+
+
+def _export_key(env: dict[str, str], directory: Path) -> bytes:
+    """Write the key as ARMORED_KEY and BINARY_KEY into `directory`; return the armored key."""
+    full = {**os.environ, **env}
+    armored = subprocess.run(["gpg", "--export", "--armor"], capture_output=True, check=True, env=full).stdout
+    binary = subprocess.run(["gpg", "--export"], capture_output=True, check=True, env=full).stdout
+    (directory / ARMORED_KEY).write_bytes(armored)
+    (directory / BINARY_KEY).write_bytes(binary)
+    return armored
+
+
+def other_key() -> Path:
+    """A directory with a key that signs none of the test mirrors, in both forms."""
+
+    def build(directory: Path) -> None:
+        with _throwaway_key() as env:
+            _export_key(env, directory)
+
+    return cached("other-key", "one throwaway key", build)
+
 
 def signed_rpm_mirror(mirror: Path) -> Path:
     """A copy of an rpm-md mirror with every package and repository index signed by a test key.
 
     The public key is published next to each index as repodata/repomd.xml.key, where openSUSE
-    publishes its own.
+    publishes its own, and at the top as ARMORED_KEY and BINARY_KEY.
     """
 
     def build(signed: Path) -> None:
         shutil.copytree(mirror, signed, dirs_exist_ok=True)
-        with tempfile.TemporaryDirectory() as gnupg:
-            env = {"GNUPGHOME": gnupg}
-            _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mkosi test <test@mkosi.invalid>",
-                 "rsa3072", "sign", "never", env=env)  # fmt: skip
-            try:
-                for rpm in signed.rglob("*.rpm"):
-                    _run("rpmsign", "--addsign", "--define", "_gpg_name mkosi test", "--define",
-                         "__gpg /usr/bin/gpg", "--define", f"_gpg_path {gnupg}", rpm, env=env)  # fmt: skip
-                key = subprocess.run(
-                    ["gpg", "--export", "--armor"], capture_output=True, check=True, env={**os.environ, **env}
-                ).stdout
-                for repomd in signed.rglob("repodata/repomd.xml"):
-                    _run("createrepo_c", "--quiet", repomd.parent.parent)
-                    _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
-                    (repomd.parent / "repomd.xml.key").write_bytes(key)
-            finally:
-                # gpg-agent leaves the process group; it must not outlive the temporary home.
-                subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+        with _throwaway_key() as env:
+            for rpm in signed.rglob("*.rpm"):
+                _run("rpmsign", "--addsign", "--define", f"_gpg_name {KEY_NAME}", "--define",
+                     "__gpg /usr/bin/gpg", "--define", f"_gpg_path {env['GNUPGHOME']}", rpm, env=env)  # fmt: skip
+            key = _export_key(env, signed)
+            for repomd in signed.rglob("repodata/repomd.xml"):
+                _run("createrepo_c", "--quiet", repomd.parent.parent)
+                _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
+                (repomd.parent / "repomd.xml.key").write_bytes(key)
+
+    return cached(mirror.name + "-signed", mirror.name + ", key published at the top", build)
+
+
+def signed_pacman_mirror(mirror: Path) -> Path:
+    """A copy of an Arch mirror whose packages are signed by a test key (detached .sig files, also
+    in the repository databases, as Arch's mirrors have them); the key as in signed_rpm_mirror."""
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with _throwaway_key() as env:
+            for directory in signed.glob("*/os/x86_64"):
+                for old in [*directory.glob("*.db*"), *directory.glob("*.files*")]:
+                    old.unlink()
+                packages = sorted(directory.glob("*.pkg.tar.zst"))
+                for package in packages:
+                    _run("gpg", "--batch", "--yes", "--detach-sign", package, env=env)
+                repository = directory.parent.parent.name
+                _run("repo-add", "--quiet", directory / f"{repository}.db.tar.gz", *packages)
+            _export_key(env, signed)
+
+    return cached(mirror.name + "-signed", mirror.name, build)
+
+
+def signed_apt_mirror(mirror: Path) -> Path:
+    """A copy of an apt archive whose Release files are signed by a test key (InRelease and
+    Release.gpg, as Ubuntu's are); the key as in signed_rpm_mirror."""
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with _throwaway_key() as env:
+            for release in signed.glob("dists/*/Release"):
+                _run("gpg", "--batch", "--yes", "--clearsign", "-o", release.with_name("InRelease"), release, env=env)
+                _run("gpg", "--batch", "--yes", "--detach-sign", "-o", release.with_name("Release.gpg"), release,
+                     env=env)  # fmt: skip
+            _export_key(env, signed)
 
     return cached(mirror.name + "-signed", mirror.name, build)

@@ -407,3 +407,96 @@ def test_bootable_image_without_a_kernel_package_names_it(distribution: str, tmp
     assert result.returncode != 0
     assert "no package" in result.stderr and module.PACKAGES.kernel[0] in result.stderr, result.stderr
     assert not (tmp_path / "image.raw").exists()
+
+
+# ---- Signed repositories: accepted with their key, refused with another or when tampered with ----
+
+
+@dataclass(frozen=True)
+class Signed:
+    mirror: Callable[[], Path]
+    # Change a copy of the signed mirror as someone without the key could.
+    tamper: Callable[[Path], None]
+
+
+def _unsigned_rpm(mirror: Path) -> None:
+    """What a mirror without the key could serve: the package rebuilt unsigned (here: the unsigned
+    mirror's), with repository metadata regenerated to match it."""
+    package = next(mirror.rglob(f"{HELLO}-1-*.rpm"))
+    shutil.copy(next(fedora_mirror().rglob(package.name)), package)
+    subprocess.run(["createrepo_c", "--quiet", package.parent], check=True)
+
+
+def _changed_pacman_package(mirror: Path) -> None:
+    """The package changed and the database made anew to match it, with the old signature."""
+    package = next(mirror.rglob(f"{HELLO}-1-*.pkg.tar.zst"))
+    # Recompressed: the same files, other bytes.
+    tar = subprocess.run(["zstd", "-d", "-c", package], capture_output=True, check=True).stdout
+    package.write_bytes(subprocess.run(["zstd", "-1", "-c"], input=tar, capture_output=True, check=True).stdout)
+    directory = package.parent
+    for old in [*directory.glob("*.db*"), *directory.glob("*.files*")]:
+        old.unlink()
+    packages = sorted(directory.glob("*.pkg.tar.zst"))
+    subprocess.run(["repo-add", "--quiet", directory / "extra.db.tar.gz", *packages], check=True, capture_output=True)
+
+
+def _changed_release(mirror: Path) -> None:
+    """A signed index whose text no longer matches its signature."""
+    for release in mirror.glob("dists/*/InRelease"):
+        text = release.read_text()
+        release.write_text(re.sub(r"^Date: .*$", "Date: Thu, 01 Jan 2026 00:00:00 UTC", text, count=1, flags=re.M))
+
+
+SIGNED = {
+    "fedora": Signed(
+        lambda: repositories.signed_rpm_mirror(fedora_mirror()),
+        _unsigned_rpm,
+    ),
+    "arch": Signed(
+        lambda: repositories.signed_pacman_mirror(arch_mirror()),
+        _changed_pacman_package,
+    ),
+    "ubuntu": Signed(
+        lambda: repositories.signed_apt_mirror(ubuntu_mirror()),
+        _changed_release,
+    ),
+}
+
+
+def _signed_build(distribution: str, mirror: Path, tmp_path: Path, key: Path, served: str) -> Result:
+    # Tampered mirrors are copies outside the served directory: read as files.
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}" if mirror.is_relative_to(CACHE) else mirror.as_uri()
+    return mkosi(
+        "-d", distribution, f"--mirror={url}", f"--cache={tmp_path / 'cache'}", f"--repository-key={key}",
+        "-p", HELLO, "-o", "tree", "build", cwd=tmp_path, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_accepted_with_its_key(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = SIGNED[distribution].mirror()
+    result = _signed_build(distribution, mirror, tmp_path, mirror / repositories.BINARY_KEY, served)
+    assert result.returncode == 0, result.stderr[-3000:]
+    query = subprocess.run(CASES[distribution].query(tmp_path / "tree"), capture_output=True, text=True)
+    assert HELLO in query.stdout, query.stdout + query.stderr
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_refused_with_another_key(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = SIGNED[distribution].mirror()
+    other = repositories.other_key() / repositories.BINARY_KEY
+    result = _signed_build(distribution, mirror, tmp_path, other, served)
+    assert result.returncode != 0
+    assert "not signed by a trusted key" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "tree").exists()
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_refused_when_tampered_with(distribution: str, tmp_path: Path, served: str) -> None:
+    tampered = tmp_path / "mirror"
+    shutil.copytree(SIGNED[distribution].mirror(), tampered)
+    SIGNED[distribution].tamper(tampered)
+    result = _signed_build(distribution, tampered, tmp_path, tampered / repositories.BINARY_KEY, served)
+    assert result.returncode != 0
+    assert "not signed by a trusted key" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "tree").exists()

@@ -42,13 +42,40 @@ def base_command(context: Context, root: Path, repos_dir: Path) -> list[str]:
         f"--reposd-dir={repos_dir}",
         "--non-interactive",
     ]
-    if context.config.repository_key_check:
-        # zypper cannot be told which keys to trust without asking: a repository's signing key
-        # (the gpgkey= of its definition) is trusted when first seen. Signatures are still checked.
-        argv.append("--gpg-auto-import-keys")
-    else:
+    config = context.config
+    if not config.repository_key_check:
         argv.append("--no-gpg-checks")
+    elif not config.repository_keys:
+        # Without RepositoryKey=, zypper cannot be told which keys to trust without asking: the
+        # repository's signing key (the gpgkey= of its definition, else the key the repository
+        # publishes) is trusted when first seen. Signatures are still checked.
+        argv.append("--gpg-auto-import-keys")
+    # With RepositoryKey=, those keys are imported into the root's rpm database first, which is
+    # where libzypp takes its trusted keys from, and no other key is accepted.
     return argv
+
+
+ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+async def import_keys(context: Context, root: Path, keys: Sequence[Path], env: dict[str, str]) -> None:
+    """Import `keys` into the root's rpm database (where `env`'s rpm macros put it).
+
+    rpm only reads armored keys; a binary keyring is armored first by gpg, in a home of its own.
+    """
+    workspace = context.workspace / "zypper" / "keys"
+    workspace.mkdir(parents=True, exist_ok=True)
+    for number, key in enumerate(keys):
+        armored = key
+        if not key.read_bytes().lstrip().startswith(ARMOR):
+            gnupg = workspace / f"gnupg-{number}"
+            gnupg.mkdir(mode=0o700)
+            gpg = ["gpg", f"--homedir={gnupg}", "--batch", "--quiet"]
+            await run(contained([*gpg, "--import", key]), log=context.log)
+            exported = await run(contained([*gpg, "--armor", "--export"]), capture_stdout=True, log=context.log)
+            armored = workspace / f"{number}.asc"
+            armored.write_text(exported.stdout)
+        await run(["rpm", f"--root={root}", "--import", armored], env=env, log=context.log)
 
 
 def commands(context: Context, root: Path, repos_dir: Path, packages: Sequence[str]) -> list[list[str]]:
@@ -88,6 +115,8 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         await link_in(pool, cache, packages="")
+    if config.repository_key_check and config.repository_keys:
+        await import_keys(context, root, config.repository_keys, env)
     refresh, install_packages = commands(context, root, repos_dir, packages)
     where = f"the repositories of {config.distribution} {config.release}"
     for argv in (refresh, install_packages):

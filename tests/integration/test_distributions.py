@@ -419,12 +419,16 @@ class Signed:
     tamper: Callable[[Path], None]
 
 
-def _unsigned_rpm(mirror: Path) -> None:
+def _unsigned_rpm(unsigned: Callable[[], Path]) -> Callable[[Path], None]:
     """What a mirror without the key could serve: the package rebuilt unsigned (here: the unsigned
     mirror's), with repository metadata regenerated to match it."""
-    package = next(mirror.rglob(f"{HELLO}-1-*.rpm"))
-    shutil.copy(next(fedora_mirror().rglob(package.name)), package)
-    subprocess.run(["createrepo_c", "--quiet", package.parent], check=True)
+
+    def tamper(mirror: Path) -> None:
+        package = next(mirror.rglob(f"{HELLO}-1-*.rpm"))
+        shutil.copy(next(unsigned().rglob(package.name)), package)
+        subprocess.run(["createrepo_c", "--quiet", package.parent], check=True)
+
+    return tamper
 
 
 def _changed_pacman_package(mirror: Path) -> None:
@@ -450,8 +454,9 @@ def _changed_release(mirror: Path) -> None:
 SIGNED = {
     "fedora": Signed(
         lambda: repositories.signed_rpm_mirror(fedora_mirror()),
-        _unsigned_rpm,
+        _unsigned_rpm(fedora_mirror),
     ),
+    "opensuse": Signed(lambda: repositories.signed_rpm_mirror(opensuse_mirror()), _unsigned_rpm(opensuse_mirror)),
     "arch": Signed(
         lambda: repositories.signed_pacman_mirror(arch_mirror()),
         _changed_pacman_package,

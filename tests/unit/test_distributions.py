@@ -372,6 +372,11 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
                        "openSUSE-release", "systemd", "util-linux", "vim"]  # fmt: skip
     unchecked = context(load("-d", "opensuse", "--repository-key-check=no"), tmp_path)
     assert "--no-gpg-checks" in zypper.commands(unchecked, tmp_path, tmp_path, ())[0]
+    # Keys given: imported into the rpm database beforehand, and no key the repository offers is trusted.
+    (project / "mirror.asc").write_text("key")
+    keyed = context(load("-d", "opensuse", "--repository-key=mirror.asc"), tmp_path)
+    refresh = zypper.commands(keyed, tmp_path, tmp_path, ())[0]
+    assert "--gpg-auto-import-keys" not in refresh and "--no-gpg-checks" not in refresh
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
 
 

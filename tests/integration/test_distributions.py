@@ -291,8 +291,11 @@ def test_build_packages_reach_the_build_image_only(distribution: str, tmp_path: 
     script.write_text(BUILD_SCRIPT)
     script.chmod(0o755)
     before = host_state()
-    args = ("--repository-key-check=no", f"--build-package={HELLO}", "-o", "tree")
+    # A package pool of its own: only the build image's install can have put mkosi-test-hello there.
+    pool = tmp_path / "cache"
+    args = ("--repository-key-check=no", f"--build-package={HELLO}", "-o", "tree", f"--cache={pool}")
     build(distribution, mirror, served, tmp_path, *args)
+    assert any(HELLO in p.name for p in pool.rglob("*") if p.is_file())
     tree = tmp_path / "tree"
     # The build script ran mkosi-hello in the build image; its output is all that reached the image.
     assert (tree / "hello-output").read_text().strip() == HELLO_OUTPUT

@@ -123,12 +123,34 @@ EFI = Path("/usr/lib/systemd/boot/efi")
 BOOT_FILES = {f"{EFI}/{name}": EFI / name for name in ("systemd-bootx64.efi", "linuxx64.efi.stub")}
 
 
-def debian_kernel(debian_mirror: str) -> tuple[str, Path]:
-    """A real kernel image and its version, from a Debian linux-image package: the one in the test
-    package pool if a Debian bootable build left one there, else downloaded with the host's apt."""
-    debs = sorted((CACHE / "packages").glob("debian~*/linux-image-[0-9]*.deb"))
+KERNEL_DOWNLOADS = CACHE / "packages" / "kernel"
+
+
+def debian_kernel_packages() -> list[Path]:
+    """Debian linux-image packages at hand: left in the test package pools by Debian bootable
+    builds, or downloaded earlier by debian_kernel()."""
+    pools = [*(CACHE / "packages").glob("debian~*"), KERNEL_DOWNLOADS]
+    return sorted(p for pool in pools for p in pool.glob("linux-image-[0-9]*.deb"))
+
+
+def _extracted_kernels() -> list[Path]:
+    return sorted((CACHE / "repositories").glob("kernel-*/boot/vmlinuz-*"))
+
+
+def kernel_at_hand() -> bool:
+    """Whether debian_kernel() can do without Debian's mirror."""
+    return bool(_extracted_kernels() or debian_kernel_packages())
+
+
+def debian_kernel() -> tuple[str, Path]:
+    """A real kernel image and its version: one extracted before (so that the bootable test mirrors
+    stay as they are while package pools come and go), else from a Debian linux-image package at
+    hand, else from one downloaded with the host's apt."""
+    if extracted := _extracted_kernels():
+        return extracted[-1].name.removeprefix("vmlinuz-"), extracted[-1]
+    debs = debian_kernel_packages()
     if not debs:
-        target = CACHE / "packages" / "kernel"
+        target = KERNEL_DOWNLOADS
         target.mkdir(parents=True, exist_ok=True)
         depends = subprocess.run(
             ["apt-cache", "depends", "--important", "linux-image-cloud-amd64"], capture_output=True, text=True

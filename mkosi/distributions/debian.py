@@ -107,6 +107,7 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
         packages=(*packages(config), *cryptsetup_packages(config)),
         keyrings=(config.repository_keys or (KEYRING,)) if config.repository_key_check else (),
         hooks=dracut_hooks(context),
+        image_keys=config.repository_keys if config.repository_key_check else (),
     )
 
 

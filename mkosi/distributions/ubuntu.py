@@ -63,6 +63,7 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
         keyrings=keyrings(config),
         hooks=dracut_hooks(context),
+        image_keys=config.repository_keys if config.repository_key_check else (),
     )
 
 

@@ -6,6 +6,7 @@ keyrings and caches are never read or written: only the keyrings named here are 
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,23 @@ class Bootstrap:
     keyrings: tuple[Path, ...]
     # Further mmdebstrap options (hooks) the distribution needs.
     hooks: tuple[str, ...] = ()
+    # Keys the image's own apt trusts too (RepositoryKey=): mmdebstrap copies no keyring into the
+    # tree, and apt in the image (BuildPackages=, later updates) needs them for the same sources.
+    image_keys: tuple[Path, ...] = ()
+
+
+ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+def key_hooks(keys: tuple[Path, ...]) -> list[str]:
+    """mmdebstrap hooks putting `keys` into the tree's /etc/apt/trusted.gpg.d, under names apt reads:
+    .asc for armored keys, .gpg for binary keyrings, whatever the files are called."""
+    hooks = ['--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d"']
+    for number, key in enumerate(keys):
+        suffix = "asc" if key.read_bytes().lstrip().startswith(ARMOR) else "gpg"
+        target = f'"$1/etc/apt/trusted.gpg.d/mkosi-repository-key-{number}.{suffix}"'
+        hooks.append(f"--setup-hook=cp {shlex.quote(str(key))} {target} && chmod 644 {target}")
+    return hooks
 
 
 def command(context: Context, bootstrap: Bootstrap) -> list[str]:
@@ -62,6 +80,7 @@ def command(context: Context, bootstrap: Bootstrap) -> list[str]:
         f"--architectures={ARCHITECTURES[config.architecture]}",
         f"--include={','.join(bootstrap.packages)}",
         *bootstrap.hooks,
+        *(key_hooks(bootstrap.image_keys) if bootstrap.image_keys else []),
     ]
     argv += [f"--keyring={keyring}" for keyring in bootstrap.keyrings]
     if config.cache_path is not None:

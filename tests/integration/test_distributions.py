@@ -489,6 +489,11 @@ def test_signed_repository_is_accepted_with_its_key(distribution: str, tmp_path:
     assert result.returncode == 0, result.stderr[-3000:]
     query = subprocess.run(CASES[distribution].query(tmp_path / "tree"), capture_output=True, text=True)
     assert HELLO in query.stdout, query.stdout + query.stderr
+    if distribution == "ubuntu":
+        # The image's apt trusts the key too, for the same sources (BuildPackages=, updates).
+        keys = list((tmp_path / "tree/etc/apt/trusted.gpg.d").glob("mkosi-repository-key-*.gpg"))
+        release = next(mirror.glob("dists/*/InRelease"))
+        assert subprocess.run(["gpgv", f"--keyring={keys[0]}", release], capture_output=True).returncode == 0
 
 
 @pytest.mark.parametrize("distribution", sorted(SIGNED))

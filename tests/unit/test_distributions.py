@@ -251,6 +251,12 @@ def test_repository_keys_replace_the_distributions_own(project: Path, tmp_path: 
     ctx = context(load("-d", "debian", *given), tmp_path)
     assert mmdebstrap.command(ctx, debian.bootstrap(ctx)).count(f"--keyring={key}") == 1
     assert f"--keyring={debian.KEYRING}" not in mmdebstrap.command(ctx, debian.bootstrap(ctx))
+    # The image's apt gets the key too, named so that apt reads it.
+    hooks = [a for a in mmdebstrap.command(ctx, debian.bootstrap(ctx)) if a.startswith("--setup-hook=cp")]
+    assert hooks == [
+        f'--setup-hook=cp {key} "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg" && '
+        'chmod 644 "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg"'
+    ]
     assert {r.gpgkeys for r in fedora.repositories(load("-d", "fedora", *given))} == {(key.as_uri(),)}
     assert {r.gpgkeys for r in opensuse.repositories(load("-d", "opensuse", *given))} == {(key.as_uri(),)}
 

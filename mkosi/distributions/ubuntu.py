@@ -20,7 +20,9 @@ DEFAULT_COMPONENTS = ("main", "universe")
 # Debian ships no Ubuntu keys; Ubuntu's ubuntu-keyring package installs them here.
 KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 PACKAGES = PackageNames(
-    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
+    # apt named explicitly: mmdebstrap's minbase has it only where the archive gives it
+    # Priority: required, and apt in the image is what installs BuildPackages= into the build image.
+    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd", "apt"),
     kernel=("linux-image-generic",),
     # As Debian's: Ubuntu's kernel packages also install to /boot/vmlinuz-* and run dracut's hook.
     boot=("dracut", "zstd", "udev", "systemd-boot-efi"),

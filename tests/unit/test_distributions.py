@@ -136,7 +136,7 @@ def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute-updates main universe",
         "deb [trusted=yes] http://security.ubuntu.com/ubuntu resolute-security main universe",
     ]
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd" in argv
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt" in argv
     assert not any(a.startswith("--keyring") for a in argv)
 
 
@@ -147,7 +147,7 @@ def test_ubuntu_mirror_repositories_and_arm64(project: Path, tmp_path: Path) -> 
     argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
     assert argv[-1] == "deb [trusted=yes] http://local/ubuntu noble main restricted"
     assert "--architectures=arm64" in argv and argv[-2] == str(tmp_path / "ws/root")
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,vim" in argv
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt,vim" in argv
     ports = ubuntu.sources(load("-d", "ubuntu", "--architecture=arm64"))[0]
     assert ports.uri == ubuntu.DEFAULT_MIRRORS["arm64"]
 

@@ -17,6 +17,7 @@ from typing import Any
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
 from mkosi.errors import MkosiError
+from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.run import run
 
 # Written into the image before packages are installed, so that the kernel package's own initrd
@@ -63,17 +64,97 @@ class Kernel:
     initrd: Path
 
 
-def find_kernel(root: Path) -> Kernel:
-    kernels = sorted(root.glob("boot/vmlinuz-*"))
-    if not kernels:
-        raise MkosiError("Bootable=yes: the image has no kernel in /boot (is the kernel package installed?)")
+def _version_key(version: str) -> list[int | str]:
+    return [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", version)]
+
+
+def kernel_images(root: Path) -> dict[str, Path]:
+    """Each installed kernel's version and image, in the layouts distributions put them in:
+
+    - /usr/lib/modules/VERSION/vmlinuz: Fedora, openSUSE, Arch (the kernel next to its modules);
+    - /boot/vmlinuz-NAME with /usr/lib/modules/VERSION/pkgbase saying NAME: Arch, where
+      mkinitcpio's hook copies the kernel of package NAME ("linux", "linux-lts") to /boot;
+    - /boot/vmlinuz-VERSION: Debian and Ubuntu.
+    """
+    images: dict[str, Path] = {}
+    names: set[str] = set()
+    modules = root / "usr/lib/modules"
+    for directory in sorted(modules.iterdir()) if modules.is_dir() else ():
+        pkgbase = directory / "pkgbase"
+        if (directory / "vmlinuz").is_file():
+            images[directory.name] = directory / "vmlinuz"
+        elif pkgbase.is_file() and (image := root / f"boot/vmlinuz-{pkgbase.read_text().strip()}").is_file():
+            images[directory.name] = image
+        if pkgbase.is_file():
+            names.add(f"vmlinuz-{pkgbase.read_text().strip()}")
+    for image in sorted(root.glob("boot/vmlinuz-*")):
+        if image.name not in names:
+            images.setdefault(image.name.removeprefix("vmlinuz-"), image)
+    return images
+
+
+def initrd_candidates(root: Path, version: str) -> list[Path]:
+    """Where the kernel packages' hooks leave a kernel's initrd, then where mkosi builds one."""
+    return [
+        root / f"boot/initrd.img-{version}",  # Debian, Ubuntu
+        root / f"boot/initrd-{version}",  # openSUSE
+        root / f"boot/initramfs-{version}.img",  # Fedora
+        root / MKOSI_INITRD.format(version=version),
+    ]
+
+
+# Where mkosi puts the initrd it builds itself: next to the kernel's modules, inside the image, so an
+# incremental build's copy of the bootstrapped tree keeps it.
+MKOSI_INITRD = "usr/lib/modules/{version}/initrd"
+
+
+def newest_kernel(root: Path) -> tuple[str, Path]:
+    images = kernel_images(root)
+    if not images:
+        raise MkosiError(
+            "Bootable=yes: the image has no kernel in /usr/lib/modules/*/vmlinuz or /boot/vmlinuz-* "
+            "(is the kernel package installed?)"
+        )
     # With several kernels installed, boot the newest.
-    image = max(kernels, key=lambda p: [int(n) if n.isdigit() else n for n in re.split(r"(\d+)", p.name)])
-    version = image.name.removeprefix("vmlinuz-")
-    initrd = root / f"boot/initrd.img-{version}"
-    if not initrd.exists():
+    version = max(images, key=_version_key)
+    return version, images[version]
+
+
+def find_kernel(root: Path) -> Kernel:
+    version, image = newest_kernel(root)
+    initrd = next((p for p in initrd_candidates(root, version) if p.exists()), None)
+    if initrd is None:
         raise MkosiError(f"Bootable=yes: no initrd for kernel {version} in /boot")
     return Kernel(version, image, initrd)
+
+
+def write_dracut_config(root: Path, config: Config) -> None:
+    """mkosi's dracut configuration, put into the tree before any package is installed, so that an
+    initrd built by a kernel package's hook is already the one the image needs."""
+    if config.bootable:
+        path = root / DRACUT_CONFIG_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dracut_config(config))
+
+
+async def ensure_initrd(context: Context) -> None:
+    """Build the newest kernel's initrd with the image's dracut unless a kernel hook already did.
+
+    Debian's and Ubuntu's kernel packages run dracut's hook when they are installed. Elsewhere what
+    happens differs: Fedora's kernel-install may or may not run in an install root, Arch has no
+    dracut hook at all. So, rather than reproduce each distribution's hooks, mkosi runs dracut
+    itself, inside the image (its dracut, its modules, mkosi's configuration from
+    /etc/dracut.conf.d), once, for exactly the kernel it will boot.
+    """
+    root = context.root
+    version, _ = newest_kernel(root)
+    if any(p.exists() for p in initrd_candidates(root, version)):
+        return
+    if not any((root / directory / "dracut").exists() for directory in ("usr/bin", "usr/sbin")):
+        raise MkosiError(f"Bootable=yes: kernel {version} has no initrd and the image has no dracut to build one")
+    output = "/" + MKOSI_INITRD.format(version=version)
+    command = [*NSPAWN_BUILD, f"--directory={root}", "dracut", "--force", "--kver", version, output]
+    await run(command, env=NSPAWN_ENV, log=context.log)
 
 
 async def section_end(stub: Path, log: Any) -> int:

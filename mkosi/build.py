@@ -43,6 +43,9 @@ INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
 PACKAGE_INSTALLERS: dict[Distribution, buildscript.PackageInstaller] = {
     Distribution.debian: apt.install,
     Distribution.ubuntu: apt.install,
+    Distribution.fedora: fedora.install_packages,
+    Distribution.opensuse: opensuse.install_packages,
+    Distribution.arch: arch.install_packages,
 }
 
 
@@ -90,6 +93,7 @@ STAGES: list[Stage] = [
             "mirror": c.mirror,
             "repositories": c.repositories,
             "repository_key_check": c.repository_key_check,
+            "repository_keys": hash_tree(c.repository_keys),
             "architecture": c.architecture,
             "packages": c.packages,
             "with_docs": c.with_docs,

@@ -70,6 +70,7 @@ class Config:
     mirror: str | None
     repositories: tuple[str, ...]
     repository_key_check: bool
+    repository_keys: tuple[Path, ...]
     architecture: str
     format: OutputFormat
     output: Path
@@ -390,6 +391,9 @@ def _validate(c: Config, r: _Resolver) -> None:
         fail("initrds", "needs Bootable=yes")
     for initrd, where in zip(c.initrds, r.item_where.get("initrds", []), strict=True):
         if problem := _problem(initrd, "file", c.directory):
+            raise where.error(problem)
+    for key, where in zip(c.repository_keys, r.item_where.get("repository_keys", []), strict=True):
+        if problem := _problem(key, "file", c.directory):
             raise where.error(problem)
     if c.encrypt is not None:
         if c.passphrase is None:

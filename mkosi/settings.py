@@ -395,6 +395,19 @@ SETTINGS: tuple[Setting, ...] = (
         help="check the signatures of repositories and packages (turn off only for local repositories)",
     ),
     Setting(
+        "repository_keys",
+        "--repository-key",
+        "Distribution",
+        "RepositoryKey",
+        parse=parse_paths,
+        path=True,
+        kind=Kind.list,
+        default=(),
+        metavar="PATH",
+        help="OpenPGP public key (keyring) that signs the repositories, trusted instead of the "
+        "distribution's own keys, e.g. for your own mirror (repeatable)",
+    ),
+    Setting(
         "architecture",
         "--architecture",
         "Distribution",

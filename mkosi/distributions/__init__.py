@@ -26,8 +26,7 @@ class DistributionInfo:
     releases: frozenset[str] | None
     # Whether images of this distribution can be built yet.
     implemented: bool
-    # Whether bootable images can be built yet: the boot stages expect Debian's kernel layout
-    # (/boot/vmlinuz-VERSION, an initrd built by dracut's kernel hook).
+    # Whether bootable images can be built yet.
     bootable: bool = False
 
 
@@ -42,6 +41,10 @@ class PackageNames:
     boot: tuple[str, ...]
     # The tools that create and check each root file system type inside a bootable image.
     filesystems: dict[str, str]
+
+    def image(self, *, bootable: bool, extra: tuple[str, ...]) -> tuple[str, ...]:
+        """What an image installs: the base system, what booting needs, then the user's `extra`."""
+        return (*self.base, *((*self.kernel, *self.boot) if bootable else ()), *extra)
 
 
 DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
@@ -59,10 +62,12 @@ DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
         bootable=True,
     ),
     # Fedora 45 came out in the autumn of 2026 (a release every six months, 44 in the spring).
-    Distribution.fedora: DistributionInfo(default_release="45", releases=None, implemented=True),
-    Distribution.arch: DistributionInfo(default_release="rolling", releases=frozenset({"rolling"}), implemented=True),
+    Distribution.fedora: DistributionInfo(default_release="45", releases=None, implemented=True, bootable=True),
+    Distribution.arch: DistributionInfo(
+        default_release="rolling", releases=frozenset({"rolling"}), implemented=True, bootable=True
+    ),
     Distribution.opensuse: DistributionInfo(
-        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=True
+        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=True, bootable=True
     ),
 }
 

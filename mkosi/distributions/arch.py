@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
@@ -15,7 +18,10 @@ DEFAULT_REPOSITORIES = ("core", "extra")
 KEYRING = "archlinux"
 PACKAGES = PackageNames(
     base=("base",),
-    kernel=("linux", "mkinitcpio"),
+    # dracut rather than Arch's default mkinitcpio: the same systemd-based initrd as on every other
+    # distribution (root found by partition type, verity and LUKS roots). It satisfies the kernel's
+    # dependency on an initramfs generator; mkosi runs it itself (Arch has no dracut hook).
+    kernel=("linux", "dracut"),
     # systemd-boot is part of the systemd package on Arch.
     boot=("systemd",),
     filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
@@ -35,4 +41,14 @@ def repositories(config: Config) -> list[pacman.Repository]:
 
 
 async def install(context: Context) -> None:
-    await pacman.install(context, repositories(context.config), PACKAGES.base, keyring=KEYRING)
+    config = context.config
+    boot.write_dracut_config(context.root, config)
+    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages)
+    await pacman.install(context, context.root, repositories(config), packages, keyring=KEYRING)
+    if config.bootable:
+        await boot.ensure_initrd(context)
+
+
+async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
+    """BuildPackages= into the build image, from the image's own repositories."""
+    await pacman.install(context, root, repositories(context.config), packages, keyring=KEYRING)

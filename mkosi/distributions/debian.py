@@ -105,8 +105,9 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
     return mmdebstrap.Bootstrap(
         sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
         packages=(*packages(config), *cryptsetup_packages(config)),
-        keyring=KEYRING if config.repository_key_check else None,
+        keyrings=(config.repository_keys or (KEYRING,)) if config.repository_key_check else (),
         hooks=dracut_hooks(context),
+        image_keys=config.repository_keys if config.repository_key_check else (),
     )
 
 

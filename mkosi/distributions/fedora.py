@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import DISTRIBUTIONS, Distribution, PackageNames
@@ -54,7 +55,7 @@ def repositories(config: Config) -> list[Repository]:
     unknown = [r for r in wanted if r not in paths]
     if unknown:
         raise MkosiError(f"fedora {config.release} has no repository {', '.join(unknown)} (known: {', '.join(paths)})")
-    keys = gpg_keys(config.release)
+    keys = tuple(k.absolute().as_uri() for k in config.repository_keys) or gpg_keys(config.release)
     result = []
     for name in wanted:
         path, metalink = paths[name]
@@ -68,4 +69,14 @@ def repositories(config: Config) -> list[Repository]:
 
 
 async def install(context: Context) -> None:
-    await dnf.install(context, repositories(context.config), PACKAGES.base)
+    config = context.config
+    boot.write_dracut_config(context.root, config)
+    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages)
+    await dnf.install(context, context.root, repositories(config), packages)
+    if config.bootable:
+        await boot.ensure_initrd(context)
+
+
+async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
+    """BuildPackages= into the build image, from the image's own repositories."""
+    await dnf.install(context, root, repositories(context.config), packages)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
@@ -39,9 +42,21 @@ def repositories(config: Config) -> list[Repository]:
     mirror = (config.mirror or DEFAULT_MIRROR).rstrip("/")
     # Debian has no openSUSE keys: the signing key is the one published next to the main
     # repository's metadata, fetched from the configured mirror.
-    key = f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key"
-    return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=(key,)) for n in wanted]
+    keys = tuple(k.absolute().as_uri() for k in config.repository_keys) or (
+        f"{mirror}/{known['repo-oss']}repodata/repomd.xml.key",
+    )
+    return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=keys) for n in wanted]
 
 
 async def install(context: Context) -> None:
-    await zypper.install(context, repositories(context.config), PACKAGES.base)
+    config = context.config
+    boot.write_dracut_config(context.root, config)
+    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages)
+    await zypper.install(context, context.root, repositories(config), packages)
+    if config.bootable:
+        await boot.ensure_initrd(context)
+
+
+async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
+    """BuildPackages= into the build image, from the image's own repositories."""
+    await zypper.install(context, root, repositories(context.config), packages)

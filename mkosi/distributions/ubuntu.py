@@ -20,7 +20,9 @@ DEFAULT_COMPONENTS = ("main", "universe")
 # Debian ships no Ubuntu keys; Ubuntu's ubuntu-keyring package installs them here.
 KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 PACKAGES = PackageNames(
-    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
+    # apt named explicitly: mmdebstrap's minbase has it only where the archive gives it
+    # Priority: required, and apt in the image is what installs BuildPackages= into the build image.
+    base=("systemd", "systemd-sysv", "dbus", "libpam-systemd", "apt"),
     kernel=("linux-image-generic",),
     # As Debian's: Ubuntu's kernel packages also install to /boot/vmlinuz-* and run dracut's hook.
     boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
@@ -41,15 +43,19 @@ def sources(config: Config) -> list[Source]:
     ]
 
 
-def keyring(config: Config, path: Path = KEYRING) -> Path | None:
+def keyrings(config: Config, path: Path = KEYRING) -> tuple[Path, ...]:
+    """The keys Ubuntu's archive is checked against: RepositoryKey= if given, else Ubuntu's keyring
+    from the host, which Debian 12 does not package."""
     if not config.repository_key_check:
-        return None
+        return ()
+    if config.repository_keys:
+        return config.repository_keys
     if not path.exists():
         raise MkosiError(
             f"checking Ubuntu's signatures needs its archive keyring at {path} (from Ubuntu's "
-            "ubuntu-keyring package); RepositoryKeyCheck=no builds without checking"
+            "ubuntu-keyring package) or given as RepositoryKey=; RepositoryKeyCheck=no builds without checking"
         )
-    return path
+    return (path,)
 
 
 def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
@@ -57,8 +63,9 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
     return mmdebstrap.Bootstrap(
         sources=tuple(sources(config)),
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
-        keyring=keyring(config),
+        keyrings=keyrings(config),
         hooks=dracut_hooks(context),
+        image_keys=config.repository_keys if config.repository_key_check else (),
     )
 
 

@@ -58,6 +58,7 @@ def raise_untrusted(error: CommandError, patterns: Iterable[str], where: str) ->
         if any(re.search(pattern, line) for pattern in patterns):
             raise UntrustedRepository(
                 f"{where} are not signed by a trusted key ({line.strip()}); "
+                "RepositoryKey= names the key of your own mirror, "
                 "RepositoryKeyCheck=no turns checking off, for unsigned local repositories"
             ) from error
 

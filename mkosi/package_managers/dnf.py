@@ -6,6 +6,9 @@ cache and logs go to the workspace; its history goes into the image, where dnf i
 will look for it. dnf 4 prefixes cachedir, logdir and persistdir with the install root when they
 come from the configuration file, and takes them as host paths only from the command line; it
 still creates the prefixed directories, empty, which are removed afterwards.
+
+The same code installs into the image (the bootstrap) and into the build image (BuildPackages=):
+only the root differs; configuration, cache and package pool are shared by both.
 """
 
 from __future__ import annotations
@@ -41,32 +44,31 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
     return "\n".join(main) + "\n\n" + "\n".join(sections)
 
 
-def host_paths(context: Context, workspace: Path) -> dict[str, Path]:
+def host_paths(root: Path, workspace: Path) -> dict[str, Path]:
     return {
         "cachedir": workspace / "cache",
         "logdir": workspace / "log",
-        "persistdir": context.root / "var/lib/dnf",
+        "persistdir": root / "var/lib/dnf",
     }
 
 
-def command(context: Context, configuration: Path, base_packages: Sequence[str]) -> list[str]:
-    config = context.config
+def command(context: Context, root: Path, configuration: Path, packages: Sequence[str]) -> list[str]:
     workspace = configuration.parent
     return [
         "dnf",
         "--assumeyes",
         "--noplugins",
         f"--config={configuration}",
-        *(f"--setopt={name}={path}" for name, path in host_paths(context, workspace).items()),
-        f"--installroot={context.root}",
-        f"--releasever={config.release}",
+        *(f"--setopt={name}={path}" for name, path in host_paths(root, workspace).items()),
+        f"--installroot={root}",
+        f"--releasever={context.config.release}",
         "install",
-        *base_packages,
-        *config.packages,
+        *packages,
     ]
 
 
-async def install(context: Context, repositories: Sequence[Repository], base_packages: Sequence[str]) -> None:
+async def install(context: Context, root: Path, repositories: Sequence[Repository], packages: Sequence[str]) -> None:
+    """Install `packages` into `root`, the image's tree or the build image's."""
     config = context.config
     workspace = context.workspace / "dnf"
     for directory in ("cache", "log", "repos.d", "vars"):
@@ -77,10 +79,10 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         await link_in(pool, workspace / "cache")
-    argv = command(context, configuration, base_packages)
-    strays = [p for p in host_paths(context, workspace).values() if not p.is_relative_to(context.root)]
+    argv = command(context, root, configuration, packages)
+    strays = [p for p in host_paths(root, workspace).values() if not p.is_relative_to(root)]
     try:
-        with no_stray_copies(context.root, strays):
+        with no_stray_copies(root, strays):
             await run(contained(argv), env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
         where = f"the repositories of {config.distribution} {config.release}"

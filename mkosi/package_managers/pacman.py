@@ -4,6 +4,9 @@ pacman gets a configuration file of ours (never the host's /etc/pacman.conf) tha
 it uses: the root and its package database, a cache and log in the workspace, and a keyring of its
 own in the workspace, populated from the Arch Linux keyring the host has installed (and kept in the
 package cache, named after the keyring files, for the next build).
+
+The same code installs into the image (the bootstrap) and into the build image (BuildPackages=):
+each gets a configuration file naming its root; cache and keyring are shared by both.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ UNTRUSTED = (
     r"missing required signature",
     r"failed retrieving file '[^']+\.sig'",
     r"invalid or corrupted package \(PGP",
+    # Signed by a key the keyring does not have.
+    r"required key missing from keyring",
+    r"signature from .* is (?:invalid|unknown trust|marginal trust)",
 )
 # Packages must be signed by a trusted key; databases are signed by few mirrors, so optional.
 SIGNED = "Required DatabaseOptional"
@@ -41,16 +47,16 @@ class Repository:
     server: str
 
 
-def config_text(context: Context, repositories: Sequence[Repository], *, workspace: Path) -> str:
+def config_text(context: Context, root: Path, repositories: Sequence[Repository], *, workspace: Path) -> str:
     config = context.config
     options = [
         "[options]",
-        f"RootDir = {context.root}",
-        f"DBPath = {context.root / 'var/lib/pacman'}/",
+        f"RootDir = {root}",
+        f"DBPath = {root / 'var/lib/pacman'}/",
         f"CacheDir = {workspace / 'cache'}/",
         f"LogFile = {workspace / 'pacman.log'}",
         f"GPGDir = {workspace / 'gnupg'}/",
-        f"HookDir = {context.root / 'etc/pacman.d/hooks'}/",
+        f"HookDir = {root / 'etc/pacman.d/hooks'}/",
         f"Architecture = {ARCHITECTURES[config.architecture]}",
         f"SigLevel = {SIGNED if config.repository_key_check else 'Never'}",
     ]
@@ -86,11 +92,47 @@ def _copy_keyring(source: Path, destination: Path) -> None:
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
 
 
+def fingerprints(show_keys: str) -> list[str]:
+    """The primary keys' fingerprints in `gpg --with-colons --show-keys` output."""
+    result: list[str] = []
+    primary = False
+    for line in show_keys.splitlines():
+        fields = line.split(":")
+        if fields[0] in ("pub", "sub"):
+            primary = fields[0] == "pub"
+        elif fields[0] == "fpr" and primary:
+            result.append(fields[9])
+            primary = False
+    return result
+
+
+async def trust_keys(context: Context, configuration: Path, gnupg: Path, keys: Sequence[Path]) -> None:
+    """A keyring trusting exactly `keys` (RepositoryKey=), as pacman-key's --populate would trust a
+    distribution keyring's: added, then signed locally so pacman accepts what they sign."""
+    base = ["pacman-key", f"--config={configuration}", f"--gpgdir={gnupg}"]
+    await run(contained([*base, "--init"]), log=context.log)
+    for key in keys:
+        await run(contained([*base, "--add", str(key)]), log=context.log)
+        shown = await run(
+            ["gpg", f"--homedir={gnupg}", "--batch", "--with-colons", "--show-keys", key],
+            capture_stdout=True,
+            log=context.log,
+        )
+        for fingerprint in fingerprints(shown.stdout):
+            await run(contained([*base, "--lsign-key", fingerprint]), log=context.log)
+
+
 async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, keyring: str) -> None:
     """Populate pacman's keyring, or reuse one populated from the same keyring files.
 
-    Populating takes ten seconds of gpg work for each build otherwise.
+    Populating takes ten seconds of gpg work for each build otherwise. The build image's install
+    finds the keyring the bootstrap populated in the same workspace.
     """
+    if gnupg.is_dir():
+        return
+    if context.config.repository_keys:
+        await trust_keys(context, configuration, gnupg, context.config.repository_keys)
+        return
     cache_path = context.config.cache_path
     cached = keyring_cache(cache_path, keyring) if cache_path is not None else None
     if cached is not None and cached.is_dir():
@@ -109,15 +151,16 @@ async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, ke
 
 
 async def install(
-    context: Context, repositories: Sequence[Repository], base_packages: Sequence[str], *, keyring: str
+    context: Context, root: Path, repositories: Sequence[Repository], packages: Sequence[str], *, keyring: str
 ) -> None:
+    """Install `packages` into `root`, the image's tree or the build image's."""
     config = context.config
     workspace = context.workspace / "pacman"
     gnupg = workspace / "gnupg"
     (workspace / "cache").mkdir(parents=True, exist_ok=True)
-    (context.root / "var/lib/pacman").mkdir(parents=True, exist_ok=True)
-    configuration = workspace / "pacman.conf"
-    configuration.write_text(config_text(context, repositories, workspace=workspace))
+    (root / "var/lib/pacman").mkdir(parents=True, exist_ok=True)
+    configuration = workspace / f"pacman-{root.name}.conf"
+    configuration.write_text(config_text(context, root, repositories, workspace=workspace))
     pool = None
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
@@ -125,7 +168,7 @@ async def install(
     try:
         if config.repository_key_check:
             await prepare_keyring(context, configuration, gnupg, keyring)
-        await run(contained(command(configuration, [*base_packages, *config.packages])), log=context.log)
+        await run(contained(command(configuration, packages)), log=context.log)
     except CommandError as error:
         where = f"the repositories of {config.distribution}"
         raise_untrusted(error, UNTRUSTED, where)

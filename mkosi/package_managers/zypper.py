@@ -5,6 +5,8 @@ too. What would otherwise come from the host is named explicitly: zypper's own c
 (--config, else the host's /etc/zypp/zypper.conf), libzypp's (ZYPP_CONF), the log (ZYPP_LOGFILE,
 else the host's /var/log/zypper.log), temporary files (ZYPPTMPDIR, else /var/tmp), the repository
 definitions and the rpm database path.
+
+The same code installs into the image (the bootstrap) and into the build image (BuildPackages=).
 """
 
 from __future__ import annotations
@@ -32,30 +34,54 @@ def zypp_conf(context: Context) -> str:
     return "\n".join(lines) + "\n"
 
 
-def base_command(context: Context, repos_dir: Path) -> list[str]:
+def base_command(context: Context, root: Path, repos_dir: Path) -> list[str]:
     argv = [
         "zypper",
         f"--config={repos_dir.parent / 'zypper.conf'}",
-        f"--root={context.root}",
+        f"--root={root}",
         f"--reposd-dir={repos_dir}",
         "--non-interactive",
     ]
-    if context.config.repository_key_check:
-        # zypper cannot be told which keys to trust without asking: a repository's signing key
-        # (the gpgkey= of its definition) is trusted when first seen. Signatures are still checked.
-        argv.append("--gpg-auto-import-keys")
-    else:
+    config = context.config
+    if not config.repository_key_check:
         argv.append("--no-gpg-checks")
+    elif not config.repository_keys:
+        # Without RepositoryKey=, zypper cannot be told which keys to trust without asking: the
+        # repository's signing key (the gpgkey= of its definition, else the key the repository
+        # publishes) is trusted when first seen. Signatures are still checked.
+        argv.append("--gpg-auto-import-keys")
+    # With RepositoryKey=, those keys are imported into the root's rpm database first, which is
+    # where libzypp takes its trusted keys from, and no other key is accepted.
     return argv
 
 
-def commands(context: Context, repos_dir: Path, base_packages: Sequence[str]) -> list[list[str]]:
+ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+async def import_keys(context: Context, root: Path, keys: Sequence[Path], env: dict[str, str]) -> None:
+    """Import `keys` into the root's rpm database (where `env`'s rpm macros put it).
+
+    rpm only reads armored keys; a binary keyring is armored first by gpg, in a home of its own.
+    """
+    workspace = context.workspace / "zypper" / "keys"
+    workspace.mkdir(parents=True, exist_ok=True)
+    for number, key in enumerate(keys):
+        armored = key
+        if not key.read_bytes().lstrip().startswith(ARMOR):
+            gnupg = workspace / f"gnupg-{number}"
+            gnupg.mkdir(mode=0o700)
+            gpg = ["gpg", f"--homedir={gnupg}", "--batch", "--quiet"]
+            await run(contained([*gpg, "--import", key]), log=context.log)
+            exported = await run(contained([*gpg, "--armor", "--export"]), capture_stdout=True, log=context.log)
+            armored = workspace / f"{number}.asc"
+            armored.write_text(exported.stdout)
+        await run(["rpm", f"--root={root}", "--import", armored], env=env, log=context.log)
+
+
+def commands(context: Context, root: Path, repos_dir: Path, packages: Sequence[str]) -> list[list[str]]:
     """Refresh first: an unreachable or badly signed repository is an error, not a skipped one."""
-    base = base_command(context, repos_dir)
-    return [
-        [*base, "refresh"],
-        [*base, "install", "--no-recommends", *base_packages, *context.config.packages],
-    ]
+    base = base_command(context, root, repos_dir)
+    return [[*base, "refresh"], [*base, "install", "--no-recommends", *packages]]
 
 
 def write_repositories(directory: Path, repositories: Sequence[Repository], *, key_check: bool, keep: bool) -> None:
@@ -64,7 +90,8 @@ def write_repositories(directory: Path, repositories: Sequence[Repository], *, k
         (directory / f"{repository.id}.repo").write_text(repository.section(key_check=key_check, keep_packages=keep))
 
 
-async def install(context: Context, repositories: Sequence[Repository], base_packages: Sequence[str]) -> None:
+async def install(context: Context, root: Path, repositories: Sequence[Repository], packages: Sequence[str]) -> None:
+    """Install `packages` into `root`, the image's tree or the build image's."""
     config = context.config
     workspace = context.workspace / "zypper"
     workspace.mkdir(parents=True, exist_ok=True)
@@ -72,9 +99,7 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
     # the image gets the same repositories without that.
     repos_dir = workspace / "repos.d"
     write_repositories(repos_dir, repositories, key_check=config.repository_key_check, keep=True)
-    write_repositories(
-        context.root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False
-    )
+    write_repositories(root / "etc/zypp/repos.d", repositories, key_check=config.repository_key_check, keep=False)
     (workspace / "zypp.conf").write_text(zypp_conf(context))
     (workspace / "zypper.conf").write_text("")
     env = {
@@ -85,12 +110,14 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
         "ZYPPTMPDIR": str(workspace / "tmp"),
     }
     (workspace / "tmp").mkdir(exist_ok=True)
-    cache = context.root / CACHE / "packages"
+    cache = root / CACHE / "packages"
     pool = None
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
         await link_in(pool, cache, packages="")
-    refresh, install_packages = commands(context, repos_dir, base_packages)
+    if config.repository_key_check and config.repository_keys:
+        await import_keys(context, root, config.repository_keys, env)
+    refresh, install_packages = commands(context, root, repos_dir, packages)
     where = f"the repositories of {config.distribution} {config.release}"
     for argv in (refresh, install_packages):
         try:
@@ -101,5 +128,5 @@ async def install(context: Context, repositories: Sequence[Repository], base_pac
             raise
     if pool is not None:
         await link_out(cache, pool, packages="")
-    await remove_tree(context.root / CACHE)
-    (context.root / "run/zypp.pid").unlink(missing_ok=True)
+    await remove_tree(root / CACHE)
+    (root / "run/zypp.pid").unlink(missing_ok=True)

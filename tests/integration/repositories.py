@@ -13,14 +13,16 @@ Repositories are built once and kept in the test cache under a name derived from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from mkosi.distributions import PackageNames
 from tests.integration.support import CACHE
 
 BUSYBOX = Path("/bin/busybox")
@@ -86,13 +88,17 @@ def rpm_spec(name: str, provides: Sequence[str], os_id: str) -> str:
     )
 
 
-def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
+def _rpm_package(directory: Path, spec: str, work: Path) -> None:
     spec_file = work / "package.spec"
     spec_file.write_text(spec)
     _run("rpmbuild", "-bb", "--define", f"_topdir {work / 'top'}", spec_file)
     directory.mkdir(parents=True, exist_ok=True)
     for rpm in (work / "top/RPMS").rglob("*.rpm"):
         shutil.copy(rpm, directory)
+
+
+def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
+    _rpm_package(directory, spec, work)
     _run("createrepo_c", "--quiet", directory)
 
 
@@ -106,6 +112,110 @@ def rpm_mirror(name: str, provides: Sequence[str], os_id: str, base_path: str, h
                 _rpm_repository(mirror / path, spec, Path(work))
 
     return cached(name, repr(sorted(specs.items())), build)
+
+
+# ---- bootable test mirrors: a real kernel, a stand-in for dracut, the host's systemd-boot ----
+
+# Stands for dracut, run by mkosi as "dracut --force --kver VERSION OUTPUT" inside the image: its
+# "initrd" is the dracut configuration it found there, which tests then look for in the UKI.
+DRACUT_SCRIPT = '#!/bin/sh\nfor output; do :; done\ncat /etc/dracut.conf.d/*.conf > "$output"\n'
+EFI = Path("/usr/lib/systemd/boot/efi")
+BOOT_FILES = {f"{EFI}/{name}": EFI / name for name in ("systemd-bootx64.efi", "linuxx64.efi.stub")}
+
+
+KERNEL_DOWNLOADS = CACHE / "packages" / "kernel"
+
+
+def debian_kernel_packages() -> list[Path]:
+    """Debian linux-image packages at hand: left in the test package pools by Debian bootable
+    builds, or downloaded earlier by debian_kernel()."""
+    pools = [*(CACHE / "packages").glob("debian~*"), KERNEL_DOWNLOADS]
+    return sorted(p for pool in pools for p in pool.glob("linux-image-[0-9]*.deb"))
+
+
+def _extracted_kernels() -> list[Path]:
+    return sorted((CACHE / "repositories").glob("kernel-*/boot/vmlinuz-*"))
+
+
+def kernel_at_hand() -> bool:
+    """Whether debian_kernel() can do without Debian's mirror."""
+    return bool(_extracted_kernels() or debian_kernel_packages())
+
+
+def debian_kernel() -> tuple[str, Path]:
+    """A real kernel image and its version: one extracted before (so that the bootable test mirrors
+    stay as they are while package pools come and go), else from a Debian linux-image package at
+    hand, else from one downloaded with the host's apt."""
+    if extracted := _extracted_kernels():
+        return extracted[-1].name.removeprefix("vmlinuz-"), extracted[-1]
+    debs = debian_kernel_packages()
+    if not debs:
+        target = KERNEL_DOWNLOADS
+        target.mkdir(parents=True, exist_ok=True)
+        depends = subprocess.run(
+            ["apt-cache", "depends", "--important", "linux-image-cloud-amd64"], capture_output=True, text=True
+        ).stdout
+        name = next(w for w in depends.split() if w.startswith("linux-image-") and w[12].isdigit())
+        _run("apt-get", "download", name, cwd=target)
+        debs = sorted(target.glob("linux-image-[0-9]*.deb"))
+    deb = debs[-1]
+
+    def extract(directory: Path) -> None:
+        tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", directory, "--wildcards", "./boot/vmlinuz-*"], input=tar, check=True)
+
+    directory = cached("kernel", deb.name, extract)
+    image = next(directory.glob("boot/vmlinuz-*"))
+    image.chmod(0o644)
+    (directory / "boot").chmod(0o755)
+    return image.name.removeprefix("vmlinuz-"), image
+
+
+def _digest(files: dict[str, Path]) -> str:
+    return repr(sorted((dest, hashlib.sha256(source.read_bytes()).hexdigest()) for dest, source in files.items()))
+
+
+def rpm_files_spec(name: str, provides: Sequence[str], files: dict[str, Path], script: dict[str, str]) -> str:
+    """A package of host `files` and generated `script`s (both by their path in the image)."""
+    install = [f"install -D -m 0644 {source} %{{buildroot}}{dest}" for dest, source in files.items()]
+    for dest, text in script.items():
+        install += [f"mkdir -p %{{buildroot}}{Path(dest).parent}",
+                    f"printf '{text.replace(chr(10), chr(92) + 'n')}' > %{{buildroot}}{dest}",
+                    f"chmod 755 %{{buildroot}}{dest}"]  # fmt: skip
+    return (
+        f"Name: {name}\nVersion: 1\nRelease: 1\nLicense: GPL-2.0-only\nBuildArch: x86_64\n"
+        "AutoReqProv: no\n%define debug_package %{nil}\n%define __os_install_post %{nil}\n"
+        f"Summary: {name}\nProvides: {' '.join(provides)}\nRequires: {BASE}\n%description\n{name}\n"
+        "%install\n" + "\n".join(install) + "\n%files\n" + "\n".join([*files, *script]) + "\n"
+    )
+
+
+def rpm_boot_mirror(
+    name: str, names: PackageNames, os_id: str, base_path: str, hello_path: str, kernel: tuple[str, Path]
+) -> Path:
+    """rpm_mirror's packages, and next to the base package one package each providing the kernel
+    (at /usr/lib/modules/VERSION/vmlinuz, as Fedora and openSUSE have it), dracut and systemd-boot."""
+    version, image = kernel
+    packages = {
+        "mkosi-test-kernel": (names.kernel[:1], {f"/usr/lib/modules/{version}/vmlinuz": image}, {}),
+        "mkosi-test-dracut": (("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT}),
+        "mkosi-test-boot": (names.boot, BOOT_FILES, {}),
+    }
+    specs = {
+        hello_path: [rpm_spec(HELLO, names.base, os_id)],
+        base_path: [rpm_spec(BASE, names.base, os_id)]
+        + [rpm_files_spec(n, p, f, s) for n, (p, f, s) in packages.items()],
+    }
+
+    def build(mirror: Path) -> None:
+        for path, path_specs in specs.items():
+            for spec in path_specs:
+                with tempfile.TemporaryDirectory() as work:
+                    _rpm_package(mirror / path, spec, Path(work))
+            _run("createrepo_c", "--quiet", mirror / path)
+
+    files = {k: v for _, f, _ in packages.values() for k, v in f.items()}
+    return cached(name, repr(sorted(specs.items())) + _digest(files), build)
 
 
 # ---- pacman repositories ----
@@ -143,21 +253,52 @@ def _makepkg(recipe: str, work: Path) -> Path:
     return next(work.glob("*.pkg.tar.zst"))
 
 
-def pacman_mirror(name: str, provides: Sequence[str]) -> Path:
-    """An Arch mirror: the base package in core, mkosi-test-hello in extra."""
-    recipes = {"core": pkgbuild(BASE, provides), "extra": pkgbuild(HELLO, provides)}
+def pkgbuild_files(name: str, provides: Sequence[str], files: dict[str, Path], text: dict[str, str]) -> str:
+    """A package of host `files` and generated `text` files (both by their path in the image)."""
+    lines = [f'    install -Dm644 {source} "$pkgdir{dest}"' for dest, source in files.items()]
+    lines += [f'    install -Dm755 /dev/stdin "$pkgdir{dest}" <<"EOF"\n{content}EOF' for dest, content in text.items()]
+    return (
+        f"pkgname={name}\npkgver=1\npkgrel=1\narch=(x86_64)\nlicense=(GPL2)\noptions=(!strip)\n"
+        f"pkgdesc='{name}'\nprovides=({' '.join(provides)})\ndepends=({BASE})\n"
+        "package() {\n" + "\n".join(lines) + "\n}\n"
+    )
+
+
+def _pacman_mirror(name: str, recipes: Sequence[tuple[str, str]], key: str = "") -> Path:
+    """A mirror holding, in each repository named in `recipes`, the package that recipe makes."""
 
     def build(mirror: Path) -> None:
         with tempfile.TemporaryDirectory() as work:
             os.chmod(work, 0o755)
-            for repository, recipe in recipes.items():
-                package = _makepkg(recipe, Path(work) / repository)
+            for number, (repository, recipe) in enumerate(recipes):
+                package = _makepkg(recipe, Path(work) / str(number))
                 directory = mirror / repository / "os/x86_64"
-                directory.mkdir(parents=True)
+                directory.mkdir(parents=True, exist_ok=True)
                 shutil.copy(package, directory)
                 _run("repo-add", "--quiet", directory / f"{repository}.db.tar.gz", directory / package.name)
 
-    return cached(name, repr(sorted(recipes.items())), build)
+    return cached(name, repr(sorted(recipes)) + key, build)
+
+
+def pacman_mirror(name: str, provides: Sequence[str]) -> Path:
+    """An Arch mirror: the base package in core, mkosi-test-hello in extra."""
+    return _pacman_mirror(name, [("core", pkgbuild(BASE, provides)), ("extra", pkgbuild(HELLO, provides))])
+
+
+def pacman_boot_mirror(name: str, names: PackageNames, kernel: tuple[str, Path]) -> Path:
+    """pacman_mirror's packages, and in core one package each providing the kernel (as Arch has it:
+    /boot/vmlinuz-linux, and the package's name in /usr/lib/modules/VERSION/pkgbase), dracut and
+    systemd-boot."""
+    version, image = kernel
+    pkgbase = {f"/usr/lib/modules/{version}/pkgbase": "linux\n"}
+    recipes = [
+        ("core", pkgbuild(BASE, names.base)),
+        ("extra", pkgbuild(HELLO, names.base)),
+        ("core", pkgbuild_files("mkosi-test-kernel", names.kernel[:1], {"/boot/vmlinuz-linux": image}, pkgbase)),
+        ("core", pkgbuild_files("mkosi-test-dracut", ("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT})),
+        ("core", pkgbuild_files("mkosi-test-boot", names.boot, BOOT_FILES, {})),
+    ]
+    return _pacman_mirror(name, recipes, _digest({"kernel": image, **BOOT_FILES}))
 
 
 # ---- apt repositories ----
@@ -233,33 +374,99 @@ def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: st
 
 # ---- signatures ----
 
+KEY_NAME = "mkosi test"
+# Where each signed mirror publishes its public key, armored and as a binary keyring (apt wants that).
+ARMORED_KEY = "mkosi-test.asc"
+BINARY_KEY = "mkosi-test.gpg"
+
+
+@contextlib.contextmanager
+def _throwaway_key() -> Iterator[dict[str, str]]:
+    """An environment whose GNUPGHOME holds a new signing key and nothing else."""
+    with tempfile.TemporaryDirectory() as gnupg:
+        env = {"GNUPGHOME": gnupg}
+        _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", f"{KEY_NAME} <test@mkosi.invalid>",
+             "rsa3072", "sign", "never", env=env)  # fmt: skip
+        try:
+            yield env
+        finally:
+            # gpg-agent leaves the process group; it must not outlive the temporary home.
+            subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+
+
+def _export_key(env: dict[str, str], directory: Path) -> bytes:
+    """Write the key as ARMORED_KEY and BINARY_KEY into `directory`; return the armored key."""
+    full = {**os.environ, **env}
+    armored = subprocess.run(["gpg", "--export", "--armor"], capture_output=True, check=True, env=full).stdout
+    binary = subprocess.run(["gpg", "--export"], capture_output=True, check=True, env=full).stdout
+    (directory / ARMORED_KEY).write_bytes(armored)
+    (directory / BINARY_KEY).write_bytes(binary)
+    return armored
+
+
+def other_key() -> Path:
+    """A directory with a key that signs none of the test mirrors, in both forms."""
+
+    def build(directory: Path) -> None:
+        with _throwaway_key() as env:
+            _export_key(env, directory)
+
+    return cached("other-key", "one throwaway key", build)
+
 
 def signed_rpm_mirror(mirror: Path) -> Path:
     """A copy of an rpm-md mirror with every package and repository index signed by a test key.
 
     The public key is published next to each index as repodata/repomd.xml.key, where openSUSE
-    publishes its own.
+    publishes its own, and at the top as ARMORED_KEY and BINARY_KEY.
     """
 
     def build(signed: Path) -> None:
         shutil.copytree(mirror, signed, dirs_exist_ok=True)
-        with tempfile.TemporaryDirectory() as gnupg:
-            env = {"GNUPGHOME": gnupg}
-            _run("gpg", "--batch", "--passphrase", "", "--quick-gen-key", "mkosi test <test@mkosi.invalid>",
-                 "rsa3072", "sign", "never", env=env)  # fmt: skip
-            try:
-                for rpm in signed.rglob("*.rpm"):
-                    _run("rpmsign", "--addsign", "--define", "_gpg_name mkosi test", "--define",
-                         "__gpg /usr/bin/gpg", "--define", f"_gpg_path {gnupg}", rpm, env=env)  # fmt: skip
-                key = subprocess.run(
-                    ["gpg", "--export", "--armor"], capture_output=True, check=True, env={**os.environ, **env}
-                ).stdout
-                for repomd in signed.rglob("repodata/repomd.xml"):
-                    _run("createrepo_c", "--quiet", repomd.parent.parent)
-                    _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
-                    (repomd.parent / "repomd.xml.key").write_bytes(key)
-            finally:
-                # gpg-agent leaves the process group; it must not outlive the temporary home.
-                subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, **env}, check=False)
+        with _throwaway_key() as env:
+            for rpm in signed.rglob("*.rpm"):
+                _run("rpmsign", "--addsign", "--define", f"_gpg_name {KEY_NAME}", "--define",
+                     "__gpg /usr/bin/gpg", "--define", f"_gpg_path {env['GNUPGHOME']}", rpm, env=env)  # fmt: skip
+            key = _export_key(env, signed)
+            for repomd in signed.rglob("repodata/repomd.xml"):
+                _run("createrepo_c", "--quiet", repomd.parent.parent)
+                _run("gpg", "--batch", "--yes", "--detach-sign", "--armor", repomd, env=env)
+                (repomd.parent / "repomd.xml.key").write_bytes(key)
+
+    return cached(mirror.name + "-signed", mirror.name + ", key published at the top", build)
+
+
+def signed_pacman_mirror(mirror: Path) -> Path:
+    """A copy of an Arch mirror whose packages are signed by a test key (detached .sig files, also
+    in the repository databases, as Arch's mirrors have them); the key as in signed_rpm_mirror."""
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with _throwaway_key() as env:
+            for directory in signed.glob("*/os/x86_64"):
+                for old in [*directory.glob("*.db*"), *directory.glob("*.files*")]:
+                    old.unlink()
+                packages = sorted(directory.glob("*.pkg.tar.zst"))
+                for package in packages:
+                    _run("gpg", "--batch", "--yes", "--detach-sign", package, env=env)
+                repository = directory.parent.parent.name
+                _run("repo-add", "--quiet", directory / f"{repository}.db.tar.gz", *packages)
+            _export_key(env, signed)
+
+    return cached(mirror.name + "-signed", mirror.name, build)
+
+
+def signed_apt_mirror(mirror: Path) -> Path:
+    """A copy of an apt archive whose Release files are signed by a test key (InRelease and
+    Release.gpg, as Ubuntu's are); the key as in signed_rpm_mirror."""
+
+    def build(signed: Path) -> None:
+        shutil.copytree(mirror, signed, dirs_exist_ok=True)
+        with _throwaway_key() as env:
+            for release in signed.glob("dists/*/Release"):
+                _run("gpg", "--batch", "--yes", "--clearsign", "-o", release.with_name("InRelease"), release, env=env)
+                _run("gpg", "--batch", "--yes", "--detach-sign", "-o", release.with_name("Release.gpg"), release,
+                     env=env)  # fmt: skip
+            _export_key(env, signed)
 
     return cached(mirror.name + "-signed", mirror.name, build)

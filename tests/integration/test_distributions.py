@@ -8,7 +8,9 @@ they do not.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -274,3 +276,244 @@ def test_ubuntu_tree_is_configured_for_its_release(built: Built) -> None:
     sources = (built.tree / "etc/apt/sources.list").read_text()
     release = DISTRIBUTIONS[Distribution.ubuntu].default_release
     assert f" {release} main universe" in sources
+
+
+# ---- BuildPackages=: dnf, zypper and pacman installing into the build image ----
+
+BUILD_SCRIPT = '#!/bin/sh\nset -e\nmkosi-hello > "$DESTDIR/hello-output"\n'
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse", "ubuntu"])
+def test_build_packages_reach_the_build_image_only(distribution: str, tmp_path: Path, served: str) -> None:
+    case = CASES[distribution]
+    mirror = case.mirror()
+    script = tmp_path / "mkosi.build"
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    before = host_state()
+    # A package pool of its own: only the build image's install can have put mkosi-test-hello there.
+    pool = tmp_path / "cache"
+    args = ("--repository-key-check=no", f"--build-package={HELLO}", "-o", "tree", f"--cache={pool}")
+    build(distribution, mirror, served, tmp_path, *args)
+    assert any(HELLO in p.name for p in pool.rglob("*") if p.is_file())
+    tree = tmp_path / "tree"
+    # The build script ran mkosi-hello in the build image; its output is all that reached the image.
+    assert (tree / "hello-output").read_text().strip() == HELLO_OUTPUT
+    assert not (tree / "usr/bin/mkosi-hello").exists()
+    query = subprocess.run(case.query(tree), capture_output=True, text=True)
+    # The database lists the base system (busybox's package, or Ubuntu's systemd) and not
+    # mkosi-test-hello, which rpm would list as "mkosi-test-hello-1-1.x86_64", pacman as
+    # "mkosi-test-hello 1-1", dpkg-query as "mkosi-test-hello<TAB>1".
+    assert not re.search(rf"^{HELLO}[- \t]1", query.stdout, re.MULTILINE), query.stdout
+    assert re.search(rf"^({BASE}|systemd)", query.stdout, re.MULTILINE), query.stdout
+    assert host_state() == before
+    assert not list(tree.rglob(".mkosi-workspace*"))
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse", "ubuntu"])
+def test_missing_build_package_is_named(distribution: str, tmp_path: Path, served: str) -> None:
+    script = tmp_path / "mkosi.build"
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    mirror = CASES[distribution].mirror()
+    args = ("--repository-key-check=no", "--build-package=no-such-build-pkg")
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package no-such-build-pkg in" in result.stderr, result.stderr
+    assert not (tmp_path / "image").exists()
+
+
+# ---- Bootable=: a real kernel in the UKI, systemd-boot in the ESP ----
+
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+
+
+def _kernel() -> tuple[str, Path]:
+    """The real kernel the bootable test mirrors package: Debian's."""
+    if not repositories.kernel_at_hand() and (reason := _resolves(host_mirrors()[0] or DEBIAN_MIRROR)):
+        pytest.skip(f"the bootable test mirrors hold a kernel from Debian's mirror: {reason}")
+    return repositories.debian_kernel()
+
+
+def fedora_boot_mirror() -> Path:
+    paths = fedora._paths(DISTRIBUTIONS[Distribution.fedora].default_release, "x86_64")
+    names = fedora.PACKAGES
+    return repositories.rpm_boot_mirror(
+        "fedora-boot", names, "fedora", paths["fedora"][0], paths["updates"][0], _kernel()
+    )
+
+
+def opensuse_boot_mirror() -> Path:
+    paths = opensuse.REPOSITORIES
+    names = opensuse.PACKAGES
+    return repositories.rpm_boot_mirror(
+        "opensuse-boot", names, "opensuse-tumbleweed", paths["repo-oss"], paths["repo-update"], _kernel()
+    )
+
+
+def arch_boot_mirror() -> Path:
+    return repositories.pacman_boot_mirror("arch-boot", arch.PACKAGES, _kernel())
+
+
+BOOT_MIRRORS = {"arch": arch_boot_mirror, "fedora": fedora_boot_mirror, "opensuse": opensuse_boot_mirror}
+
+
+def _esp_offset(image: Path) -> str:
+    table = json.loads(subprocess.run(["sfdisk", "-J", image], capture_output=True, text=True, check=True).stdout)
+    partitions = table["partitiontable"]["partitions"]
+    assert {p["type"].lower() for p in partitions} == {ESP_TYPE, ROOT_X86_64}, partitions
+    esp = next(p for p in partitions if p["type"].lower() == ESP_TYPE)
+    return f"{image}@@{esp['start'] * 512}"
+
+
+def _esp_file(esp: str, name: str, destination: Path) -> Path:
+    """Copy the ESP's file `name` (in mtools' notation, ::/DIR/FILE) out of the disk image."""
+    subprocess.run(["mcopy", "-n", "-i", esp, name, destination], check=True, env=MTOOLS_ENV)
+    return destination
+
+
+def _section(uki: Path, name: str, destination: Path) -> bytes:
+    subprocess.run(["objcopy", "-O", "binary", f"--only-section={name}", uki, destination], check=True)
+    return destination.read_bytes()
+
+
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+@pytest.mark.parametrize("distribution", sorted(BOOT_MIRRORS))
+def test_bootable_image_boots_the_kernel_package(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = BOOT_MIRRORS[distribution]()
+    _, kernel = _kernel()
+    args = ("--repository-key-check=no", "-t", "raw_gpt", "--bootable", "-o", "image.raw")
+    build(distribution, mirror, served, tmp_path, *args)
+    esp = _esp_offset(tmp_path / "image.raw")
+    listing = subprocess.run(["mdir", "-b", "-i", esp, "::/EFI/Linux"], capture_output=True, text=True, env=MTOOLS_ENV)
+    ukis = [line for line in listing.stdout.split() if line.endswith(".efi")]
+    assert len(ukis) == 1, listing.stdout + listing.stderr
+    uki = _esp_file(esp, ukis[0], tmp_path / "uki.efi")
+    # The kernel of the distribution's kernel package, found in its layout.
+    assert _section(uki, ".linux", tmp_path / "linux") == kernel.read_bytes()
+    # The initrd mkosi had the image's dracut build, with mkosi's dracut configuration.
+    assert 'hostonly="no"' in _section(uki, ".initrd", tmp_path / "initrd").decode()
+    # The image's os-release, which the test base package writes with the distribution's ID.
+    os_id = "opensuse-tumbleweed" if distribution == "opensuse" else distribution
+    assert f"ID={os_id}" in _section(uki, ".osrel", tmp_path / "osrel").decode()
+    # systemd-boot of the distribution's boot loader package, as the removable-media boot loader.
+    loader = _esp_file(esp, "::/EFI/BOOT/BOOTX64.EFI", tmp_path / "BOOTX64.EFI")
+    assert loader.read_bytes() == (repositories.EFI / "systemd-bootx64.efi").read_bytes()
+
+
+@pytest.mark.parametrize("distribution", sorted(BOOT_MIRRORS))
+def test_bootable_image_without_a_kernel_package_names_it(distribution: str, tmp_path: Path, served: str) -> None:
+    # The plain test mirror has no kernel, dracut or boot loader packages.
+    mirror = CASES[distribution].mirror()
+    module = {"arch": arch, "fedora": fedora, "opensuse": opensuse}[distribution]
+    args = ("--repository-key-check=no", "-t", "raw_gpt", "--bootable")
+    result = build(distribution, mirror, served, tmp_path, *args, check=False)
+    assert result.returncode != 0
+    assert "no package" in result.stderr and module.PACKAGES.kernel[0] in result.stderr, result.stderr
+    assert not (tmp_path / "image.raw").exists()
+
+
+# ---- Signed repositories: accepted with their key, refused with another or when tampered with ----
+
+
+@dataclass(frozen=True)
+class Signed:
+    mirror: Callable[[], Path]
+    # Change a copy of the signed mirror as someone without the key could.
+    tamper: Callable[[Path], None]
+
+
+def _unsigned_rpm(unsigned: Callable[[], Path]) -> Callable[[Path], None]:
+    """What a mirror without the key could serve: the package rebuilt unsigned (here: the unsigned
+    mirror's), with repository metadata regenerated to match it."""
+
+    def tamper(mirror: Path) -> None:
+        package = next(mirror.rglob(f"{HELLO}-1-*.rpm"))
+        shutil.copy(next(unsigned().rglob(package.name)), package)
+        subprocess.run(["createrepo_c", "--quiet", package.parent], check=True)
+
+    return tamper
+
+
+def _changed_pacman_package(mirror: Path) -> None:
+    """The package changed and the database made anew to match it, with the old signature."""
+    package = next(mirror.rglob(f"{HELLO}-1-*.pkg.tar.zst"))
+    # Recompressed: the same files, other bytes.
+    tar = subprocess.run(["zstd", "-d", "-c", package], capture_output=True, check=True).stdout
+    package.write_bytes(subprocess.run(["zstd", "-1", "-c"], input=tar, capture_output=True, check=True).stdout)
+    directory = package.parent
+    for old in [*directory.glob("*.db*"), *directory.glob("*.files*")]:
+        old.unlink()
+    packages = sorted(directory.glob("*.pkg.tar.zst"))
+    subprocess.run(["repo-add", "--quiet", directory / "extra.db.tar.gz", *packages], check=True, capture_output=True)
+
+
+def _changed_release(mirror: Path) -> None:
+    """A signed index whose text no longer matches its signature."""
+    for release in mirror.glob("dists/*/InRelease"):
+        text = release.read_text()
+        release.write_text(re.sub(r"^Date: .*$", "Date: Thu, 01 Jan 2026 00:00:00 UTC", text, count=1, flags=re.M))
+
+
+SIGNED = {
+    "fedora": Signed(
+        lambda: repositories.signed_rpm_mirror(fedora_mirror()),
+        _unsigned_rpm(fedora_mirror),
+    ),
+    "opensuse": Signed(lambda: repositories.signed_rpm_mirror(opensuse_mirror()), _unsigned_rpm(opensuse_mirror)),
+    "arch": Signed(
+        lambda: repositories.signed_pacman_mirror(arch_mirror()),
+        _changed_pacman_package,
+    ),
+    "ubuntu": Signed(
+        lambda: repositories.signed_apt_mirror(ubuntu_mirror()),
+        _changed_release,
+    ),
+}
+
+
+def _signed_build(distribution: str, mirror: Path, tmp_path: Path, key: Path, served: str) -> Result:
+    # Tampered mirrors are copies outside the served directory: read as files.
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}" if mirror.is_relative_to(CACHE) else mirror.as_uri()
+    return mkosi(
+        "-d", distribution, f"--mirror={url}", f"--cache={tmp_path / 'cache'}", f"--repository-key={key}",
+        "-p", HELLO, "-o", "tree", "build", cwd=tmp_path, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_accepted_with_its_key(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = SIGNED[distribution].mirror()
+    result = _signed_build(distribution, mirror, tmp_path, mirror / repositories.BINARY_KEY, served)
+    assert result.returncode == 0, result.stderr[-3000:]
+    query = subprocess.run(CASES[distribution].query(tmp_path / "tree"), capture_output=True, text=True)
+    assert HELLO in query.stdout, query.stdout + query.stderr
+    if distribution == "ubuntu":
+        # The image's apt trusts the key too, for the same sources (BuildPackages=, updates).
+        keys = list((tmp_path / "tree/etc/apt/trusted.gpg.d").glob("mkosi-repository-key-*.gpg"))
+        release = next(mirror.glob("dists/*/InRelease"))
+        assert subprocess.run(["gpgv", f"--keyring={keys[0]}", release], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_refused_with_another_key(distribution: str, tmp_path: Path, served: str) -> None:
+    mirror = SIGNED[distribution].mirror()
+    other = repositories.other_key() / repositories.BINARY_KEY
+    result = _signed_build(distribution, mirror, tmp_path, other, served)
+    assert result.returncode != 0
+    assert "not signed by a trusted key" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "tree").exists()
+
+
+@pytest.mark.parametrize("distribution", sorted(SIGNED))
+def test_signed_repository_is_refused_when_tampered_with(distribution: str, tmp_path: Path, served: str) -> None:
+    tampered = tmp_path / "mirror"
+    shutil.copytree(SIGNED[distribution].mirror(), tampered)
+    SIGNED[distribution].tamper(tampered)
+    result = _signed_build(distribution, tampered, tmp_path, tampered / repositories.BINARY_KEY, served)
+    assert result.returncode != 0
+    assert "not signed by a trusted key" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "tree").exists()

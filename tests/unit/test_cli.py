@@ -27,13 +27,6 @@ def test_config_error_is_one_line_with_status_2_and_writes_nothing(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.default"]
 
 
-def test_pending_feature_is_refused_not_ignored(tmp_path: Path) -> None:
-    result = mkosi(tmp_path, "-d", "fedora", "-t", "raw_gpt", "--bootable", "build")
-    assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
-    assert sorted(tmp_path.iterdir()) == []
-
-
 def test_help_lists_flags(tmp_path: Path) -> None:
     result = mkosi(tmp_path, "help")
     assert result.returncode == 0

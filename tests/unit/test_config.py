@@ -91,6 +91,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ),
     ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"], ("main", "contrib"), ""),
     ("Distribution", "RepositoryKeyCheck"): ("no", ["--repository-key-check=no"], False, ""),
+    ("Distribution", "RepositoryKey"): ("sb.crt", ["--repository-key=sb.crt"], lambda p: (p / "sb.crt",), ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),

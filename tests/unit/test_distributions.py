@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,8 @@ import anyio
 import pytest
 import structlog
 
-from mkosi.build import check_supported
+from mkosi.boot import Kernel, ensure_initrd, find_kernel, kernel_images, write_dracut_config
+from mkosi.build import PACKAGE_INSTALLERS, check_supported
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
 from mkosi.distributions import (
@@ -103,6 +105,11 @@ def test_package_names_cover_a_bootable_image(module: object) -> None:
     assert {"ext4", "btrfs", "xfs"} <= set(names.filesystems)
 
 
+def test_every_distribution_installs_build_packages() -> None:
+    assert set(PACKAGE_INSTALLERS) == set(Distribution)
+    assert PACKAGE_INSTALLERS[Distribution.fedora] is fedora.install_packages
+
+
 def test_distribution_specific_names() -> None:
     assert "fedora-release" in fedora.PACKAGES.base and "kernel-core" in fedora.PACKAGES.kernel
     assert "openSUSE-release" in opensuse.PACKAGES.base
@@ -129,7 +136,7 @@ def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute-updates main universe",
         "deb [trusted=yes] http://security.ubuntu.com/ubuntu resolute-security main universe",
     ]
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd" in argv
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt" in argv
     assert not any(a.startswith("--keyring") for a in argv)
 
 
@@ -140,7 +147,7 @@ def test_ubuntu_mirror_repositories_and_arm64(project: Path, tmp_path: Path) -> 
     argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
     assert argv[-1] == "deb [trusted=yes] http://local/ubuntu noble main restricted"
     assert "--architectures=arm64" in argv and argv[-2] == str(tmp_path / "ws/root")
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,vim" in argv
+    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt,vim" in argv
     ports = ubuntu.sources(load("-d", "ubuntu", "--architecture=arm64"))[0]
     assert ports.uri == ubuntu.DEFAULT_MIRRORS["arm64"]
 
@@ -159,19 +166,108 @@ def test_bootable_images_get_a_kernel_and_the_dracut_configuration(
     assert not any("hook" in a for a in mmdebstrap.command(plain, module.bootstrap(plain)))
 
 
-@pytest.mark.parametrize("distribution", ["fedora", "arch", "opensuse"])
-def test_bootable_is_refused_where_the_boot_stages_do_not_work_yet(project: Path, distribution: str) -> None:
-    with pytest.raises(NotImplementedYet, match=f"Bootable= for {distribution}: not implemented yet"):
-        check_supported(load("-d", distribution, "-t", "raw_gpt", "--bootable"))
-    check_supported(load("-d", "ubuntu", "-t", "raw_gpt", "--bootable"))
+@pytest.mark.parametrize(
+    ("module", "kernel", "boot_loader"),
+    [(fedora, "kernel-core", "systemd-boot-unsigned"), (opensuse, "kernel-default", "systemd-boot"),
+     (arch, "linux", "systemd")],
+)  # fmt: skip
+def test_bootable_images_of_rpm_and_pacman_distributions(
+    project: Path, module: Any, kernel: str, boot_loader: str
+) -> None:
+    distribution = module.__name__.rsplit(".", 1)[1]
+    config = load("-d", distribution, "-t", "raw_gpt", "--bootable", "-p", "vim")
+    check_supported(config)
+    packages = module.PACKAGES.image(bootable=True, extra=config.packages)
+    assert packages[: len(module.PACKAGES.base)] == module.PACKAGES.base and packages[-1] == "vim"
+    assert {kernel, "dracut", boot_loader} <= set(packages)
+    assert module.PACKAGES.image(bootable=False, extra=()) == module.PACKAGES.base
+
+
+def test_a_distribution_not_bootable_yet_is_refused(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every distribution boots today; a new one starts out like this.
+    pending = dataclasses.replace(DISTRIBUTIONS[Distribution.fedora], bootable=False)
+    monkeypatch.setitem(DISTRIBUTIONS, Distribution.fedora, pending)
+    with pytest.raises(NotImplementedYet, match="Bootable= for fedora: not implemented yet"):
+        check_supported(load("-d", "fedora", "-t", "raw_gpt", "--bootable"))
+
+
+def _touch(path: Path, text: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_kernel_layouts(tmp_path: Path) -> None:
+    debian_root, fedora_root, arch_root = tmp_path / "debian", tmp_path / "fedora", tmp_path / "arch"
+    _touch(debian_root / "usr/lib/modules/6.1.0-9-amd64/modules.dep")
+    for version in ("6.1.0-9-amd64", "6.1.0-10-amd64"):
+        _touch(debian_root / f"boot/vmlinuz-{version}")
+        _touch(debian_root / f"boot/initrd.img-{version}")
+    # The newest by version, not by name: 10 > 9.
+    assert find_kernel(debian_root) == Kernel(
+        "6.1.0-10-amd64", debian_root / "boot/vmlinuz-6.1.0-10-amd64", debian_root / "boot/initrd.img-6.1.0-10-amd64"
+    )
+    image = _touch(fedora_root / "usr/lib/modules/6.17.1-300.fc45.x86_64/vmlinuz")
+    assert kernel_images(fedora_root) == {"6.17.1-300.fc45.x86_64": image}
+    with pytest.raises(MkosiError, match=r"no initrd for kernel 6\.17\.1-300\.fc45\.x86_64"):
+        find_kernel(fedora_root)
+    initrd = _touch(fedora_root / "boot/initramfs-6.17.1-300.fc45.x86_64.img")
+    assert find_kernel(fedora_root).initrd == initrd
+    _touch(arch_root / "usr/lib/modules/6.17.1-arch1-1/pkgbase", "linux\n")
+    image = _touch(arch_root / "boot/vmlinuz-linux")
+    assert kernel_images(arch_root) == {"6.17.1-arch1-1": image}
+    with pytest.raises(MkosiError, match=r"no kernel in /usr/lib/modules/\*/vmlinuz or /boot/vmlinuz-\*"):
+        find_kernel(tmp_path / "empty")
+
+
+def test_dracut_configuration_goes_into_bootable_trees_only(project: Path, tmp_path: Path) -> None:
+    write_dracut_config(tmp_path / "plain", load("-d", "fedora"))
+    assert not (tmp_path / "plain").exists()
+    write_dracut_config(tmp_path / "root", load("-d", "fedora", "-t", "raw_gpt", "--bootable"))
+    assert 'hostonly="no"' in (tmp_path / "root/etc/dracut.conf.d/50-mkosi.conf").read_text()
+
+
+def test_missing_initrd_without_dracut_is_named(project: Path, tmp_path: Path) -> None:
+    ctx = context(load("-d", "fedora", "-t", "raw_gpt", "--bootable"), tmp_path)
+    _touch(ctx.root / "usr/lib/modules/6.17.1/vmlinuz")
+    with pytest.raises(MkosiError, match=r"kernel 6\.17\.1 has no initrd and the image has no dracut"):
+        anyio.run(ensure_initrd, ctx)
 
 
 def test_ubuntu_without_its_keyring_says_what_to_do(project: Path, tmp_path: Path) -> None:
     with pytest.raises(MkosiError, match=r"ubuntu-keyring.*RepositoryKeyCheck=no"):
-        ubuntu.keyring(load("-d", "ubuntu"), tmp_path / "missing.gpg")
+        ubuntu.keyrings(load("-d", "ubuntu"), tmp_path / "missing.gpg")
     present = tmp_path / "ubuntu.gpg"
     present.write_bytes(b"")
-    assert ubuntu.keyring(load("-d", "ubuntu"), present) == present
+    assert ubuntu.keyrings(load("-d", "ubuntu"), present) == (present,)
+
+
+def test_repository_keys_replace_the_distributions_own(project: Path, tmp_path: Path) -> None:
+    key = project / "mirror.gpg"
+    key.write_bytes(b"key")
+    given = ("-m", "http://m/", f"--repository-key={key}")
+    assert ubuntu.keyrings(load("-d", "ubuntu", *given), tmp_path / "missing.gpg") == (key,)
+    assert ubuntu.keyrings(load("-d", "ubuntu", *given, "--repository-key-check=no")) == ()
+    ctx = context(load("-d", "debian", *given), tmp_path)
+    assert mmdebstrap.command(ctx, debian.bootstrap(ctx)).count(f"--keyring={key}") == 1
+    assert f"--keyring={debian.KEYRING}" not in mmdebstrap.command(ctx, debian.bootstrap(ctx))
+    # The image's apt gets the key too, named so that apt reads it.
+    hooks = [a for a in mmdebstrap.command(ctx, debian.bootstrap(ctx)) if a.startswith("--setup-hook=cp")]
+    assert hooks == [
+        f'--setup-hook=cp {key} "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg" && '
+        'chmod 644 "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg"'
+    ]
+    assert {r.gpgkeys for r in fedora.repositories(load("-d", "fedora", *given))} == {(key.as_uri(),)}
+    assert {r.gpgkeys for r in opensuse.repositories(load("-d", "opensuse", *given))} == {(key.as_uri(),)}
+
+
+def test_pacman_trusts_the_primary_keys_of_given_keys() -> None:
+    shown = (
+        "pub:-:255:22:AAAA:1:::-:::scSC::::::23::0:\nfpr:::::::::PRIMARY1:\n"
+        "uid:-::::1::X::mkosi test::::::::::0:\nsub:-:255:18:BBBB:1::::::e::::::23:\nfpr:::::::::SUBKEY:\n"
+        "pub:-:255:22:CCCC:1:::-:::scSC::::::23::0:\nfpr:::::::::PRIMARY2:\n"
+    )
+    assert pacman.fingerprints(shown) == ["PRIMARY1", "PRIMARY2"]
 
 
 # ---- dnf: Fedora ----
@@ -216,7 +312,8 @@ def test_dnf_configuration_is_isolated_from_the_host(project: Path, tmp_path: Pa
     text = dnf.config_text(ctx, fedora.repositories(config), workspace=tmp_path / "ws/dnf")
     assert f"reposdir={tmp_path}/ws/dnf/repos.d" in text and f"varsdir={tmp_path}/ws/dnf/vars" in text
     assert "gpgcheck=1" in text and "tsflags=nodocs" in text and "keepcache=1" in text
-    argv = dnf.command(ctx, tmp_path / "ws/dnf/dnf.conf", fedora.PACKAGES.base)
+    packages = fedora.PACKAGES.image(bootable=False, extra=("vim",))
+    argv = dnf.command(ctx, ctx.root, tmp_path / "ws/dnf/dnf.conf", packages)
     assert argv[:4] == ["dnf", "--assumeyes", "--noplugins", f"--config={tmp_path}/ws/dnf/dnf.conf"]
     # dnf 4 takes these as host paths only from the command line.
     assert f"--setopt=cachedir={tmp_path}/ws/dnf/cache" in argv
@@ -272,14 +369,20 @@ def test_opensuse_ports_and_arch_on_arm64(project: Path) -> None:
 
 def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     ctx = context(load("-d", "opensuse", "-p", "vim"), tmp_path)
-    refresh, install = zypper.commands(ctx, tmp_path / "repos.d", opensuse.PACKAGES.base)
+    packages = opensuse.PACKAGES.image(bootable=False, extra=ctx.config.packages)
+    refresh, install = zypper.commands(ctx, ctx.root, tmp_path / "repos.d", packages)
     base = ["zypper", f"--config={tmp_path}/zypper.conf", f"--root={tmp_path}/ws/root",
             f"--reposd-dir={tmp_path}/repos.d", "--non-interactive"]  # fmt: skip
     assert refresh == [*base, "--gpg-auto-import-keys", "refresh"]
     assert install == [*base, "--gpg-auto-import-keys", "install", "--no-recommends",
                        "openSUSE-release", "systemd", "util-linux", "vim"]  # fmt: skip
     unchecked = context(load("-d", "opensuse", "--repository-key-check=no"), tmp_path)
-    assert "--no-gpg-checks" in zypper.commands(unchecked, tmp_path, ())[0]
+    assert "--no-gpg-checks" in zypper.commands(unchecked, tmp_path, tmp_path, ())[0]
+    # Keys given: imported into the rpm database beforehand, and no key the repository offers is trusted.
+    (project / "mirror.asc").write_text("key")
+    keyed = context(load("-d", "opensuse", "--repository-key=mirror.asc"), tmp_path)
+    refresh = zypper.commands(keyed, tmp_path, tmp_path, ())[0]
+    assert "--gpg-auto-import-keys" not in refresh and "--no-gpg-checks" not in refresh
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
 
 
@@ -289,7 +392,7 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
 def test_pacman_configuration(project: Path, tmp_path: Path) -> None:
     config = load("-d", "arch")
     ctx = context(config, tmp_path)
-    text = pacman.config_text(ctx, arch.repositories(config), workspace=tmp_path / "p")
+    text = pacman.config_text(ctx, ctx.root, arch.repositories(config), workspace=tmp_path / "p")
     assert f"RootDir = {tmp_path}/ws/root\n" in text
     assert f"DBPath = {tmp_path}/ws/root/var/lib/pacman/\n" in text
     assert f"GPGDir = {tmp_path}/p/gnupg/\n" in text and f"CacheDir = {tmp_path}/p/cache/\n" in text
@@ -297,7 +400,7 @@ def test_pacman_configuration(project: Path, tmp_path: Path) -> None:
     assert "[core]\nServer = https://geo.mirror.pkgbuild.com/$repo/os/$arch\n" in text
     assert "[extra]\n" in text and "NoExtract = usr/share/doc/*" in text
     unchecked = load("-d", "arch", "--repository-key-check=no", "-m", "http://l/")
-    text = pacman.config_text(context(unchecked, tmp_path), arch.repositories(unchecked), workspace=tmp_path)
+    text = pacman.config_text(context(unchecked, tmp_path), tmp_path, arch.repositories(unchecked), workspace=tmp_path)
     assert "SigLevel = Never\n" in text and "Server = http://l/$repo/os/$arch" in text
 
 

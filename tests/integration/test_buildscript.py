@@ -170,6 +170,9 @@ def test_build_directory_persists_between_builds(tmp_path: Path) -> None:
     assert not (project / "image/root/build/runs").exists()
     assert _build(project)["build-script"] == "reused"
 
-    # -ff empties it and keeps it, so persistent builds stay on.
-    mkosi("-ff", "clean", cwd=project)
+    # -ff empties it and keeps it, so persistent builds stay on; it drops the project's own caches,
+    # and of the shared package pool linked into them only the link.
+    subprocess.run([sys.executable, "-m", "mkosi", "-ff", "clean"], cwd=project, check=True)
     assert (project / "mkosi.builddir").is_dir() and not list((project / "mkosi.builddir").iterdir())
+    assert sorted(p.name for p in cache.iterdir()) == []
+    assert pool.is_dir()

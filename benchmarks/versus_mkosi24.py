@@ -117,9 +117,17 @@ class TmpfsSampler:
         self._thread.join()
 
 
+def settle() -> None:
+    """Let the disk finish what earlier runs left it (written-back data, and on file systems mounted
+    with discard, the trims of removed trees, which slow file creation for seconds), so that each
+    build is timed from the same state, whichever ran before it."""
+    os.sync()
+
+
 def run_ours(project: Path, args: list[str]) -> Ours:
     stderr = project.parent / "ours.stderr"
     command = [sys.executable, "-m", "mkosi", "--log-format=json", *args, "build"]
+    settle()
     start = time.monotonic()
     with TmpfsSampler() as sampler, stderr.open("wb") as err:
         process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=err)
@@ -161,6 +169,7 @@ def run_theirs(scratch: Path, project: Path, args: list[str]) -> float:
         peer_mkosi24.write_package_manager_tree(pkgmngr)
     inside = peer_mkosi24.INSIDE
     log = scratch / "theirs.log"
+    settle()
     result = peer_mkosi24.run(
         scratch,
         project,

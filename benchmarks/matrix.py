@@ -97,7 +97,8 @@ def serial_side(matrix_file: Path, base: Path, package_cache: Path | None) -> tu
         directory = project(base, f"serial-{p.name}", None)
         (directory / "mkosi.default").write_text(cell_default(matrix, p.cell, package_cache))
         output = directory / p.config.output.name
-        is_tar = p.config.format is OutputFormat.tar
+        # The cell's own format: the matrix builds directory cells as the tarballs it publishes.
+        is_tar = {**matrix.defaults, **p.cell.settings}.get("Format") == OutputFormat.tar.value
         compress = [f"--compress={matrix.release.compress.value}"] if is_tar else []
         run([sys.executable, "-m", "mkosi", *compress, "-o", str(output), "build"], directory, log)
         if "bootstrap: done" in output.with_name(output.name + ".log").read_text():

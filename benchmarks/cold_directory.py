@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from idle_disk import settle  # noqa: E402
+
 from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors  # noqa: E402
 from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
 
@@ -56,10 +58,7 @@ def machine() -> str:
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
-    # Each build starts with the disk done with what earlier runs left it (write-back, and the
-    # trims of removed trees, which slow file creation for seconds on file systems mounted with
-    # discard), whichever ran before it.
-    os.sync()
+    settle()
     start = time.monotonic()
     result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.monotonic() - start

@@ -48,6 +48,7 @@ sys.path[:0] = [str(REPO), str(BENCHMARKS)]
 
 import peer_mkosi24  # noqa: E402
 from cold_directory import machine  # noqa: E402
+from idle_disk import settle  # noqa: E402
 
 from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
 
@@ -115,13 +116,6 @@ class TmpfsSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def settle() -> None:
-    """Let the disk finish what earlier runs left it (written-back data, and on file systems mounted
-    with discard, the trims of removed trees, which slow file creation for seconds), so that each
-    build is timed from the same state, whichever ran before it."""
-    os.sync()
 
 
 def run_ours(project: Path, args: list[str]) -> Ours:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mkosi.concurrency import cpu_heavy
 from mkosi.disk.partitions import MiB, align
-from mkosi.run import run
+from mkosi.run import Argument, run
 
 BLOCK = 4096
 # Per-inode cost in an ext4 image (inode table entry plus directory entry), generously.
@@ -75,12 +75,12 @@ async def make_btrfs(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, lab
 
 
 async def make_squashfs(tree: Path, image: Path, log: Any) -> None:
+    # zstd's level 15, mksquashfs's default, took 37.5 s for a 670 MB bootable tree here; level 6
+    # took 4.1 s for an image 6 % larger (level 3: 2.0 s, 12 % larger).
+    command: list[Argument] = ["mksquashfs", tree, image, "-noappend", "-quiet", "-no-progress", "-xattrs"]
     # mksquashfs compresses on every core.
     async with cpu_heavy():
-        await run(
-            ["mksquashfs", tree, image, "-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-xattrs"],
-            log=log,
-        )
+        await run([*command, "-comp", "zstd", "-Xcompression-level", "6"], log=log)
 
 
 async def make_swap(image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:

@@ -18,7 +18,7 @@ from mkosi.concurrency import exclusive
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
-from mkosi.disk.layout import plan
+from mkosi.disk.layout import checked_filesystems, plan
 from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
 from mkosi.errors import MkosiError, NotImplementedYet
 from mkosi.log import build_log
@@ -99,6 +99,8 @@ STAGES: list[Stage] = [
             "with_docs": c.with_docs,
             # The initrd is built while the kernel installs, with this configuration.
             "initrd": boot.dracut_config(c) if c.bootable else None,
+            # A bootable image gets the fsck of the file systems it mounts: they depend on the format.
+            "filesystem_tools": checked_filesystems(c) if c.bootable else (),
         },
         checkpoint=True,
     ),

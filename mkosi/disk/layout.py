@@ -29,6 +29,13 @@ def data_filesystem(config: Config) -> str:
     return "btrfs" if config.format is OutputFormat.raw_btrfs else "ext4"
 
 
+def checked_filesystems(config: Config) -> tuple[str, ...]:
+    """The writable file systems a booted image mounts, and so checks with its own fsck at boot."""
+    if not config.format.is_raw:
+        return ()
+    return tuple(dict.fromkeys(p.filesystem for p in plan(config) if p.filesystem in ("ext4", "btrfs", "xfs")))
+
+
 def plan(config: Config) -> list[PartitionPlan]:
     plans = []
     if config.bootable:

@@ -42,9 +42,14 @@ class PackageNames:
     # The tools that create and check each root file system type inside a bootable image.
     filesystems: dict[str, str]
 
-    def image(self, *, bootable: bool, extra: tuple[str, ...]) -> tuple[str, ...]:
-        """What an image installs: the base system, what booting needs, then the user's `extra`."""
-        return (*self.base, *((*self.kernel, *self.boot) if bootable else ()), *extra)
+    def image(self, *, bootable: bool, extra: tuple[str, ...], filesystems: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """What an image installs: the base system, what booting needs (with the tools of the
+        `filesystems` the booted system checks), then the user's `extra`."""
+        boot = (*self.kernel, *self.boot, *self.filesystem_tools(filesystems)) if bootable else ()
+        return (*self.base, *boot, *extra)
+
+    def filesystem_tools(self, filesystems: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.filesystems[f] for f in filesystems if f in self.filesystems))
 
 
 DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {

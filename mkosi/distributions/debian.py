@@ -8,6 +8,7 @@ from pathlib import Path
 from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.disk.layout import checked_filesystems
 from mkosi.distributions import PackageNames
 from mkosi.package_managers import mmdebstrap
 from mkosi.package_managers.mmdebstrap import Source
@@ -73,7 +74,8 @@ def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> li
 def packages(config: Config, names: PackageNames = PACKAGES, kernel: str | None = None) -> tuple[str, ...]:
     """Everything the bootstrap installs: the base system, what booting needs, the user's packages."""
     kernel = kernel or KERNELS[config.architecture]
-    boot_packages = (kernel, *names.boot) if config.bootable else ()
+    tools = names.filesystem_tools(checked_filesystems(config))
+    boot_packages = (kernel, *names.boot, *tools) if config.bootable else ()
     return (*names.base, *boot_packages, *config.packages)
 
 

@@ -200,6 +200,7 @@ def rpm_boot_mirror(
         "mkosi-test-kernel": (names.kernel[:1], {f"/usr/lib/modules/{version}/vmlinuz": image}, {}),
         "mkosi-test-dracut": (("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT}),
         "mkosi-test-boot": (names.boot, BOOT_FILES, {}),
+        "mkosi-test-fsck": ((names.filesystems["ext4"],), {}, {}),
     }
     specs = {
         hello_path: [rpm_spec(HELLO, names.base, os_id)],
@@ -260,7 +261,7 @@ def pkgbuild_files(name: str, provides: Sequence[str], files: dict[str, Path], t
     return (
         f"pkgname={name}\npkgver=1\npkgrel=1\narch=(x86_64)\nlicense=(GPL2)\noptions=(!strip)\n"
         f"pkgdesc='{name}'\nprovides=({' '.join(provides)})\ndepends=({BASE})\n"
-        "package() {\n" + "\n".join(lines) + "\n}\n"
+        "package() {\n" + "\n".join(lines or ["    :"]) + "\n}\n"
     )
 
 
@@ -297,6 +298,7 @@ def pacman_boot_mirror(name: str, names: PackageNames, kernel: tuple[str, Path])
         ("core", pkgbuild_files("mkosi-test-kernel", names.kernel[:1], {"/boot/vmlinuz-linux": image}, pkgbase)),
         ("core", pkgbuild_files("mkosi-test-dracut", ("dracut",), {}, {"/usr/bin/dracut": DRACUT_SCRIPT})),
         ("core", pkgbuild_files("mkosi-test-boot", names.boot, BOOT_FILES, {})),
+        ("core", pkgbuild_files("mkosi-test-fsck", (names.filesystems["ext4"],), {}, {})),
     ]
     return _pacman_mirror(name, recipes, _digest({"kernel": image, **BOOT_FILES}))
 

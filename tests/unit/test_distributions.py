@@ -11,9 +11,10 @@ import pytest
 import structlog
 
 from mkosi.boot import Kernel, ensure_initrd, find_kernel, kernel_images, write_dracut_config
-from mkosi.build import PACKAGE_INSTALLERS, check_supported
+from mkosi.build import PACKAGE_INSTALLERS, STAGES, check_supported
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
+from mkosi.disk.layout import checked_filesystems
 from mkosi.distributions import (
     DISTRIBUTIONS,
     Distribution,
@@ -39,6 +40,7 @@ from mkosi.package_managers import (
 from mkosi.package_managers.rpm import RPMDB, Repository, rpm_environment
 from mkosi.package_managers.rpm import link_in as rpm_link_in
 from mkosi.package_managers.rpm import link_out as rpm_link_out
+from mkosi.pipeline import stage_keys
 from mkosi.run import CommandError
 
 
@@ -181,6 +183,31 @@ def test_bootable_images_of_rpm_and_pacman_distributions(
     assert packages[: len(module.PACKAGES.base)] == module.PACKAGES.base and packages[-1] == "vim"
     assert {kernel, "dracut", boot_loader} <= set(packages)
     assert module.PACKAGES.image(bootable=False, extra=()) == module.PACKAGES.base
+
+
+@pytest.mark.parametrize(
+    ("argv", "tools"),
+    [(("-t", "raw_gpt"), ("e2fsprogs",)), (("-t", "raw_btrfs"), ("btrfs-progs",)),
+     (("-t", "raw_squashfs"), ()), (("-t", "raw_squashfs", "--home-size=64M"), ("e2fsprogs",)),
+     (("-t", "raw_btrfs", "--srv-size=64M"), ("btrfs-progs",))],
+)  # fmt: skip
+def test_bootable_images_get_the_fsck_of_their_writable_file_systems(
+    project: Path, argv: tuple[str, ...], tools: tuple[str, ...]
+) -> None:
+    config = load("-d", "debian", "--bootable", *argv)
+    assert tuple(p for p in debian.packages(config) if p in ("e2fsprogs", "btrfs-progs")) == tools
+    assert fedora.PACKAGES.filesystem_tools(checked_filesystems(config)) == tools
+    plain = load("-d", "debian", *argv)
+    assert not {"e2fsprogs", "btrfs-progs"} & set(debian.packages(plain))
+
+
+def test_fsck_tools_are_part_of_the_bootstrap_key(project: Path) -> None:
+    def bootstrap_key(*argv: str) -> str:
+        return stage_keys(load("-d", "debian", *argv), STAGES)[0][1]
+
+    assert bootstrap_key("-t", "raw_gpt", "--bootable") != bootstrap_key("-t", "raw_btrfs", "--bootable")
+    # Without booting, every format shares one bootstrap.
+    assert bootstrap_key("-t", "raw_gpt") == bootstrap_key("-t", "raw_btrfs") == bootstrap_key("-t", "tar")
 
 
 def test_a_distribution_not_bootable_yet_is_refused(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
+from mkosi.disk.layout import checked_filesystems
+from mkosi.distributions import PackageNames
 from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.run import run
@@ -155,6 +157,20 @@ async def ensure_initrd(context: Context) -> None:
     output = "/" + MKOSI_INITRD.format(version=version)
     command = [*NSPAWN_BUILD, f"--directory={root}", "dracut", "--force", "--kver", version, output]
     await run(command, env=NSPAWN_ENV, log=context.log)
+
+
+async def install_image(
+    context: Context, names: PackageNames, install: Callable[[tuple[str, ...]], Awaitable[None]]
+) -> None:
+    """Install an image whose package manager leaves the initrd to mkosi (Fedora, openSUSE, Arch):
+    mkosi's dracut configuration first, then the packages (with what booting needs), then the
+    initrd if no kernel hook made one."""
+    config = context.config
+    write_dracut_config(context.root, config)
+    filesystems = checked_filesystems(config)
+    await install(names.image(bootable=config.bootable, extra=config.packages, filesystems=filesystems))
+    if config.bootable:
+        await ensure_initrd(context)
 
 
 async def section_end(stub: Path, log: Any) -> int:

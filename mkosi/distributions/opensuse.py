@@ -7,7 +7,6 @@ from pathlib import Path
 from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.disk.layout import checked_filesystems
 from mkosi.distributions import PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import zypper
@@ -50,12 +49,10 @@ def repositories(config: Config) -> list[Repository]:
 
 
 async def install(context: Context) -> None:
-    config = context.config
-    boot.write_dracut_config(context.root, config)
-    packages = PACKAGES.image(bootable=config.bootable, extra=config.packages, filesystems=checked_filesystems(config))
-    await zypper.install(context, context.root, repositories(config), packages)
-    if config.bootable:
-        await boot.ensure_initrd(context)
+    async def into_image(packages: tuple[str, ...]) -> None:
+        await zypper.install(context, context.root, repositories(context.config), packages)
+
+    await boot.install_image(context, PACKAGES, into_image)
 
 
 async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:

@@ -62,7 +62,12 @@ def cached_keys(directory: Path) -> set[str]:
     """The keys the cache in `directory` holds an entry for."""
     if not directory.is_dir():
         return set()
-    return {p.name for p in directory.iterdir() if p.is_dir() and p.name != OWNERS and not p.name.startswith(".")}
+    return {p.name for p in directory.iterdir() if p.name != OWNERS and not p.name.startswith(".") and _complete(p)}
+
+
+def _complete(entry: Path) -> bool:
+    """An entry of archives; a directory without any is a tree copy left by mkosi before 2026-11-25."""
+    return entry.is_dir() and any(entry.glob("*.tar"))
 
 
 async def archive(source: Path, entry: Path, log: Any) -> None:
@@ -106,7 +111,7 @@ class SnapshotCache:
         return self.directory / key
 
     def has(self, key: str) -> bool:
-        return self.entry(key).is_dir()
+        return _complete(self.entry(key))
 
     def _cacheable_run(self, config: Config, key: str) -> list[str]:
         """The keys from `key` to the end of the run of cacheable stages it is part of."""
@@ -186,6 +191,8 @@ class SnapshotCache:
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             await archive(context.workspace, temporary, context.log)
+            # An older mkosi's tree copy under the same key is not an entry: replace it.
+            await remove_tree(self.entry(key))
             os.rename(temporary, self.entry(key))
         finally:
             await remove_tree(temporary)

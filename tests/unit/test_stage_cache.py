@@ -160,6 +160,7 @@ def test_summary_marks_cached_stages(tmp_path: Path) -> None:
     config = _config(tmp_path, "-i", f"--cache={tmp_path}/c")
     bootstrap_key = stage_keys(config, STAGES)[0][1]
     (stage_cache_dir(config) / bootstrap_key).mkdir(parents=True)
+    (stage_cache_dir(config) / bootstrap_key / "root.tar").touch()
     lines = [line for line in summary(config).splitlines() if "reused with -i" in line]
     assert len(lines) == 1 and "bootstrap" in lines[0]
 
@@ -207,3 +208,20 @@ async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> No
     assert image.stat().st_size == 64 << 20 and image.stat().st_blocks * 512 < 1 << 20
     assert image.read_bytes()[32 << 20 :][:4] == b"data"
     assert stat.S_IMODE((second.root / "empty").stat().st_mode) == 0o700
+
+
+async def test_a_tree_copy_of_an_older_mkosi_is_not_an_entry(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = _stages(rec)
+    probe = SnapshotCache(tmp_path / "probe", stages)
+    config = _config(tmp_path)
+    await run_stages(_context(tmp_path, config, "probe"), stages, probe)
+    cache = SnapshotCache(tmp_path / "cache", stages)
+    for key in probe.stored:
+        (cache.entry(key) / "root").mkdir(parents=True)  # what entries looked like before archives
+    rec.runs.clear()
+    build = _context(tmp_path, config, "build")
+    await run_stages(build, stages, cache)
+    assert [n for n, _ in rec.runs] == ["bootstrap", "configure", "clean", "output"]
+    assert (build.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
+    assert all(cache.has(key) for key in probe.stored)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -15,7 +16,7 @@ import structlog
 from mkosi import boot, buildscript, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
-from mkosi.config import Config
+from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
 from mkosi.disk.layout import checked_filesystems, plan
@@ -26,9 +27,9 @@ from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.package_managers import apt
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
-from mkosi.stage_cache import SnapshotCache, prune
+from mkosi.stage_cache import SnapshotCache, cached_keys, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
-from mkosi.workspace import remove_tree, workspace
+from mkosi.workspace import TMPFS_DIR, choose_base, remove_tree, remove_trees, workspace
 
 INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
     Distribution.debian: debian.install,
@@ -233,13 +234,6 @@ def set_aside_outputs(config: Config) -> list[Path]:
     return moved
 
 
-async def remove_set_aside(paths: list[Path]) -> None:
-    # Shielded: a removal cut short would leave half a tree behind.
-    with anyio.CancelScope(shield=True):
-        for path in paths:
-            await remove_tree(path)
-
-
 async def remove_outputs(config: Config) -> None:
     for path in output_paths(config):
         await remove_tree(path)
@@ -287,14 +281,33 @@ def incremental_checkpoints(config: Config) -> set[str]:
     return keys
 
 
+def tree_next_to_output(config: Config) -> bool:
+    """Whether an incremental `directory` build keeps the image's tree next to the output.
+
+    tmpfs pays off while package managers install into the tree (dpkg is twice as fast there).
+    When the stage cache already holds the tree with its packages installed, nothing but small
+    changes (the build's output, mkosi.postinst, configuration) happen to it any more. Restored
+    next to the output, it is then published by a rename instead of a copy of thousands of files,
+    and it is restored there while the build image is restored into tmpfs, side by side.
+    """
+    if not (config.incremental and config.format is OutputFormat.directory):
+        return False
+    if config.workspace is not WorkspaceMode.auto or choose_base(config.workspace, config.output.parent) != TMPFS_DIR:
+        return False
+    cached = cached_keys(stage_cache_dir(config))
+    return any(key in cached for stage, key in stage_keys(config, STAGES) if stage.cacheable)
+
+
 async def build(
     config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
+    split_tree = False
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
+        split_tree = tree_next_to_output(config)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():
@@ -310,19 +323,27 @@ async def build(
     started = time.monotonic()
     with build_log(config.output.name, log_path(config)) as log:
         try:
-            async with workspace(config, log) as path:
-                context = Context(config=config, workspace=path, log=log)
+            async with contextlib.AsyncExitStack() as workspaces:
+                path = await workspaces.enter_async_context(workspace(config, log))
+                tree = None
+                if split_tree:
+                    tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
+                context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
                 try:
                     await run_stages(context, STAGES, cache, observe)
                     publish(context)
                     if config.incremental:
                         await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
+                    # Emptying the workspace and removing the old outputs both take a while
+                    # (thousands of files each): side by side, they take half as long.
+                    await remove_trees([*(home / name for name, home in context.items().items()), *old_outputs])
+                    old_outputs = []
                 finally:
                     with anyio.CancelScope(shield=True):
                         for staged in context.staged.values():
                             await remove_tree(staged)
         finally:
-            await remove_set_aside(old_outputs)
+            await remove_trees(old_outputs)
         elapsed = time.monotonic() - started
         log.info(
             "built",

@@ -8,6 +8,8 @@ from typing import Any
 
 from mkosi.config import Config
 
+ROOT = "root"
+
 
 @dataclass(frozen=True)
 class StageRecord:
@@ -23,6 +25,9 @@ class Context:
     # A private temporary directory; removed when the build ends, whatever happens.
     workspace: Path
     log: Any
+    # Where the image's tree lives when not in `workspace`: a second private directory next to the
+    # output (see build.tree_next_to_output). Like `workspace`, removed when the build ends.
+    tree_workspace: Path | None = None
     # Finished outputs waiting under temporary names; published (renamed into place) only when the
     # whole build succeeded, removed otherwise.
     staged: dict[Path, Path] = field(default_factory=dict)
@@ -31,7 +36,20 @@ class Context:
     @property
     def root(self) -> Path:
         """The image's tree."""
-        return self.workspace / "root"
+        return (self.tree_workspace or self.workspace) / ROOT
+
+    def items(self) -> dict[str, Path]:
+        """The workspace's top-level items (the tree, the build image, file system images, ...) by
+        name, with the directory each lives in: what a snapshot of the build's state consists of."""
+        items = {child.name: self.workspace for child in self.workspace.iterdir() if not child.name.startswith(".")}
+        if self.tree_workspace is not None:
+            items.pop(ROOT, None)
+            items.update({child.name: self.tree_workspace for child in self.tree_workspace.iterdir()})
+        return dict(sorted(items.items()))
+
+    def home_of(self, item: str) -> Path:
+        """The directory the item called `item` lives in (or is to be restored to)."""
+        return self.tree_workspace if item == ROOT and self.tree_workspace is not None else self.workspace
 
     def stage_output(self, final: Path) -> Path:
         """A temporary path next to `final` to write it to; published by rename."""

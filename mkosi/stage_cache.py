@@ -70,20 +70,21 @@ def _complete(entry: Path) -> bool:
     return entry.is_dir() and any(entry.glob("*.tar"))
 
 
-async def archive(source: Path, entry: Path, log: Any) -> None:
-    """Each item of `source` into ENTRY/<item>.tar, side by side."""
+async def archive(context: Context, entry: Path) -> None:
+    """Each item of the build's workspace into ENTRY/<item>.tar, side by side."""
     async with anyio.create_task_group() as tg:
-        for item in sorted(source.iterdir()):
-            command = ["tar", "--create", f"--file={entry / item.name}.tar", f"--directory={source}"]
-            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, item.name], log=log))
+        for name, home in context.items().items():
+            command = ["tar", "--create", f"--file={entry / name}.tar", f"--directory={home}"]
+            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, name], log=context.log))
 
 
-async def extract(entry: Path, destination: Path, log: Any) -> None:
-    """The archives of `entry` into `destination`, side by side."""
+async def extract(entry: Path, context: Context) -> None:
+    """The archives of `entry` into the build's workspace, side by side."""
     async with anyio.create_task_group() as tg:
         for item in sorted(entry.glob("*.tar")):
-            command = ["tar", "--extract", f"--file={item}", f"--directory={destination}"]
-            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, "--same-permissions", "--same-owner"], log=log))
+            command = ["tar", "--extract", f"--file={item}", f"--directory={context.home_of(item.stem)}"]
+            options = [*ARCHIVE_OPTIONS, "--same-permissions", "--same-owner"]
+            tg.start_soon(partial(run, [*command, *options], log=context.log))
 
 
 @dataclass
@@ -179,9 +180,9 @@ class SnapshotCache:
         return False
 
     async def _restore(self, key: str, context: Context) -> None:
-        for child in list(context.workspace.iterdir()):
-            await remove_tree(child)
-        await extract(self.entry(key), context.workspace, context.log)
+        for name, home in context.items().items():
+            await remove_tree(home / name)
+        await extract(self.entry(key), context)
         self.restored.append(key)
         context.log.info("restored from the stage cache", key=key[:12])
 
@@ -190,7 +191,7 @@ class SnapshotCache:
             return
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
-            await archive(context.workspace, temporary, context.log)
+            await archive(context, temporary)
             # An older mkosi's tree copy under the same key is not an entry: replace it.
             await remove_tree(self.entry(key))
             os.rename(temporary, self.entry(key))

@@ -51,9 +51,19 @@ async def remove_tree(path: Path) -> None:
         await run(["rm", "-rf", "--one-file-system", "--", path])
 
 
+async def remove_trees(paths: list[Path]) -> None:
+    """Remove trees side by side (each `rm` is bound by one core's file system work), shielded: a
+    removal cut short would leave half a tree behind."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            for path in paths:
+                tg.start_soon(remove_tree, path)
+
+
 @contextlib.asynccontextmanager
-async def workspace(config: Config, log: Any) -> AsyncIterator[Path]:
-    base = choose_base(config.workspace, config.output.parent)
+async def workspace(config: Config, log: Any, base: Path | None = None) -> AsyncIterator[Path]:
+    """A private temporary directory in `base` (by default where choose_base() says)."""
+    base = base or choose_base(config.workspace, config.output.parent)
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f".mkosi-workspace.{config.output.name}.", dir=base))
     log.info("workspace", path=str(path))

@@ -114,6 +114,10 @@ def test_incremental_rebuilds_only_what_changed(project: Path, first_build: dict
     assert after_edit["build-script"] == "done"
     result = _in_tree(project / "image", "/usr/bin/hello")
     assert result.stdout.strip() == "Hello again from the mkosi example project"
+    # The installed tree came from the cache, so it was restored next to the output and published
+    # by a rename; nothing of the build is left there.
+    assert f"workspace (path={project}/.mkosi-workspace.image." in (project / "image.log").read_text()
+    assert not list(project.glob(".mkosi-*"))
 
     with_package = _build(project, "-p", "less")
     assert with_package["bootstrap"] == "done"

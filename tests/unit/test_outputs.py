@@ -67,7 +67,8 @@ async def test_directory_output_is_the_tree(tmp_path: Path) -> None:
 
 
 async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path) -> None:
-    from mkosi.build import remove_outputs_of_killed_builds, remove_set_aside, set_aside_outputs
+    from mkosi.build import remove_outputs_of_killed_builds, set_aside_outputs
+    from mkosi.workspace import remove_trees
 
     _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "--checksum", "-f"])
     (tmp_path / "image.tar").write_text("old image")
@@ -78,7 +79,7 @@ async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path)
     expected = [".mkosi-old.SHA256SUMS", ".mkosi-old.image.tar", ".mkosi-old.image.tar.log"]
     assert sorted(p.name for p in aside) == expected
     assert not (tmp_path / "image.tar").exists() and (tmp_path / ".mkosi-old.image.tar").read_text() == "old image"
-    await remove_set_aside(aside)
+    await remove_trees(aside)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated"]
 
     # What a build killed with SIGKILL left set aside is removed by the next one.

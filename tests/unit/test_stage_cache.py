@@ -33,7 +33,7 @@ class Recorder:
             self.runs.append((name, str(context.config.hostname)))
             if name in self.slow:
                 await anyio.sleep(0.2)
-            state = context.workspace / "root" / "state"
+            state = context.root / "state"
             state.parent.mkdir(exist_ok=True)
             with state.open("a") as f:
                 f.write(f"{name}\n")
@@ -45,10 +45,15 @@ def _config(tmp_path: Path, *argv: str) -> Config:
     return parse_args(["-C", str(tmp_path), "-d", "debian", "-r", "bookworm", *argv])[1]
 
 
-def _context(tmp_path: Path, config: Config, name: str) -> Context:
+def _context(tmp_path: Path, config: Config, name: str, split: bool = False) -> Context:
     workspace = tmp_path / f"ws-{name}"
     workspace.mkdir()
-    return Context(config=config, workspace=workspace, log=structlog.get_logger("test").bind(build=name))
+    tree_workspace = None
+    if split:
+        tree_workspace = tmp_path / f"tree-ws-{name}"
+        tree_workspace.mkdir()
+    log = structlog.get_logger("test").bind(build=name)
+    return Context(config=config, workspace=workspace, log=log, tree_workspace=tree_workspace)
 
 
 def _stages(rec: Recorder) -> list[Stage]:
@@ -225,3 +230,61 @@ async def test_a_tree_copy_of_an_older_mkosi_is_not_an_entry(tmp_path: Path) -> 
     assert [n for n, _ in rec.runs] == ["bootstrap", "configure", "clean", "output"]
     assert (build.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
     assert all(cache.has(key) for key in probe.stored)
+
+
+async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> None:
+    """An entry stored from one workspace restores into a split one (the tree in its own directory,
+    the rest in the workspace) and back, replacing what was there."""
+    rec = Recorder()
+    cache = SnapshotCache(tmp_path / "cache", _stages(rec))
+    config = _config(tmp_path)
+    whole = _context(tmp_path, config, "whole")
+    (whole.root / "etc").mkdir(parents=True)
+    (whole.root / "etc/hostname").write_text("image\n")
+    (whole.workspace / "build-root").mkdir()
+    (whole.workspace / "build-root/gcc").write_text("compiler\n")
+    cache.directory.mkdir()
+    await cache._store("1" * 64, whole)
+
+    split = _context(tmp_path, config, "split", split=True)
+    assert split.tree_workspace is not None and split.root == split.tree_workspace / "root"
+    (split.root / "stale").mkdir(parents=True)
+    (split.workspace / "leftover").mkdir()
+    await cache._restore("1" * 64, split)
+    assert sorted(p.name for p in split.tree_workspace.iterdir()) == ["root"]
+    assert sorted(p.name for p in split.workspace.iterdir()) == ["build-root"]
+    assert (split.root / "etc/hostname").read_text() == "image\n" and not (split.root / "stale").exists()
+    assert set(split.items()) == {"root", "build-root"}
+
+    (split.root / "etc/hostname").write_text("changed\n")
+    await cache._store("2" * 64, split)
+    back = _context(tmp_path, config, "back")
+    await cache._restore("2" * 64, back)
+    assert (back.root / "etc/hostname").read_text() == "changed\n"
+    assert (back.workspace / "build-root/gcc").read_text() == "compiler\n"
+
+
+def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mkosi import workspace
+    from mkosi.build import STAGES, stage_cache_dir, tree_next_to_output
+    from mkosi.pipeline import stage_keys
+
+    monkeypatch.setattr(workspace, "available_memory", lambda: 64 << 30)
+    monkeypatch.setattr(workspace, "_tmpfs_free", lambda path: 64 << 30)
+    cache = f"--cache={tmp_path}/c"
+    config = _config(tmp_path, "-i", cache, "-t", "directory")
+    assert not tree_next_to_output(config)  # nothing cached: the bootstrap installs into tmpfs
+    entry = stage_cache_dir(config) / stage_keys(config, STAGES)[0][1]
+    entry.mkdir(parents=True)
+    (entry / "root.tar").touch()
+    assert tree_next_to_output(config)
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "tar"))
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "--workspace=tmpfs"))
+    assert not tree_next_to_output(_config(tmp_path, cache, "-t", "directory"))
+    # Another package set is another bootstrap: nothing of it is cached.
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "-p", "less"))
+    # When memory is short the whole workspace is next to the output already.
+    monkeypatch.setattr(workspace, "available_memory", lambda: 1 << 30)
+    assert not tree_next_to_output(config)

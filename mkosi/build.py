@@ -15,7 +15,7 @@ import structlog
 
 from mkosi import boot, buildscript, package_cache
 from mkosi.boot import kernel_command_line
-from mkosi.concurrency import exclusive
+from mkosi.concurrency import exclusive, side_tasks
 from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
@@ -281,6 +281,13 @@ def incremental_checkpoints(config: Config) -> set[str]:
     return keys
 
 
+def restored_until(config: Config) -> str | None:
+    """The name of the last stage whose result the -i cache holds (restored, not run), if any."""
+    cached = cached_keys(stage_cache_dir(config))
+    hits = [stage.name for stage, key in stage_keys(config, STAGES) if stage.cacheable and key in cached]
+    return hits[-1] if hits else None
+
+
 def tree_next_to_output(config: Config) -> bool:
     """Whether an incremental `directory` build keeps the image's tree next to the output.
 
@@ -294,8 +301,7 @@ def tree_next_to_output(config: Config) -> bool:
         return False
     if config.workspace is not WorkspaceMode.auto or choose_base(config.workspace, config.output.parent) != TMPFS_DIR:
         return False
-    cached = cached_keys(stage_cache_dir(config))
-    return any(key in cached for stage, key in stage_keys(config, STAGES) if stage.cacheable)
+    return restored_until(config) is not None
 
 
 async def build(
@@ -321,23 +327,36 @@ async def build(
     clock = SubprocessClock()
     subprocess_clock.set(clock)
     started = time.monotonic()
+    # Removing a tree slows down creating files on the same file system for a while (see
+    # set_aside_outputs), so old outputs go once this build has created its tree: when the tree
+    # was restored next to the output, right after that, beside the remaining stages; else at the end.
+    remove_old_after = restored_until(config) if split_tree else None
+
     with build_log(config.output.name, log_path(config)) as log:
         try:
-            async with contextlib.AsyncExitStack() as workspaces:
+            async with contextlib.AsyncExitStack() as workspaces, side_tasks() as side:
                 path = await workspaces.enter_async_context(workspace(config, log))
                 tree = None
                 if split_tree:
                     tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
                 context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
+
+                def observed(stage: Stage) -> None:
+                    if observe is not None:
+                        observe(stage)
+                    if old_outputs and context.stages and context.stages[-1].name == remove_old_after:
+                        side.start_soon(remove_trees, old_outputs.copy())
+                        old_outputs.clear()
+
                 try:
-                    await run_stages(context, STAGES, cache, observe)
+                    await run_stages(context, STAGES, cache, observed)
                     publish(context)
                     if config.incremental:
                         await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
                     # Emptying the workspace and removing the old outputs both take a while
                     # (thousands of files each): side by side, they take half as long.
                     await remove_trees([*(home / name for name, home in context.items().items()), *old_outputs])
-                    old_outputs = []
+                    old_outputs.clear()
                 finally:
                     with anyio.CancelScope(shield=True):
                         for staged in context.staged.values():

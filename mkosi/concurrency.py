@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskGroup
 
 # How often a task waiting for another process's flock tries again.
 FLOCK_POLL_SECONDS = 0.05
@@ -115,3 +116,17 @@ async def cancelled_by_signals(work: Callable[[], Awaitable[object]]) -> signal.
         await work()
         tg.cancel_scope.cancel()
     return received[0] if received else None
+
+
+@contextlib.asynccontextmanager
+async def side_tasks() -> AsyncIterator[TaskGroup]:
+    """A task group for work started beside the body. It is waited for either way; an error of the
+    body comes out as itself rather than wrapped in an ExceptionGroup, so callers catch it as before."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        try:
+            yield tg
+        except Exception as e:
+            failure = e
+    if failure is not None:
+        raise failure

@@ -98,3 +98,24 @@ async def test_bootstraps_of_one_release_never_overlap(tmp_path: Path, monkeypat
             tg.start_soon(bootstrap, "trixie", i)
     assert peaks == {"bookworm": 1, "trixie": 1}
     assert overlap_between_releases  # different releases still run side by side
+
+
+async def test_side_tasks_finish_and_the_body_error_comes_out_unwrapped() -> None:
+    from mkosi.concurrency import side_tasks
+    from mkosi.errors import MkosiError
+
+    finished: list[str] = []
+
+    async def side() -> None:
+        await anyio.sleep(0.05)
+        finished.append("side")
+
+    with pytest.raises(MkosiError, match=r"^stage failed$"):
+        async with side_tasks() as tg:
+            tg.start_soon(side)
+            raise MkosiError("stage failed")
+    assert finished == ["side"]
+
+    async with side_tasks() as tg:
+        tg.start_soon(side)
+    assert finished == ["side", "side"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
-from mkosi.distributions.debian import dracut_hooks, exclude_documentation, packages, write_dracut_config
+from mkosi.distributions.debian import essential_hooks, packages, write_essential_files
 from mkosi.errors import MkosiError
 from mkosi.package_managers import mmdebstrap
 from mkosi.package_managers.mmdebstrap import Source
@@ -64,13 +64,11 @@ def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
         sources=tuple(sources(config)),
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
         keyrings=keyrings(config),
-        hooks=dracut_hooks(context),
+        hooks=essential_hooks(context),
         image_keys=config.repository_keys if config.repository_key_check else (),
     )
 
 
 async def install(context: Context) -> None:
-    write_dracut_config(context)
+    write_essential_files(context)
     await mmdebstrap.install(context, bootstrap(context))
-    if not context.config.with_docs:
-        exclude_documentation(context.root)

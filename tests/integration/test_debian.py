@@ -49,6 +49,9 @@ def test_directory_image_has_extra_tree_and_settings(directory_image: Path) -> N
 
 def test_directory_image_has_no_documentation(directory_image: Path) -> None:
     assert list((directory_image / "usr/share/doc").iterdir()) == []
+    assert list((directory_image / "usr/share/man").rglob("*.gz")) == []
+    # dpkg keeps it out of what is installed into the image later too.
+    assert "path-exclude=/usr/share/man/*" in (directory_image / "etc/dpkg/dpkg.cfg.d/mkosi-nodoc").read_text()
 
 
 def test_package_from_packages_is_installed(directory_image: Path) -> None:

@@ -165,7 +165,14 @@ def test_bootable_images_get_a_kernel_and_the_dracut_configuration(
     assert f",{kernel},dracut,zstd,udev,systemd-boot-efi" in include
     assert '--essential-hook=mkdir -p "$1/etc/dracut.conf.d"' in argv
     plain = context(load("-d", distribution, "--repository-key-check=no"), tmp_path)
-    assert not any("hook" in a for a in mmdebstrap.command(plain, module.bootstrap(plain)))
+    hooks = [a for a in mmdebstrap.command(plain, module.bootstrap(plain)) if "hook" in a]
+    # Only dpkg's path excludes for documentation, copied in before the non-essential packages.
+    assert hooks == [
+        '--essential-hook=mkdir -p "$1/etc/dpkg/dpkg.cfg.d"',
+        f"--essential-hook=copy-in {tmp_path}/ws/mkosi-nodoc /etc/dpkg/dpkg.cfg.d",
+    ]
+    with_docs = context(load("-d", distribution, "--repository-key-check=no", "--with-docs"), tmp_path)
+    assert not any("hook" in a for a in mmdebstrap.command(with_docs, module.bootstrap(with_docs)))
 
 
 @pytest.mark.parametrize(

@@ -221,7 +221,7 @@ def set_aside_outputs(config: Config) -> list[Path]:
     Renaming is instant; removing a tree of thousands of files is not, and on ext4 it slows down
     creating files for a while after it returned (a directory output copied right after removing
     the previous one took 2-6 s instead of 0.5 s here, and as long when both ran side by side).
-    So -f removes them after the new outputs are in place.
+    So -f removes them only once the new tree has been created (see build()).
     """
     moved = []
     for path in output_paths(config):
@@ -291,7 +291,7 @@ def restored_until(config: Config) -> str | None:
 def tree_next_to_output(config: Config) -> bool:
     """Whether an incremental `directory` build keeps the image's tree next to the output.
 
-    tmpfs pays off while package managers install into the tree (dpkg is twice as fast there).
+    tmpfs pays off while package managers install into the tree (see mkosi.workspace).
     When the stage cache already holds the tree with its packages installed, nothing but small
     changes (the build's output, mkosi.postinst, configuration) happen to it any more. Restored
     next to the output, it is then published by a rename instead of a copy of thousands of files,

@@ -41,7 +41,7 @@ class Context:
     def items(self) -> dict[str, Path]:
         """The workspace's top-level items (the tree, the build image, file system images, ...) by
         name, with the directory each lives in: what a snapshot of the build's state consists of."""
-        items = {child.name: self.workspace for child in self.workspace.iterdir() if not child.name.startswith(".")}
+        items = {child.name: self.workspace for child in self.workspace.iterdir()}
         if self.tree_workspace is not None:
             items.pop(ROOT, None)
             items.update({child.name: self.tree_workspace for child in self.tree_workspace.iterdir()})

@@ -43,7 +43,7 @@ from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.pipeline import Stage, stage_keys
 from mkosi.run import run
-from mkosi.workspace import remove_tree
+from mkosi.workspace import remove_tree, remove_trees
 
 # Everything a root file system tree holds: ownership by number (the tree's users are not the
 # host's), permissions, ACLs and extended attributes (file capabilities), hard links, and holes in
@@ -180,8 +180,7 @@ class SnapshotCache:
         return False
 
     async def _restore(self, key: str, context: Context) -> None:
-        for name, home in context.items().items():
-            await remove_tree(home / name)
+        await remove_trees([home / name for name, home in context.items().items()])
         await extract(self.entry(key), context)
         self.restored.append(key)
         context.log.info("restored from the stage cache", key=key[:12])

@@ -288,8 +288,9 @@ def restored_until(config: Config) -> str | None:
     return hits[-1] if hits else None
 
 
-def tree_next_to_output(config: Config) -> bool:
-    """Whether an incremental `directory` build keeps the image's tree next to the output.
+def tree_next_to_output(config: Config) -> str | None:
+    """Whether an incremental `directory` build keeps the image's tree next to the output: the
+    stage whose cached result puts it there when restored, or None when it stays in the workspace.
 
     tmpfs pays off while package managers install into the tree (see mkosi.workspace).
     When the stage cache already holds the tree with its packages installed, nothing but small
@@ -298,10 +299,10 @@ def tree_next_to_output(config: Config) -> bool:
     and it is restored there while the build image is restored into tmpfs, side by side.
     """
     if not (config.incremental and config.format is OutputFormat.directory):
-        return False
+        return None
     if config.workspace is not WorkspaceMode.auto or choose_base(config.workspace, config.output.parent) != TMPFS_DIR:
-        return False
-    return restored_until(config) is not None
+        return None
+    return restored_until(config)
 
 
 async def build(
@@ -310,10 +311,13 @@ async def build(
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
-    split_tree = False
+    # Removing a tree slows down creating files on the same file system for a while (see
+    # set_aside_outputs), so old outputs go once this build has created its tree: when the tree
+    # is restored next to the output, right after that stage, beside the remaining ones; else at the end.
+    remove_old_after = None
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
-        split_tree = tree_next_to_output(config)
+        remove_old_after = tree_next_to_output(config)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
     if config.output.exists() or config.output.is_symlink():
@@ -327,17 +331,12 @@ async def build(
     clock = SubprocessClock()
     subprocess_clock.set(clock)
     started = time.monotonic()
-    # Removing a tree slows down creating files on the same file system for a while (see
-    # set_aside_outputs), so old outputs go once this build has created its tree: when the tree
-    # was restored next to the output, right after that, beside the remaining stages; else at the end.
-    remove_old_after = restored_until(config) if split_tree else None
-
     with build_log(config.output.name, log_path(config)) as log:
         try:
             async with contextlib.AsyncExitStack() as workspaces, side_tasks() as side:
                 path = await workspaces.enter_async_context(workspace(config, log))
                 tree = None
-                if split_tree:
+                if remove_old_after is not None:
                     tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
                 context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
 

@@ -27,7 +27,7 @@ from mkosi.workspace import remove_tree
 
 TAR_SUFFIXES = {Compression.none: ".tar", Compression.xz: ".tar.xz", Compression.zstd: ".tar.zst"}
 # Tools whose versions go into the manifest, when installed: they determine the artifacts' bytes.
-TOOLS = ("mmdebstrap", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
+TOOLS = ("apt", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -65,10 +65,8 @@ async def tool_versions(log: Any) -> dict[str, str]:
     for tool in TOOLS:
         if shutil.which(tool) is None:
             continue
-        if tool == "dpkg":
-            argv = ["dpkg-query", "--showformat=${Version}", "--show", "dpkg"]
-        elif tool == "mmdebstrap":
-            argv = ["dpkg-query", "--showformat=${Version}", "--show", "mmdebstrap"]
+        if tool in ("apt", "dpkg"):
+            argv = ["dpkg-query", "--showformat=${Version}", "--show", tool]
         else:
             argv = [tool, "--version"]
         result = await run(argv, capture_stdout=True, check=False, log=log)

@@ -84,11 +84,16 @@ def _secure_boot_keys(c: Config) -> str | None:
     return hash_tree(p for p in paths if p is not None) if c.secure_boot else None
 
 
+# Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
+# left in a stage cache are not taken for this one's. 2: Debian and Ubuntu without mmdebstrap.
+INSTALLER_REVISION = 2
+
 STAGES: list[Stage] = [
     Stage(
         "bootstrap",
         install_distribution,
         inputs=lambda c: {
+            "installer_revision": INSTALLER_REVISION,
             "distribution": c.distribution,
             "release": c.release,
             "mirror": c.mirror,

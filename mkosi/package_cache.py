@@ -4,10 +4,6 @@ Bind-mounting one apt archive into two builds collides on apt's lock, so each bu
 archive directory: pool files are linked (or copied across filesystems) into it before the package
 manager runs, and new downloads are linked back afterwards. Files only ever enter the pool by an
 atomic rename, so a concurrent reader never sees half a package.
-
-Package managers' hooks call this module as a program:
-    python -m mkosi.package_cache link-in POOL ARCHIVE_DIR
-    python -m mkosi.package_cache link-out ARCHIVE_DIR POOL
 """
 
 from __future__ import annotations
@@ -16,8 +12,7 @@ import contextlib
 import fcntl
 import os
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PACKAGE_SUFFIXES = (".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz")
@@ -48,10 +43,14 @@ def locked(pool: Path) -> Iterator[None]:
         yield
 
 
-def link_in(pool: Path, archive: Path) -> int:
+def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None) -> int:
+    """Put the pool's packages (those called `names`, if given) into `archive`; returns how many."""
     archive.mkdir(parents=True, exist_ok=True)
+    wanted = None if names is None else set(names)
     count = 0
     for package in _packages(pool):
+        if wanted is not None and package.name not in wanted:
+            continue
         target = archive / package.name
         if not target.exists():
             _place(package, target)
@@ -72,17 +71,3 @@ def link_out(archive: Path, pool: Path) -> int:
 
 def pool_for(cache: Path, distribution: str, release: str, architecture: str) -> Path:
     return cache / f"{distribution}~{release}~{architecture}"
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("link-in", "link-out"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    verb, source, destination = argv[0], Path(argv[1]), Path(argv[2])
-    count = link_in(source, destination) if verb == "link-in" else link_out(source, destination)
-    print(f"{verb}: {count} packages")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

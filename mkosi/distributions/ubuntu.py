@@ -1,4 +1,4 @@
-"""Ubuntu: bootstrapped with mmdebstrap, like Debian, from Ubuntu's archive."""
+"""Ubuntu: bootstrapped with apt and dpkg, like Debian, from Ubuntu's archive."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.distributions import PackageNames
-from mkosi.distributions.debian import essential_hooks, packages, write_essential_files
+from mkosi.distributions.debian import packages, tree_files, unpack_excludes
 from mkosi.errors import MkosiError
-from mkosi.package_managers import mmdebstrap
-from mkosi.package_managers.mmdebstrap import Source
+from mkosi.package_managers import apt_bootstrap
+from mkosi.package_managers.apt_bootstrap import Source
 
 # Ubuntu publishes amd64 on its main archive and every other architecture on the ports archive.
 DEFAULT_MIRRORS = {"x86-64": "http://archive.ubuntu.com/ubuntu", "arm64": "http://ports.ubuntu.com/ubuntu-ports"}
@@ -20,8 +20,7 @@ DEFAULT_COMPONENTS = ("main", "universe")
 # Debian ships no Ubuntu keys; Ubuntu's ubuntu-keyring package installs them here.
 KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 PACKAGES = PackageNames(
-    # apt named explicitly: mmdebstrap's minbase has it only where the archive gives it
-    # Priority: required, and apt in the image is what installs BuildPackages= into the build image.
+    # apt named explicitly: apt in the image is what installs BuildPackages= into the build image.
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd", "apt"),
     kernel=("linux-image-generic",),
     # As Debian's: Ubuntu's kernel packages also install to /boot/vmlinuz-* and run dracut's hook.
@@ -58,17 +57,17 @@ def keyrings(config: Config, path: Path = KEYRING) -> tuple[Path, ...]:
     return (path,)
 
 
-def bootstrap(context: Context) -> mmdebstrap.Bootstrap:
+def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
     config = context.config
-    return mmdebstrap.Bootstrap(
+    return apt_bootstrap.Bootstrap(
         sources=tuple(sources(config)),
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
         keyrings=keyrings(config),
-        hooks=essential_hooks(context),
         image_keys=config.repository_keys if config.repository_key_check else (),
+        files=tree_files(config),
+        excludes=unpack_excludes(config),
     )
 
 
 async def install(context: Context) -> None:
-    write_essential_files(context)
-    await mmdebstrap.install(context, bootstrap(context))
+    await apt_bootstrap.install(context, bootstrap(context))

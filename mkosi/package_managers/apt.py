@@ -13,7 +13,7 @@ from mkosi import package_cache
 from mkosi.context import Context
 from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.package_managers import raise_missing
-from mkosi.package_managers.mmdebstrap import MISSING
+from mkosi.package_managers.apt_bootstrap import MISSING
 from mkosi.run import CommandError, run
 
 APT_OPTIONS = ["-o", "APT::Keep-Downloaded-Packages=true", "-o", "Dpkg::Use-Pty=false", "-q"]

@@ -29,8 +29,8 @@ from mkosi.errors import ConfigError, MkosiError, NotImplementedYet
 from mkosi.package_managers import (
     NoSuchPackage,
     UntrustedRepository,
+    apt_bootstrap,
     dnf,
-    mmdebstrap,
     no_stray_copies,
     pacman,
     raise_missing,
@@ -120,36 +120,43 @@ def test_distribution_specific_names() -> None:
     assert "linux-image-generic" in ubuntu.PACKAGES.kernel
 
 
-# ---- apt (mmdebstrap): Debian and Ubuntu ----
+# ---- apt and dpkg: Debian and Ubuntu ----
+
+
+def sources_list(ctx: Context, bootstrap: apt_bootstrap.Bootstrap) -> list[str]:
+    apt_bootstrap.make_skeleton(ctx.root, bootstrap, apt_bootstrap.ARCHITECTURES[ctx.config.architecture])
+    return (ctx.root / "etc/apt/sources.list").read_text().splitlines()
 
 
 def test_debian_uses_only_debians_keyring(project: Path, tmp_path: Path) -> None:
     ctx = context(load("-m", "http://m/debian"), tmp_path)
-    argv = mmdebstrap.command(ctx, debian.bootstrap(ctx))
-    assert f"--keyring={debian.KEYRING}" in argv
-    assert argv[-1] == "deb http://m/debian bookworm main"
+    bootstrap = debian.bootstrap(ctx)
+    assert bootstrap.keyrings == (debian.KEYRING,)
+    assert sources_list(ctx, bootstrap) == ["deb http://m/debian bookworm main"]
 
 
 def test_ubuntu_default_sources(project: Path, tmp_path: Path) -> None:
     ctx = context(load("-d", "ubuntu", "--repository-key-check=no"), tmp_path)
-    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
-    assert argv[-3:] == [
+    bootstrap = ubuntu.bootstrap(ctx)
+    assert sources_list(ctx, bootstrap) == [
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute main universe",
         "deb [trusted=yes] http://archive.ubuntu.com/ubuntu resolute-updates main universe",
         "deb [trusted=yes] http://security.ubuntu.com/ubuntu resolute-security main universe",
     ]
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt" in argv
-    assert not any(a.startswith("--keyring") for a in argv)
+    assert bootstrap.packages == ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "apt")
+    assert bootstrap.keyrings == ()
 
 
 def test_ubuntu_mirror_repositories_and_arm64(project: Path, tmp_path: Path) -> None:
     config = load("-d", "ubuntu", "-r", "noble", "--repository-key-check=no", "--architecture=arm64",
                   "--repositories=main,restricted", "-m", "http://local/ubuntu", "-p", "vim")  # fmt: skip
     ctx = context(config, tmp_path)
-    argv = mmdebstrap.command(ctx, ubuntu.bootstrap(ctx))
-    assert argv[-1] == "deb [trusted=yes] http://local/ubuntu noble main restricted"
-    assert "--architectures=arm64" in argv and argv[-2] == str(tmp_path / "ws/root")
-    assert "--include=systemd,systemd-sysv,dbus,libpam-systemd,apt,vim" in argv
+    bootstrap = ubuntu.bootstrap(ctx)
+    assert sources_list(ctx, bootstrap) == ["deb [trusted=yes] http://local/ubuntu noble main restricted"]
+    assert (ctx.root / "var/lib/dpkg/arch").read_text() == "arm64\n"
+    # arm64 has no /lib64 to merge into /usr.
+    assert (ctx.root / "lib").readlink() == Path("usr/lib") and not (ctx.root / "lib64").exists()
+    assert bootstrap.packages[-2:] == ("apt", "vim")
     ports = ubuntu.sources(load("-d", "ubuntu", "--architecture=arm64"))[0]
     assert ports.uri == ubuntu.DEFAULT_MIRRORS["arm64"]
 
@@ -160,19 +167,19 @@ def test_bootable_images_get_a_kernel_and_the_dracut_configuration(
 ) -> None:
     distribution = module.__name__.rsplit(".", 1)[1]
     ctx = context(load("-d", distribution, "-t", "raw_gpt", "--bootable", "--repository-key-check=no"), tmp_path)
-    argv = mmdebstrap.command(ctx, module.bootstrap(ctx))
-    include = next(a for a in argv if a.startswith("--include="))
-    assert f",{kernel},dracut,zstd,udev,systemd-boot-efi" in include
-    assert '--essential-hook=mkdir -p "$1/etc/dracut.conf.d"' in argv
-    plain = context(load("-d", distribution, "--repository-key-check=no"), tmp_path)
-    hooks = [a for a in mmdebstrap.command(plain, module.bootstrap(plain)) if "hook" in a]
-    # Only dpkg's path excludes for documentation, copied in before the non-essential packages.
-    assert hooks == [
-        '--essential-hook=mkdir -p "$1/etc/dpkg/dpkg.cfg.d"',
-        f"--essential-hook=copy-in {tmp_path}/ws/mkosi-nodoc /etc/dpkg/dpkg.cfg.d",
-    ]
-    with_docs = context(load("-d", distribution, "--repository-key-check=no", "--with-docs"), tmp_path)
-    assert not any("hook" in a for a in mmdebstrap.command(with_docs, module.bootstrap(with_docs)))
+    bootable = module.bootstrap(ctx)
+    packages = ",".join(bootable.packages)
+    assert f",{kernel},dracut,zstd,udev,systemd-boot-efi" in packages
+    assert set(bootable.files) == {"etc/dracut.conf.d/50-mkosi.conf", debian.DPKG_NO_DOCUMENTATION}
+    plain = module.bootstrap(context(load("-d", distribution, "--repository-key-check=no"), tmp_path))
+    # Only dpkg's path excludes for documentation, and the same as tar patterns for unpacking.
+    assert list(plain.files) == [debian.DPKG_NO_DOCUMENTATION]
+    assert "path-exclude=/usr/share/man/*" in plain.files[debian.DPKG_NO_DOCUMENTATION]
+    assert "./usr/share/man/*" in plain.excludes
+    with_docs = module.bootstrap(
+        context(load("-d", distribution, "--repository-key-check=no", "--with-docs"), tmp_path)
+    )
+    assert not with_docs.files and not with_docs.excludes
 
 
 @pytest.mark.parametrize(
@@ -283,14 +290,12 @@ def test_repository_keys_replace_the_distributions_own(project: Path, tmp_path: 
     assert ubuntu.keyrings(load("-d", "ubuntu", *given), tmp_path / "missing.gpg") == (key,)
     assert ubuntu.keyrings(load("-d", "ubuntu", *given, "--repository-key-check=no")) == ()
     ctx = context(load("-d", "debian", *given), tmp_path)
-    assert mmdebstrap.command(ctx, debian.bootstrap(ctx)).count(f"--keyring={key}") == 1
-    assert f"--keyring={debian.KEYRING}" not in mmdebstrap.command(ctx, debian.bootstrap(ctx))
+    bootstrap = debian.bootstrap(ctx)
+    assert bootstrap.keyrings == (key,) == bootstrap.image_keys
     # The image's apt gets the key too, named so that apt reads it.
-    hooks = [a for a in mmdebstrap.command(ctx, debian.bootstrap(ctx)) if a.startswith("--setup-hook=cp")]
-    assert hooks == [
-        f'--setup-hook=cp {key} "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg" && '
-        'chmod 644 "$1/etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg"'
-    ]
+    sources_list(ctx, bootstrap)
+    copied = ctx.root / "etc/apt/trusted.gpg.d/mkosi-repository-key-0.gpg"
+    assert copied.read_bytes() == b"key" and copied.stat().st_mode & 0o777 == 0o644
     assert {r.gpgkeys for r in fedora.repositories(load("-d", "fedora", *given))} == {(key.as_uri(),)}
     assert {r.gpgkeys for r in opensuse.repositories(load("-d", "opensuse", *given))} == {(key.as_uri(),)}
 
@@ -487,7 +492,7 @@ def test_pacman_keyring_cache_is_named_after_the_keyring_files(tmp_path: Path) -
         (dnf, "No match for argument: nopkg"),
         (zypper, "No provider of 'nopkg' found."),
         (pacman, "error: target not found: nopkg"),
-        (mmdebstrap, "E: Unable to locate package nopkg"),
+        (apt_bootstrap, "E: Unable to locate package nopkg"),
     ],
 )
 def test_missing_package_is_named(module: object, line: str) -> None:

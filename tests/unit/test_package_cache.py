@@ -35,5 +35,10 @@ def test_pool_names_separate_distributions_and_releases(tmp_path: Path) -> None:
     assert a != b and a.parent == b.parent == tmp_path
 
 
-def test_command_line_usage_errors(capsys: object) -> None:
-    assert package_cache.main(["bogus"]) == 2
+def test_link_in_only_the_named_packages(tmp_path: Path) -> None:
+    pool, archive = tmp_path / "pool", tmp_path / "archive"
+    pool.mkdir()
+    for name in ("a_1_amd64.deb", "a_2_amd64.deb", "gcc_1_amd64.deb"):
+        (pool / name).write_bytes(b"x")
+    assert package_cache.link_in(pool, archive, ["a_2_amd64.deb", "b_1_all.deb"]) == 1
+    assert [p.name for p in archive.iterdir()] == ["a_2_amd64.deb"]

@@ -1,0 +1,164 @@
+"""The apt and dpkg bootstrap's own parts: the host apt's configuration, the tree's skeleton, apt's
+record of dependencies, and unpacking a .deb while keeping an uncompressed copy for dpkg."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mkosi.errors import MkosiError
+from mkosi.package_managers import apt_bootstrap, deb
+from mkosi.package_managers.apt_bootstrap import Bootstrap, Source
+from mkosi.run import CommandError
+
+
+def test_host_apt_sees_only_the_tree_and_our_keys(tmp_path: Path) -> None:
+    config = apt_bootstrap.host_apt_config(tmp_path / "root", tmp_path / "scratch", "amd64")
+    assert f'Dir "{tmp_path}/root/";' in config.splitlines()
+    assert f'Dir::State::Status "{tmp_path}/root/var/lib/dpkg/status";' in config.splitlines()
+    assert f'Dir::Etc::TrustedParts "{tmp_path}/scratch/trusted.gpg.d";' in config.splitlines()
+    assert 'APT::Architectures "amd64";' in config.splitlines()
+
+
+def test_skeleton_merges_usr_and_writes_sources(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    bootstrap = Bootstrap(
+        sources=(Source("http://m/debian", "bookworm", ("main",)),),
+        packages=(),
+        keyrings=(),
+        files={"etc/dpkg/dpkg.cfg.d/x": "path-exclude=/usr/share/doc/*\n"},
+    )
+    apt_bootstrap.make_skeleton(root, bootstrap, "amd64")
+    assert {p.name: str(p.readlink()) for p in root.iterdir() if p.is_symlink()} == {
+        "bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
+    }  # fmt: skip
+    assert (root / "etc/apt/sources.list").read_text() == "deb [trusted=yes] http://m/debian bookworm main\n"
+    assert (root / "var/lib/dpkg/status").read_text() == ""
+    assert (root / "etc/dpkg/dpkg.cfg.d/x").read_text().startswith("path-exclude=")
+    assert (root / "tmp").stat().st_mode & 0o7777 == 0o1777
+
+
+def test_requested_names_drop_versions_suites_and_architectures() -> None:
+    names = apt_bootstrap.requested_names(("a=1.0", "b/bookworm-backports", "c:amd64", "d", "?essential"))
+    assert names == {"a", "b", "c", "d"}
+
+
+STATUS = """Package: base
+Essential: yes
+Priority: required
+Pre-Depends: libc (>= 2)
+Depends: awk | mawk
+Architecture: amd64
+
+Package: libc
+Priority: optional
+Architecture: amd64
+
+Package: mawk
+Provides: awk
+Priority: optional
+Architecture: amd64
+
+Package: passwd
+Priority: required
+Depends: libsemanage
+Architecture: amd64
+
+Package: libsemanage
+Priority: optional
+Architecture: amd64
+
+Package: systemd
+Priority: important
+Depends: libsystemd-shared (= 1)
+Architecture: amd64
+
+Package: libsystemd-shared
+Priority: optional
+Architecture: amd64
+"""
+
+
+def test_dependencies_are_marked_as_debootstrap_leaves_them(tmp_path: Path) -> None:
+    (tmp_path / "var/lib/dpkg").mkdir(parents=True)
+    (tmp_path / "var/lib/apt").mkdir(parents=True)
+    (tmp_path / "var/lib/dpkg/status").write_text(STATUS)
+    # Not marked: the essential package and its dependencies (through a virtual package too), the
+    # required package, what was asked for. Marked: the dependencies of the last two.
+    assert apt_bootstrap.mark_dependencies(tmp_path, {"systemd"}) == 2
+    states = (tmp_path / "var/lib/apt/extended_states").read_text()
+    assert states == (
+        "Package: libsemanage\nArchitecture: amd64\nAuto-Installed: 1\n\n"
+        "Package: libsystemd-shared\nArchitecture: amd64\nAuto-Installed: 1\n\n"
+    )
+
+
+def build_package(tmp_path: Path, compression: str) -> Path:
+    tree = tmp_path / "pkg"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: hello\nVersion: 1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
+    )
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/hello").write_text("#!/bin/sh\necho hello\n")
+    (tree / "usr/bin/hello").chmod(0o755)
+    (tree / "usr/share/doc/hello").mkdir(parents=True)
+    (tree / "usr/share/doc/hello/README").write_text("docs\n")
+    package = tmp_path / f"hello-{compression}.deb"
+    subprocess.run(["dpkg-deb", f"-Z{compression}", "--root-owner-group", "--build", tree, package],
+                   check=True, capture_output=True)  # fmt: skip
+    return package
+
+
+@pytest.mark.parametrize(("compression", "suffix"), [("xz", "xz"), ("zstd", "zst"), ("gzip", "gz")])
+def test_unpack_fills_the_tree_and_keeps_an_uncompressed_package(tmp_path: Path, compression: str, suffix: str) -> None:
+    package = build_package(tmp_path, compression)
+    root, copy = tmp_path / "root", tmp_path / "copy.deb"
+    (root / "usr").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")
+    anyio.run(deb.unpack, package, root, copy, ("./usr/share/doc/*",))
+    assert (root / "usr/bin/hello").read_text() == "#!/bin/sh\necho hello\n"
+    assert (root / "bin").is_symlink()  # the merged-/usr link survives the package's ./usr/bin
+    assert not (root / "usr/share/doc/hello/README").exists()
+    # dpkg-deb reads the copy as the same package, its data member now plain tar.
+    members = subprocess.run(["ar", "t", copy], capture_output=True, text=True, check=True).stdout.split()
+    assert members == ["debian-binary", f"control.tar.{suffix}", "data.tar"]
+    info = subprocess.run(["dpkg-deb", "--field", copy, "Package"], capture_output=True, text=True, check=True)
+    assert info.stdout.strip() == "hello"
+    listing = subprocess.run(["dpkg-deb", "--contents", copy], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/hello" in listing and "./usr/share/doc/hello/README" in listing
+
+
+def test_a_file_that_is_no_package_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.deb"
+    bogus.write_bytes(b"not an ar archive")
+    with pytest.raises(deb.BrokenPackage, match=r"bogus\.deb is not a Debian package"):
+        anyio.run(deb.unpack, bogus, tmp_path, tmp_path / "copy.deb")
+    truncated = tmp_path / "truncated.deb"
+    truncated.write_bytes(deb.AR_MAGIC + deb.ar_header("debian-binary", 4) + b"2.0\n")
+    with pytest.raises(deb.BrokenPackage, match=r"no data\.tar member"):
+        deb.members_before_data(truncated)
+
+
+def test_a_corrupt_package_fails_the_unpack(tmp_path: Path) -> None:
+    package = build_package(tmp_path, "xz")
+    data = bytearray(package.read_bytes())
+    data[-200:-100] = bytes(100)  # inside the xz stream of data.tar.xz
+    package.write_bytes(bytes(data))
+    (tmp_path / "root").mkdir()
+    with pytest.raises(CommandError) as failure:
+        anyio.run(deb.unpack, package, tmp_path / "root", tmp_path / "copy.deb")
+    assert any(line.startswith("dpkg-deb") for line in failure.value.tail), failure.value.tail
+
+
+def test_a_foreign_architecture_needs_a_binfmt_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(apt_bootstrap, "BINFMT_DIR", tmp_path)
+    apt_bootstrap.check_runnable("x86-64")
+    with pytest.raises(MkosiError, match=r"Architecture=arm64 on this x86_64 host.*qemu-aarch64 binfmt handler"):
+        apt_bootstrap.check_runnable("arm64")
+    (tmp_path / "qemu-aarch64").write_text("enabled\n")
+    apt_bootstrap.check_runnable("arm64")

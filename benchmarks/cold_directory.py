@@ -36,6 +36,7 @@ RELEASE = "bookworm"
 EXTRA_PACKAGES = ("less",)
 PACKAGES = (*DEBIAN_PACKAGES.base, *EXTRA_PACKAGES)
 MIRROR = host_mirrors()[0] or DEFAULT_MIRROR
+MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 # The same command line for our mkosi and for Debian's mkosi 14, the 2017 tool's descendant.
 MKOSI_ARGS = ["-d", "debian", "-r", RELEASE, "-t", "directory", "-m", MIRROR]
 NSPAWN_WRAPPER = """#!/bin/sh
@@ -83,6 +84,9 @@ def mmdebstrap(work: Path, base: Path) -> float:
                 "mmdebstrap",
                 "--mode=unshare",
                 "--variant=minbase",
+                # Merged /usr by symlinks and usr-is-merged, as ours (and debootstrap) make it:
+                # without the hook, mmdebstrap installs usrmerge, and perl with it.
+                f"--hook-dir={MERGED_USR_HOOKS}",
                 f"--include={','.join(PACKAGES)}",
                 RELEASE,
                 str(target),

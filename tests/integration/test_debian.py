@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,53 @@ def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: 
     assert leftovers == ""
 
 
+# What dpkg --verify may find missing: the documentation dpkg was told to leave out (it still lists
+# such files as the package's).
+LEFT_OUT = re.compile(r"^missing\s+(c\s+)?/usr/share/(doc|man|info|lintian)(/|$)")
+
+
+def test_every_installed_file_is_intact(directory_image: Path) -> None:
+    """dpkg's own checks: every package fully installed, each of its files there with its checksum."""
+    verify = subprocess.run(["dpkg", f"--root={directory_image}", "--verify"], capture_output=True, text=True)
+    assert [line for line in verify.stdout.splitlines() if not LEFT_OUT.match(line)] == [], verify.stderr
+    audit = subprocess.run(["dpkg", f"--root={directory_image}", "--audit"], capture_output=True, text=True)
+    assert audit.returncode == 0 and audit.stdout == "", audit.stdout
+    status = (directory_image / "var/lib/dpkg/status").read_text()
+    assert status.count("Package: ") == status.count("Status: install ok installed\n") > 100
+    # The negative case: a changed file is found.
+    victim = directory_image / "usr/bin/less"
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(original + b"tampered")
+        verify = subprocess.run(
+            ["dpkg", f"--root={directory_image}", "--verify", "less"], capture_output=True, text=True
+        )
+        assert re.search(r"^\?\?5\?{6}\s+/usr/bin/less$", verify.stdout, re.MULTILINE), verify.stdout
+    finally:
+        victim.write_bytes(original)
+
+
+def test_usr_is_merged_without_usrmerge(directory_image: Path) -> None:
+    for name in ("bin", "sbin", "lib", "lib64"):
+        assert os.readlink(directory_image / name) == f"usr/{name}"
+    installed = subprocess.run(["dpkg-query", f"--root={directory_image}", "-W", "-f=${Package}\n"],
+                               capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert "usr-is-merged" in installed
+    # usrmerge would have converted the tree itself, and left perl in the image.
+    assert "usrmerge" not in installed and "perl" not in installed
+
+
+def test_apt_in_the_image_knows_what_is_a_dependency(directory_image: Path) -> None:
+    automatic = _in_tree(directory_image, "apt-mark", "showauto")
+    assert automatic.returncode == 0, automatic.stderr
+    marked = automatic.stdout.split()
+    # Dependencies of the packages asked for are; those packages, and the base system, are not.
+    assert "libsystemd-shared" in marked and "libexpat1" in marked
+    assert not {"systemd", "dbus", "less", "apt", "libc6", "bash"} & set(marked)
+    check = _in_tree(directory_image, "apt-get", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_build_log_has_subprocess_output(directory_image: Path) -> None:
     log = (directory_image.parent / "directory-image.log").read_text()
     assert "dpkg --install" in log and "apt-get -q update" in log
@@ -151,19 +199,49 @@ def test_subvolume_needs_btrfs(tmp_path: Path) -> None:
     assert not (tmp_path / "image").exists()
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_the_build_and_leaves_nothing_behind(tmp_path: Path, signum: int, status: int) -> None:
+def _processes_rooted_in(path: Path) -> list[int]:
+    """Processes whose root directory lies in `path`: what runs chrooted into a tree there."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "root").startswith(str(path)):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue  # gone meanwhile, or a kernel thread
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "moment"),
+    [
+        (signal.SIGTERM, 143, "downloading"),
+        (signal.SIGINT, 130, "downloading"),
+        # dpkg installing in the tree, chrooted in namespaces of its own, with /proc, /sys, /dev mounted.
+        (signal.SIGTERM, 143, "installing"),
+    ],
+)
+def test_signal_stops_the_build_and_leaves_nothing_behind(
+    tmp_path: Path, signum: int, status: int, moment: str
+) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "mkosi", "-d", "debian", "--workspace=disk", "build"],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Wait until the bootstrap is under way (the tree exists), then stop it.
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".mkosi-workspace.*/root")) and time.monotonic() < deadline:
+    # Wait until the bootstrap is under way (the tree exists), or until dpkg runs in the tree.
+    deadline = time.monotonic() + 120
+    log = tmp_path / "image.log"
+    while time.monotonic() < deadline:
+        if moment == "downloading" and list(tmp_path.glob(".mkosi-workspace.*/root")):
+            time.sleep(2)
+            break
+        if moment == "installing" and log.exists() and "dpkg --install" in log.read_text(errors="replace"):
+            time.sleep(1)
+            assert _processes_rooted_in(tmp_path), "dpkg should be running in the tree"
+            break
         time.sleep(0.2)
-    time.sleep(2)
     stopped_at = time.monotonic()
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
@@ -174,6 +252,7 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(tmp_path: Path, signum
     assert str(tmp_path) not in Path("/proc/mounts").read_text()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert leftovers == ""
+    assert _processes_rooted_in(tmp_path) == []
 
 
 @pytest.fixture

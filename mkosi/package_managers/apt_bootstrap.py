@@ -8,24 +8,27 @@ The steps, each chosen for a bootstrap that is fast as well as right:
    trusts only the given keyrings (none of the host's sources, keys or caches), fetches the package
    lists and downloads the whole package set at once: minbase (the Essential: yes and Priority:
    required packages and apt, as mmdebstrap and debootstrap define it) plus the packages asked for.
-3. Every package is unpacked into the tree, on all cores side by side (deb.py), so that dpkg and
-   every maintainer script find what they need whatever order dpkg takes.
-4. dpkg installs the whole set in one run inside the tree (chroot, in mount and PID namespaces of
-   its own, so that nothing started or mounted there outlives it), from uncompressed copies of the
-   packages: it unpacks each package again, then configures them in dependency order.
+3. Every package is decompressed once, on all cores side by side, into a copy dpkg unpacks without
+   decompressing (deb.py); the base system's files go into the tree on the way, so that dpkg and
+   its maintainer scripts can run there.
+4. dpkg installs the copies inside the tree (chroot, in mount and PID namespaces of its own, so
+   that nothing started or mounted there outlives it): the base system in one run, the rest in as
+   few runs as Pre-Depends allow (dpkg_order.py).
 5. apt's record of which packages are dependencies only, and the cleanup of what the bootstrap
    itself left (package lists, downloads, logs).
 
-The result has the same packages, files and dpkg database as mmdebstrap's minbase with its
-merged-/usr hook, in about two thirds of the time (README, Benchmarks).
+The result has the same packages and files as mmdebstrap's minbase with its merged-/usr hook, in
+about two thirds of the time (README, Benchmarks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
 import shutil
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ from mkosi import package_cache
 from mkosi.concurrency import cpu_heavy
 from mkosi.context import Context
 from mkosi.errors import MkosiError
-from mkosi.package_managers import deb, raise_missing, raise_untrusted
+from mkosi.package_managers import deb, dpkg_order, raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
 ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
@@ -64,6 +67,7 @@ ARCHIVES = "var/cache/apt/archives"
 # The uncompressed copies of the packages, where dpkg in the tree finds them; gone afterwards.
 COPIES = "var/cache/mkosi-packages"
 POLICY_RC_D = "usr/sbin/policy-rc.d"
+NO_SERVICE_STARTS = "#!/bin/sh\nexit 101\n"
 # What the bootstrap leaves that belongs to the build, not to the image (mmdebstrap removes the same).
 BOOTSTRAP_LOGS = (
     "var/log/dpkg.log",
@@ -76,12 +80,24 @@ BOOTSTRAP_LOGS = (
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
 
 # Runs a command in the tree, from inside `unshare --mount --pid --fork --kill-child`: the mounts
-# vanish with the namespace, and every process left there is killed when the command ends.
-IN_TREE_SCRIPT = """root=$1
+# vanish with the namespace, and every process left there is killed when the command ends. The
+# tree sees a read-only sysfs and a /dev of its own with the few devices maintainer scripts use,
+# never the host's disks, firmware variables or shared memory (where other builds' trees live).
+IN_TREE_SCRIPT = """set -e
+root=$1
 shift
-mount -t proc proc "$root/proc" &&
-mount --rbind /sys "$root/sys" &&
-mount --rbind /dev "$root/dev" &&
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+mount -t tmpfs -o nosuid,mode=0755 dev "$root/dev"
+for node in null zero full random urandom tty; do
+    touch "$root/dev/$node"
+    mount --bind "/dev/$node" "$root/dev/$node"
+done
+mkdir "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
+ln -s pts/ptmx "$root/dev/ptmx"
+ln -s /proc/self/fd "$root/dev/fd"
 exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true "$@"
 """
@@ -202,56 +218,6 @@ def requested_names(packages: Iterable[str]) -> set[str]:
     return {re.split(r"[=/:]", p, maxsplit=1)[0] for p in packages if not p.startswith("?")}
 
 
-def _installed(root: Path) -> dict[str, dict[str, str]]:
-    """dpkg's database: the fields of every package, by name."""
-    packages = {}
-    for stanza in (root / "var/lib/dpkg/status").read_text().split("\n\n"):
-        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", stanza, re.MULTILINE))
-        if "Package" in fields:
-            packages[fields["Package"]] = fields
-    return packages
-
-
-def _relations(fields: dict[str, str], *keys: str) -> list[str]:
-    """Every package name in the relation fields `keys`, alternatives included."""
-    text = ",".join(fields.get(key, "") for key in keys)
-    return re.findall(r"(?:^|[,|])\s*([^\s,|:(]+)", text)
-
-
-def essential_closure(packages: dict[str, dict[str, str]]) -> set[str]:
-    """The Essential: yes packages and what they depend on, as installed."""
-    providers: dict[str, set[str]] = {}
-    for name, fields in packages.items():
-        for provided in [name, *_relations(fields, "Provides")]:
-            providers.setdefault(provided, set()).add(name)
-    pending = [name for name, fields in packages.items() if fields.get("Essential") == "yes"]
-    closure: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name not in closure:
-            closure.add(name)
-            for dependency in _relations(packages[name], "Pre-Depends", "Depends"):
-                pending += providers.get(dependency, ())
-    return closure
-
-
-def mark_dependencies(root: Path, requested: set[str]) -> int:
-    """Write apt's record of the packages that are there only as dependencies (apt autoremove's
-    candidates once nothing needs them), as debootstrap and mmdebstrap leave it: the essential
-    packages, the Priority: required ones and those asked for are not. Returns how many are."""
-    packages = _installed(root)
-    required = {name for name, fields in packages.items() if fields.get("Priority") == "required"}
-    manual = essential_closure(packages) | required | requested
-    automatic = sorted(name for name in packages if name not in manual)
-    (root / "var/lib/apt/extended_states").write_text(
-        "".join(
-            f"Package: {name}\nArchitecture: {packages[name].get('Architecture', 'all')}\nAuto-Installed: 1\n\n"
-            for name in automatic
-        )
-    )
-    return len(automatic)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -284,43 +250,110 @@ async def _apt_get(context: Context, env: dict[str, str], arguments: list[str], 
     return result.stdout
 
 
-async def download(context: Context, env: dict[str, str], packages: tuple[str, ...]) -> list[Path]:
-    """Download minbase and `packages` into the tree's apt archive; returns the package files.
+def _verified(path: Path, sha256: str) -> bool:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest() == sha256
 
-    With a package pool, apt first lists the files it wants, and those the pool has are linked in:
-    the pool holds other builds' packages too, and only apt's choice may be installed."""
+
+def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> None:
+    """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
+    whose contents are what the index says: the pool is shared by every mirror of the release."""
+    verified = [n for n, sha256 in wanted.items() if sha256 and (pool / n).is_file() and _verified(pool / n, sha256)]
+    package_cache.link_in(pool, archives, verified)
+
+
+def parse_print_uris(listing: str, archives: Path) -> tuple[list[Path], dict[str, str]]:
+    """From `apt-get --print-uris` ('URI' FILE SIZE SHA256:HEX lines): every package file apt
+    would use, and for those it would download into `archives`, their SHA-256 ("" if unknown)."""
+    files: list[Path] = []
+    wanted: dict[str, str] = {}
+    for line in listing.splitlines():
+        if line.startswith("'"):
+            uri, name, *rest = line.split()
+            uri = uri.strip("'")
+            if uri.startswith("file:"):
+                files.append(Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path)))
+                continue
+            files.append(archives / name)
+            checksum = rest[1] if len(rest) > 1 else ""
+            wanted[name] = checksum.removeprefix("SHA256:") if checksum.startswith("SHA256:") else ""
+    return files, wanted
+
+
+async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) -> list[Path]:
+    """Download minbase and the bootstrap's packages; returns the package files.
+
+    The quick way, when there is neither a package pool nor a local (file:) source: apt downloads
+    the set into the tree's empty archive. Otherwise apt first lists the files it wants, with their
+    checksums: those a pool has (checked) are linked in, and apt uses file: sources where they are,
+    copying nothing into the archive."""
     config = context.config
     archives = context.root / ARCHIVES
-    request = ["--yes", "--", *MINBASE, *packages]
-    if config.cache_path is None:
+    request = ["--yes", "--", *MINBASE, *bootstrap.packages]
+    pool = None
+    if config.cache_path is not None:
+        pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
+    if pool is None and not any(source.uri.startswith("file:") for source in bootstrap.sources):
         await _apt_get(context, env, ["install", "--download-only", *request])
         return sorted(archives.glob("*.deb"))
-    pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
-    listing = await _apt_get(context, env, ["install", "--print-uris", "-qq", *request], capture=True)
-    # One line per file: 'URI' FILE SIZE HASH
-    files = sorted(line.split()[1] for line in listing.splitlines() if line.startswith("'"))
-    package_cache.link_in(pool, archives, files)
-    if not all((archives / name).exists() for name in files):
+
+    # ForceHash: apt would print the MD5 sum where the index has one, and nothing where it has not
+    # (Debian's security archive).
+    listing = await _apt_get(
+        context, env, ["install", "--print-uris", "-qq", "-o", "Acquire::ForceHash=SHA256", *request], capture=True
+    )
+    files, wanted = parse_print_uris(listing, archives)
+    if pool is not None:
+        await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+    if not all((archives / name).exists() for name in wanted):
         await _apt_get(context, env, ["install", "--download-only", *request])
-        package_cache.link_out(archives, pool)
-    return [archives / name for name in files]
+        if pool is not None:
+            await anyio.to_thread.run_sync(package_cache.link_out, archives, pool)
+    return sorted(files, key=lambda path: path.name)
 
 
-async def unpack_all(context: Context, packages: list[Path], excludes: tuple[str, ...]) -> list[Path]:
-    """Unpack every package into the tree, on all cores; returns the uncompressed copies."""
+async def read_control(context: Context, files: list[Path]) -> dict[str, tuple[Path, dict[str, str]]]:
+    """Each package's control fields and file, by package name."""
+    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    found: dict[str, tuple[Path, dict[str, str]]] = {}
+
+    async def read(path: Path) -> None:
+        async with limiter:
+            fields = await deb.control_fields(path, log=context.log)
+        found[fields["Package"]] = (path, fields)
+
+    async with anyio.create_task_group() as tg:
+        for path in files:
+            tg.start_soon(read, path)
+    return found
+
+
+async def make_copies(
+    context: Context, files: dict[str, Path], base: set[str], excludes: tuple[str, ...]
+) -> dict[str, Path]:
+    """Uncompressed copies of the packages in the tree, for dpkg there, on all cores; the `base`
+    packages' files are unpacked into the tree on the way. Returns the copies' paths in the tree."""
     root = context.root
     (root / COPIES).mkdir(parents=True, exist_ok=True)
-    copies = [root / COPIES / p.name for p in packages]
     limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    copies = {name: root / COPIES / path.name for name, path in files.items()}
 
-    async def unpack(package: Path, copy: Path) -> None:
+    async def copy(name: str) -> None:
+        unpack_into = root if name in base else None
         async with limiter:
-            await deb.unpack(package, root, copy, excludes, log=context.log)
+            await deb.uncompressed_copy(files[name], copies[name], unpack_into, excludes, log=context.log)
 
     async with cpu_heavy(), anyio.create_task_group() as tg:
-        for package, copy in zip(packages, copies, strict=True):
-            tg.start_soon(unpack, package, copy)
-    return copies
+        for name in files:
+            tg.start_soon(copy, name)
+    return {name: Path("/", path.relative_to(root)) for name, path in copies.items()}
+
+
+def check_installed(root: Path, names: Iterable[str]) -> None:
+    installed = dpkg_order.installed_packages(root)
+    broken = [n for n in names if installed.get(n, {}).get("Status") != "install ok installed"]
+    if broken:
+        raise MkosiError(f"dpkg left these packages not fully installed: {', '.join(sorted(broken))}")
 
 
 async def install(context: Context, bootstrap: Bootstrap) -> None:
@@ -330,6 +363,7 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
     # The host apt's configuration and keys: the build's, so in the workspace, and gone afterwards.
     scratch = context.workspace / "apt-bootstrap"
     scratch.mkdir()
+    policy_rc_d = root / POLICY_RC_D
     try:
         make_skeleton(root, bootstrap, architecture)
         (scratch / "apt.conf").write_text(host_apt_config(root, scratch, architecture))
@@ -337,20 +371,26 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         env = {"APT_CONFIG": str(scratch / "apt.conf"), "LC_ALL": "C.UTF-8"}
 
         await _apt_get(context, env, ["update"])
-        packages = await download(context, env, bootstrap.packages)
-        copies = await unpack_all(context, packages, bootstrap.excludes)
+        packages = await read_control(context, await download(context, env, bootstrap))
+        steps = dpkg_order.install_steps({name: fields for name, (_, fields) in packages.items()})
+        base = set(steps[0].packages) if steps and steps[0].force_depends else set()
+        files = {name: path for name, (path, _) in packages.items()}
+        copies = await make_copies(context, files, base, bootstrap.excludes)
         # Services are not started while the image is built (invoke-rc.d and deb-systemd-invoke ask).
-        (root / POLICY_RC_D).write_text("#!/bin/sh\nexit 101\n")
-        (root / POLICY_RC_D).chmod(0o755)
-        # --force-depends: dpkg unpacks in the order given and would refuse a package whose
-        # Pre-Depends are unpacked but not configured yet. Every file being in place already, it
-        # then configures the whole set in dependency order, the essential packages' circles too.
-        dpkg = ["dpkg", "--install", "--force-depends", "--force-unsafe-io"]
-        await run(in_tree(root, [*dpkg, *(f"/{copy.relative_to(root)}" for copy in copies)]), log=context.log)
-        count = mark_dependencies(root, requested_names(("apt", "usr-is-merged", *bootstrap.packages)))
-        context.log.info("bootstrap installed", packages=len(packages), dependencies=count)
+        policy_rc_d.write_text(NO_SERVICE_STARTS)
+        policy_rc_d.chmod(0o755)
+        for step in steps:
+            dpkg = ["dpkg", "--install", "--force-unsafe-io", *(["--force-depends"] if step.force_depends else [])]
+            # grace=0: dpkg is the namespace's init, which ignores SIGTERM; the tree is thrown away anyway.
+            await run(in_tree(root, [*dpkg, *(str(copies[n]) for n in step.packages)]), log=context.log, grace=0)
+        check_installed(root, packages)
+        requested = requested_names(("apt", "usr-is-merged", *bootstrap.packages))
+        count = dpkg_order.mark_dependencies(root, requested, architecture)
+        context.log.info("bootstrap installed", packages=len(packages), dpkg_runs=len(steps), dependencies=count)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(root / COPIES, ignore_errors=True)
-        (root / POLICY_RC_D).unlink(missing_ok=True)
+        # Unless a package brought a policy of its own.
+        if policy_rc_d.is_file() and policy_rc_d.read_text() == NO_SERVICE_STARTS:
+            policy_rc_d.unlink()
     remove_bootstrap_leftovers(root)

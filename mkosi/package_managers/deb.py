@@ -1,12 +1,12 @@
-"""Debian binary packages: unpacking one into a tree while keeping an uncompressed copy for dpkg.
+"""Debian binary packages: their control fields, and uncompressed copies of them for dpkg.
 
 A .deb is an ar archive of `debian-binary`, `control.tar.*` and `data.tar.*`, the file system
 content, compressed with xz (Debian) or zstd (Ubuntu). Decompressing it is most of the CPU time
-dpkg spends on a package. A bootstrap needs each essential package's files twice: once unpacked
-by hand so that dpkg and the maintainer scripts can run in the tree at all, once more by dpkg. So
-each package is decompressed once, on all cores side by side, and the same stream goes both into
-the tree and into a copy of the package whose data member is a plain `data.tar`, which dpkg
-accepts and unpacks without decompressing anything.
+dpkg spends on a package. A bootstrap needs the base system's files twice: once unpacked by hand
+so that dpkg and the maintainer scripts can run in the tree at all, once more by dpkg. So each
+package is decompressed once, on all cores side by side, into a copy of the package whose data
+member is a plain `data.tar`, which dpkg accepts and unpacks without decompressing anything; for
+the base system the same stream is unpacked into the tree on the way.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ AR_HEADER_MAGIC = b"`\n"
 # the names in the archive are the image's, which the build host may map to other ids. Directory
 # symlinks stay: /bin and friends point into /usr before any package is unpacked.
 UNPACK_SCRIPT = """set -o pipefail
+unset TAR_OPTIONS
 package=$1 copy=$2 root=$3
 shift 3
 dpkg-deb --fsys-tarfile "$package" | tee -a "$copy" |
     tar --extract --numeric-owner --keep-directory-symlink --directory="$root" --file=- "$@"
 """
+COPY_SCRIPT = 'dpkg-deb --fsys-tarfile "$1" >> "$2"'
 
 
 class BrokenPackage(MkosiError):
@@ -59,18 +61,43 @@ def members_before_data(package: Path) -> bytes:
         raise BrokenPackage(f"{package} is not a Debian package (no data.tar member)")
 
 
-async def unpack(package: Path, root: Path, copy: Path, excludes: Sequence[str] = (), log: Any = None) -> None:
-    """Unpack `package`'s files into `root` and write `copy`, the same package with an uncompressed
-    data member. `excludes` are tar patterns (./usr/share/doc/*) of members left out of the tree."""
+def parse_fields(stanza: str) -> dict[str, str]:
+    """The fields of one control stanza (a package's control file, an entry of dpkg's status);
+    continuation lines are joined to their field."""
+    fields: dict[str, str] = {}
+    name = None
+    for line in stanza.splitlines():
+        if line[:1] in (" ", "\t") and name is not None:
+            fields[name] += "\n" + line.strip()
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            fields[name] = value.strip()
+    return fields
+
+
+async def control_fields(package: Path, log: Any = None) -> dict[str, str]:
+    result = await run(["dpkg-deb", "--field", package], capture_stdout=True, log=log)
+    return parse_fields(result.stdout)
+
+
+async def uncompressed_copy(
+    package: Path, copy: Path, root: Path | None = None, excludes: Sequence[str] = (), log: Any = None
+) -> None:
+    """Write `copy`, the same package with an uncompressed data member, and with a `root`, unpack
+    the package's files into it too. `excludes` are tar patterns (./usr/share/doc/*) of members
+    left out of the tree."""
     prefix = members_before_data(package)
     # The data member's size is known only once decompressed: a placeholder, corrected below.
     copy.write_bytes(prefix + ar_header("data.tar", 0))
-    await run(
-        ["bash", "-c", UNPACK_SCRIPT, "unpack", package, copy, root, *(f"--exclude={e}" for e in excludes)],
-        log=log,
-    )
+    if root is None:
+        await run(["bash", "-c", COPY_SCRIPT, "copy", package, copy], log=log)
+    else:
+        excluded = (f"--exclude={e}" for e in excludes)
+        await run(["bash", "-c", UNPACK_SCRIPT, "unpack", package, copy, root, *excluded], log=log)
     data_size = copy.stat().st_size - len(prefix) - AR_HEADER_SIZE
-    # tar streams come in 512-byte blocks, so no padding byte is needed after the member.
     with copy.open("r+b") as f:
         f.seek(len(prefix))
         f.write(ar_header("data.tar", data_size))
+        if data_size % 2:  # ar pads every member to an even length
+            f.seek(0, 2)
+            f.write(b"\n")

@@ -517,3 +517,32 @@ def test_signed_repository_is_refused_when_tampered_with(distribution: str, tmp_
     assert result.returncode != 0
     assert "not signed by a trusted key" in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "tree").exists()
+
+
+def test_apt_installs_from_a_local_file_mirror(tmp_path: Path) -> None:
+    # apt copies nothing from file: sources into its archive: the bootstrap takes them where they are.
+    mirror = ubuntu_mirror()
+    mkosi("-d", "ubuntu", f"--mirror={mirror.as_uri()}", "--repository-key-check=no", "-p", HELLO, "-o", "tree",
+          "build", cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(["chroot", tmp_path / "tree", "/usr/bin/mkosi-hello"], capture_output=True, text=True)
+    assert result.stdout.strip() == HELLO_OUTPUT, result.stderr
+
+
+def test_a_pool_package_not_matching_the_index_is_downloaded_again(tmp_path: Path, served: str) -> None:
+    url = f"{served}/{ubuntu_mirror().relative_to(CACHE / 'repositories')}"
+    cache = tmp_path / "packages"
+    args = ("-d", "ubuntu", f"--mirror={url}", f"--cache={cache}", "--repository-key-check=no", "-p", HELLO)
+    for build_number in (1, 2):
+        directory = tmp_path / str(build_number)
+        directory.mkdir()
+        mkosi(*args, "-o", "tree", "build", cwd=directory)
+        if build_number == 1:
+            # Same name and size, other contents (tampering, or another mirror's build of it): apt
+            # would take it by its size alone, and dpkg would fail on it.
+            hello = next((cache / "ubuntu~resolute~x86-64").glob(f"{HELLO}_*.deb"))
+            data = bytearray(hello.read_bytes())
+            data[-200:-100] = bytes(100)
+            hello.unlink()  # a hard link into the first build's pool: replace, do not write through
+            hello.write_bytes(bytes(data))
+    result = subprocess.run(["chroot", tmp_path / "2/tree", "/usr/bin/mkosi-hello"], capture_output=True, text=True)
+    assert result.stdout.strip() == HELLO_OUTPUT, result.stderr

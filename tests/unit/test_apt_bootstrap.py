@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from mkosi.errors import MkosiError
-from mkosi.package_managers import apt_bootstrap, deb
+from mkosi.package_managers import apt_bootstrap, deb, dpkg_order
 from mkosi.package_managers.apt_bootstrap import Bootstrap, Source
 from mkosi.run import CommandError
 
@@ -88,7 +88,7 @@ def test_dependencies_are_marked_as_debootstrap_leaves_them(tmp_path: Path) -> N
     (tmp_path / "var/lib/dpkg/status").write_text(STATUS)
     # Not marked: the essential package and its dependencies (through a virtual package too), the
     # required package, what was asked for. Marked: the dependencies of the last two.
-    assert apt_bootstrap.mark_dependencies(tmp_path, {"systemd"}) == 2
+    assert dpkg_order.mark_dependencies(tmp_path, {"systemd"}, "amd64") == 2
     states = (tmp_path / "var/lib/apt/extended_states").read_text()
     assert states == (
         "Package: libsemanage\nArchitecture: amd64\nAuto-Installed: 1\n\n"
@@ -119,7 +119,7 @@ def test_unpack_fills_the_tree_and_keeps_an_uncompressed_package(tmp_path: Path,
     root, copy = tmp_path / "root", tmp_path / "copy.deb"
     (root / "usr").mkdir(parents=True)
     (root / "bin").symlink_to("usr/bin")
-    anyio.run(deb.unpack, package, root, copy, ("./usr/share/doc/*",))
+    anyio.run(deb.uncompressed_copy, package, copy, root, ("./usr/share/doc/*",))
     assert (root / "usr/bin/hello").read_text() == "#!/bin/sh\necho hello\n"
     assert (root / "bin").is_symlink()  # the merged-/usr link survives the package's ./usr/bin
     assert not (root / "usr/share/doc/hello/README").exists()
@@ -136,7 +136,7 @@ def test_a_file_that_is_no_package_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.deb"
     bogus.write_bytes(b"not an ar archive")
     with pytest.raises(deb.BrokenPackage, match=r"bogus\.deb is not a Debian package"):
-        anyio.run(deb.unpack, bogus, tmp_path, tmp_path / "copy.deb")
+        anyio.run(deb.uncompressed_copy, bogus, tmp_path / "copy.deb", tmp_path)
     truncated = tmp_path / "truncated.deb"
     truncated.write_bytes(deb.AR_MAGIC + deb.ar_header("debian-binary", 4) + b"2.0\n")
     with pytest.raises(deb.BrokenPackage, match=r"no data\.tar member"):
@@ -150,7 +150,7 @@ def test_a_corrupt_package_fails_the_unpack(tmp_path: Path) -> None:
     package.write_bytes(bytes(data))
     (tmp_path / "root").mkdir()
     with pytest.raises(CommandError) as failure:
-        anyio.run(deb.unpack, package, tmp_path / "root", tmp_path / "copy.deb")
+        anyio.run(deb.uncompressed_copy, package, tmp_path / "copy.deb", tmp_path / "root")
     assert any(line.startswith("dpkg-deb") for line in failure.value.tail), failure.value.tail
 
 
@@ -162,3 +162,59 @@ def test_a_foreign_architecture_needs_a_binfmt_handler(tmp_path: Path, monkeypat
         apt_bootstrap.check_runnable("arm64")
     (tmp_path / "qemu-aarch64").write_text("enabled\n")
     apt_bootstrap.check_runnable("arm64")
+
+
+def test_install_steps_put_pre_dependencies_first() -> None:
+    packages = {
+        "base": {"Essential": "yes", "Depends": "libc"},
+        "libc": {"Priority": "optional"},
+        "libsystemd-shared": {"Depends": "libc"},
+        "systemd": {"Pre-Depends": "libsystemd-shared (= 1), libc", "Depends": "mount"},
+        "mount": {},
+        "systemd-sysv": {"Depends": "systemd"},
+        "less": {"Depends": "libc"},
+    }
+    steps = dpkg_order.install_steps(packages)
+    # The base system as one forced run; then what is pre-depended on; then all the rest at once.
+    assert [(s.packages, s.force_depends) for s in steps] == [
+        (("base", "libc"), True),
+        (("libsystemd-shared",), False),
+        (("less", "mount", "systemd", "systemd-sysv"), False),
+    ]
+
+
+def test_a_pre_dependency_circle_is_installed_like_the_base_system() -> None:
+    packages = {"a": {"Pre-Depends": "b"}, "b": {"Pre-Depends": "a"}, "c": {}}
+    steps = dpkg_order.install_steps(packages)
+    assert [(s.packages, s.force_depends) for s in steps] == [(("a", "b", "c"), True)]
+
+
+def test_control_fields_with_continuation_lines() -> None:
+    fields = deb.parse_fields("Package: x\nDepends: a,\n b (>= 1)\nDescription: short\n long text\n")
+    assert fields["Depends"] == "a,\nb (>= 1)"
+    assert dpkg_order.relations(fields, "Depends") == ["a", "b"]
+    assert dpkg_order.relations({"Depends": "awk | mawk:any (>= 1), c"}, "Depends") == ["awk", "mawk", "c"]
+
+
+def test_a_copy_without_a_tree_is_the_same_package(tmp_path: Path) -> None:
+    package = build_package(tmp_path, "xz")
+    copy = tmp_path / "copy.deb"
+    anyio.run(deb.uncompressed_copy, package, copy)
+    listing = subprocess.run(["dpkg-deb", "--contents", copy], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/hello" in listing
+    fields = anyio.run(deb.control_fields, copy)
+    assert fields["Package"] == "hello" and fields["Version"] == "1"
+
+
+def test_print_uris_give_files_and_checksums(tmp_path: Path) -> None:
+    listing = (
+        "'http://m/debian/pool/main/l/less/less_590-2_amd64.deb' less_590-2_amd64.deb 131736 SHA256:abc123\n"
+        # Debian's security archive lists no MD5 sums: without ForceHash apt prints no checksum at all.
+        "'http://m/debian-security/pool/apt_2.6.2_amd64.deb' apt_2.6.2_amd64.deb 1373116 \n"
+        "'file:/srv/mirror/pool/main/h/hello/hello_1%2b2_all.deb' hello_1+2_all.deb 816 SHA256:def456\n"
+        "some other line\n"
+    )
+    files, wanted = apt_bootstrap.parse_print_uris(listing, tmp_path)
+    assert files == [tmp_path / "less_590-2_amd64.deb", tmp_path / "apt_2.6.2_amd64.deb",
+                     Path("/srv/mirror/pool/main/h/hello/hello_1+2_all.deb")]  # fmt: skip
+    assert wanted == {"less_590-2_amd64.deb": "abc123", "apt_2.6.2_amd64.deb": ""}

@@ -16,9 +16,10 @@ import contextvars
 import fcntl
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,6 +32,7 @@ CPU_LIMITER: contextvars.ContextVar[anyio.CapacityLimiter | None] = contextvars.
 )
 
 _LOCKS: dict[str, anyio.Lock] = {}
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,6 +93,20 @@ async def cpu_heavy() -> AsyncIterator[None]:
         return
     async with limiter:
         yield
+
+
+async def on_all_cores(work: Callable[[T], Awaitable[object]], items: Iterable[T]) -> None:
+    """Run `work` on every item, as many at a time as there are cores (for steps that keep one
+    core busy each, such as one decompressing subprocess per item)."""
+    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+
+    async def limited(item: T) -> None:
+        async with limiter:
+            await work(item)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(limited, item)
 
 
 # Exit statuses of a command stopped by a signal, as a shell reports them.

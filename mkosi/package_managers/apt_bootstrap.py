@@ -24,7 +24,6 @@ about two thirds of the time (README, Benchmarks).
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import re
 import shutil
@@ -36,7 +35,7 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
-from mkosi.concurrency import cpu_heavy
+from mkosi.concurrency import cpu_heavy, on_all_cores
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.package_managers import deb, dpkg_order, raise_missing, raise_untrusted
@@ -314,38 +313,31 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
 
 async def read_control(context: Context, files: list[Path]) -> dict[str, tuple[Path, dict[str, str]]]:
     """Each package's control fields and file, by package name."""
-    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
     found: dict[str, tuple[Path, dict[str, str]]] = {}
 
     async def read(path: Path) -> None:
-        async with limiter:
-            fields = await deb.control_fields(path, log=context.log)
+        fields = await deb.control_fields(path, log=context.log)
         found[fields["Package"]] = (path, fields)
 
-    async with anyio.create_task_group() as tg:
-        for path in files:
-            tg.start_soon(read, path)
+    await on_all_cores(read, files)
     return found
 
 
 async def make_copies(
-    context: Context, files: dict[str, Path], base: set[str], excludes: tuple[str, ...]
+    context: Context, files: dict[str, Path], unpack_first: set[str], excludes: tuple[str, ...]
 ) -> dict[str, Path]:
-    """Uncompressed copies of the packages in the tree, for dpkg there, on all cores; the `base`
-    packages' files are unpacked into the tree on the way. Returns the copies' paths in the tree."""
+    """Uncompressed copies of the packages in the tree, for dpkg there, on all cores; the files of
+    the `unpack_first` packages go into the tree on the way. Returns the copies' paths in the tree."""
     root = context.root
     (root / COPIES).mkdir(parents=True, exist_ok=True)
-    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
     copies = {name: root / COPIES / path.name for name, path in files.items()}
 
     async def copy(name: str) -> None:
-        unpack_into = root if name in base else None
-        async with limiter:
-            await deb.uncompressed_copy(files[name], copies[name], unpack_into, excludes, log=context.log)
+        unpack_into = root if name in unpack_first else None
+        await deb.uncompressed_copy(files[name], copies[name], unpack_into, excludes, log=context.log)
 
-    async with cpu_heavy(), anyio.create_task_group() as tg:
-        for name in files:
-            tg.start_soon(copy, name)
+    async with cpu_heavy():
+        await on_all_cores(copy, files)
     return {name: Path("/", path.relative_to(root)) for name, path in copies.items()}
 
 
@@ -373,9 +365,10 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         await _apt_get(context, env, ["update"])
         packages = await read_control(context, await download(context, env, bootstrap))
         steps = dpkg_order.install_steps({name: fields for name, (_, fields) in packages.items()})
-        base = set(steps[0].packages) if steps and steps[0].force_depends else set()
+        # What dpkg installs without honouring dependencies must have its files in place first.
+        unpack_first = {name for step in steps if step.force_depends for name in step.packages}
         files = {name: path for name, (path, _) in packages.items()}
-        copies = await make_copies(context, files, base, bootstrap.excludes)
+        copies = await make_copies(context, files, unpack_first, bootstrap.excludes)
         # Services are not started while the image is built (invoke-rc.d and deb-systemd-invoke ask).
         policy_rc_d.write_text(NO_SERVICE_STARTS)
         policy_rc_d.chmod(0o755)

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from mkosi import build
-from mkosi.concurrency import exclusive
+from mkosi.concurrency import exclusive, on_all_cores
 from mkosi.config import Distribution, parse_args
 from mkosi.context import Context
 
@@ -119,3 +119,19 @@ async def test_side_tasks_finish_and_the_body_error_comes_out_unwrapped() -> Non
     async with side_tasks() as tg:
         tg.start_soon(side)
     assert finished == ["side", "side"]
+
+
+def test_on_all_cores_runs_every_item_and_no_more_at_once_than_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    running, peak, done = 0, 0, []
+
+    async def work(item: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await anyio.sleep(0.01)
+        running -= 1
+        done.append(item)
+
+    anyio.run(on_all_cores, work, range(7))
+    assert sorted(done) == list(range(7)) and peak == 2

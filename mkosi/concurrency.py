@@ -95,10 +95,11 @@ async def cpu_heavy() -> AsyncIterator[None]:
         yield
 
 
-async def on_all_cores(work: Callable[[T], Awaitable[object]], items: Iterable[T]) -> None:
+async def on_all_cores(work: Callable[[T], Awaitable[object]], items: Iterable[T], leave_free: int = 0) -> None:
     """Run `work` on every item, as many at a time as there are cores (for steps that keep one
-    core busy each, such as one decompressing subprocess per item)."""
-    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    core busy each, such as one decompressing subprocess per item), but `leave_free` (for work
+    that runs beside it), and one at least."""
+    limiter = anyio.CapacityLimiter(max(1, (os.cpu_count() or 1) - leave_free))
 
     async def limited(item: T) -> None:
         async with limiter:

@@ -10,7 +10,8 @@ The steps, each chosen for a bootstrap that is fast as well as right:
    required packages and apt, as mmdebstrap and debootstrap define it) plus the packages asked for.
 3. Every package is decompressed once, on all cores side by side, into a copy dpkg unpacks without
    decompressing (deb.py); the base system's files go into the tree on the way, so that dpkg and
-   its maintainer scripts can run there.
+   its maintainer scripts can run there. The other packages' copies are made while dpkg installs
+   the base system, on the core it leaves idle. Control fields are read in-process.
 4. dpkg installs the copies inside the tree (chroot, in mount and PID namespaces of its own, so
    that nothing started or mounted there outlives it): the base system in one run, the rest in as
    few runs as Pre-Depends allow (dpkg_order.py).
@@ -82,6 +83,9 @@ FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
 # vanish with the namespace, and every process left there is killed when the command ends. The
 # tree sees a read-only sysfs and a /dev of its own with the few devices maintainer scripts use,
 # never the host's disks, firmware variables or shared memory (where other builds' trees live).
+# The shell stays the namespace's PID 1, outside the chroot, instead of exec'ing into it: that is
+# how maintainer scripts tell a chroot (ischroot compares / with /proc/1/root). Where PID 1 was
+# dpkg in the tree, libc6's postinst took the tree for a booted system and ran `telinit u; sleep 1`.
 IN_TREE_SCRIPT = """set -e
 root=$1
 shift
@@ -97,7 +101,7 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$root/dev/shm"
 ln -s pts/ptmx "$root/dev/ptmx"
 ln -s /proc/self/fd "$root/dev/fd"
-exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
+chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
     DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true "$@"
 """
 
@@ -323,22 +327,43 @@ async def read_control(context: Context, files: list[Path]) -> dict[str, tuple[P
     return found
 
 
-async def make_copies(
-    context: Context, files: dict[str, Path], unpack_first: set[str], excludes: tuple[str, ...]
-) -> dict[str, Path]:
-    """Uncompressed copies of the packages in the tree, for dpkg there, on all cores; the files of
-    the `unpack_first` packages go into the tree on the way. Returns the copies' paths in the tree."""
+async def unpack_and_install(
+    context: Context, files: dict[str, Path], steps: list[dpkg_order.Step], excludes: tuple[str, ...]
+) -> None:
+    """Decompress every package once into an uncompressed copy in the tree, and install the copies
+    with dpkg there, step by step.
+
+    What dpkg installs without honouring dependencies (the base system) must have its files in the
+    tree before dpkg runs at all: those packages are unpacked on the way, on all cores. The copies
+    of the others are made while dpkg installs the base system, which keeps one core busy, on the
+    cores it leaves free; each later step waits only for its own copies."""
     root = context.root
     (root / COPIES).mkdir(parents=True, exist_ok=True)
     copies = {name: root / COPIES / path.name for name, path in files.items()}
+    unpack_first = {name for step in steps if step.force_depends for name in step.packages}
 
     async def copy(name: str) -> None:
         unpack_into = root if name in unpack_first else None
         await deb.uncompressed_copy(files[name], copies[name], unpack_into, excludes, log=context.log)
 
     async with cpu_heavy():
-        await on_all_cores(copy, files)
-    return {name: Path("/", path.relative_to(root)) for name, path in copies.items()}
+        await on_all_cores(copy, sorted(unpack_first))
+    ready = [anyio.Event() for _ in steps]
+
+    async def copy_the_rest() -> None:
+        async with cpu_heavy():
+            for step, done in zip(steps, ready, strict=True):
+                await on_all_cores(copy, [n for n in step.packages if n not in unpack_first], leave_free=1)
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(copy_the_rest)
+        for step, done in zip(steps, ready, strict=True):
+            await done.wait()
+            dpkg = ["dpkg", "--install", "--force-unsafe-io", *(["--force-depends"] if step.force_depends else [])]
+            in_tree_copies = (str(Path("/", copies[n].relative_to(root))) for n in step.packages)
+            # grace=0: the namespace's init ignores SIGTERM; the tree is thrown away anyway.
+            await run(in_tree(root, [*dpkg, *in_tree_copies]), log=context.log, grace=0)
 
 
 def check_installed(root: Path, names: Iterable[str]) -> None:
@@ -365,17 +390,11 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         await _apt_get(context, env, ["update"])
         packages = await read_control(context, await download(context, env, bootstrap))
         steps = dpkg_order.install_steps({name: fields for name, (_, fields) in packages.items()})
-        # What dpkg installs without honouring dependencies must have its files in place first.
-        unpack_first = {name for step in steps if step.force_depends for name in step.packages}
-        files = {name: path for name, (path, _) in packages.items()}
-        copies = await make_copies(context, files, unpack_first, bootstrap.excludes)
         # Services are not started while the image is built (invoke-rc.d and deb-systemd-invoke ask).
         policy_rc_d.write_text(NO_SERVICE_STARTS)
         policy_rc_d.chmod(0o755)
-        for step in steps:
-            dpkg = ["dpkg", "--install", "--force-unsafe-io", *(["--force-depends"] if step.force_depends else [])]
-            # grace=0: dpkg is the namespace's init, which ignores SIGTERM; the tree is thrown away anyway.
-            await run(in_tree(root, [*dpkg, *(str(copies[n]) for n in step.packages)]), log=context.log, grace=0)
+        files = {name: path for name, (path, _) in packages.items()}
+        await unpack_and_install(context, files, steps, bootstrap.excludes)
         check_installed(root, packages)
         requested = requested_names(("apt", "usr-is-merged", *bootstrap.packages))
         count = dpkg_order.mark_dependencies(root, requested, architecture)

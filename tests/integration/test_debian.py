@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mkosi.package_managers import apt_bootstrap
 from tests.integration.support import CACHE, mkosi
 
 
@@ -141,6 +142,16 @@ def test_usr_is_merged_without_usrmerge(directory_image: Path) -> None:
     assert "usr-is-merged" in installed
     # usrmerge would have converted the tree itself, and left perl in the image.
     assert "usrmerge" not in installed and "perl" not in installed
+
+
+def test_maintainer_scripts_run_in_what_they_see_as_a_chroot(directory_image: Path) -> None:
+    # As in debootstrap's chroot: a tree taken for a booted system gets libc6's `telinit u; sleep 1`.
+    seen = subprocess.run(apt_bootstrap.in_tree(directory_image, ["ischroot"]), capture_output=True, text=True)
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+    # And it is a namespace of its own: the command is not PID 1 there, nor any host process visible.
+    command = apt_bootstrap.in_tree(directory_image, ["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'"])
+    processes = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    assert processes[0] != "1" and int(processes[1]) <= 4, processes
 
 
 def test_apt_in_the_image_knows_what_is_a_dependency(directory_image: Path) -> None:

@@ -206,6 +206,25 @@ def test_a_copy_without_a_tree_is_the_same_package(tmp_path: Path) -> None:
     assert fields["Package"] == "hello" and fields["Version"] == "1"
 
 
+@pytest.mark.parametrize("compression", ["xz", "gzip", "zstd", "none"])
+def test_control_fields_are_those_dpkg_deb_reads(tmp_path: Path, compression: str) -> None:
+    package = build_package(tmp_path, compression)
+    fields = anyio.run(deb.control_fields, package)
+    shown = subprocess.run(["dpkg-deb", "--field", package], capture_output=True, text=True, check=True).stdout
+    assert fields == deb.parse_fields(shown)
+    assert fields["Package"] == "hello" and fields["Architecture"] == "all"
+
+
+def test_a_corrupt_control_member_is_refused(tmp_path: Path) -> None:
+    package = build_package(tmp_path, "xz")
+    data = bytearray(package.read_bytes())
+    start = data.index(b"control.tar.xz") + deb.AR_HEADER_SIZE
+    data[start + 20 : start + 60] = bytes(40)  # inside the xz stream of control.tar.xz
+    package.write_bytes(bytes(data))
+    with pytest.raises(deb.BrokenPackage, match=r"hello-xz\.deb: unreadable control member control\.tar\.xz"):
+        anyio.run(deb.control_fields, package)
+
+
 def test_print_uris_give_files_and_checksums(tmp_path: Path) -> None:
     listing = (
         "'http://m/debian/pool/main/l/less/less_590-2_amd64.deb' less_590-2_amd64.deb 131736 SHA256:abc123\n"

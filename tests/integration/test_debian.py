@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -186,6 +187,33 @@ def test_tarball_lists_the_same_files_as_the_directory(directory_image: Path, ta
     in_tar = {line.removeprefix("./").rstrip("/") for line in listing.splitlines()} - {"", "."}
     in_directory = {str(p.relative_to(directory_image)) for p in directory_image.rglob("*")}
     assert in_tar == in_directory
+
+
+def _tree_listing(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every entry of a tree: mode, owner, group and its content's digest or link target."""
+    entries = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        if path.is_symlink():
+            content = os.readlink(path)
+        elif path.is_file():
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            content = ""
+        entries[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, content)
+    return entries
+
+
+def test_a_workspace_on_disk_gives_the_same_tree_as_on_tmpfs(debian_project: Path, directory_image: Path) -> None:
+    # The shared image was built in tmpfs (plenty of memory here), this one next to the output.
+    assert "workspace (path=/dev/shm/" in (debian_project / "directory-image.log").read_text()
+    on_disk = debian_project / "disk-workspace-image"
+    try:
+        mkosi("-t", "directory", "--workspace=disk", "-o", on_disk.name, "-f", "build", cwd=debian_project)
+        assert f"workspace (path={debian_project}/" in (debian_project / "disk-workspace-image.log").read_text()
+        assert _tree_listing(on_disk) == _tree_listing(directory_image)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(on_disk)], check=True)
 
 
 def test_existing_output_is_refused_without_force(debian_project: Path, directory_image: Path) -> None:

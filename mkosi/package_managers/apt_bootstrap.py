@@ -36,7 +36,7 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
-from mkosi.concurrency import cpu_heavy, on_all_cores
+from mkosi.concurrency import cpu_heavy, on_all_cores, side_tasks
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.package_managers import deb, dpkg_order, raise_missing, raise_untrusted
@@ -356,14 +356,27 @@ async def unpack_and_install(
                 await on_all_cores(copy, [n for n in step.packages if n not in unpack_first], leave_free=1)
                 done.set()
 
-    async with anyio.create_task_group() as tg:
+    # A failing dpkg run comes out as itself (CommandError), as when the steps ran alone.
+    async with side_tasks() as tg:
         tg.start_soon(copy_the_rest)
         for step, done in zip(steps, ready, strict=True):
             await done.wait()
             dpkg = ["dpkg", "--install", "--force-unsafe-io", *(["--force-depends"] if step.force_depends else [])]
             in_tree_copies = (str(Path("/", copies[n].relative_to(root))) for n in step.packages)
-            # grace=0: the namespace's init ignores SIGTERM; the tree is thrown away anyway.
-            await run(in_tree(root, [*dpkg, *in_tree_copies]), log=context.log, grace=0)
+            try:
+                # grace=0: the namespace's init ignores SIGTERM; the tree is thrown away anyway.
+                await run(in_tree(root, [*dpkg, *in_tree_copies]), log=context.log, grace=0)
+            except CommandError as error:
+                raise dpkg_failure(error) from error
+
+
+def dpkg_failure(error: CommandError) -> MkosiError:
+    """What dpkg in the tree failed at, in its own words, without the in-tree wrapper's script
+    (the build log has the whole command line)."""
+    failed = sorted({m.group(1) for line in error.tail if (m := re.search(r"error processing package (\S+)", line))})
+    what = f"could not install {', '.join(failed)}" if failed else "failed"
+    tail = "".join(f"\n    {line}" for line in error.tail)
+    return MkosiError(f"dpkg in the tree {what} (exit status {error.returncode}), last output:{tail}")
 
 
 def check_installed(root: Path, names: Iterable[str]) -> None:

@@ -324,6 +324,40 @@ def _hello_deb(directory: Path) -> None:
     shutil.rmtree(package)
 
 
+def write_apt_indexes(mirror: Path, suite: str) -> None:
+    """The Packages indexes of components main and universe and the suite's Release file, from
+    what the mirror's pool holds (files are replaced, never written through a hard link)."""
+    for component in ("main", "universe"):
+        index = mirror / f"dists/{suite}/{component}/binary-amd64"
+        index.mkdir(parents=True, exist_ok=True)
+        listing = (
+            subprocess.run(
+                ["apt-ftparchive", "packages", f"pool/{component}"],
+                cwd=mirror,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            if (mirror / f"pool/{component}").exists()
+            else ""
+        )
+        (index / "Packages").unlink(missing_ok=True)
+        (index / "Packages").write_text(listing)
+    release = subprocess.run(
+        [
+            "apt-ftparchive", "release",
+            "-o", f"APT::FTPArchive::Release::Suite={suite}",
+            "-o", f"APT::FTPArchive::Release::Codename={suite}",
+            "-o", "APT::FTPArchive::Release::Components=main universe",
+            "-o", "APT::FTPArchive::Release::Architectures=amd64",
+            f"dists/{suite}",
+        ],
+        cwd=mirror, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (mirror / f"dists/{suite}/Release").unlink(missing_ok=True)
+    (mirror / f"dists/{suite}/Release").write_text(release)
+
+
 def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: str) -> Path:
     """An archive laid out like Ubuntu's, with suite `suite` and components main and universe.
 
@@ -343,33 +377,7 @@ def apt_mirror(name: str, suite: str, packages: Sequence[str], debian_mirror: st
                 "bookworm", Path(work) / "tree", debian_mirror,
             )  # fmt: skip
         _hello_deb(pool)
-        for component in ("main", "universe"):
-            index = mirror / f"dists/{suite}/{component}/binary-amd64"
-            index.mkdir(parents=True)
-            listing = (
-                subprocess.run(
-                    ["apt-ftparchive", "packages", f"pool/{component}"],
-                    cwd=mirror,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                if (mirror / f"pool/{component}").exists()
-                else ""
-            )
-            (index / "Packages").write_text(listing)
-        release = subprocess.run(
-            [
-                "apt-ftparchive", "release",
-                "-o", f"APT::FTPArchive::Release::Suite={suite}",
-                "-o", f"APT::FTPArchive::Release::Codename={suite}",
-                "-o", "APT::FTPArchive::Release::Components=main universe",
-                "-o", "APT::FTPArchive::Release::Architectures=amd64",
-                f"dists/{suite}",
-            ],
-            cwd=mirror, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        (mirror / f"dists/{suite}/Release").write_text(release)
+        write_apt_indexes(mirror, suite)
 
     return cached(name, recipe, build)
 

@@ -528,6 +528,32 @@ def test_apt_installs_from_a_local_file_mirror(tmp_path: Path) -> None:
     assert result.stdout.strip() == HELLO_OUTPUT, result.stderr
 
 
+def test_a_failing_maintainer_script_fails_the_bootstrap_clearly(tmp_path: Path) -> None:
+    # The mirror as a hard-linked copy, with one package more whose postinst fails.
+    mirror = tmp_path / "mirror"
+    subprocess.run(["cp", "-al", ubuntu_mirror(), mirror], check=True)
+    package = tmp_path / "broken"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN/control").write_text(
+        "Package: mkosi-test-broken\nVersion: 1\nArchitecture: all\nMaintainer: t <t@mkosi>\nDescription: fails\n"
+    )
+    (package / "DEBIAN/postinst").write_text("#!/bin/sh\necho 'mkosi-test-broken refuses to configure' >&2\nexit 1\n")
+    (package / "DEBIAN/postinst").chmod(0o755)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", package, mirror / "pool/main"],
+                   check=True, capture_output=True)  # fmt: skip
+    repositories.write_apt_indexes(mirror, DISTRIBUTIONS[Distribution.ubuntu].default_release)
+    project = tmp_path / "project"
+    project.mkdir()
+    result = mkosi("-d", "ubuntu", f"--mirror={mirror.as_uri()}", "--repository-key-check=no",
+                   "-p", "mkosi-test-broken", "build", cwd=project, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    # What failed, in dpkg's words, and not the script that runs it in the tree.
+    assert "mkosi: dpkg in the tree could not install mkosi-test-broken (exit status 1)" in result.stderr
+    assert "mkosi-test-broken refuses to configure" in result.stderr and "mount -t proc" not in result.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["image.log"]
+
+
 def test_a_pool_package_not_matching_the_index_is_downloaded_again(tmp_path: Path, served: str) -> None:
     url = f"{served}/{ubuntu_mirror().relative_to(CACHE / 'repositories')}"
     cache = tmp_path / "packages"

@@ -237,3 +237,13 @@ def test_print_uris_give_files_and_checksums(tmp_path: Path) -> None:
     assert files == [tmp_path / "less_590-2_amd64.deb", tmp_path / "apt_2.6.2_amd64.deb",
                      Path("/srv/mirror/pool/main/h/hello/hello_1+2_all.deb")]  # fmt: skip
     assert wanted == {"less_590-2_amd64.deb": "abc123", "apt_2.6.2_amd64.deb": ""}
+
+
+def test_a_dpkg_failure_names_the_packages_dpkg_names() -> None:
+    tail = ["dpkg: error processing package foo (--install):", " subprocess returned error exit status 1",
+            "dpkg: error processing package bar (--install):", "Errors were encountered while processing:"]  # fmt: skip
+    error = apt_bootstrap.dpkg_failure(CommandError(["unshare", "sh", "-c", "long script"], 1, tail))
+    assert str(error).startswith("dpkg in the tree could not install bar, foo (exit status 1), last output:\n    dpkg:")
+    assert "long script" not in str(error)
+    unnamed = apt_bootstrap.dpkg_failure(CommandError(["unshare"], 2, ["dpkg: error: out of space"]))
+    assert str(unnamed) == "dpkg in the tree failed (exit status 2), last output:\n    dpkg: error: out of space"

@@ -166,6 +166,13 @@ def test_apt_in_the_image_knows_what_is_a_dependency(directory_image: Path) -> N
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_the_bootstrap_leaves_no_package_lists_downloads_or_caches(directory_image: Path) -> None:
+    apt_cache = directory_image / "var/cache/apt"
+    assert sorted(p.name for p in apt_cache.iterdir()) == ["archives"]
+    assert not list((apt_cache / "archives").glob("*.deb"))
+    assert sorted(p.name for p in (directory_image / "var/lib/apt/lists").iterdir()) == ["lock", "partial"]
+
+
 def test_build_log_has_subprocess_output(directory_image: Path) -> None:
     log = (directory_image.parent / "directory-image.log").read_text()
     assert "dpkg --install" in log and "apt-get -q update" in log

@@ -21,6 +21,8 @@ def test_host_apt_sees_only_the_tree_and_our_keys(tmp_path: Path) -> None:
     assert f'Dir::State::Status "{tmp_path}/root/var/lib/dpkg/status";' in config.splitlines()
     assert f'Dir::Etc::TrustedParts "{tmp_path}/scratch/trusted.gpg.d";' in config.splitlines()
     assert 'APT::Architectures "amd64";' in config.splitlines()
+    # apt's binary caches are the build's, shared by its apt-get runs, never the image's.
+    assert f'Dir::Cache::pkgcache "{tmp_path}/scratch/pkgcache.bin";' in config.splitlines()
 
 
 def test_skeleton_merges_usr_and_writes_sources(tmp_path: Path) -> None:

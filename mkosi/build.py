@@ -86,7 +86,8 @@ def _secure_boot_keys(c: Config) -> str | None:
 
 # Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
 # left in a stage cache are not taken for this one's. 2: Debian and Ubuntu without mmdebstrap.
-INSTALLER_REVISION = 2
+# 3: their kernel installed after everything else, its initrd built once.
+INSTALLER_REVISION = 3
 
 STAGES: list[Stage] = [
     Stage(

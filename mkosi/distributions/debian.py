@@ -118,6 +118,7 @@ def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
         image_keys=config.repository_keys if config.repository_key_check else (),
         files=tree_files(config),
         excludes=unpack_excludes(config),
+        installed_last=(KERNELS[config.architecture],) if config.bootable else (),
     )
 
 

@@ -66,6 +66,7 @@ def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
         image_keys=config.repository_keys if config.repository_key_check else (),
         files=tree_files(config),
         excludes=unpack_excludes(config),
+        installed_last=PACKAGES.kernel if config.bootable else (),
     )
 
 

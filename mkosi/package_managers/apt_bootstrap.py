@@ -136,6 +136,8 @@ class Bootstrap:
     files: Mapping[str, str] = field(default_factory=dict)
     # tar patterns of files left out when unpacking by hand, as dpkg leaves them out by `files`.
     excludes: tuple[str, ...] = ()
+    # Installed in a dpkg run after all others (the kernel: its postinst builds the initrd).
+    installed_last: tuple[str, ...] = ()
 
 
 def in_tree(root: Path, argv: Iterable[str]) -> list[str]:
@@ -403,7 +405,9 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
 
         await _apt_get(context, env, ["update"])
         packages = await read_control(context, await download(context, env, bootstrap))
-        steps = dpkg_order.install_steps({name: fields for name, (_, fields) in packages.items()})
+        fields = {name: fields for name, (_, fields) in packages.items()}
+        last, asked = requested_names(bootstrap.installed_last), requested_names(bootstrap.packages)
+        steps = dpkg_order.install_steps(fields, last=last, asked=asked)
         # Services are not started while the image is built (invoke-rc.d and deb-systemd-invoke ask).
         policy_rc_d.write_text(NO_SERVICE_STARTS)
         policy_rc_d.chmod(0o755)

@@ -8,8 +8,12 @@ essential packages to work unconfigured, which debootstrap and mmdebstrap rely o
 Everything else keeps Policy's promise for Pre-Depends: a package is unpacked only once its
 pre-dependencies are configured. As debootstrap does, the packages others pre-depend on go first,
 with what they depend on, in as few runs as their own pre-dependencies allow; then everything left
-goes in one run. That last run unpacks all before it configures any: a kernel's postinst, which
-builds the initrd, finds systemd's files whatever order dpkg configures them in.
+goes in one run. That last run unpacks all before it configures any.
+
+A kernel goes in a run of its own after everything else (`last`): its postinst builds the initrd
+from a configured system. In the same run as dracut it would build it twice, once from the kernel's
+hook and once more from dracut's trigger (5 s each), which finds no kernel when dracut is
+configured beforehand.
 """
 
 from __future__ import annotations
@@ -81,12 +85,11 @@ def _valid_step(packages: PackageSet, candidates: set[str], rest: set[str]) -> s
     return step
 
 
-def install_steps(packages: Mapping[str, Fields]) -> list[Step]:
-    """The dpkg runs that install `packages` (control fields by name), in order."""
-    package_set = PackageSet(packages)
-    base = base_system(package_set)
-    steps = [Step(tuple(sorted(base)), force_depends=True)] if base else []
-    rest = set(packages) - base
+def _steps_without_base(package_set: PackageSet, rest: set[str]) -> list[Step]:
+    """The runs that install `rest` once the base system is in: what others pre-depend on first,
+    as few runs as their own pre-dependencies allow, then everything left at once."""
+    steps = []
+    rest = set(rest)
     while targets := {t for name in rest for t in package_set.targets(name, "Pre-Depends") & rest}:
         step = _valid_step(package_set, package_set.closure(targets, within=rest), rest)
         if not step:
@@ -98,6 +101,21 @@ def install_steps(packages: Mapping[str, Fields]) -> list[Step]:
         circle = any(package_set.targets(name, "Pre-Depends") & rest for name in rest)
         steps.append(Step(tuple(sorted(rest)), force_depends=circle))
     return steps
+
+
+def install_steps(packages: Mapping[str, Fields], last: Iterable[str] = (), asked: Iterable[str] = ()) -> list[Step]:
+    """The dpkg runs that install `packages` (control fields by name), in order. The packages
+    `last` names, with what only they need, go after all others; what was `asked` for by name
+    is never held back with them."""
+    package_set = PackageSet(packages)
+    base = base_system(package_set)
+    steps = [Step(tuple(sorted(base)), force_depends=True)] if base else []
+    rest = set(packages) - base
+    seeds = set(last) & rest
+    needed_by_seeds = package_set.closure(seeds, within=rest)
+    others = (rest - needed_by_seeds) | (set(asked) & rest) - seeds
+    late = needed_by_seeds - package_set.closure(others, within=rest)
+    return steps + _steps_without_base(package_set, rest - late) + _steps_without_base(package_set, late)
 
 
 def installed_packages(root: Path) -> dict[str, dict[str, str]]:

@@ -185,6 +185,30 @@ def test_install_steps_put_pre_dependencies_first() -> None:
     ]
 
 
+def test_the_kernel_goes_last_with_what_only_it_needs() -> None:
+    packages = {
+        "base": {"Essential": "yes"},
+        "dracut": {"Provides": "linux-initramfs-tool", "Depends": "base"},
+        "systemd": {},
+        "linux-image-amd64": {"Depends": "linux-image-6.1"},
+        "linux-image-6.1": {"Depends": "kmod, linux-base, initramfs-tools | linux-initramfs-tool"},
+        "linux-base": {},
+        "kmod": {},
+        "udev": {"Depends": "kmod"},
+    }
+    asked = ["dracut", "systemd", "udev", "linux-image-amd64"]
+    steps = dpkg_order.install_steps(packages, last=["linux-image-amd64"], asked=asked)
+    assert [(s.packages, s.force_depends) for s in steps] == [
+        (("base",), True),
+        (("dracut", "kmod", "systemd", "udev"), False),  # kmod: udev needs it too
+        (("linux-base", "linux-image-6.1", "linux-image-amd64"), False),
+    ]
+    # A package something else depends on is not held back.
+    packages["systemd"] = {"Depends": "linux-image-amd64"}
+    steps = dpkg_order.install_steps(packages, last=["linux-image-amd64"], asked=asked)
+    assert len(steps) == 2 and "linux-image-6.1" in steps[1].packages
+
+
 def test_a_pre_dependency_circle_is_installed_like_the_base_system() -> None:
     packages = {"a": {"Pre-Depends": "b"}, "b": {"Pre-Depends": "a"}, "c": {}}
     steps = dpkg_order.install_steps(packages)

@@ -97,8 +97,8 @@ async def cpu_heavy() -> AsyncIterator[None]:
 
 async def on_all_cores(work: Callable[[T], Awaitable[object]], items: Iterable[T], leave_free: int = 0) -> None:
     """Run `work` on every item, as many at a time as there are cores (for steps that keep one
-    core busy each, such as one decompressing subprocess per item), but `leave_free` (for work
-    that runs beside it), and one at least."""
+    core busy each, such as one decompressing subprocess per item). `leave_free` cores are kept
+    for work running beside it; one item at a time runs in any case."""
     limiter = anyio.CapacityLimiter(max(1, (os.cpu_count() or 1) - leave_free))
 
     async def limited(item: T) -> None:

@@ -406,15 +406,14 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         await _apt_get(context, env, ["update"])
         packages = await read_control(context, await download(context, env, bootstrap))
         fields = {name: fields for name, (_, fields) in packages.items()}
-        last, asked = requested_names(bootstrap.installed_last), requested_names(bootstrap.packages)
-        steps = dpkg_order.install_steps(fields, last=last, asked=asked)
+        requested = requested_names(("apt", "usr-is-merged", *bootstrap.packages))
+        steps = dpkg_order.install_steps(fields, last=requested_names(bootstrap.installed_last), asked=requested)
         # Services are not started while the image is built (invoke-rc.d and deb-systemd-invoke ask).
         policy_rc_d.write_text(NO_SERVICE_STARTS)
         policy_rc_d.chmod(0o755)
         files = {name: path for name, (path, _) in packages.items()}
         await unpack_and_install(context, files, steps, bootstrap.excludes)
         check_installed(root, packages)
-        requested = requested_names(("apt", "usr-is-merged", *bootstrap.packages))
         count = dpkg_order.mark_dependencies(root, requested, architecture)
         context.log.info("bootstrap installed", packages=len(packages), dpkg_runs=len(steps), dependencies=count)
     finally:

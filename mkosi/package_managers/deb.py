@@ -56,50 +56,48 @@ def ar_header(name: str, size: int) -> bytes:
     return b"".join(f.encode().ljust(width) for f, width in zip(fields, AR_FIELD_WIDTHS, strict=True)) + AR_HEADER_MAGIC
 
 
-def members_before_data(package: Path) -> bytes:
-    """The package's bytes up to its data member: the ar magic, debian-binary and control.tar.*."""
+def _member_size(header: bytes) -> int:
+    return int(header[48:58])
+
+
+def _members_before_data(package: Path) -> list[tuple[bytes, bytes]]:
+    """The package's ar members before its data member, as (header, padded body)."""
     with package.open("rb") as f:
         if f.read(len(AR_MAGIC)) != AR_MAGIC:
             raise BrokenPackage(f"{package} is not a Debian package (no ar archive)")
-        kept = bytearray(AR_MAGIC)
+        members: list[tuple[bytes, bytes]] = []
         while len(header := f.read(AR_HEADER_SIZE)) == AR_HEADER_SIZE:
             if header.startswith(b"data.tar"):
-                return bytes(kept)
-            size = int(header[48:58])
-            body = f.read(size + size % 2)  # members are padded to an even length
-            kept += header + body
+                return members
+            size = _member_size(header)
+            members.append((header, f.read(size + size % 2)))  # members are padded to an even length
         raise BrokenPackage(f"{package} is not a Debian package (no data.tar member)")
 
 
-def _control_member(package: Path) -> tuple[str, bytes]:
-    """The name and the (compressed) bytes of the package's control.tar.* member."""
-    prefix = members_before_data(package)
-    offset = len(AR_MAGIC)
-    while offset + AR_HEADER_SIZE <= len(prefix):
-        header = prefix[offset : offset + AR_HEADER_SIZE]
-        name = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58])
-        if name.startswith("control.tar"):
-            return name, prefix[offset + AR_HEADER_SIZE : offset + AR_HEADER_SIZE + size]
-        offset += AR_HEADER_SIZE + size + size % 2
-    raise BrokenPackage(f"{package} is not a Debian package (no control.tar member)")
+def members_before_data(package: Path) -> bytes:
+    """The package's bytes up to its data member: the ar magic, debian-binary and control.tar.*."""
+    return AR_MAGIC + b"".join(header + body for header, body in _members_before_data(package))
 
 
 def read_control_file(package: Path) -> str | None:
     """The package's control file, read in-process (a subprocess per package cost a bootstrap
     0.4 s); None where the control member's compression is one Python cannot read."""
-    name, member = _control_member(package)
+    control_member = next((m for m in _members_before_data(package) if m[0].startswith(b"control.tar")), None)
+    if control_member is None:
+        raise BrokenPackage(f"{package} is not a Debian package (no control.tar member)")
+    header, body = control_member
+    name = header[:16].decode().strip().rstrip("/")
     decompress = DECOMPRESSORS.get(name)
     if decompress is None:
         return None
     try:
-        with tarfile.open(fileobj=io.BytesIO(decompress(member))) as archive:
-            member_names = set(archive.getnames())
-            control = next((archive.extractfile(n) for n in ("./control", "control") if n in member_names), None)
+        with tarfile.open(fileobj=io.BytesIO(decompress(body[: _member_size(header)]))) as archive:
+            member = next((m for m in archive.getmembers() if m.name in ("./control", "control")), None)
+            control = archive.extractfile(member) if member is not None and member.isfile() else None
             if control is None:
-                raise KeyError("no control file")
+                raise BrokenPackage(f"{package}: its control member {name} holds no control file")
             return control.read().decode()
-    except (lzma.LZMAError, OSError, EOFError, tarfile.TarError, KeyError, UnicodeDecodeError) as error:
+    except (lzma.LZMAError, OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as error:
         raise BrokenPackage(f"{package}: unreadable control member {name} ({error})") from error
 
 

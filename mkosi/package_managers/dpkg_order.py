@@ -113,7 +113,7 @@ def install_steps(packages: Mapping[str, Fields], last: Iterable[str] = (), aske
     rest = set(packages) - base
     seeds = set(last) & rest
     needed_by_seeds = package_set.closure(seeds, within=rest)
-    others = (rest - needed_by_seeds) | (set(asked) & rest) - seeds
+    others = (rest - needed_by_seeds) | ((set(asked) & rest) - seeds)
     late = needed_by_seeds - package_set.closure(others, within=rest)
     return steps + _steps_without_base(package_set, rest - late) + _steps_without_base(package_set, late)
 

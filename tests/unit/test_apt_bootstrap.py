@@ -3,7 +3,10 @@ record of dependencies, and unpacking a .deb while keeping an uncompressed copy 
 
 from __future__ import annotations
 
+import io
+import lzma
 import subprocess
+import tarfile
 from pathlib import Path
 
 import anyio
@@ -273,3 +276,19 @@ def test_a_dpkg_failure_names_the_packages_dpkg_names() -> None:
     assert "long script" not in str(error)
     unnamed = apt_bootstrap.dpkg_failure(CommandError(["unshare"], 2, ["dpkg: error: out of space"]))
     assert str(unnamed) == "dpkg in the tree failed (exit status 2), last output:\n    dpkg: error: out of space"
+
+
+def test_a_control_member_without_a_control_file_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("./md5sums")
+        archive.addfile(info, io.BytesIO(b""))
+    control = lzma.compress(buffer.getvalue())
+    package = tmp_path / "nocontrol.deb"
+    package.write_bytes(
+        deb.AR_MAGIC + deb.ar_header("debian-binary", 4) + b"2.0\n"
+        + deb.ar_header("control.tar.xz", len(control)) + control + b"\n" * (len(control) % 2)
+        + deb.ar_header("data.tar", 0)
+    )  # fmt: skip
+    with pytest.raises(deb.BrokenPackage, match=r"nocontrol\.deb: its control member .* holds no control"):
+        deb.read_control_file(package)

@@ -18,6 +18,7 @@ import anyio
 import structlog
 from rich.console import Console
 
+from matrix import release as rel
 from matrix.progress import LiveProgress, LogProgress, summary_table
 from matrix.runner import Run, listing, plan
 from matrix.scheduler import Observer, Status
@@ -131,6 +132,7 @@ def main(argv: Sequence[str]) -> int:
         if p.unsupported:
             matrix_log.warning(f"{p.name}: cannot be built: {p.unsupported}")
 
+    rel.check_replaceable(release_dir)
     release_dir.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir()
     run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going)

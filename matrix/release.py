@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mkosi import ownership
 from mkosi.checksums import Artifact, describe_artifact
 from mkosi.config import Compression, Config
 from mkosi.outputs.sidecars import image_stem
@@ -87,8 +88,15 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(code, os.strerror(code), str(a))
 
 
+def check_replaceable(final: Path) -> None:
+    """Refuse, before anything runs, to replace a directory that is not a release mkosi published."""
+    ownership.check_replaceable(final, final.name)
+
+
 async def publish(assembled: Path, final: Path) -> None:
-    """Put the assembled release at `final` atomically, replacing a previous one."""
+    """Put the assembled release at `final` atomically, replacing a previous one that mkosi published."""
+    check_replaceable(final)
+    ownership.mark(assembled, final.name)
     try:
         os.rename(assembled, final)
         return

@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import boot, buildscript, package_cache
+from mkosi import boot, buildscript, ownership, package_cache
 from mkosi.boot import kernel_command_line
-from mkosi.concurrency import exclusive, side_tasks
+from mkosi.concurrency import exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
@@ -212,44 +212,80 @@ def check_supported(config: Config) -> None:
         raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
 
 
-def output_paths(config: Config) -> list[Path]:
-    """Everything a build of this configuration publishes."""
-    return [config.output, log_path(config), *sidecars.release_files(config)]
+def output_paths(config: Config) -> dict[Path, bool]:
+    """Everything a build of this output may publish, and whether this configuration writes it."""
+    return {config.output: True, log_path(config): True, **sidecars.release_files(config)}
 
 
 def log_path(config: Config) -> Path:
     return config.output.with_name(config.output.name + ".log")
 
 
-def set_aside_outputs(config: Config) -> list[Path]:
-    """Move the outputs of an earlier build out of the way, under names remove_outputs() knows.
+def earlier_outputs(config: Config) -> list[Path]:
+    """What earlier builds of this output published, checked before any work starts.
 
-    Renaming is instant; removing a tree of thousands of files is not, and on ext4 it slows down
-    creating files for a while after it returned (a directory output copied right after removing
-    the previous one took 2-6 s instead of 0.5 s here, and as long when both ran side by side).
-    So -f removes them only once the new tree has been created (see build()).
+    Only what mkosi published for this output (see mkosi.ownership) is ever replaced or removed.
+    A path this configuration would publish that mkosi did not make (a directory given to -o by
+    mistake, the user's own SHA256SUMS) is refused; one it would not publish is left alone.
     """
-    moved = []
-    for path in output_paths(config):
-        if path.exists() or path.is_symlink():
-            aside = path.with_name(f".mkosi-old.{path.name}")
-            if aside.exists() or aside.is_symlink():
-                raise MkosiError(f"{aside} is in the way: remove it, or run mkosi clean")
-            os.rename(path, aside)
-            moved.append(aside)
+    found = []
+    for path, written in output_paths(config).items():
+        if not ownership.exists(path):
+            continue
+        if written or ownership.owner_of(path) == config.output.name:
+            ownership.check_replaceable(path, config.output.name)
+            found.append(path)
+    return found
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".mkosi-old.{path.name}")
+
+
+def set_aside_outputs(paths: list[Path]) -> dict[Path, Path]:
+    """Move earlier outputs out of the way; returns where each went, by its published path.
+
+    Renaming is instant, and nothing is lost yet: a build that fails puts them back (put_back()),
+    one that succeeds removes them after publishing its own. Removing a tree of thousands of files is
+    not instant, and on ext4 it slows down creating files for a while after it returned (a directory
+    output copied right after removing the previous one took 2-6 s instead of 0.5 s here), so the
+    removal waits until the new tree exists (see build()).
+    """
+    moved = {}
+    for path in paths:
+        aside = _aside(path)
+        if ownership.exists(aside):
+            raise MkosiError(f"{aside} is in the way: remove it, or run mkosi clean")
+        os.rename(path, aside)
+        moved[path] = aside
     return moved
 
 
+def put_back(moved: dict[Path, Path]) -> list[Path]:
+    """After a failed build: earlier outputs back where they were, unless the failed build left
+    something there (its log). Returns what is left to remove."""
+    left = []
+    for final, aside in moved.items():
+        if ownership.exists(final):
+            left.append(aside)
+        else:
+            os.rename(aside, final)
+    return left
+
+
 async def remove_outputs(config: Config) -> None:
-    for path in output_paths(config):
-        await remove_tree(path)
+    """`mkosi clean`: remove what builds of this output published; refuse, before removing anything,
+    when something there was not published by mkosi."""
+    paths = earlier_outputs(config)
+    await remove_trees(paths)
     await remove_outputs_of_killed_builds(config)
 
 
 async def remove_outputs_of_killed_builds(config: Config) -> None:
-    """Leftovers of builds that were killed too hard to clean up after themselves."""
+    """Leftovers of builds that were killed too hard to clean up after themselves: the names
+    set_aside_outputs() and Context.stage_output() give, of exactly this output's paths."""
     for path in output_paths(config):
-        for leftover in path.parent.glob(f".mkosi-*.{path.name}*"):
+        for leftover in (_aside(path), path.with_name(f".mkosi-tmp.{path.name}")):
             await remove_tree(leftover)
 
 
@@ -272,7 +308,14 @@ async def remove_caches(config: Config) -> None:
 
 
 def publish(context: Context) -> None:
+    owner = context.config.output.name
     for final, staged in context.staged.items():
+        # A read-only subvolume was marked before it became read-only.
+        if ownership.owner_of(staged) != owner and not ownership.mark(staged, owner):
+            context.log.warning(
+                f"{final.parent} keeps no extended attributes: mkosi will not recognise {final.name} "
+                "as its own, and -f and clean will refuse to replace it"
+            )
         os.rename(staged, final)
     context.staged.clear()
 
@@ -294,9 +337,9 @@ def restored_until(config: Config) -> str | None:
     return hits[-1] if hits else None
 
 
-def tree_next_to_output(config: Config) -> str | None:
-    """Whether an incremental `directory` build keeps the image's tree next to the output: the
-    stage whose cached result puts it there when restored, or None when it stays in the workspace.
+def tree_next_to_output(config: Config) -> bool:
+    """Whether an incremental `directory` build keeps the image's tree next to the output instead of
+    in the workspace.
 
     tmpfs pays off while package managers install into the tree (see mkosi.workspace).
     When the stage cache already holds the tree with its packages installed, nothing but small
@@ -305,10 +348,10 @@ def tree_next_to_output(config: Config) -> str | None:
     and it is restored there while the build image is restored into tmpfs, side by side.
     """
     if not (config.incremental and config.format is OutputFormat.directory):
-        return None
+        return False
     if config.workspace is not WorkspaceMode.auto or choose_base(config.workspace, config.output.parent) != TMPFS_DIR:
-        return None
-    return restored_until(config)
+        return False
+    return restored_until(config) is not None
 
 
 async def build(
@@ -317,57 +360,47 @@ async def build(
     """Build and publish one image; returns what each stage did."""
     check_supported(config)
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
-    # Removing a tree slows down creating files on the same file system for a while (see
-    # set_aside_outputs), so old outputs go once this build has created its tree: when the tree
-    # is restored next to the output, right after that stage, beside the remaining ones; else at the end.
-    remove_old_after = None
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
-        remove_old_after = tree_next_to_output(config)
     if check := CHECKS.get(config.format):
         await check(config, structlog.get_logger("mkosi"))
-    if config.output.exists() or config.output.is_symlink():
-        if not config.force:
-            raise MkosiError(f"{config.output} already exists, use -f to replace it")
-        await remove_outputs_of_killed_builds(config)
-        old_outputs = set_aside_outputs(config)
-    else:
-        old_outputs = []
+    earlier = earlier_outputs(config)
+    if ownership.exists(config.output) and not config.force:
+        raise MkosiError(f"{config.output} already exists, use -f to replace it")
+    await remove_outputs_of_killed_builds(config)
+    old_outputs = set_aside_outputs(earlier)
 
     clock = SubprocessClock()
     subprocess_clock.set(clock)
     started = time.monotonic()
+    succeeded = False
     with build_log(config.output.name, log_path(config)) as log:
+        ownership.mark(log_path(config), config.output.name)
         try:
-            async with contextlib.AsyncExitStack() as workspaces, side_tasks() as side:
+            async with contextlib.AsyncExitStack() as workspaces:
                 path = await workspaces.enter_async_context(workspace(config, log))
                 tree = None
-                if remove_old_after is not None:
+                if tree_next_to_output(config):
                     tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
                 context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
-
-                def observed(stage: Stage) -> None:
-                    if observe is not None:
-                        observe(stage)
-                    if old_outputs and context.stages and context.stages[-1].name == remove_old_after:
-                        side.start_soon(remove_trees, old_outputs.copy())
-                        old_outputs.clear()
-
                 try:
-                    await run_stages(context, STAGES, cache, observed)
+                    await run_stages(context, STAGES, cache, observe)
                     publish(context)
+                    succeeded = True
                     if config.incremental:
                         await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
                     # Emptying the workspace and removing the old outputs both take a while
                     # (thousands of files each): side by side, they take half as long.
-                    await remove_trees([*(home / name for name, home in context.items().items()), *old_outputs])
+                    items = [home / name for name, home in context.items().items()]
+                    await remove_trees([*items, *old_outputs.values()])
                     old_outputs.clear()
                 finally:
                     with anyio.CancelScope(shield=True):
                         for staged in context.staged.values():
                             await remove_tree(staged)
         finally:
-            await remove_trees(old_outputs)
+            # The earlier outputs stay until this build's are published: a failed build puts them back.
+            await remove_trees(list(old_outputs.values()) if succeeded else put_back(old_outputs))
         elapsed = time.monotonic() - started
         log.info(
             "built",

@@ -38,14 +38,15 @@ def sidecar(config: Config, suffix: str) -> Path:
     return config.output.with_name(image_stem(config) + suffix)
 
 
-def release_files(config: Config) -> list[Path]:
-    """Every file published next to the output (for -f and clean)."""
-    return [
-        sidecar(config, NSPAWN_SUFFIX),
-        sidecar(config, ROOT_HASH_SUFFIX),
-        config.output.parent / checksums.SUMS,
-        config.output.parent / checksums.SIGNATURE,
-    ]
+def release_files(config: Config) -> dict[Path, bool]:
+    """Every file a build of this output may publish next to it (for -f and clean), and whether
+    this configuration writes it."""
+    return {
+        sidecar(config, NSPAWN_SUFFIX): config.nspawn_settings is not None,
+        sidecar(config, ROOT_HASH_SUFFIX): config.verity,
+        config.output.parent / checksums.SUMS: config.checksum,
+        config.output.parent / checksums.SIGNATURE: config.sign,
+    }
 
 
 async def write(context: Context) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mkosi import ownership
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -26,4 +27,6 @@ async def write(context: Context) -> None:
     # Reflinks make this cheap when the workspace is on the same btrfs filesystem.
     await run(["cp", "-a", "--reflink=auto", f"{context.root}/.", staged], log=context.log)
     if context.config.read_only:
+        # Marked as published now: a read-only subvolume takes no attributes any more.
+        ownership.mark(staged, context.config.output.name)
         await run(["btrfs", "property", "set", "-ts", staged, "ro", "true"], log=context.log)

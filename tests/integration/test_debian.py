@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mkosi import ownership
 from mkosi.package_managers import apt_bootstrap
 from tests.integration.support import CACHE, mkosi
 
@@ -227,6 +228,38 @@ def test_existing_output_is_refused_without_force(debian_project: Path, director
     result = mkosi("-t", "directory", "-o", "directory-image", "build", cwd=debian_project, check=False)
     assert result.returncode != 0
     assert "already exists" in result.stderr and "-f" in result.stderr
+
+
+def test_force_never_replaces_a_directory_mkosi_did_not_make(debian_project: Path) -> None:
+    mine = debian_project / "mine"
+    (mine / "etc").mkdir(parents=True)
+    (mine / "etc/precious").write_text("the user's")
+    try:
+        result = mkosi("-t", "directory", "-o", "mine", "-f", "build", cwd=debian_project, check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"mkosi: {mine} was not made by mkosi (it has no user.mkosi.output attribute): "
+            "remove it yourself or choose another output"
+        )
+        assert (mine / "etc/precious").read_text() == "the user's"
+        assert not (debian_project / "mine.log").exists()
+        assert not list(debian_project.glob(".mkosi-*mine*"))
+    finally:
+        subprocess.run(["rm", "-rf", str(mine)], check=True)
+
+
+def test_a_failed_forced_rebuild_keeps_the_earlier_output(debian_project: Path, scratch_image: str) -> None:
+    earlier = debian_project / scratch_image
+    marker = (earlier / "etc/mkosi-test-marker").read_text()
+    # `cp -a` kept the mark, which names the output it was published as.
+    assert ownership.owner_of(earlier) == "directory-image"
+    ownership.mark(earlier, scratch_image)
+    failing = ("-t", "directory", "-o", scratch_image, "-p", "no-such-package-mkosi", "-f", "build")
+    result = mkosi(*failing, cwd=debian_project, check=False)
+    assert result.returncode != 0 and "no-such-package-mkosi" in result.stderr
+    assert (earlier / "etc/mkosi-test-marker").read_text() == marker
+    assert "no-such-package-mkosi" in (debian_project / f"{scratch_image}.log").read_text()
+    assert not list(debian_project.glob(f".mkosi-*{scratch_image}*"))
 
 
 def test_missing_package_fails_with_a_clear_error(tmp_path: Path) -> None:

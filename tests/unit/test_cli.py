@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mkosi import log
+from mkosi import log, ownership
 
 
 def mkosi(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -45,6 +45,8 @@ def test_summary_shows_settings_and_stages(tmp_path: Path) -> None:
 def test_clean_removes_outputs_and_with_ff_the_package_pool(tmp_path: Path) -> None:
     (tmp_path / "image/etc").mkdir(parents=True)
     (tmp_path / "image.log").write_text("log")
+    for published in ("image", "image.log"):
+        ownership.mark(tmp_path / published, "image")
     (tmp_path / ".mkosi-tmp.image").mkdir()  # left by a build killed with SIGKILL
     pool = tmp_path / "mkosi.cache/debian~bookworm~x86-64"
     pool.mkdir(parents=True)
@@ -60,6 +62,32 @@ def test_clean_removes_outputs_and_with_ff_the_package_pool(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert not pool.exists()
     assert (tmp_path / "keep.txt").exists()
+
+
+def test_clean_refuses_to_remove_what_mkosi_did_not_publish(tmp_path: Path) -> None:
+    # `Output=` naming a directory of the user's (a typo such as -o /usr): nothing is removed.
+    (tmp_path / "mine/etc").mkdir(parents=True)
+    (tmp_path / "mine.log").write_text("log")
+    ownership.mark(tmp_path / "mine.log", "mine")
+    result = mkosi(tmp_path, "-o", "mine", "-ff", "clean")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert f"{tmp_path}/mine was not made by mkosi" in result.stderr
+    assert (tmp_path / "mine/etc").is_dir() and (tmp_path / "mine.log").exists()
+
+    # Published by mkosi, but for another output.
+    ownership.mark(tmp_path / "mine", "other")
+    result = mkosi(tmp_path, "-o", "mine", "clean")
+    assert result.returncode == 1
+    assert "belongs to mkosi's output other, not to mine" in result.stderr
+    assert (tmp_path / "mine/etc").is_dir()
+
+    # A file this configuration does not publish (no --checksum) is left alone, whoever made it.
+    ownership.mark(tmp_path / "mine", "mine")
+    (tmp_path / "SHA256SUMS").write_text("the user's own")
+    result = mkosi(tmp_path, "-o", "mine", "clean")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
 
 
 def test_build_log_file_and_json_console(tmp_path: Path, capsys: object) -> None:

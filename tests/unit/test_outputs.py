@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from mkosi import ownership
 from mkosi.build import publish
 from mkosi.config import parse_args
 from mkosi.context import Context
+from mkosi.errors import MkosiError
 from mkosi.outputs import WRITERS
 
 pytestmark = pytest.mark.anyio
@@ -66,27 +68,83 @@ async def test_directory_output_is_the_tree(tmp_path: Path) -> None:
     assert (tmp_path / "image/bin").readlink() == Path("usr/bin")
 
 
+def _published(path: Path, text: str, owner: str = "image.tar") -> None:
+    path.write_text(text)
+    ownership.mark(path, owner)
+
+
 async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path) -> None:
-    from mkosi.build import remove_outputs_of_killed_builds, set_aside_outputs
+    from mkosi.build import earlier_outputs, remove_outputs_of_killed_builds, set_aside_outputs
     from mkosi.workspace import remove_trees
 
     _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "--checksum", "-f"])
-    (tmp_path / "image.tar").write_text("old image")
-    (tmp_path / "image.tar.log").write_text("old log")
-    (tmp_path / "SHA256SUMS").write_text("old sums")
+    _published(tmp_path / "image.tar", "old image")
+    _published(tmp_path / "image.tar.log", "old log")
+    _published(tmp_path / "SHA256SUMS", "old sums")
     (tmp_path / "unrelated").write_text("kept")
-    aside = set_aside_outputs(config)
+    aside = set_aside_outputs(earlier_outputs(config))
     expected = [".mkosi-old.SHA256SUMS", ".mkosi-old.image.tar", ".mkosi-old.image.tar.log"]
-    assert sorted(p.name for p in aside) == expected
+    assert sorted(p.name for p in aside.values()) == expected
     assert not (tmp_path / "image.tar").exists() and (tmp_path / ".mkosi-old.image.tar").read_text() == "old image"
-    await remove_trees(aside)
+    await remove_trees(list(aside.values()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated"]
 
     # What a build killed with SIGKILL left set aside is removed by the next one.
-    (tmp_path / "image.tar").write_text("old image")
+    _published(tmp_path / "image.tar", "old image")
     (tmp_path / ".mkosi-old.image.tar").write_text("left behind")
     (tmp_path / ".mkosi-old.SHA256SUMS").write_text("left behind")
+    # Another output's leftovers in the same directory are not this one's.
+    (tmp_path / ".mkosi-tmp.image.tar.xz").write_text("another build's")
     with pytest.raises(Exception, match="in the way"):
-        set_aside_outputs(config)
+        set_aside_outputs(earlier_outputs(config))
     await remove_outputs_of_killed_builds(config)
-    assert [p.name for p in set_aside_outputs(config)] == [".mkosi-old.image.tar"]
+    assert [p.name for p in set_aside_outputs(earlier_outputs(config)).values()] == [".mkosi-old.image.tar"]
+    assert (tmp_path / ".mkosi-tmp.image.tar.xz").exists()
+
+
+def test_a_failed_build_puts_earlier_outputs_back(tmp_path: Path) -> None:
+    from mkosi.build import earlier_outputs, put_back, set_aside_outputs
+
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "-f"])
+    _published(tmp_path / "image.tar", "old image")
+    _published(tmp_path / "image.tar.log", "old log")
+    aside = set_aside_outputs(earlier_outputs(config))
+    (tmp_path / "image.tar.log").write_text("the failed build's log")
+    left = put_back(aside)
+    assert (tmp_path / "image.tar").read_text() == "old image"
+    # The failed build's log stays, explaining what failed; the old one is what is left to remove.
+    assert (tmp_path / "image.tar.log").read_text() == "the failed build's log"
+    assert left == [tmp_path / ".mkosi-old.image.tar.log"]
+
+
+@pytest.mark.parametrize(
+    ("made", "argv", "problem"),
+    [
+        # A directory of the user's given to -o: -f must not touch it.
+        ("image", ("-t", "directory"), "image was not made by mkosi"),
+        # The user's own SHA256SUMS where this build would publish one.
+        ("SHA256SUMS", ("-t", "tar", "--checksum"), "SHA256SUMS was not made by mkosi"),
+        ("image.tar.log", ("-t", "tar"), "image.tar.log was not made by mkosi"),
+    ],
+)
+def test_force_refuses_what_mkosi_did_not_publish(
+    tmp_path: Path, made: str, argv: tuple[str, ...], problem: str
+) -> None:
+    from mkosi.build import earlier_outputs
+
+    _, config, _ = parse_args(["-C", str(tmp_path), *argv, "-f"])
+    (tmp_path / made).mkdir()
+    with pytest.raises(MkosiError, match=problem):
+        earlier_outputs(config)
+    (tmp_path / "link").symlink_to(tmp_path / made)
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "directory", "-o", "link", "-f"])
+    with pytest.raises(MkosiError, match="is a symbolic link"):
+        earlier_outputs(config)
+
+
+def test_published_outputs_carry_the_mark(tmp_path: Path) -> None:
+    context = _context(tmp_path, "-t", "directory")
+    context.stage_output(context.config.output).mkdir()
+    publish(context)
+    assert ownership.owner_of(tmp_path / "image") == "image"
+    assert ownership.owner_of(tmp_path) is None

@@ -275,16 +275,16 @@ def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_sp
     monkeypatch.setattr(workspace, "_tmpfs_free", lambda path: 64 << 30)
     cache = f"--cache={tmp_path}/c"
     config = _config(tmp_path, "-i", cache, "-t", "directory")
-    assert tree_next_to_output(config) is None  # nothing cached: the bootstrap installs into tmpfs
+    assert not tree_next_to_output(config)  # nothing cached: the bootstrap installs into tmpfs
     entry = stage_cache_dir(config) / stage_keys(config, STAGES)[0][1]
     entry.mkdir(parents=True)
     (entry / "root.tar").touch()
-    assert tree_next_to_output(config) == "bootstrap"
-    assert tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "tar")) is None
-    assert tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "--workspace=tmpfs")) is None
-    assert tree_next_to_output(_config(tmp_path, cache, "-t", "directory")) is None
+    assert tree_next_to_output(config)
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "tar"))
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "--workspace=tmpfs"))
+    assert not tree_next_to_output(_config(tmp_path, cache, "-t", "directory"))
     # Another package set is another bootstrap: nothing of it is cached.
-    assert tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "-p", "less")) is None
+    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "-p", "less"))
     # When memory is short the whole workspace is next to the output already.
     monkeypatch.setattr(workspace, "available_memory", lambda: 1 << 30)
-    assert tree_next_to_output(config) is None
+    assert not tree_next_to_output(config)

@@ -104,3 +104,18 @@ def test_build_log_file_and_json_console(tmp_path: Path, capsys: object) -> None
     lines = [json.loads(line) for line in err.splitlines()]
     assert {"build": "demo", "event": "bootstrap: done", "seconds": 1.5}.items() <= lines[0].items()
     assert len(lines) == 1, "subprocess output reaches the console only with -v"
+
+
+def test_matrix_refuses_a_release_directory_mkosi_did_not_publish(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.matrix").write_text('[matrix]\nFormat = ["tar"]\n[release]\nDirectory = "www"\n')
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www/index.html").write_text("the user's")
+    command = [str(Path(sys.executable).parent / "mkosi"), "matrix"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"mkosi matrix: {tmp_path}/www was not made by mkosi " + (
+        "(it has no user.mkosi.output attribute): remove it yourself or choose another output\n"
+    )
+    # Refused before anything ran: no cells, no logs, no work directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.matrix", "www"]
+    assert [p.name for p in (tmp_path / "www").iterdir()] == ["index.html"]

@@ -12,6 +12,7 @@ import structlog
 from matrix.release import collect_artifacts, publish
 from mkosi.checksums import Artifact, checksums
 from mkosi.config import Compression, parse_args
+from mkosi.errors import MkosiError
 
 pytestmark = pytest.mark.anyio
 
@@ -43,6 +44,19 @@ async def test_publish_replaces_a_previous_release_atomically(tmp_path: Path) ->
     await publish(second, final)
     assert [p.name for p in final.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]
+
+
+async def test_publish_never_replaces_a_directory_mkosi_did_not_publish(tmp_path: Path) -> None:
+    # `Directory = "/srv/www"` naming the user's own directory: it is refused, and left as it was.
+    final = tmp_path / "www"
+    final.mkdir()
+    (final / "index.html").write_text("the user's")
+    assembled = tmp_path / ".assembled"
+    assembled.mkdir()
+    with pytest.raises(MkosiError, match=f"{final} was not made by mkosi"):
+        await publish(assembled, final)
+    assert [p.name for p in final.iterdir()] == ["index.html"]
+    assert assembled.is_dir()
 
 
 async def test_collect_packs_trees_and_moves_files(tmp_path: Path) -> None:

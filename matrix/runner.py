@@ -17,10 +17,10 @@ from matrix import release as rel
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
 from matrix.spec import Cell, Matrix, ini_value
 from mkosi import checksums
-from mkosi.build import STAGES, build, check_supported
+from mkosi.build import STAGES, build
 from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
 from mkosi.context import StageRecord
-from mkosi.errors import ConfigError, NotImplementedYet
+from mkosi.errors import ConfigError
 from mkosi.pipeline import stage_keys
 from mkosi.stage_cache import SnapshotCache
 from mkosi.workspace import choose_base, remove_tree
@@ -32,8 +32,6 @@ COMPRESSION_SUFFIXES = {Compression.none: "", Compression.xz: ".xz", Compression
 class PlannedCell:
     cell: Cell
     config: Config
-    # Why the cell cannot be built by this version (a feature not landed yet), found before running.
-    unsupported: str | None
     keys: list[tuple[str, str, bool]]  # (stage, key, cacheable)
 
     @property
@@ -76,13 +74,8 @@ def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Pat
             config = dataclasses.replace(config, compress=matrix.release.compress)
         output = build_root / cell.name / _output_name(config, cell.name)
         config = dataclasses.replace(config, output=output, force=0)
-        unsupported = None
-        try:
-            check_supported(config)
-        except NotImplementedYet as e:
-            unsupported = str(e)
         keys = [(stage.name, key, stage.cacheable) for stage, key in stage_keys(config, STAGES)]
-        planned.append(PlannedCell(cell, config, unsupported, keys))
+        planned.append(PlannedCell(cell, config, keys))
     if problems:
         raise ConfigError("invalid cells:\n" + "\n".join(f"  {p}" for p in problems))
     return planned
@@ -92,9 +85,8 @@ def sharers(planned: Sequence[PlannedCell]) -> dict[str, list[str]]:
     """Stage key → the cells whose builds contain that stage."""
     result: dict[str, list[str]] = {}
     for p in planned:
-        if p.unsupported is None:
-            for _, key, _ in p.keys:
-                result.setdefault(key, []).append(p.name)
+        for _, key, _ in p.keys:
+            result.setdefault(key, []).append(p.name)
     return result
 
 
@@ -135,7 +127,7 @@ def listing(planned: Sequence[PlannedCell]) -> str:
     share = sharers(planned)
     lines = []
     for p in planned:
-        lines.append(p.name + (f"  (cannot run: {p.unsupported})" if p.unsupported else ""))
+        lines.append(p.name)
         for stage, key, _ in p.keys:
             others = [n for n in share.get(key, []) if n != p.name]
             shared = f"  shared with {', '.join(others)}" if others else ""
@@ -165,8 +157,6 @@ class Run:
 
     async def _cell(self, p: PlannedCell, cache: SnapshotCache, report: Report) -> None:
         result = self.results.setdefault(p.name, CellResult())
-        if p.unsupported is not None:
-            raise NotImplementedYet(p.unsupported)
         log_file = p.config.output.with_name(p.config.output.name + ".log")
         p.config.output.parent.mkdir(parents=True)
         try:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.disk.layout import checked_filesystems
-from mkosi.distributions import PackageNames
 from mkosi.errors import MkosiError
-from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.run import run
 
 # Written into the image before packages are installed, so that the kernel package's own initrd
@@ -46,7 +43,6 @@ def dracut_config(config: Config) -> str:
     return DRACUT_CONFIG + (PROTECTED_ROOT_MODULES if opens_protected_root(config) else "")
 
 
-EFI_ARCHITECTURES = {"x86-64": "x64", "arm64": "aa64"}
 PAGE = 4096
 
 
@@ -139,40 +135,6 @@ def write_dracut_config(root: Path, config: Config) -> None:
         path.write_text(dracut_config(config))
 
 
-async def ensure_initrd(context: Context) -> None:
-    """Build the newest kernel's initrd with the image's dracut unless a kernel hook already did.
-
-    Debian's and Ubuntu's kernel packages run dracut's hook when they are installed. Elsewhere what
-    happens differs: Fedora's kernel-install may or may not run in an install root, Arch has no
-    dracut hook at all. So, rather than reproduce each distribution's hooks, mkosi runs dracut
-    itself, inside the image (its dracut, its modules, mkosi's configuration from
-    /etc/dracut.conf.d), once, for exactly the kernel it will boot.
-    """
-    root = context.root
-    version, _ = newest_kernel(root)
-    if any(p.exists() for p in initrd_candidates(root, version)):
-        return
-    if not any((root / directory / "dracut").exists() for directory in ("usr/bin", "usr/sbin")):
-        raise MkosiError(f"Bootable=yes: kernel {version} has no initrd and the image has no dracut to build one")
-    output = "/" + MKOSI_INITRD.format(version=version)
-    command = [*NSPAWN_BUILD, f"--directory={root}", "dracut", "--force", "--kver", version, output]
-    await run(command, env=NSPAWN_ENV, log=context.log)
-
-
-async def install_image(
-    context: Context, names: PackageNames, install: Callable[[tuple[str, ...]], Awaitable[None]]
-) -> None:
-    """Install an image whose package manager leaves the initrd to mkosi (Fedora, openSUSE, Arch):
-    mkosi's dracut configuration first, then the packages (with what booting needs), then the
-    initrd if no kernel hook made one."""
-    config = context.config
-    write_dracut_config(context.root, config)
-    filesystems = checked_filesystems(config)
-    await install(names.image(bootable=config.bootable, extra=config.packages, filesystems=filesystems))
-    if config.bootable:
-        await ensure_initrd(context)
-
-
 async def section_end(stub: Path, log: Any) -> int:
     """The first address after the stub's own sections."""
     result = await run(["objdump", "-h", "-w", stub], capture_stdout=True, log=log)
@@ -190,8 +152,7 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
     `extra_cmdline` holds what is only known once the filesystems exist (roothash=).
     """
     root, log = context.root, context.log
-    efi_arch = EFI_ARCHITECTURES[context.config.architecture]
-    stub = root / f"usr/lib/systemd/boot/efi/linux{efi_arch}.efi.stub"
+    stub = root / context.config.architecture.uki_stub
     if not stub.exists():
         raise MkosiError(f"Bootable=yes: the image has no EFI stub at /{stub.relative_to(root)}")
     cmdline = context.workspace / "cmdline"
@@ -221,8 +182,7 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
 
 def boot_loader(context: Context) -> Path:
     """systemd-boot's EFI binary, from the image."""
-    efi_arch = EFI_ARCHITECTURES[context.config.architecture]
-    path = context.root / f"usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
+    path = context.root / context.config.architecture.systemd_boot
     if not path.exists():
         raise MkosiError(f"Bootable=yes: the image has no systemd-boot at /{path.relative_to(context.root)}")
     return path
@@ -230,12 +190,12 @@ def boot_loader(context: Context) -> Path:
 
 def esp_files(context: Context, uki: Path, kernel: Kernel, loader: Path) -> dict[str, Path]:
     """systemd-boot (`loader`) as the removable-media boot loader, and the UKI where it finds it by itself."""
-    efi_arch = EFI_ARCHITECTURES[context.config.architecture]
+    architecture = context.config.architecture
     loader_conf = context.workspace / "loader.conf"
     loader_conf.write_text("timeout 0\n")
     return {
-        f"EFI/BOOT/BOOT{efi_arch.upper()}.EFI": loader,
-        f"EFI/systemd/systemd-boot{efi_arch}.efi": loader,
+        architecture.boot_loader_name: loader,
+        f"EFI/systemd/{Path(architecture.systemd_boot).name}": loader,
         f"EFI/Linux/{context.config.output.name.split('.')[0]}-{kernel.version}.efi": uki,
         "loader/loader.conf": loader_conf,
     }

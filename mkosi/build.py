@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,51 +20,28 @@ from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
 from mkosi.disk.layout import checked_filesystems, plan
-from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, debian, fedora, opensuse, ubuntu
-from mkosi.errors import MkosiError, NotImplementedYet
+from mkosi.errors import MkosiError
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
-from mkosi.package_managers import apt
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
 from mkosi.workspace import TMPFS_DIR, choose_base, remove_tree, remove_trees, workspace
 
-INSTALLERS: dict[Distribution, Callable[[Context], Awaitable[None]]] = {
-    Distribution.debian: debian.install,
-    Distribution.ubuntu: ubuntu.install,
-    Distribution.fedora: fedora.install,
-    Distribution.arch: arch.install,
-    Distribution.opensuse: opensuse.install,
-}
-
-
-# Installing into an existing tree, as the build image's BuildPackages= need.
-PACKAGE_INSTALLERS: dict[Distribution, buildscript.PackageInstaller] = {
-    Distribution.debian: apt.install,
-    Distribution.ubuntu: apt.install,
-    Distribution.fedora: fedora.install_packages,
-    Distribution.opensuse: opensuse.install_packages,
-    Distribution.arch: arch.install_packages,
-}
-
-
-async def make_build_image(context: Context) -> None:
-    await buildscript.make_build_image(context, PACKAGE_INSTALLERS.get(context.config.distribution))
-
 
 async def install_distribution(context: Context) -> None:
     config = context.config
+    installer = config.distribution.installer()
     if config.cache_path is None:
-        await INSTALLERS[config.distribution](context)
+        await installer.install(context)
         return
     # Concurrent bootstraps of one release would download the same packages twice and race to add
     # them to the pool: one at a time per pool, whichever process runs them.
     pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
     pool.mkdir(parents=True, exist_ok=True)
     async with exclusive(pool / ".bootstrap.lock"):
-        await INSTALLERS[config.distribution](context)
+        await installer.install(context)
 
 
 async def write_output(context: Context) -> None:
@@ -113,7 +90,7 @@ STAGES: list[Stage] = [
     ),
     Stage(
         "build-image",
-        make_build_image,
+        buildscript.make_build_image,
         inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
         enabled=lambda c: c.build_script is not None,
         checkpoint=True,
@@ -202,14 +179,6 @@ STAGES: list[Stage] = [
         cacheable=False,
     ),
 ]
-
-
-def check_supported(config: Config) -> None:
-    info = DISTRIBUTIONS[config.distribution]
-    if not info.implemented:
-        raise NotImplementedYet(f"Distribution={config.distribution}: not implemented yet")
-    if config.bootable and not info.bootable:
-        raise NotImplementedYet(f"Bootable= for {config.distribution}: not implemented yet")
 
 
 def output_paths(config: Config) -> dict[Path, bool]:
@@ -358,7 +327,6 @@ async def build(
     config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
-    check_supported(config)
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mkosi.config import Config, GitFiles
@@ -19,9 +19,6 @@ from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.pipeline import hash_tree
 from mkosi.run import CommandError, run
-
-# Installs packages into a tree that already holds the distribution.
-PackageInstaller = Callable[[Context, Path, tuple[str, ...]], Awaitable[None]]
 
 BUILD_ROOT = "build-root"
 BUILD_OUTPUT = "build-output"
@@ -139,15 +136,13 @@ async def copy_sources(context: Context, destination: Path) -> None:
         shutil.copy2(source, target, follow_symlinks=False)
 
 
-async def make_build_image(context: Context, install_packages: PackageInstaller | None) -> None:
+async def make_build_image(context: Context) -> None:
     """A copy of the bootstrapped tree with the build packages, and mkosi.postinst run as "build"."""
     config = context.config
     root = context.workspace / BUILD_ROOT
     await run(["cp", "-a", "--reflink=auto", "--no-target-directory", context.root, root], log=context.log)
     if config.build_packages:
-        if install_packages is None:
-            raise MkosiError(f"BuildPackages= for {config.distribution}: not implemented yet")
-        await install_packages(context, root, config.build_packages)
+        await config.distribution.installer().install_packages(context, root, config.build_packages)
     if config.postinst_script is not None:
         await run_script(context, root, config.postinst_script, ["build"], env={})
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mkosi import ini
+from mkosi.architecture import Architecture
 from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
-from mkosi.distributions import Distribution, check_release
+from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
 from mkosi.settings import (
-    ARCHITECTURES,
     BY_KEY,
     PRIMARY,
     SECTIONS,
@@ -44,6 +44,7 @@ from mkosi.settings import (
 # to the command line parser (mkosi.cli_args); all are re-exported here so that everything about
 # configuration is imported from mkosi.config.
 __all__ = [
+    "Architecture",
     "Compression",
     "Config",
     "Distribution",
@@ -71,7 +72,7 @@ class Config:
     repositories: tuple[str, ...]
     repository_key_check: bool
     repository_keys: tuple[Path, ...]
-    architecture: str
+    architecture: Architecture
     format: OutputFormat
     output: Path
     force: int
@@ -349,12 +350,9 @@ def _validate(c: Config, r: _Resolver) -> None:
             fail(dest, problem)
 
     try:
-        check_release(c.distribution, c.release)
+        c.distribution.installer().check_release(c.release)
     except ValueError as e:
         fail("release", str(e))
-    if c.architecture not in ARCHITECTURES:
-        choices = ", ".join(ARCHITECTURES)
-        fail("architecture", f"unsupported architecture {c.architecture!r} (choose from {choices})")
 
     if not c.format.is_raw:
         raw = ", ".join(f.value for f in OutputFormat if f.is_raw)

@@ -24,9 +24,3 @@ class ConfigError(MkosiError):
         self.setting = setting
         parts = [p for p in (origin, setting) if p]
         super().__init__(": ".join([*parts, problem]))
-
-
-class NotImplementedYet(MkosiError):
-    """A setting was given whose feature has not landed yet; never silently ignored."""
-
-    exit_status = 2

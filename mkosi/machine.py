@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from mkosi import loopdev, secure_boot
-from mkosi.config import Compression, Config, OutputFormat
+from mkosi.config import Architecture, Compression, Config, OutputFormat
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN
@@ -94,8 +94,8 @@ def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str
     # Secure Boot: firmware that enforces it, whose variable store only SMM code may write.
     secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if config.secure_boot else []
     return [
-        "qemu-system-x86_64",
-        "-machine", f"q35,accel={accel}" + (",smm=on" if config.secure_boot else ""),
+        config.architecture.qemu_system,
+        "-machine", f"{config.architecture.qemu_machine},accel={accel}" + (",smm=on" if config.secure_boot else ""),
         "-cpu", "host" if accel == "kvm" else "max",
         "-smp", str(os.cpu_count() or 1),
         "-m", "1024",
@@ -113,7 +113,8 @@ async def qemu(config: Config, args: Sequence[str]) -> int:
     _require_output(config)
     if not (config.format.is_raw and config.bootable):
         raise MkosiError("qemu needs a bootable raw image: build with --bootable and a raw format")
-    if config.architecture != "x86-64":
+    # The firmware (OVMF) and machine type below are x86-64's.
+    if config.architecture is not Architecture.x86_64:
         raise MkosiError(f"qemu: booting {config.architecture} images is not supported yet")
     accel = "kvm" if await kvm_usable(log) else "tcg"
     log.info("booting in qemu", accel=accel)

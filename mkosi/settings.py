@@ -21,7 +21,9 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from mkosi.distributions import DISTRIBUTIONS, Distribution, check_release, detect_host
+from mkosi.architecture import Architecture
+from mkosi.distributions import Distribution, detect_host
+from mkosi.errors import ConfigError
 
 
 class OutputFormat(enum.StrEnum):
@@ -76,11 +78,6 @@ class Kind(enum.Enum):
     boolean = "boolean"  # a scalar whose flag may be given bare (--bootable) or with a value
     list = "list"  # assignments accumulate across files and the command line
     counter = "counter"  # each bare flag adds one (-ff)
-
-
-# systemd's architecture names, which are also what the Architecture= key takes.
-ARCHITECTURES = ("x86-64", "arm64")
-_MACHINES = {"x86_64": "x86-64", "amd64": "x86-64", "x86-64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 class Resolved(Protocol):
@@ -194,13 +191,6 @@ def parse_hostname(value: str) -> str:
     return value
 
 
-def parse_architecture(value: str) -> str:
-    arch = _MACHINES.get(value.strip().lower())
-    if arch is None:
-        raise ValueError(f"unknown architecture {value.strip()!r} (choose from {', '.join(ARCHITECTURES)})")
-    return arch
-
-
 E = TypeVar("E", bound=enum.StrEnum)
 
 
@@ -280,17 +270,21 @@ def _default_release(r: Resolved) -> str:
         host, release = detect_host()
         if host is distribution and release:
             try:
-                check_release(distribution, release)
+                distribution.installer().check_release(release)
                 return release
             except ValueError:
                 pass  # a release we know nothing about yet: fall back rather than refuse to start
-    return DISTRIBUTIONS[distribution].default_release
+    return distribution.installer().default_release
 
 
-def _default_architecture(r: Resolved) -> str:
-    machine = platform.machine()
-    # An unknown host machine is kept as is so that validation reports it, not the defaulting.
-    return _MACHINES.get(machine.lower(), machine)
+def _default_architecture(r: Resolved) -> Architecture:
+    host = Architecture.from_uname()
+    if host is None:
+        choices = ", ".join(Architecture)
+        raise ConfigError(
+            f"unsupported architecture {platform.machine()!r} (choose from {choices})", setting="Architecture (default)"
+        )
+    return host
 
 
 def _default_output(r: Resolved) -> Path:
@@ -412,9 +406,9 @@ SETTINGS: tuple[Setting, ...] = (
         "--architecture",
         "Distribution",
         "Architecture",
-        parse=parse_architecture,
+        parse=Architecture.parse,
         default_factory=_default_architecture,
-        choices=ARCHITECTURES,
+        choices=_values(Architecture),
         metavar="ARCH",
         help="architecture of the image (default: the host's)",
     ),

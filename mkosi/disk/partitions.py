@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkosi.architecture import Architecture
 from mkosi.errors import MkosiError
 from mkosi.run import run
 
@@ -33,16 +34,6 @@ class Role(enum.StrEnum):
     srv = "srv"
 
 
-_ARCHITECTURE_TYPES = {
-    "x86-64": {
-        Role.root: "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
-        Role.root_verity: "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
-    },
-    "arm64": {
-        Role.root: "b921b045-1df0-41c3-af44-4c6f280d3fae",
-        Role.root_verity: "df3300ce-d69f-4c92-978c-9bfb0f38d820",
-    },
-}
 _COMMON_TYPES = {
     Role.esp: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
     Role.swap: "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",
@@ -53,11 +44,15 @@ _COMMON_TYPES = {
 READ_ONLY_ATTRIBUTE = 60
 
 
-def partition_type(role: Role, architecture: str) -> uuid.UUID:
-    return uuid.UUID(_COMMON_TYPES.get(role) or _ARCHITECTURE_TYPES[architecture][role])
+def partition_type(role: Role, architecture: Architecture) -> uuid.UUID:
+    if role is Role.root:
+        return architecture.root_type
+    if role is Role.root_verity:
+        return architecture.root_verity_type
+    return uuid.UUID(_COMMON_TYPES[role])
 
 
-def partition_label(role: Role, architecture: str) -> str:
+def partition_label(role: Role, architecture: Architecture) -> str:
     """systemd-repart's naming: root-x86-64, root-x86-64-verity, esp, swap, home, srv."""
     if role is Role.root:
         return f"root-{architecture}"
@@ -161,7 +156,7 @@ async def read_table(disk: Path, log: Any = None) -> dict[str, Any]:
     return table
 
 
-async def find_partition(disk: Path, role: Role, architecture: str, log: Any = None) -> tuple[int, int]:
+async def find_partition(disk: Path, role: Role, architecture: Architecture, log: Any = None) -> tuple[int, int]:
     """The byte offset and size of the image's partition with the role's type."""
     wanted = partition_type(role, architecture)
     table = await read_table(disk, log)

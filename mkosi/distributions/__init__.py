@@ -1,14 +1,17 @@
-"""What mkosi knows about each distribution before building: names, releases, defaults.
+"""The distributions mkosi builds, and which one the host runs.
 
-The code that installs a distribution lives in a module of its own next to this one; this module
-only holds the facts that configuration parsing and validation need.
+Everything else about a distribution (releases, repositories, package names, how it is installed)
+is its installer's, in a module of its own next to this one: `Distribution.installer()`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mkosi.distributions.installer import DistributionInstaller
 
 
 class Distribution(enum.StrEnum):
@@ -18,74 +21,12 @@ class Distribution(enum.StrEnum):
     arch = "arch"
     opensuse = "opensuse"
 
+    def installer(self) -> DistributionInstaller:
+        """Everything mkosi knows about this distribution and how to install it."""
+        # Imported here: the installers import the pipeline's modules, which import this one.
+        from mkosi.distributions.installer import DistributionInstaller
 
-@dataclass(frozen=True)
-class DistributionInfo:
-    default_release: str
-    # None means any release name is accepted (rolling distributions, numbered releases).
-    releases: frozenset[str] | None
-    # Whether images of this distribution can be built yet.
-    implemented: bool
-    # Whether bootable images can be built yet.
-    bootable: bool = False
-
-
-@dataclass(frozen=True)
-class PackageNames:
-    """What a distribution calls the packages an image is made of."""
-
-    # Installed into every image: enough to boot as a container with systemd as PID 1.
-    base: tuple[str, ...]
-    # What a bootable image adds: a kernel, an initrd generator and the boot loader.
-    kernel: tuple[str, ...]
-    boot: tuple[str, ...]
-    # The tools that create and check each root file system type inside a bootable image.
-    filesystems: dict[str, str]
-
-    def image(self, *, bootable: bool, extra: tuple[str, ...], filesystems: tuple[str, ...] = ()) -> tuple[str, ...]:
-        """What an image installs: the base system, what booting needs (with the tools of the
-        `filesystems` the booted system checks), then the user's `extra`."""
-        boot = (*self.kernel, *self.boot, *self.filesystem_tools(filesystems)) if bootable else ()
-        return (*self.base, *boot, *extra)
-
-    def filesystem_tools(self, filesystems: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.filesystems[f] for f in filesystems if f in self.filesystems))
-
-
-DISTRIBUTIONS: dict[Distribution, DistributionInfo] = {
-    Distribution.debian: DistributionInfo(
-        default_release="bookworm",
-        releases=frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"}),
-        implemented=True,
-        bootable=True,
-    ),
-    # 26.04 "resolute" is the LTS of April 2026; 25.10 "questing" is the interim release still supported.
-    Distribution.ubuntu: DistributionInfo(
-        default_release="resolute",
-        releases=frozenset({"jammy", "noble", "questing", "resolute"}),
-        implemented=True,
-        bootable=True,
-    ),
-    # Fedora 45 came out in the autumn of 2026 (a release every six months, 44 in the spring).
-    Distribution.fedora: DistributionInfo(default_release="45", releases=None, implemented=True, bootable=True),
-    Distribution.arch: DistributionInfo(
-        default_release="rolling", releases=frozenset({"rolling"}), implemented=True, bootable=True
-    ),
-    Distribution.opensuse: DistributionInfo(
-        default_release="tumbleweed", releases=frozenset({"tumbleweed"}), implemented=True, bootable=True
-    ),
-}
-
-
-def check_release(distribution: Distribution, release: str) -> None:
-    """Raise ValueError with a readable message if the distribution has no such release."""
-    if distribution is Distribution.fedora:
-        if release != "rawhide" and not (release.isascii() and release.isdigit()):
-            raise ValueError(f"fedora has no release {release!r} (use a release number or rawhide)")
-        return
-    releases = DISTRIBUTIONS[distribution].releases
-    if releases is not None and release not in releases:
-        raise ValueError(f"{distribution} has no release {release!r} (known: {', '.join(sorted(releases))})")
+        return DistributionInstaller.of(self)
 
 
 def parse_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi import boot
-from mkosi.config import Config
+from mkosi.config import Architecture, Config
 from mkosi.context import Context
-from mkosi.distributions import PackageNames
+from mkosi.distributions import Distribution
+from mkosi.distributions.installer import InitrdByMkosi, PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import pacman
 
@@ -29,7 +29,7 @@ PACKAGES = PackageNames(
 
 
 def repositories(config: Config) -> list[pacman.Repository]:
-    if config.architecture != "x86-64":
+    if config.architecture is not Architecture.x86_64:
         # Arch Linux ARM is a separate project, with mirrors, keys and repositories of its own.
         raise MkosiError(f"arch is built for x86-64 only, not {config.architecture}")
     wanted = config.repositories or DEFAULT_REPOSITORIES
@@ -40,13 +40,11 @@ def repositories(config: Config) -> list[pacman.Repository]:
     return [pacman.Repository(name, f"{mirror}/$repo/os/$arch") for name in wanted]
 
 
-async def install(context: Context) -> None:
-    async def into_image(packages: tuple[str, ...]) -> None:
-        await pacman.install(context, context.root, repositories(context.config), packages, keyring=KEYRING)
+class Installer(InitrdByMkosi, distribution=Distribution.arch):
+    default_release = "rolling"
+    releases = frozenset({"rolling"})
+    package_manager_tools = ("pacman",)
+    packages = PACKAGES
 
-    await boot.install_image(context, PACKAGES, into_image)
-
-
-async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
-    """BuildPackages= into the build image, from the image's own repositories."""
-    await pacman.install(context, root, repositories(context.config), packages, keyring=KEYRING)
+    async def install_packages(self, context: Context, root: Path, packages: tuple[str, ...]) -> None:
+        await pacman.install(context, root, repositories(context.config), packages, keyring=KEYRING)

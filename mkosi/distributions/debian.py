@@ -9,8 +9,9 @@ from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.disk.layout import checked_filesystems
-from mkosi.distributions import PackageNames
-from mkosi.package_managers import apt_bootstrap
+from mkosi.distributions import Distribution
+from mkosi.distributions.installer import DistributionInstaller, PackageNames
+from mkosi.package_managers import apt, apt_bootstrap
 from mkosi.package_managers.apt_bootstrap import Source
 from mkosi.tree import DOCUMENTATION
 
@@ -19,13 +20,12 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PACKAGES = PackageNames(
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
-    kernel=("linux-image-amd64",),  # linux-image-arm64 on arm64
+    kernel=("linux-image-amd64",),  # kernel_package() gives each architecture's
     # dracut for a systemd-based initrd (zstd to compress it quickly), udev, and systemd-boot's EFI
     # binaries for the ESP and the unified kernel image.
     boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
     filesystems={"ext4": "e2fsprogs", "btrfs": "btrfs-progs", "xfs": "xfsprogs", "erofs": "erofs-utils"},
 )
-KERNELS = {"x86-64": "linux-image-amd64", "arm64": "linux-image-arm64"}
 # Stable releases get their point-release updates and security fixes when the default mirror is used.
 SUPPORTED_STABLE = {"bookworm", "trixie"}
 # systemd-cryptsetup and systemd-veritysetup, with which the initrd opens LUKS and verity roots, are
@@ -71,9 +71,14 @@ def sources(mirror: str | None, release: str, components: tuple[str, ...]) -> li
     return result
 
 
+def kernel_package(config: Config) -> str:
+    """Debian's kernel flavours are named after dpkg's architectures (linux-image-amd64, -arm64)."""
+    return f"linux-image-{config.architecture.debian}"
+
+
 def packages(config: Config, names: PackageNames = PACKAGES, kernel: str | None = None) -> tuple[str, ...]:
     """Everything the bootstrap installs: the base system, what booting needs, the user's packages."""
-    kernel = kernel or KERNELS[config.architecture]
+    kernel = kernel or kernel_package(config)
     tools = names.filesystem_tools(checked_filesystems(config))
     boot_packages = (kernel, *names.boot, *tools) if config.bootable else ()
     return (*names.base, *boot_packages, *config.packages)
@@ -109,8 +114,7 @@ def unpack_excludes(config: Config) -> tuple[str, ...]:
     return () if config.with_docs else tuple(f".{pattern}" for pattern in DOCUMENTATION)
 
 
-def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
-    config = context.config
+def bootstrap(config: Config) -> apt_bootstrap.Bootstrap:
     return apt_bootstrap.Bootstrap(
         sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
         packages=(*packages(config), *cryptsetup_packages(config)),
@@ -118,9 +122,21 @@ def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
         image_keys=config.repository_keys if config.repository_key_check else (),
         files=tree_files(config),
         excludes=unpack_excludes(config),
-        installed_last=(KERNELS[config.architecture],) if config.bootable else (),
+        installed_last=(kernel_package(config),) if config.bootable else (),
     )
 
 
-async def install(context: Context) -> None:
-    await apt_bootstrap.install(context, bootstrap(context))
+class Installer(DistributionInstaller, distribution=Distribution.debian):
+    default_release = "bookworm"
+    releases = frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"})
+    package_manager_tools = ("apt", "dpkg")
+
+    def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
+        """What the apt and dpkg bootstrap installs, from where, trusting which keys."""
+        return bootstrap(config)
+
+    async def install(self, context: Context) -> None:
+        await apt_bootstrap.install(context, self.bootstrap(context.config))
+
+    async def install_packages(self, context: Context, root: Path, packages: tuple[str, ...]) -> None:
+        await apt.install(context, root, packages)

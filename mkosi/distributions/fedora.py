@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi import boot
 from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.distributions import DISTRIBUTIONS, Distribution, PackageNames
+from mkosi.distributions import Distribution
+from mkosi.distributions.installer import InitrdByMkosi, PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import dnf
-from mkosi.package_managers.rpm import ARCHITECTURES, Repository
+from mkosi.package_managers.rpm import Repository
 
 METALINK = "https://mirrors.fedoraproject.org/metalink"
 # Each release's signing key as the fedora-repos package ships it (/etc/pki/rpm-gpg in Fedora),
@@ -18,6 +18,8 @@ METALINK = "https://mirrors.fedoraproject.org/metalink"
 # has the same files locally.
 FEDORA_REPOS_KEYS = "https://src.fedoraproject.org/rpms/fedora-repos/raw/rawhide/f"
 LOCAL_KEYS = Path("/usr/share/distribution-gpg-keys/fedora")
+# Fedora 45 came out in the autumn of 2026 (a release every six months, 44 in the spring).
+DEFAULT_RELEASE = "45"
 DEFAULT_REPOSITORIES = ("fedora", "updates")
 PACKAGES = PackageNames(
     base=("fedora-release", "systemd", "util-linux"),
@@ -42,14 +44,14 @@ def gpg_keys(release: str, local_keys: Path = LOCAL_KEYS) -> tuple[str, ...]:
     number = release
     if release == "rawhide":
         # Rawhide is signed with the key of the release it will become.
-        number = str(int(DISTRIBUTIONS[Distribution.fedora].default_release) + 1)
+        number = str(int(DEFAULT_RELEASE) + 1)
     name = f"RPM-GPG-KEY-fedora-{number}-primary"
     local = local_keys / name
     return (local.as_uri(),) if local.exists() else (f"{FEDORA_REPOS_KEYS}/{name}",)
 
 
 def repositories(config: Config) -> list[Repository]:
-    arch = ARCHITECTURES[config.architecture]
+    arch = config.architecture.rpm
     paths = _paths(config.release, arch)
     wanted = config.repositories or tuple(r for r in DEFAULT_REPOSITORIES if r in paths)
     unknown = [r for r in wanted if r not in paths]
@@ -68,13 +70,15 @@ def repositories(config: Config) -> list[Repository]:
     return result
 
 
-async def install(context: Context) -> None:
-    async def into_image(packages: tuple[str, ...]) -> None:
-        await dnf.install(context, context.root, repositories(context.config), packages)
+class Installer(InitrdByMkosi, distribution=Distribution.fedora):
+    default_release = DEFAULT_RELEASE
+    releases = None
+    package_manager_tools = ("dnf", "rpm")
+    packages = PACKAGES
 
-    await boot.install_image(context, PACKAGES, into_image)
+    def check_release(self, release: str) -> None:
+        if release != "rawhide" and not (release.isascii() and release.isdigit()):
+            raise ValueError(f"fedora has no release {release!r} (use a release number or rawhide)")
 
-
-async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
-    """BuildPackages= into the build image, from the image's own repositories."""
-    await dnf.install(context, root, repositories(context.config), packages)
+    async def install_packages(self, context: Context, root: Path, packages: tuple[str, ...]) -> None:
+        await dnf.install(context, root, repositories(context.config), packages)

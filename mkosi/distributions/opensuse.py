@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi import boot
-from mkosi.config import Config
+from mkosi.config import Architecture, Config
 from mkosi.context import Context
-from mkosi.distributions import PackageNames
+from mkosi.distributions import Distribution
+from mkosi.distributions.installer import InitrdByMkosi, PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import zypper
 from mkosi.package_managers.rpm import Repository
@@ -21,7 +21,7 @@ REPOSITORIES = {
 }
 DEFAULT_REPOSITORIES = ("repo-oss", "repo-update")
 # Other architectures than x86-64 are published below ports/, without a separate update repository.
-PORTS = {"arm64": "ports/aarch64/"}
+PORTS = {Architecture.arm64: "ports/aarch64/"}
 PACKAGES = PackageNames(
     base=("openSUSE-release", "systemd", "util-linux"),
     kernel=("kernel-default", "dracut"),
@@ -48,13 +48,11 @@ def repositories(config: Config) -> list[Repository]:
     return [Repository(n, f"openSUSE Tumbleweed {n}", baseurl=f"{mirror}/{known[n]}", gpgkeys=keys) for n in wanted]
 
 
-async def install(context: Context) -> None:
-    async def into_image(packages: tuple[str, ...]) -> None:
-        await zypper.install(context, context.root, repositories(context.config), packages)
+class Installer(InitrdByMkosi, distribution=Distribution.opensuse):
+    default_release = "tumbleweed"
+    releases = frozenset({"tumbleweed"})
+    package_manager_tools = ("zypper", "rpm")
+    packages = PACKAGES
 
-    await boot.install_image(context, PACKAGES, into_image)
-
-
-async def install_packages(context: Context, root: Path, packages: tuple[str, ...]) -> None:
-    """BuildPackages= into the build image, from the image's own repositories."""
-    await zypper.install(context, root, repositories(context.config), packages)
+    async def install_packages(self, context: Context, root: Path, packages: tuple[str, ...]) -> None:
+        await zypper.install(context, root, repositories(context.config), packages)

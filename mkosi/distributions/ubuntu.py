@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mkosi.config import Config
-from mkosi.context import Context
-from mkosi.distributions import PackageNames
+from mkosi.config import Architecture, Config
+from mkosi.distributions import Distribution, debian
 from mkosi.distributions.debian import packages, tree_files, unpack_excludes
+from mkosi.distributions.installer import PackageNames
 from mkosi.errors import MkosiError
 from mkosi.package_managers import apt_bootstrap
 from mkosi.package_managers.apt_bootstrap import Source
 
 # Ubuntu publishes amd64 on its main archive and every other architecture on the ports archive.
-DEFAULT_MIRRORS = {"x86-64": "http://archive.ubuntu.com/ubuntu", "arm64": "http://ports.ubuntu.com/ubuntu-ports"}
-SECURITY_MIRRORS = {"x86-64": "http://security.ubuntu.com/ubuntu", "arm64": "http://ports.ubuntu.com/ubuntu-ports"}
+PORTS = "http://ports.ubuntu.com/ubuntu-ports"
+DEFAULT_MIRRORS = {Architecture.x86_64: "http://archive.ubuntu.com/ubuntu", Architecture.arm64: PORTS}
+SECURITY_MIRRORS = {Architecture.x86_64: "http://security.ubuntu.com/ubuntu", Architecture.arm64: PORTS}
 # systemd-boot and dracut live in universe.
 DEFAULT_COMPONENTS = ("main", "universe")
 # Debian ships no Ubuntu keys; Ubuntu's ubuntu-keyring package installs them here.
@@ -57,8 +58,7 @@ def keyrings(config: Config, path: Path = KEYRING) -> tuple[Path, ...]:
     return (path,)
 
 
-def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
-    config = context.config
+def bootstrap(config: Config) -> apt_bootstrap.Bootstrap:
     return apt_bootstrap.Bootstrap(
         sources=tuple(sources(config)),
         packages=packages(config, PACKAGES, PACKAGES.kernel[0]),
@@ -70,5 +70,12 @@ def bootstrap(context: Context) -> apt_bootstrap.Bootstrap:
     )
 
 
-async def install(context: Context) -> None:
-    await apt_bootstrap.install(context, bootstrap(context))
+class Installer(debian.Installer, distribution=Distribution.ubuntu):
+    """Installed like Debian (apt and dpkg), from Ubuntu's archive with Ubuntu's names."""
+
+    # 26.04 "resolute" is the LTS of April 2026; 25.10 "questing" is the interim release still supported.
+    default_release = "resolute"
+    releases = frozenset({"jammy", "noble", "questing", "resolute"})
+
+    def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
+        return bootstrap(config)

@@ -36,20 +36,16 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
+from mkosi.architecture import Architecture
 from mkosi.concurrency import cpu_heavy, on_all_cores, side_tasks
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.package_managers import deb, dpkg_order, raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
-ARCHITECTURES = {"x86-64": "amd64", "arm64": "arm64"}
 # Maintainer scripts run inside the tree: for another architecture than the host's, through the
 # qemu-user handler the kernel has registered for it (qemu-user-static, binfmt-support).
-HOST_ARCHITECTURES = {"x86_64": "x86-64", "aarch64": "arm64"}
-BINFMT_HANDLERS = {"x86-64": "qemu-x86_64", "arm64": "qemu-aarch64"}
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-# The top-level directories that are symlinks into /usr in a merged-/usr tree, by dpkg architecture.
-MERGED_USR = {"amd64": ("bin", "sbin", "lib", "lib64"), "arm64": ("bin", "sbin", "lib")}
 # What minbase consists of besides the packages asked for, in apt's pattern syntax. usr-is-merged
 # only where the archive has it (?or never fails to match: ?essential always does).
 MINBASE = ("?or(?essential,?priority(required),?exact-name(usr-is-merged))", "apt")
@@ -146,11 +142,11 @@ def in_tree(root: Path, argv: Iterable[str]) -> list[str]:
     return [*namespaces, "sh", "-c", IN_TREE_SCRIPT, "in-tree", str(root), *argv]
 
 
-def check_runnable(architecture: str) -> None:
+def check_runnable(architecture: Architecture) -> None:
     """Refuse, before downloading anything, a tree whose programs this host cannot run."""
-    if HOST_ARCHITECTURES.get(platform.machine()) == architecture:
+    if Architecture.from_uname() is architecture:
         return
-    handler = BINFMT_HANDLERS[architecture]
+    handler = architecture.qemu_user
     if not (BINFMT_DIR / handler).exists():
         raise MkosiError(
             f"Architecture={architecture} on this {platform.machine()} host: the packages' maintainer scripts "
@@ -172,7 +168,7 @@ def install_keys(keys: Iterable[Path], directory: Path) -> None:
         target.chmod(0o644)
 
 
-def make_skeleton(root: Path, bootstrap: Bootstrap, architecture: str) -> None:
+def make_skeleton(root: Path, bootstrap: Bootstrap, architecture: Architecture) -> None:
     """What dpkg and apt need in the tree before the first package, and merged /usr."""
     for directory in (
         "etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "etc/dpkg/dpkg.cfg.d",
@@ -181,11 +177,11 @@ def make_skeleton(root: Path, bootstrap: Bootstrap, architecture: str) -> None:
     ):  # fmt: skip
         (root / directory).mkdir(parents=True, exist_ok=True)
     (root / "tmp").chmod(0o1777)
-    for name in MERGED_USR[architecture]:
+    for name in architecture.merged_usr:
         (root / "usr" / name).mkdir(parents=True, exist_ok=True)
         (root / name).symlink_to(f"usr/{name}")
     (root / "var/lib/dpkg/status").touch()
-    (root / "var/lib/dpkg/arch").write_text(f"{architecture}\n")
+    (root / "var/lib/dpkg/arch").write_text(f"{architecture.debian}\n")
     (root / "etc/fstab").write_text(FSTAB)
     trusted = not bootstrap.keyrings
     (root / "etc/apt/sources.list").write_text("".join(s.line(trusted) + "\n" for s in bootstrap.sources))
@@ -391,15 +387,15 @@ def check_installed(root: Path, names: Iterable[str]) -> None:
 
 async def install(context: Context, bootstrap: Bootstrap) -> None:
     root = context.root
-    check_runnable(context.config.architecture)
-    architecture = ARCHITECTURES[context.config.architecture]
+    architecture = context.config.architecture
+    check_runnable(architecture)
     # The host apt's configuration and keys: the build's, so in the workspace, and gone afterwards.
     scratch = context.workspace / "apt-bootstrap"
     scratch.mkdir()
     policy_rc_d = root / POLICY_RC_D
     try:
         make_skeleton(root, bootstrap, architecture)
-        (scratch / "apt.conf").write_text(host_apt_config(root, scratch, architecture))
+        (scratch / "apt.conf").write_text(host_apt_config(root, scratch, architecture.debian))
         install_keys(bootstrap.keyrings, scratch / "trusted.gpg.d")
         env = {"APT_CONFIG": str(scratch / "apt.conf"), "LC_ALL": "C.UTF-8"}
 
@@ -414,7 +410,7 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         files = {name: path for name, (path, _) in packages.items()}
         await unpack_and_install(context, files, steps, bootstrap.excludes)
         check_installed(root, packages)
-        count = dpkg_order.mark_dependencies(root, requested, architecture)
+        count = dpkg_order.mark_dependencies(root, requested, architecture.debian)
         context.log.info("bootstrap installed", packages=len(packages), dpkg_runs=len(steps), dependencies=count)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -25,7 +25,6 @@ from mkosi.context import Context
 from mkosi.package_managers import contained, raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
-ARCHITECTURES = {"x86-64": "x86_64", "arm64": "aarch64"}
 MISSING = (r"error: target not found: (\S+)",)
 # A repository without signatures makes pacman fail to fetch the .sig files it requires.
 UNTRUSTED = (
@@ -57,7 +56,7 @@ def config_text(context: Context, root: Path, repositories: Sequence[Repository]
         f"LogFile = {workspace / 'pacman.log'}",
         f"GPGDir = {workspace / 'gnupg'}/",
         f"HookDir = {root / 'etc/pacman.d/hooks'}/",
-        f"Architecture = {ARCHITECTURES[config.architecture]}",
+        f"Architecture = {config.architecture.pacman}",
         f"SigLevel = {SIGNED if config.repository_key_check else 'Never'}",
     ]
     if not config.with_docs:

@@ -12,7 +12,6 @@ from mkosi import package_cache
 # Where Fedora and openSUSE keep the rpm database. Debian's rpm defaults to ~/.rpmdb, which would put
 # the image's package database in the build host's home directory.
 RPMDB = "/usr/lib/sysimage/rpm"
-ARCHITECTURES = {"x86-64": "x86_64", "arm64": "aarch64"}
 
 
 @dataclass(frozen=True)

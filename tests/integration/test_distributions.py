@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from mkosi.distributions import DISTRIBUTIONS, Distribution, arch, fedora, opensuse, ubuntu
+from mkosi.distributions import Distribution, arch, fedora, opensuse, ubuntu
 from mkosi.distributions.debian import DEFAULT_MIRROR as DEBIAN_MIRROR
 from mkosi.distributions.debian import host_mirrors
 from mkosi.package_managers.rpm import RPMDB
@@ -67,7 +67,7 @@ def dpkg_query(tree: Path) -> list[str]:
 
 
 def fedora_mirror() -> Path:
-    release = DISTRIBUTIONS[Distribution.fedora].default_release
+    release = Distribution.fedora.installer().default_release
     paths = fedora._paths(release, "x86_64")
     return repositories.rpm_mirror("fedora", fedora.PACKAGES.base, "fedora", paths["fedora"][0], paths["updates"][0])
 
@@ -84,7 +84,7 @@ def arch_mirror() -> Path:
 
 
 def ubuntu_mirror() -> Path:
-    release = DISTRIBUTIONS[Distribution.ubuntu].default_release
+    release = Distribution.ubuntu.installer().default_release
     debian = host_mirrors()[0] or DEBIAN_MIRROR
     if reason := _resolves(debian):
         pytest.skip(f"the Ubuntu test mirror is made of Debian's packages: {reason}")
@@ -274,7 +274,7 @@ def test_default_mirror(distribution: str, url: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("built", ["ubuntu"], indirect=True)
 def test_ubuntu_tree_is_configured_for_its_release(built: Built) -> None:
     sources = (built.tree / "etc/apt/sources.list").read_text()
-    release = DISTRIBUTIONS[Distribution.ubuntu].default_release
+    release = Distribution.ubuntu.installer().default_release
     assert f" {release} main universe" in sources
 
 
@@ -337,7 +337,7 @@ def _kernel() -> tuple[str, Path]:
 
 
 def fedora_boot_mirror() -> Path:
-    paths = fedora._paths(DISTRIBUTIONS[Distribution.fedora].default_release, "x86_64")
+    paths = fedora._paths(Distribution.fedora.installer().default_release, "x86_64")
     names = fedora.PACKAGES
     return repositories.rpm_boot_mirror(
         "fedora-boot", names, "fedora", paths["fedora"][0], paths["updates"][0], _kernel()
@@ -541,7 +541,7 @@ def test_a_failing_maintainer_script_fails_the_bootstrap_clearly(tmp_path: Path)
     (package / "DEBIAN/postinst").chmod(0o755)
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", package, mirror / "pool/main"],
                    check=True, capture_output=True)  # fmt: skip
-    repositories.write_apt_indexes(mirror, DISTRIBUTIONS[Distribution.ubuntu].default_release)
+    repositories.write_apt_indexes(mirror, Distribution.ubuntu.installer().default_release)
     project = tmp_path / "project"
     project.mkdir()
     result = mkosi("-d", "ubuntu", f"--mirror={mirror.as_uri()}", "--repository-key-check=no",

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from mkosi.architecture import Architecture
 from mkosi.errors import MkosiError
 from mkosi.package_managers import apt_bootstrap, deb, dpkg_order
 from mkosi.package_managers.apt_bootstrap import Bootstrap, Source
@@ -36,7 +37,7 @@ def test_skeleton_merges_usr_and_writes_sources(tmp_path: Path) -> None:
         keyrings=(),
         files={"etc/dpkg/dpkg.cfg.d/x": "path-exclude=/usr/share/doc/*\n"},
     )
-    apt_bootstrap.make_skeleton(root, bootstrap, "amd64")
+    apt_bootstrap.make_skeleton(root, bootstrap, Architecture.x86_64)
     assert {p.name: str(p.readlink()) for p in root.iterdir() if p.is_symlink()} == {
         "bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
     }  # fmt: skip
@@ -162,11 +163,11 @@ def test_a_corrupt_package_fails_the_unpack(tmp_path: Path) -> None:
 def test_a_foreign_architecture_needs_a_binfmt_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     monkeypatch.setattr(apt_bootstrap, "BINFMT_DIR", tmp_path)
-    apt_bootstrap.check_runnable("x86-64")
+    apt_bootstrap.check_runnable(Architecture.x86_64)
     with pytest.raises(MkosiError, match=r"Architecture=arm64 on this x86_64 host.*qemu-aarch64 binfmt handler"):
-        apt_bootstrap.check_runnable("arm64")
+        apt_bootstrap.check_runnable(Architecture.arm64)
     (tmp_path / "qemu-aarch64").write_text("enabled\n")
-    apt_bootstrap.check_runnable("arm64")
+    apt_bootstrap.check_runnable(Architecture.arm64)
 
 
 def test_install_steps_put_pre_dependencies_first() -> None:

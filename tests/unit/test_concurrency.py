@@ -74,7 +74,7 @@ async def test_bootstraps_of_one_release_never_overlap(tmp_path: Path, monkeypat
     peaks: dict[str, int] = {}
     overlap_between_releases = False
 
-    async def fake_install(context: Context) -> None:
+    async def fake_install(self: object, context: Context) -> None:
         nonlocal overlap_between_releases
         release = context.config.release
         running[release] = running.get(release, 0) + 1
@@ -83,7 +83,7 @@ async def test_bootstraps_of_one_release_never_overlap(tmp_path: Path, monkeypat
         await anyio.sleep(0.05)
         running[release] -= 1
 
-    monkeypatch.setitem(build.INSTALLERS, Distribution.debian, fake_install)
+    monkeypatch.setattr(type(Distribution.debian.installer()), "install", fake_install)
     cache = tmp_path / "cache"
 
     async def bootstrap(release: str, i: int) -> None:

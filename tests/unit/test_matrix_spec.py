@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from matrix.command import matrix_arguments
 from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
 from matrix.spec import Matrix, expand, parse_matrix, select
 from mkosi.config import Compression, OutputFormat
-from mkosi.distributions import DISTRIBUTIONS, Distribution
 from mkosi.errors import ConfigError
 
 
@@ -119,7 +117,6 @@ def test_plan_builds_configs_through_the_settings_table(tmp_path: Path) -> None:
     assert tree.format is OutputFormat.tar and tree.compress is Compression.zstd
     assert tree.output == tmp_path / "work/debian-bookworm-directory/debian-bookworm-directory.tar.zst"
     assert tar.output == tmp_path / "work/debian-bookworm-tar-other/debian-bookworm-tar-other.tar.zst"
-    assert all(p.unsupported is None for p in planned)
 
 
 def test_sharing_and_what_to_keep(tmp_path: Path) -> None:
@@ -151,17 +148,6 @@ def test_invalid_cells_are_all_reported_before_anything_runs(tmp_path: Path) -> 
     assert "cell tar-verity-bookworm: Verity: only supported with raw formats" in message
     assert "cell directory-verity-bookworm: Verity" in message
     assert not (tmp_path / "work").exists()
-
-
-def test_cells_needing_unlanded_features_are_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every distribution boots today; one that does not yet stands for any unlanded feature.
-    pending = dataclasses.replace(DISTRIBUTIONS[Distribution.fedora], bootable=False)
-    monkeypatch.setitem(DISTRIBUTIONS, Distribution.fedora, pending)
-    text = '[matrix]\nDistribution = ["debian", "fedora"]\n[defaults]\nFormat = "raw_gpt"\nBootable = true\n'
-    m = _matrix(tmp_path, text)
-    planned = plan(m, tmp_path, m.cells, tmp_path / "work")
-    assert planned[0].unsupported is None
-    assert planned[1].unsupported is not None and "not implemented yet" in planned[1].unsupported
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from mkosi.architecture import Architecture
 from mkosi.boot import find_kernel
 from mkosi.config import parse_args
 from mkosi.disk import filesystems
@@ -40,18 +41,18 @@ def test_derived_uuids_are_stable_distinct_and_version_4() -> None:
 
 
 def test_types_and_labels_follow_the_discoverable_partitions_specification() -> None:
-    assert partition_type(Role.root, "x86-64") == uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
-    assert partition_type(Role.root, "arm64") == uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae")
-    assert partition_type(Role.root_verity, "arm64") == uuid.UUID("df3300ce-d69f-4c92-978c-9bfb0f38d820")
-    assert partition_type(Role.esp, "arm64") == uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
-    assert partition_label(Role.root, "arm64") == "root-arm64"
-    assert partition_label(Role.root_verity, "x86-64") == "root-x86-64-verity"
+    assert partition_type(Role.root, Architecture.x86_64) == uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
+    assert partition_type(Role.root, Architecture.arm64) == uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae")
+    assert partition_type(Role.root_verity, Architecture.arm64) == uuid.UUID("df3300ce-d69f-4c92-978c-9bfb0f38d820")
+    assert partition_type(Role.esp, Architecture.arm64) == uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+    assert partition_label(Role.root, Architecture.arm64) == "root-arm64"
+    assert partition_label(Role.root_verity, Architecture.x86_64) == "root-x86-64-verity"
 
 
 def test_placement_is_aligned_and_leaves_room_for_the_backup_table() -> None:
     parts = [
-        Partition(Role.esp, "esp", partition_type(Role.esp, "x86-64"), SEED, 3 * MiB, None),
-        Partition(Role.root, "root", partition_type(Role.root, "x86-64"), SEED, 5 * MiB, None),
+        Partition(Role.esp, "esp", partition_type(Role.esp, Architecture.x86_64), SEED, 3 * MiB, None),
+        Partition(Role.root, "root", partition_type(Role.root, Architecture.x86_64), SEED, 5 * MiB, None),
     ]
     placed, total = place(parts)
     assert [p.start for p in placed] == [MiB, 4 * MiB]
@@ -86,11 +87,13 @@ async def test_assembled_disk_has_the_table_and_the_filesystems(tmp_path: Path) 
     await filesystems.make_ext4(tree, root_image, 16 * MiB, root_uuid, "root-x86-64", log)
     await filesystems.make_esp(esp_image, 8 * MiB, 0x1234ABCD, {"EFI/BOOT/BOOTX64.EFI": tree / "etc/hello"}, log)
     parts = [
-        Partition(Role.esp, "esp", partition_type(Role.esp, "x86-64"), derive_uuid(SEED, "e"), 8 * MiB, esp_image),
+        Partition(
+            Role.esp, "esp", partition_type(Role.esp, Architecture.x86_64), derive_uuid(SEED, "e"), 8 * MiB, esp_image
+        ),
         Partition(
             Role.root,
             "root-x86-64",
-            partition_type(Role.root, "x86-64"),
+            partition_type(Role.root, Architecture.x86_64),
             derive_uuid(SEED, "r"),
             16 * MiB,
             root_image,
@@ -107,7 +110,7 @@ async def test_assembled_disk_has_the_table_and_the_filesystems(tmp_path: Path) 
     assert "GUID:60" in entries[1]["attrs"]
     assert table["partitiontable"]["id"].lower() == str(derive_uuid(SEED, "disk"))
 
-    offset, size = await find_partition(disk, Role.root, "x86-64")
+    offset, size = await find_partition(disk, Role.root, Architecture.x86_64)
     assert (offset, size) == (9 * MiB, 16 * MiB)
     blkid = subprocess.run(
         ["blkid", "-p", "-o", "export", "-O", str(offset), str(disk)], capture_output=True, text=True, check=True
@@ -130,7 +133,7 @@ async def test_assembled_disk_has_the_table_and_the_filesystems(tmp_path: Path) 
 async def test_image_larger_than_its_partition_is_refused(tmp_path: Path) -> None:
     image = tmp_path / "big.img"
     image.write_bytes(b"x" * (2 * MiB))
-    part = Partition(Role.root, "root", partition_type(Role.root, "x86-64"), SEED, MiB, image)
+    part = Partition(Role.root, "root", partition_type(Role.root, Architecture.x86_64), SEED, MiB, image)
     with pytest.raises(MkosiError, match="does not fit"):
         await assemble(tmp_path / "disk.raw", [part], SEED, structlog.get_logger("test"))
 

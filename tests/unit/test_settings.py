@@ -21,7 +21,6 @@ from mkosi.settings import (
     OutputFormat,
     enum_parser,
     format_size,
-    parse_architecture,
     parse_boolean,
     parse_compression,
     parse_counter,
@@ -235,15 +234,6 @@ def test_parse_counter() -> None:
     for bad in ("-1", "many", "1000", "²"):
         with pytest.raises(ValueError):
             parse_counter(bad)
-
-
-def test_parse_architecture() -> None:
-    assert parse_architecture("x86-64") == "x86-64"
-    assert parse_architecture("x86_64") == "x86-64"
-    assert parse_architecture("amd64") == "x86-64"
-    assert parse_architecture("aarch64") == "arm64"
-    with pytest.raises(ValueError, match=r"unknown architecture 'riscv64' \(choose from x86-64, arm64\)"):
-        parse_architecture("riscv64")
 
 
 @given(st.text())

@@ -1,0 +1,71 @@
+"""The Architecture type: what users call an architecture, and what each consumer asks it for."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mkosi.architecture import Architecture
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("x86-64", Architecture.x86_64), ("x86_64", Architecture.x86_64), ("amd64", Architecture.x86_64),
+     (" AMD64 ", Architecture.x86_64), ("aarch64", Architecture.arm64), ("arm64", Architecture.arm64)],
+)  # fmt: skip
+def test_parse_takes_systemds_the_kernels_and_debians_names(name: str, expected: Architecture) -> None:
+    assert Architecture.parse(name) is expected
+
+
+def test_parse_refuses_an_unknown_architecture_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"^unknown architecture 'riscv64' \(choose from x86-64, arm64\)$"):
+        Architecture.parse("riscv64")
+
+
+def test_from_uname() -> None:
+    assert Architecture.from_uname("x86_64") is Architecture.x86_64
+    assert Architecture.from_uname("aarch64") is Architecture.arm64
+    assert Architecture.from_uname("riscv64") is None
+    host = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    assert Architecture.from_uname() is Architecture.from_uname(host)
+
+
+def _systemd_partition_types() -> dict[str, uuid.UUID]:
+    """systemd's own table of Discoverable Partitions types (`systemd-id128 show`)."""
+    shown = subprocess.run(["systemd-id128", "show"], capture_output=True, text=True, check=True).stdout
+    return {name: uuid.UUID(value) for name, value in (line.split() for line in shown.splitlines()[1:] if line.strip())}
+
+
+@pytest.mark.parametrize("architecture", list(Architecture))
+def test_partition_types_are_systemds(architecture: Architecture) -> None:
+    known = _systemd_partition_types()
+    assert architecture.root_type == known[f"root-{architecture}"]
+    assert architecture.root_verity_type == known[f"root-{architecture}-verity"]
+    assert architecture.usr_type == known[f"usr-{architecture}"]
+    assert architecture.usr_verity_type == known[f"usr-{architecture}-verity"]
+
+
+def test_boot_files_are_where_systemd_boot_efi_installs_them() -> None:
+    # The host has Debian's systemd-boot-efi (setup.sh) for its own architecture.
+    host = Architecture.from_uname()
+    assert host is not None
+    assert (Path("/") / host.systemd_boot).is_file()
+    assert (Path("/") / host.uki_stub).is_file()
+    assert Architecture.x86_64.boot_loader_name == "EFI/BOOT/BOOTX64.EFI"
+    assert Architecture.arm64.boot_loader_name == "EFI/BOOT/BOOTAA64.EFI"
+
+
+def test_each_package_managers_name() -> None:
+    assert (Architecture.x86_64.debian, Architecture.x86_64.rpm, Architecture.x86_64.pacman) == (
+        "amd64",
+        "x86_64",
+        "x86_64",
+    )
+    assert (Architecture.arm64.debian, Architecture.arm64.rpm) == ("arm64", "aarch64")
+    assert Architecture.arm64.qemu_user == "qemu-aarch64"
+    assert (Architecture.arm64.qemu_system, Architecture.arm64.qemu_machine) == ("qemu-system-aarch64", "virt")
+    # x86-64's dynamic loader lives in /lib64, which a merged-/usr tree links to /usr/lib64.
+    assert "lib64" in Architecture.x86_64.merged_usr and "lib64" not in Architecture.arm64.merged_usr

@@ -18,15 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mkosi import ownership
+from mkosi import naming, ownership
 from mkosi.checksums import Artifact, describe_artifact
-from mkosi.config import Compression, Config
-from mkosi.outputs.sidecars import image_stem
+from mkosi.config import Compression, Config, OutputFormat
 from mkosi.outputs.tar import tar_tree
 from mkosi.run import run
 from mkosi.workspace import remove_tree
 
-TAR_SUFFIXES = {Compression.none: ".tar", Compression.xz: ".tar.xz", Compression.zstd: ".tar.zst"}
 # Tools whose versions go into the manifest, when installed: they determine the artifacts' bytes.
 TOOLS = ("apt", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
 
@@ -43,17 +41,17 @@ async def collect_artifacts(
     included) is an artifact, except the build log.
     """
     output = config.output
-    stem = image_stem(config)
+    stem = naming.image_stem(output)
     artifacts: list[Path] = []
     if output.is_dir() and not output.is_symlink():
-        packed = release / (name + TAR_SUFFIXES[compress])
+        packed = release / naming.image_file_name(name, OutputFormat.tar, compress)
         await tar_tree(output, packed, compress, log)
         await remove_tree(output)
         artifacts.append(packed)
     for path in sorted(output.parent.iterdir()):
         if (path == output and path.is_dir()) or not (path == output or path.name.startswith(stem + ".")):
             continue
-        if path.name.endswith(".log") or path == release:
+        if path == naming.log_path(output) or path == release:
             continue
         target = release / path.name
         os.rename(path, target)

@@ -16,7 +16,7 @@ import structlog
 from matrix import release as rel
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
 from matrix.spec import Cell, Matrix, ini_value
-from mkosi import checksums
+from mkosi import checksums, naming
 from mkosi.build import STAGES, build
 from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
 from mkosi.context import StageRecord
@@ -24,8 +24,6 @@ from mkosi.errors import ConfigError
 from mkosi.pipeline import stage_keys
 from mkosi.stage_cache import SnapshotCache
 from mkosi.workspace import choose_base, remove_tree
-
-COMPRESSION_SUFFIXES = {Compression.none: "", Compression.xz: ".xz", Compression.zstd: ".zst"}
 
 
 @dataclass
@@ -43,13 +41,6 @@ class PlannedCell:
 class CellResult:
     stages: list[StageRecord] = field(default_factory=list)
     artifacts: list[checksums.Artifact] = field(default_factory=list)
-
-
-def _output_name(config: Config, name: str) -> str:
-    if config.format in (OutputFormat.directory, OutputFormat.subvolume):
-        return name
-    base = ".tar" if config.format is OutputFormat.tar else ".raw"
-    return name + base + COMPRESSION_SUFFIXES[config.compress]
 
 
 def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Path) -> list[PlannedCell]:
@@ -72,7 +63,7 @@ def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Pat
         compressible = config.format is OutputFormat.tar or config.format.is_raw
         if config.compress is Compression.none and compressible:
             config = dataclasses.replace(config, compress=matrix.release.compress)
-        output = build_root / cell.name / _output_name(config, cell.name)
+        output = build_root / cell.name / naming.image_file_name(cell.name, config.format, config.compress)
         config = dataclasses.replace(config, output=output, force=0)
         keys = [(stage.name, key, stage.cacheable) for stage, key in stage_keys(config, STAGES)]
         planned.append(PlannedCell(cell, config, keys))
@@ -157,7 +148,7 @@ class Run:
 
     async def _cell(self, p: PlannedCell, cache: SnapshotCache, report: Report) -> None:
         result = self.results.setdefault(p.name, CellResult())
-        log_file = p.config.output.with_name(p.config.output.name + ".log")
+        log_file = naming.log_path(p.config.output)
         p.config.output.parent.mkdir(parents=True)
         try:
             result.stages = await build(p.config, cache, observe=lambda stage: report(stage.name))
@@ -235,7 +226,7 @@ class Run:
         share = sharers(self.planned)
         succeeded = [o.name for o in outcomes if o.status is Status.success]
         artifacts = [a for name in succeeded for a in self.results[name].artifacts]
-        sums = self.assembled / checksums.SUMS
+        sums = self.assembled / naming.SUMS
         sums.write_text(checksums.checksums(artifacts))
         if self.matrix.release.sign:
             await checksums.sign(sums, self.matrix.release.key, self.log)

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from mkosi import boot, buildscript, ownership, package_cache
+from mkosi import boot, buildscript, naming, ownership, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
@@ -181,15 +181,6 @@ STAGES: list[Stage] = [
 ]
 
 
-def output_paths(config: Config) -> dict[Path, bool]:
-    """Everything a build of this output may publish, and whether this configuration writes it."""
-    return {config.output: True, log_path(config): True, **sidecars.release_files(config)}
-
-
-def log_path(config: Config) -> Path:
-    return config.output.with_name(config.output.name + ".log")
-
-
 def earlier_outputs(config: Config) -> list[Path]:
     """What earlier builds of this output published, checked before any work starts.
 
@@ -198,17 +189,13 @@ def earlier_outputs(config: Config) -> list[Path]:
     mistake, the user's own SHA256SUMS) is refused; one it would not publish is left alone.
     """
     found = []
-    for path, written in output_paths(config).items():
+    for path, written in naming.published_paths(config).items():
         if not ownership.exists(path):
             continue
         if written or ownership.owner_of(path) == config.output.name:
             ownership.check_replaceable(path, config.output.name)
             found.append(path)
     return found
-
-
-def _aside(path: Path) -> Path:
-    return path.with_name(f".mkosi-old.{path.name}")
 
 
 def set_aside_outputs(paths: list[Path]) -> dict[Path, Path]:
@@ -222,7 +209,7 @@ def set_aside_outputs(paths: list[Path]) -> dict[Path, Path]:
     """
     moved = {}
     for path in paths:
-        aside = _aside(path)
+        aside = naming.aside_path(path)
         if ownership.exists(aside):
             raise MkosiError(f"{aside} is in the way: remove it, or run mkosi clean")
         os.rename(path, aside)
@@ -253,8 +240,8 @@ async def remove_outputs(config: Config) -> None:
 async def remove_outputs_of_killed_builds(config: Config) -> None:
     """Leftovers of builds that were killed too hard to clean up after themselves: the names
     set_aside_outputs() and Context.stage_output() give, of exactly this output's paths."""
-    for path in output_paths(config):
-        for leftover in (_aside(path), path.with_name(f".mkosi-tmp.{path.name}")):
+    for path in naming.published_paths(config):
+        for leftover in (naming.aside_path(path), naming.staged_path(path)):
             await remove_tree(leftover)
 
 
@@ -342,8 +329,8 @@ async def build(
     subprocess_clock.set(clock)
     started = time.monotonic()
     succeeded = False
-    with build_log(config.output.name, log_path(config)) as log:
-        ownership.mark(log_path(config), config.output.name)
+    with build_log(config.output.name, naming.log_path(config.output)) as log:
+        ownership.mark(naming.log_path(config.output), config.output.name)
         try:
             async with contextlib.AsyncExitStack() as workspaces:
                 path = await workspaces.enter_async_context(workspace(config, log))

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from mkosi import naming
 from mkosi.config import Config, GitFiles
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -82,10 +83,10 @@ async def run_script(
 
 def _excluded(config: Config) -> set[str]:
     """What never counts as a source: mkosi's own outputs, caches and scratch space."""
-    names = {".git", config.output.name, config.output.name + ".log", "mkosi.cache", "mkosi.builddir"}
+    names = {".git", config.output.name, naming.log_path(config.output).name, "mkosi.cache", "mkosi.builddir"}
     if config.build_dir is not None and config.build_dir.parent == config.build_sources:
         names.add(config.build_dir.name)
-    return names | {".mkosi-tmp." + config.output.name}
+    return names | {naming.staged_path(config.output).name}
 
 
 def sources_digest(config: Config) -> str:

@@ -17,9 +17,6 @@ import anyio
 from mkosi.concurrency import cpu_heavy
 from mkosi.run import run
 
-SUMS = "SHA256SUMS"
-SIGNATURE = "SHA256SUMS.gpg"
-
 
 @dataclass(frozen=True)
 class Artifact:

@@ -370,7 +370,7 @@ def _validate(c: Config, r: _Resolver) -> None:
         ):
             if getattr(c, dest) not in (None, False, ()):
                 fail(dest, f"only supported with raw formats ({raw}), not {c.format}")
-    if c.compress is not Compression.none and c.format in (OutputFormat.directory, OutputFormat.subvolume):
+    if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
 
     if c.verity and not c.read_only:

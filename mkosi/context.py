@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mkosi import naming
 from mkosi.config import Config
 
 ROOT = "root"
@@ -53,6 +54,6 @@ class Context:
 
     def stage_output(self, final: Path) -> Path:
         """A temporary path next to `final` to write it to; published by rename."""
-        temporary = final.with_name(f".mkosi-tmp.{final.name}")
+        temporary = naming.staged_path(final)
         self.staged[final] = temporary
         return temporary

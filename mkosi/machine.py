@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from mkosi import loopdev, secure_boot
-from mkosi.config import Architecture, Compression, Config, OutputFormat
+from mkosi.config import Architecture, Compression, Config
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN
@@ -35,7 +35,7 @@ def _require_output(config: Config) -> None:
 async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], list[str]]]:
     """How to give nspawn the image's root: a command prefix and nspawn's own arguments."""
     _require_output(config)
-    if config.format in (OutputFormat.directory, OutputFormat.subvolume):
+    if config.format.is_tree:
         yield [], ["--directory", str(config.output)]
     elif config.format.is_raw:
         if config.compress is not Compression.none:

@@ -21,6 +21,7 @@ from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from mkosi import naming
 from mkosi.architecture import Architecture
 from mkosi.distributions import Distribution, detect_host
 from mkosi.errors import ConfigError
@@ -39,6 +40,16 @@ class OutputFormat(enum.StrEnum):
         """A GPT disk image, as opposed to a tree or an archive."""
         return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs)
 
+    @property
+    def is_tree(self) -> bool:
+        """A directory tree on the host (nothing to compress or checksum), not a file."""
+        return self in (OutputFormat.directory, OutputFormat.subvolume)
+
+    @property
+    def suffix(self) -> str:
+        """The file name suffix of an output in this format, before any compression suffix."""
+        return ".raw" if self.is_raw else ".tar" if self is OutputFormat.tar else ""
+
 
 class Encrypt(enum.StrEnum):
     all = "all"
@@ -54,6 +65,10 @@ class Compression(enum.StrEnum):
     none = "none"
     xz = "xz"
     zstd = "zstd"
+
+    @property
+    def suffix(self) -> str:
+        return {Compression.none: "", Compression.xz: ".xz", Compression.zstd: ".zst"}[self]
 
 
 class GitFiles(enum.StrEnum):
@@ -288,12 +303,7 @@ def _default_architecture(r: Resolved) -> Architecture:
 
 
 def _default_output(r: Resolved) -> Path:
-    fmt: OutputFormat = r["format"]
-    if fmt in (OutputFormat.directory, OutputFormat.subvolume):
-        return r.directory / "image"
-    name = "image.tar" if fmt is OutputFormat.tar else "image.raw"
-    suffix = {Compression.xz: ".xz", Compression.zstd: ".zst"}.get(r["compress"], "")
-    return r.directory / (name + suffix)
+    return r.directory / naming.image_file_name("image", r["format"], r["compress"])
 
 
 # Namespace for seeds derived from output names (a random UUID, fixed once and for all).

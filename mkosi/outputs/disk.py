@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from mkosi import secure_boot
+from mkosi import naming, secure_boot
 from mkosi.boot import boot_loader, build_uki, esp_files, find_kernel
 from mkosi.config import Compression
 from mkosi.context import Context
@@ -28,7 +28,6 @@ from mkosi.disk.partitions import (
 )
 from mkosi.errors import MkosiError
 from mkosi.outputs.compress import compress_file
-from mkosi.outputs.sidecars import ROOT_HASH_SUFFIX, sidecar
 
 UKI = "uki.efi"
 FILESYSTEMS = "filesystems"
@@ -223,4 +222,4 @@ async def write(context: Context) -> None:
     if config.compress is not Compression.none:
         await compress_file(config.compress, disk, staged, context.log)
     if (found := root_hash(context)) is not None:
-        context.stage_output(sidecar(config, ROOT_HASH_SUFFIX)).write_text(found + "\n")
+        context.stage_output(naming.sidecar(config.output, naming.ROOT_HASH_SUFFIX)).write_text(found + "\n")

@@ -276,6 +276,15 @@ def publish(context: Context) -> None:
     context.staged.clear()
 
 
+# The settings that never change an image, so no stage's key includes them: how a build runs and
+# reports (force, verbosity, the workspace's place), where its settings came from (their values are
+# inputs themselves), and the package cache, which changes how fast packages come, never which
+# (they are pinned by the mirror's signed index).
+NOT_IMAGE_INPUTS = frozenset(
+    {"directory", "default_path", "force", "incremental", "verbose", "log_format", "workspace", "cache_path"}
+)
+
+
 def incremental_checkpoints(config: Config) -> set[str]:
     """The stage keys -i keeps copies for: after the slow stages, and after the last cacheable one, so
     that a rebuild with nothing changed only restores one copy and writes the output."""

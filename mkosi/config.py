@@ -34,6 +34,7 @@ from mkosi.settings import (
     Kind,
     LogFormat,
     OutputFormat,
+    PathKind,
     Setting,
     WorkspaceMode,
     format_size,
@@ -209,7 +210,7 @@ def _locate(cli: list[Assignment]) -> tuple[Path, Path | None]:
     if default is not None:
         default = _absolute(directory, default)
         # A regular file only: --default /dev/zero must not read forever.
-        if problem := _problem(default, "file", directory):
+        if problem := _problem(default, PathKind.file, directory):
             raise where["default_path"].error(problem)
         return directory, default
     candidate = directory / "mkosi.default"
@@ -314,101 +315,89 @@ def _resolve(directory: Path, default: Path | None, assignments: list[Assignment
             if found is not None and found not in r.values[s.dest]:
                 r.values[s.dest] += (found,)
                 r.item_where.setdefault(s.dest, []).append(Where(s.discover.rstrip("/")))
-    if r.values["sign"]:
-        r.values["checksum"] = True
+    for s in SETTINGS:
+        if r.values[s.dest]:
+            for implied in s.implies:
+                r.values[implied] = True
     return r
 
 
 # ---- validation ----
 
 
-def _problem(path: Path, want: str, directory: Path) -> str | None:
-    """Why path is not what a setting needs ("dir", "file", "executable" or "private"), or None."""
+def _problem(path: Path, want: PathKind, directory: Path) -> str | None:
+    """Why path is not what a setting needs, or None."""
     st = _stat(path)
     shown = _display(path, directory)
+    if want is PathKind.unchecked:
+        return None
     if st is None:
-        return f"no such {'directory' if want == 'dir' else 'file'}: {shown}"
-    if want == "dir":
+        return f"no such {'directory' if want is PathKind.dir else 'file'}: {shown}"
+    if want is PathKind.dir:
         return None if stat.S_ISDIR(st.st_mode) else f"not a directory: {shown}"
     if not stat.S_ISREG(st.st_mode):
         return f"not a regular file: {shown}"
-    if want == "executable" and not os.access(path, os.X_OK):
+    if want is PathKind.executable and not os.access(path, os.X_OK):
         return f"not executable: {shown} (chmod +x it)"
-    # Secrets readable by other users would leak through the image builder's files.
-    if want == "private" and st.st_mode & 0o077:
+    if want is PathKind.private and st.st_mode & 0o077:
         return f"accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}): {shown} (chmod 600 it)"
     return None
 
 
+def _is_on(value: Any) -> bool:
+    return value not in (None, False, ())
+
+
+def _needs(target: Setting, why: str) -> str:
+    if target.path is None:
+        wanted = f"{target.name}=yes"
+    elif target.key:
+        wanted = f"{target.key}= or a {target.discover} file"
+    else:
+        wanted = f"a {target.discover} file in the project directory"
+    return f"needs {wanted}" + (f": {why}" if why else "")
+
+
 def _validate(c: Config, r: _Resolver) -> None:
+    """The rules of the settings table's rows, then the few that relate particular values."""
+
     def fail(dest: str, problem: str) -> NoReturn:
         raise r.where.get(dest, Where(setting=PRIMARY[dest].name)).error(problem)
-
-    def check(dest: str, want: str) -> None:
-        path = getattr(c, dest)
-        if path is not None and (problem := _problem(path, want, c.directory)):
-            fail(dest, problem)
 
     try:
         c.distribution.installer().check_release(c.release)
     except ValueError as e:
         fail("release", str(e))
-
-    if not c.format.is_raw:
-        raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
-        for dest in (
-            "verity",
-            "encrypt",
-            "initrds",
-            "bootable",
-            "read_only",
-            "root_size",
-            "esp_size",
-            "swap_size",
-            "home_size",
-            "srv_size",
-        ):
-            if getattr(c, dest) not in (None, False, ()):
-                fail(dest, f"only supported with raw formats ({raw}), not {c.format}")
+    raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
+    for s in PRIMARY.values():
+        # A value defaulted from others (ReadOnly= from Verity=) is the others' problem.
+        if s.raw_only and not c.format.is_raw and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
+            fail(s.dest, f"only supported with raw formats ({raw}), not {c.format}")
     if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
-
-    if c.verity and not c.read_only:
-        fail("verity", "needs a read-only root: a hash tree only protects a root that never changes")
-    if c.secure_boot:
-        if not c.bootable:
-            fail("secure_boot", "needs Bootable=yes")
-        for dest in ("secure_boot_key", "secure_boot_certificate"):
-            if getattr(c, dest) is None:
-                fail("secure_boot", f"needs {PRIMARY[dest].key}= or a {PRIMARY[dest].discover} file")
-        check("secure_boot_key", "private")
-        check("secure_boot_certificate", "file")
+    for s in PRIMARY.values():
+        if _is_on(getattr(c, s.dest)):
+            for dest, why in s.requires:
+                if not _is_on(getattr(c, dest)):
+                    fail(s.dest, _needs(PRIMARY[dest], why))
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
-    if c.initrds and not c.bootable:
-        fail("initrds", "needs Bootable=yes")
-    for initrd, where in zip(c.initrds, r.item_where.get("initrds", []), strict=True):
-        if problem := _problem(initrd, "file", c.directory):
-            raise where.error(problem)
-    for key, where in zip(c.repository_keys, r.item_where.get("repository_keys", []), strict=True):
-        if problem := _problem(key, "file", c.directory):
-            raise where.error(problem)
-    if c.encrypt is not None:
-        if c.passphrase is None:
-            fail("encrypt", "needs a passphrase file: add mkosi.passphrase to the project directory")
-        check("passphrase", "private")
+    for s in PRIMARY.values():
+        if s.path is not None and (s.only_with is None or _is_on(getattr(c, s.only_with))):
+            _check_paths(c, r, s)
 
-    check("build_script", "executable")
-    check("postinst_script", "executable")
-    check("nspawn_settings", "file")
-    check("build_sources", "dir")
-    # The build creates a missing cache directory; only something else in its way is an error.
-    if c.cache_path is not None and _stat(c.cache_path) is not None:
-        check("cache_path", "dir")
-    if c.build_dir is not None and _stat(c.build_dir) is not None:
-        check("build_dir", "dir")
-    for tree, where in zip(c.extra_trees, r.item_where.get("extra_trees", []), strict=True):
-        if problem := _problem(tree, "dir", c.directory):
+
+def _check_paths(c: Config, r: _Resolver, s: Setting) -> None:
+    value = getattr(c, s.dest)
+    if s.kind is Kind.list:
+        checked = list(zip(value, r.item_where.get(s.dest, []), strict=True))
+    else:
+        checked = [] if value is None else [(value, r.where.get(s.dest, Where(setting=s.name)))]
+    for path, where in checked:
+        if s.created and _stat(path) is None:
+            continue
+        assert s.path is not None
+        if problem := _problem(path, s.path, c.directory):
             raise where.error(problem)
 
 
@@ -423,6 +412,22 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _load(directory: Path, default: Path | None, extra: list[Assignment]) -> Config:
+    """The one load pipeline: the project's files, then `extra`, resolved and checked."""
+    files = _config_files(directory, default)
+    assignments = [a for path in files for a in _file_assignments(path, directory)] + extra
+    resolver = _resolve(directory, default, assignments)
+    config = _config(resolver)
+    _validate(config, resolver)
+    return config
+
+
+def _one_printable_line(e: ConfigError) -> ConfigError:
+    # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
+    origin, setting = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
+    return ConfigError(_printable(e.problem), origin=origin, setting=setting)
+
+
 def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
     """Parse `mkosi [options] [VERB] [ARGS...]` and the configuration files it points at.
 
@@ -434,17 +439,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
         if verb is Verb.help:
             return verb, _config(_resolve(_cwd(), None, [])), []
         directory, default = _locate(cli)
-        files = _config_files(directory, default)
-        assignments = [a for path in files for a in _file_assignments(path, directory)]
-        assignments += [a for a in cli if a.setting.dest not in ("directory", "default_path")]
-        resolver = _resolve(directory, default, assignments)
-        config = _config(resolver)
-        _validate(config, resolver)
-        return verb, config, args
+        located = [a for a in cli if a.setting.dest not in ("directory", "default_path")]
+        return verb, _load(directory, default, located), args
     except ConfigError as e:
-        # Messages quote user input (paths, keys, undecodable argv): keep them one printable line.
-        origin, setting = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
-        raise ConfigError(_printable(e.problem), origin=origin, setting=setting) from None
+        raise _one_printable_line(e) from None
 
 
 def config_from_settings(directory: Path, settings: Sequence[tuple[str, str, str]]) -> Config:
@@ -460,25 +458,19 @@ def config_from_settings(directory: Path, settings: Sequence[tuple[str, str, str
         if not _is_dir(directory):
             raise ConfigError(f"no such directory: {directory}")
         candidate = directory / "mkosi.default"
-        default = candidate if _is_file(candidate) else None
-        files = _config_files(directory, default)
-        assignments = [a for path in files for a in _file_assignments(path, directory)]
+        extra = []
         for origin, key, value in settings:
             found = by_name.get(key)
             if found is None:
                 raise ConfigError(f"unknown key{suggest(key, by_name)}", origin=origin, setting=key)
-            assignments.append(Assignment(found, value, Where(origin, key)))
-        resolver = _resolve(directory, default, assignments)
-        config = _config(resolver)
-        _validate(config, resolver)
-        return config
+            extra.append(Assignment(found, value, Where(origin, key)))
+        return _load(directory, candidate if _is_file(candidate) else None, extra)
     except ConfigError as e:
-        where, name = e.origin and _printable(e.origin), e.setting and _printable(e.setting)
-        raise ConfigError(_printable(e.problem), origin=where, setting=name) from None
+        raise _one_printable_line(e) from None
 
 
 def _format_value(s: Setting, value: Any) -> str:
-    if s.dest == "password":
+    if s.secret:
         return "(set)" if value is not None else "(none)"
     if value is None or value == ():
         return "(none)"

@@ -88,6 +88,18 @@ class WorkspaceMode(enum.StrEnum):
     disk = "disk"
 
 
+class PathKind(enum.Enum):
+    """What a path setting must name; checked before anything runs."""
+
+    unchecked = "unchecked"  # an output: the build creates it
+    file = "file"
+    dir = "dir"
+    executable = "executable"
+    # A regular file only its owner can read: secrets readable by other users would leak through
+    # the image builder's files.
+    private = "private"
+
+
 class Kind(enum.Enum):
     scalar = "scalar"  # later assignments replace earlier ones
     boolean = "boolean"  # a scalar whose flag may be given bare (--bootable) or with a value
@@ -124,7 +136,20 @@ class Setting:
     metavar: str | None = None
     kind: Kind = Kind.scalar
     choices: tuple[str, ...] = ()  # shown in help; parse does the checking
-    path: bool = False  # values are paths relative to the project directory
+    # Values are paths relative to the project directory, and what they must be.
+    path: PathKind | None = None
+    # The path may be missing (the build creates it); only something else in its way is an error.
+    created: bool = False
+    # The setting is only used (so its path only checked) when this other setting is on.
+    only_with: str | None = None
+    # Only raw disk formats have partitions, a kernel to boot or a root to protect.
+    raw_only: bool = False
+    # Settings this one needs set (a boolean on, a path given or discovered), each with why.
+    requires: tuple[tuple[str, str], ...] = ()
+    # Boolean settings this one turns on.
+    implies: tuple[str, ...] = ()
+    # Never shown: the summary says whether it is set, not what it is.
+    secret: bool = False
     # A file in the project directory used when the setting is not given; a trailing "/" means it
     # must be a directory. List settings get it appended instead.
     discover: str | None = None
@@ -404,7 +429,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Distribution",
         "RepositoryKey",
         parse=parse_paths,
-        path=True,
+        path=PathKind.file,
         kind=Kind.list,
         default=(),
         metavar="PATH",
@@ -442,7 +467,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Output",
         short="-o",
         parse=parse_path,
-        path=True,
+        path=PathKind.unchecked,
         default_factory=_default_output,
         metavar="PATH",
         help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)",
@@ -468,6 +493,7 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help=f"make the image bootable on EFI ({_RAW})",
+        raw_only=True,
     ),
     Setting(
         "secure_boot",
@@ -478,6 +504,7 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help="sign the kernel and initrd for UEFI SecureBoot (needs --bootable)",
+        requires=(("bootable", ""), ("secure_boot_key", ""), ("secure_boot_certificate", "")),
     ),
     Setting(
         "secure_boot_key",
@@ -485,10 +512,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Output",
         "SecureBootKey",
         parse=parse_path,
-        path=True,
+        path=PathKind.private,
         discover="mkosi.secure-boot.key",
         metavar="PATH",
         help="UEFI SecureBoot private key in PEM format (default: mkosi.secure-boot.key)",
+        only_with="secure_boot",
     ),
     Setting(
         "secure_boot_certificate",
@@ -496,10 +524,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Output",
         "SecureBootCertificate",
         parse=parse_path,
-        path=True,
+        path=PathKind.file,
         discover="mkosi.secure-boot.crt",
         metavar="PATH",
         help="UEFI SecureBoot certificate in X509 format (default: mkosi.secure-boot.crt)",
+        only_with="secure_boot",
     ),
     Setting(
         "read_only",
@@ -510,6 +539,7 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default_factory=_default_read_only,
         help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs and --verity)",
+        raw_only=True,
     ),
     Setting(
         "encrypt",
@@ -520,6 +550,8 @@ SETTINGS: tuple[Setting, ...] = (
         choices=_values(Encrypt),
         metavar="WHAT",
         help=f"encrypt everything but the ESP (all) or also the root (data) ({_RAW}; needs mkosi.passphrase)",
+        raw_only=True,
+        requires=(("passphrase", ""),),
     ),
     Setting(
         "verity",
@@ -530,6 +562,8 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help=f"add a dm-verity partition for the root file system ({_RAW})",
+        raw_only=True,
+        requires=(("read_only", "a hash tree only protects a root that never changes"),),
     ),
     Setting(
         "key_derivation",
@@ -557,11 +591,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Output",
         "Initrds",
         parse=parse_paths,
-        path=True,
+        path=PathKind.file,
         kind=Kind.list,
         default=(),
         metavar="PATH",
         help="extra initrd (cpio archive) appended to the unified kernel image's (repeatable; bootable images)",
+        raw_only=True,
+        requires=(("bootable", ""),),
     ),
     Setting(
         "compress",
@@ -676,10 +712,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "Cache",
         parse=parse_path,
-        path=True,
+        path=PathKind.dir,
         discover="mkosi.cache/",
         metavar="PATH",
         help="package cache directory (default: mkosi.cache/ if it exists)",
+        created=True,
     ),
     Setting(
         "extra_trees",
@@ -687,7 +724,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "ExtraTrees",
         parse=parse_paths,
-        path=True,
+        path=PathKind.dir,
         kind=Kind.list,
         default=(),
         discover="mkosi.extra/",
@@ -700,7 +737,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "BuildScript",
         parse=parse_path,
-        path=True,
+        path=PathKind.executable,
         discover="mkosi.build",
         metavar="PATH",
         help="script building the sources inside a development image (default: mkosi.build)",
@@ -711,7 +748,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "BuildSources",
         parse=parse_path,
-        path=True,
+        path=PathKind.dir,
         default_factory=lambda r: r.directory,
         metavar="PATH",
         help="source tree to build (default: the project directory)",
@@ -722,11 +759,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "BuildDirectory",
         parse=parse_path,
-        path=True,
+        path=PathKind.dir,
         discover="mkosi.builddir/",
         metavar="PATH",
         help="directory kept between builds as the build script's $BUILDDIR, for incremental compiles "
         "(default: mkosi.builddir/ if it exists)",
+        created=True,
     ),
     Setting(
         "build_packages",
@@ -745,7 +783,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "PostInstallationScript",
         parse=parse_path,
-        path=True,
+        path=PathKind.executable,
         discover="mkosi.postinst",
         metavar="PATH",
         help="script run inside the image after installation (default: mkosi.postinst)",
@@ -787,7 +825,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Packages",
         "NSpawnSettings",
         parse=parse_path,
-        path=True,
+        path=PathKind.file,
         discover="mkosi.nspawn",
         metavar="PATH",
         help=".nspawn settings file placed next to the image (default: mkosi.nspawn)",
@@ -801,6 +839,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_size,
         metavar="BYTES",
         help=f"size of the root partition ({_RAW})",
+        raw_only=True,
     ),
     Setting(
         "esp_size",
@@ -810,6 +849,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_size,
         metavar="BYTES",
         help=f"size of the EFI system partition ({_RAW})",
+        raw_only=True,
     ),
     Setting(
         "swap_size",
@@ -819,6 +859,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_size,
         metavar="BYTES",
         help=f"size of a swap partition ({_RAW})",
+        raw_only=True,
     ),
     Setting(
         "home_size",
@@ -828,6 +869,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_size,
         metavar="BYTES",
         help=f"size of a /home partition ({_RAW})",
+        raw_only=True,
     ),
     Setting(
         "srv_size",
@@ -837,6 +879,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_size,
         metavar="BYTES",
         help=f"size of a /srv partition ({_RAW})",
+        raw_only=True,
     ),
     # [Validation]
     Setting(
@@ -858,6 +901,7 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help="write and sign a SHA256SUMS file with gpg (implies --checksum)",
+        implies=("checksum",),
     ),
     Setting("key", "--key", "Validation", "Key", parse=parse_string, metavar="KEY", help="gpg key to sign with"),
     Setting(
@@ -868,6 +912,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=str,
         metavar="PASSWORD",
         help="root password of the image",
+        secret=True,
     ),
     # Command line only, or discovered only.
     Setting(
@@ -882,7 +927,7 @@ SETTINGS: tuple[Setting, ...] = (
         "default_path",
         "--default",
         parse=parse_path,
-        path=True,
+        path=PathKind.file,
         discover="mkosi.default",
         metavar="PATH",
         help="configuration file to read (default: mkosi.default)",
@@ -891,9 +936,10 @@ SETTINGS: tuple[Setting, ...] = (
         "passphrase",
         None,
         parse=parse_path,
-        path=True,
+        path=PathKind.private,
         discover="mkosi.passphrase",
         help="file holding the disk encryption passphrase (mkosi.passphrase)",
+        only_with="encrypt",
     ),
     Setting(
         "verbose",

@@ -742,7 +742,7 @@ def test_nspawn_settings_missing(project: Path) -> None:
         (["--compress"], "--compress: cannot compress a directory output"),
         (
             ["-t", "raw_gpt", "--encrypt=all"],
-            "--encrypt: needs a passphrase file: add mkosi.passphrase to the project directory",
+            "--encrypt: needs a mkosi.passphrase file in the project directory",
         ),
         (["--secure-boot"], "--secure-boot: needs Bootable=yes"),
         (
@@ -892,3 +892,29 @@ _token = st.one_of(
 def test_fuzz_command_line(project: Path, argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as d:
         _load_in(Path(d), argv)
+
+
+def _a_value_turning_on(s: settings.Setting, project: Path) -> str:
+    """A mkosi.default value that turns the setting on, whatever its parser."""
+    if s.kind in (settings.Kind.boolean,):
+        return "yes"
+    if s.parse is settings.parse_size:
+        return "64M"
+    if s.path is not None:
+        (project / "some.file").write_text("")
+        return "some.file"
+    return s.choices[0]
+
+
+@pytest.mark.parametrize("s", [s for s in SETTINGS if s.raw_only and s.key], ids=lambda s: s.key)
+def test_every_raw_only_row_is_refused_for_a_tree(project: Path, s: settings.Setting) -> None:
+    (project / "mkosi.default").write_text(
+        f"[Output]\nFormat=directory\n[{s.section}]\n{s.key}={_a_value_turning_on(s, project)}\n"
+    )
+    assert error().startswith(f"mkosi.default:4: [{s.section}] {s.key}: only supported with raw formats")
+
+
+@pytest.mark.parametrize("s", [s for s in SETTINGS if s.implies], ids=lambda s: s.dest)
+def test_every_implied_setting_is_turned_on(project: Path, s: settings.Setting) -> None:
+    config = load(f"{s.long}=yes")
+    assert all(getattr(config, implied) is True for implied in s.implies)

@@ -84,7 +84,7 @@ def test_verity_adds_a_hash_partition_after_the_root(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
-        (["-t", "raw_gpt", "--verity", "--read-only=no"], "needs a read-only root"),
+        (["-t", "raw_gpt", "--verity", "--read-only=no"], "needs ReadOnly=yes: a hash tree only protects a root"),
         (["-t", "raw_gpt", "--verity", "--encrypt=all"], "cannot be combined with Encrypt=all"),
         (["-t", "raw_gpt", "--initrd=keys.cpio"], "needs Bootable=yes"),
         (["-t", "raw_gpt", "--bootable", "--initrd=missing.cpio"], "no such file"),

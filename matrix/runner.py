@@ -176,7 +176,7 @@ class Run:
         cache_dir = Path(tempfile.mkdtemp(prefix=".mkosi-matrix-cache.", dir=base))
         try:
             keep = keys_to_keep(self.planned)
-            cache = SnapshotCache(cache_dir, STAGES, keep=keep.__contains__)
+            cache = SnapshotCache(cache_dir, keep=keep.__contains__)
 
             def job(p: PlannedCell) -> Job:
                 return Job(p.name, lambda report: self._cell(p, cache, report))

@@ -7,8 +7,10 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -319,57 +321,88 @@ def tree_next_to_output(config: Config) -> bool:
     return restored_until(config) is not None
 
 
+async def check_before_work(config: Config) -> list[Path]:
+    """Everything that can be refused before anything is written; returns the earlier outputs this
+    build will replace."""
+    if check := CHECKS.get(config.format):
+        await check(config, structlog.get_logger("mkosi"))
+    earlier = earlier_outputs(config)
+    if ownership.exists(config.output) and not config.force:
+        raise MkosiError(f"{config.output} already exists, use -f to replace it")
+    return earlier
+
+
+@dataclass
+class Replaced:
+    """Earlier outputs moved aside by -f: removed once the new ones are published, put back otherwise."""
+
+    aside: dict[Path, Path]
+    published: bool = False
+
+    def take(self) -> list[Path]:
+        """The set-aside paths, for removing them now: they are not removed again."""
+        paths = list(self.aside.values())
+        self.aside.clear()
+        return paths
+
+
+@contextlib.asynccontextmanager
+async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[Replaced]:
+    await remove_outputs_of_killed_builds(config)
+    replaced = Replaced(set_aside_outputs(earlier))
+    try:
+        yield replaced
+    finally:
+        await remove_trees(replaced.take() if replaced.published else put_back(replaced.aside))
+
+
+@contextlib.asynccontextmanager
+async def build_context(config: Config, log: Any) -> AsyncIterator[Context]:
+    """The build's workspaces (and a second one next to the output for a tree restored there); what
+    a failed build staged is removed with them."""
+    async with contextlib.AsyncExitStack() as workspaces:
+        path = await workspaces.enter_async_context(workspace(config, log))
+        tree = None
+        if tree_next_to_output(config):
+            tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
+        context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
+        try:
+            yield context
+        finally:
+            with anyio.CancelScope(shield=True):
+                for staged in context.staged.values():
+                    await remove_tree(staged)
+
+
 async def build(
     config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
 ) -> list[StageRecord]:
     """Build and publish one image; returns what each stage did."""
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
-        cache = SnapshotCache(stage_cache_dir(config), STAGES, keep=checkpoints.__contains__)
-    if check := CHECKS.get(config.format):
-        await check(config, structlog.get_logger("mkosi"))
-    earlier = earlier_outputs(config)
-    if ownership.exists(config.output) and not config.force:
-        raise MkosiError(f"{config.output} already exists, use -f to replace it")
-    await remove_outputs_of_killed_builds(config)
-    old_outputs = set_aside_outputs(earlier)
-
+        cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
+    earlier = await check_before_work(config)
     clock = SubprocessClock()
     subprocess_clock.set(clock)
     started = time.monotonic()
-    succeeded = False
-    with build_log(config.output.name, naming.log_path(config.output)) as log:
-        ownership.mark(naming.log_path(config.output), config.output.name)
-        try:
-            async with contextlib.AsyncExitStack() as workspaces:
-                path = await workspaces.enter_async_context(workspace(config, log))
-                tree = None
-                if tree_next_to_output(config):
-                    tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
-                context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
-                try:
-                    await run_stages(context, STAGES, cache, observe)
-                    publish(context)
-                    succeeded = True
-                    if config.incremental:
-                        await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
-                    # Emptying the workspace and removing the old outputs both take a while
-                    # (thousands of files each): side by side, they take half as long.
-                    items = [home / name for name, home in context.items().items()]
-                    await remove_trees([*items, *old_outputs.values()])
-                    old_outputs.clear()
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        for staged in context.staged.values():
-                            await remove_tree(staged)
-        finally:
-            # The earlier outputs stay until this build's are published: a failed build puts them back.
-            await remove_trees(list(old_outputs.values()) if succeeded else put_back(old_outputs))
-        elapsed = time.monotonic() - started
-        log.info(
-            "built",
-            output=str(config.output),
-            seconds=round(elapsed, 1),
-            outside_subprocesses=round(elapsed - clock.busy, 2),
-        )
+    async with replacing(config, earlier) as replaced:
+        with build_log(config.output.name, naming.log_path(config.output)) as log:
+            ownership.mark(naming.log_path(config.output), config.output.name)
+            async with build_context(config, log) as context:
+                await run_stages(context, STAGES, cache, observe)
+                publish(context)
+                replaced.published = True
+                if config.incremental:
+                    await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
+                # Emptying the workspace and removing the old outputs both take a while (thousands of
+                # files each): side by side, they take half as long.
+                items = [home / name for name, home in context.items().items()]
+                await remove_trees([*items, *replaced.take()])
+            elapsed = time.monotonic() - started
+            log.info(
+                "built",
+                output=str(config.output),
+                seconds=round(elapsed, 1),
+                outside_subprocesses=round(elapsed - clock.busy, 2),
+            )
     return context.stages

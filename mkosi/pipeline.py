@@ -7,7 +7,6 @@ before it would produce something different.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -40,11 +39,20 @@ class Stage:
     checkpoint: bool = False
 
 
+class Steps(Protocol):
+    """How a cache has a segment's stages run, or reports them reused."""
+
+    async def run(self, stage: Stage, key: str) -> None: ...
+
+    def reused(self, stage: Stage, key: str, seconds: float) -> None: ...
+
+
 class StageCache(Protocol):
     """Where finished stages' results are kept, to be reused by later builds or sibling builds."""
 
-    async def run(self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]) -> bool:
-        """Leave the stage's result in the workspace, restored from the cache (True) or built (False)."""
+    async def run_segment(self, context: Context, segment: Sequence[tuple[Stage, str]], steps: Steps) -> None:
+        """Leave the result of `segment` (consecutive cacheable stages with their keys) in the
+        workspace: restored from the cache, or run through `steps`, or both."""
         ...
 
 
@@ -90,23 +98,56 @@ def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str
     return keys
 
 
+def segments(keyed: Sequence[tuple[Stage, str]]) -> list[list[tuple[Stage, str]]]:
+    """The stages in runs that are all cacheable or all not, in order."""
+    result: list[list[tuple[Stage, str]]] = []
+    for stage, key in keyed:
+        if result and result[-1][-1][0].cacheable == stage.cacheable:
+            result[-1].append((stage, key))
+        else:
+            result.append([(stage, key)])
+    return result
+
+
+@dataclass
+class _Steps:
+    """Runs stages for a build, logging each and recording what it did."""
+
+    context: Context
+    observe: Callable[[Stage], None] | None
+
+    def _started(self, stage: Stage, key: str) -> None:
+        self.context.log.info(f"{stage.name}: start", key=key[:12])
+        if self.observe is not None:
+            self.observe(stage)
+
+    def _finished(self, stage: Stage, key: str, reused: bool, seconds: float) -> None:
+        self.context.stages.append(StageRecord(stage.name, key, reused, seconds))
+        self.context.log.info(f"{stage.name}: {'reused' if reused else 'done'}", seconds=round(seconds, 1))
+
+    async def run(self, stage: Stage, key: str) -> None:
+        self._started(stage, key)
+        start = time.monotonic()
+        await stage.run(self.context)
+        self._finished(stage, key, False, time.monotonic() - start)
+
+    def reused(self, stage: Stage, key: str, seconds: float) -> None:
+        self._started(stage, key)
+        self._finished(stage, key, True, seconds)
+
+
 async def run_stages(
     context: Context,
     stages: Sequence[Stage],
     cache: StageCache | None = None,
     observe: Callable[[Stage], None] | None = None,
 ) -> None:
-    """Run the enabled stages in order; `observe` hears of each as it starts (for progress displays)."""
-    for stage, key in stage_keys(context.config, stages):
-        context.log.info(f"{stage.name}: start", key=key[:12])
-        if observe is not None:
-            observe(stage)
-        start = time.monotonic()
-        if cache is not None and stage.cacheable:
-            reused = await cache.run(stage, key, context, functools.partial(stage.run, context))
+    """Run the enabled stages in order, the cacheable ones segment by segment through `cache`;
+    `observe` hears of each stage as it starts (for progress displays)."""
+    steps = _Steps(context, observe)
+    for segment in segments(stage_keys(context.config, stages)):
+        if cache is not None and segment[0][0].cacheable:
+            await cache.run_segment(context, segment, steps)
         else:
-            await stage.run(context)
-            reused = False
-        elapsed = time.monotonic() - start
-        context.stages.append(StageRecord(stage.name, key, reused, elapsed))
-        context.log.info(f"{stage.name}: {'reused' if reused else 'done'}", seconds=round(elapsed, 1))
+            for stage, key in segment:
+                await steps.run(stage, key)

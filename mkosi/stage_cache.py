@@ -12,13 +12,17 @@ creating ten thousand small files on the disk's file system is what a snapshot u
 200 MB Debian tree: 2-7 s with cp -a, 0.3 s as one sparse tar file; extracting it to tmpfs takes
 about as long as copying the tree).
 
-Single flight: a build that misses takes the lock of the next key it will store (per key, both
-in-process and across processes) before building, so a concurrent build of the same key waits for
-it and then restores the finished copy instead of building it a second time. A build holds at most
-one such lock at a time and never waits for another while holding one, so builds cannot deadlock.
+The cache works on segments, runs of consecutive cacheable stages (see pipeline.segments), each in
+one call: walking back from the segment's end to the deepest stored entry, restoring it, running the
+rest and storing at the keys worth keeping.
 
-Look-ahead: when a later stage in the same run of cacheable stages already has an entry, only the
-deepest entry is restored; the stages before it are reported as reused without copying anything.
+Single flight: before it builds, a build takes the lock of the next key it will store (per key,
+both in-process and across processes), so a concurrent build of the same key waits for it and then
+restores the finished copy instead of building it a second time. A build holds at most one such
+lock at a time and never waits for another while holding one, so builds cannot deadlock.
+
+Look-ahead: when a later stage of the segment already has an entry, only the deepest entry is
+restored; the stages before it are reported as reused without copying anything.
 
 `keep(key)` decides which keys are worth storing: every key for incremental builds of one image;
 for a matrix, only the keys other cells will ask for too.
@@ -26,10 +30,12 @@ for a matrix, only the keys other cells will ask for too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,10 +44,8 @@ from typing import Any
 import anyio
 
 from mkosi import concurrency
-from mkosi.config import Config
 from mkosi.context import Context
-from mkosi.errors import MkosiError
-from mkosi.pipeline import Stage, stage_keys
+from mkosi.pipeline import Stage, Steps
 from mkosi.run import run
 from mkosi.workspace import remove_tree, remove_trees
 
@@ -88,25 +92,13 @@ async def extract(entry: Path, context: Context) -> None:
 
 
 @dataclass
-class _BuildState:
-    """What one build in progress holds between stages."""
-
-    lock: concurrency.Held | None = None
-    lock_key: str | None = None
-    # A later stage's entry that will be restored when that stage is reached.
-    promised: str | None = None
-
-
-@dataclass
 class SnapshotCache:
     directory: Path
-    stages: Sequence[Stage]
     keep: Callable[[str], bool] = _keep_all
     # Counters, for reports and tests.
     built: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     stored: list[str] = field(default_factory=list)
-    _builds: dict[int, _BuildState] = field(default_factory=dict)
 
     def entry(self, key: str) -> Path:
         return self.directory / key
@@ -114,80 +106,63 @@ class SnapshotCache:
     def has(self, key: str) -> bool:
         return _complete(self.entry(key))
 
-    def _cacheable_run(self, config: Config, key: str) -> list[str]:
-        """The keys from `key` to the end of the run of cacheable stages it is part of."""
-        keys: list[str] = []
-        found = False
-        for stage, k in stage_keys(config, self.stages):
-            found = found or k == key
-            if not found:
-                continue
-            if not stage.cacheable:
-                break
-            keys.append(k)
-        if not keys:
-            raise MkosiError(f"stage key {key[:12]} is not a cacheable stage of this build")
-        return keys
+    async def run_segment(self, context: Context, segment: Sequence[tuple[Stage, str]], steps: Steps) -> None:
+        """Leave the result of a run of consecutive cacheable stages in the workspace.
 
-    async def run(self, stage: Stage, key: str, context: Context, build: Callable[[], Awaitable[None]]) -> bool:
-        state = self._builds.setdefault(id(context), _BuildState())
-        try:
-            reused = await self._run(key, context, build, state)
-        except BaseException:
-            self._finish(context, state)
-            raise
-        if state.lock_key == key or (state.lock_key is None and state.promised is None):
-            self._finish(context, state)
-        return reused
+        Walks the segment in spans, each ending at the next key worth storing. For each span it holds
+        that key's lock (single flight), restores the deepest stored entry of the rest of the
+        segment if there is one, else builds the span's stages and stores its last one. A lock lives
+        in the `async with` that took it: released when the span ends, however it ends.
+        """
+        position = 0
+        while position < len(segment):
+            rest = segment[position:]
+            target = next((i for i, (_, key) in enumerate(rest) if self.keep(key)), None)
+            span = rest if target is None else rest[: target + 1]
+            async with self._single_flight(span[-1][1] if target is not None else None):
+                hit = next((i for i in reversed(range(len(rest))) if self.has(rest[i][1])), None)
+                if hit is not None:
+                    await self._restore_to(context, rest[: hit + 1], steps)
+                    position += hit + 1
+                    continue
+                for stage, key in span:
+                    await steps.run(stage, key)
+                    self.built.append(key)
+                if target is not None:
+                    await self.store(span[-1][1], context)
+                position += len(span)
 
-    def _finish(self, context: Context, state: _BuildState) -> None:
-        if state.lock is not None:
-            state.lock.release()
-            state.lock, state.lock_key = None, None
-        if state.promised is None:
-            self._builds.pop(id(context), None)
+    @contextlib.asynccontextmanager
+    async def _single_flight(self, key: str | None) -> AsyncIterator[None]:
+        """Hold the lock of `key`, so that concurrent builds of it wait and restore what this one stores."""
+        if key is None:
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        async with concurrency.exclusive(self.directory / f".{key}.lock"):
+            yield
 
-    async def _run(self, key: str, context: Context, build: Callable[[], Awaitable[None]], state: _BuildState) -> bool:
-        if state.promised is not None:
-            if state.promised != key:
-                return True
-            state.promised = None
-            if not self.has(key):
-                raise MkosiError(f"stage cache entry {self.entry(key)} vanished while in use, run again")
-            await self._restore(key, context)
-            return True
+    async def _restore_to(self, context: Context, stages: Sequence[tuple[Stage, str]], steps: Steps) -> None:
+        """Only the last of `stages` is restored: the others' results are part of it (keys are chained)."""
+        for stage, key in stages[:-1]:
+            steps.reused(stage, key, 0.0)
+        stage, key = stages[-1]
+        started = time.monotonic()
+        await self.restore(key, context)
+        steps.reused(stage, key, time.monotonic() - started)
 
-        chain = self._cacheable_run(context.config, key)
-        if state.lock is None:
-            target = next((k for k in chain if self.keep(k)), None)
-            if target is not None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                state.lock = await concurrency.acquire(self.directory / f".{target}.lock")
-                state.lock_key = target
-
-        hit = next((k for k in reversed(chain) if self.has(k)), None)
-        if hit == key:
-            await self._restore(key, context)
-            return True
-        if hit is not None:
-            state.promised = hit
-            return True
-
-        await build()
-        self.built.append(key)
-        if self.keep(key):
-            await self._store(key, context)
-        return False
-
-    async def _restore(self, key: str, context: Context) -> None:
+    async def restore(self, key: str, context: Context) -> None:
+        """Replace the workspace's items with the entry of `key`."""
         await remove_trees([home / name for name, home in context.items().items()])
         await extract(self.entry(key), context)
         self.restored.append(key)
         context.log.info("restored from the stage cache", key=key[:12])
 
-    async def _store(self, key: str, context: Context) -> None:
+    async def store(self, key: str, context: Context) -> None:
+        """The workspace's items as the entry of `key`, unless there is one: entries never change."""
         if self.has(key):
             return
+        self.directory.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             await archive(context, temporary)

@@ -69,7 +69,7 @@ async def test_shared_stage_runs_once_while_the_others_wait(tmp_path: Path) -> N
     rec = Recorder()
     rec.slow.add("bootstrap")
     stages = _stages(rec)
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     contexts = [_context(tmp_path, config, str(i)) for i in range(4)]
     async with anyio.create_task_group() as tg:
@@ -88,7 +88,7 @@ async def test_shared_stage_runs_once_while_the_others_wait(tmp_path: Path) -> N
 async def test_look_ahead_restores_only_the_deepest_entry(tmp_path: Path) -> None:
     rec = Recorder()
     stages = _stages(rec)
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     await run_stages(_context(tmp_path, config, "first"), stages, cache)
     assert len(cache.stored) == 3
@@ -102,7 +102,7 @@ async def test_look_ahead_restores_only_the_deepest_entry(tmp_path: Path) -> Non
 async def test_a_changed_input_rebuilds_from_that_stage(tmp_path: Path) -> None:
     rec = Recorder()
     stages = _stages(rec)
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     await run_stages(_context(tmp_path, _config(tmp_path, "--hostname", "one"), "one"), stages, cache)
     rec.runs.clear()
     two = _context(tmp_path, _config(tmp_path, "--hostname", "two"), "two")
@@ -115,11 +115,11 @@ async def test_a_changed_input_rebuilds_from_that_stage(tmp_path: Path) -> None:
 async def test_keep_limits_what_is_stored(tmp_path: Path) -> None:
     rec = Recorder()
     stages = _stages(rec)
-    first = SnapshotCache(tmp_path / "cache", stages)
+    first = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     await run_stages(_context(tmp_path, config, "probe"), stages, first)
     clean_key = first.stored[-1]
-    cache = SnapshotCache(tmp_path / "cache2", stages, keep=lambda k: k == clean_key)
+    cache = SnapshotCache(tmp_path / "cache2", keep=lambda k: k == clean_key)
     await run_stages(_context(tmp_path, config, "a"), stages, cache)
     assert cache.stored == [clean_key]
     entries = [p.name for p in (tmp_path / "cache2").iterdir() if not p.name.startswith(".")]
@@ -136,7 +136,7 @@ async def test_failed_stage_releases_its_lock_and_stores_nothing(tmp_path: Path)
             raise RuntimeError("boom")
 
     stages = [Stage("bootstrap", failing, inputs=lambda c: {}), *_stages(rec)[1:]]
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     with pytest.raises(RuntimeError):
         await run_stages(_context(tmp_path, config, "a"), stages, cache)
@@ -146,6 +146,44 @@ async def test_failed_stage_releases_its_lock_and_stores_nothing(tmp_path: Path)
     with anyio.fail_after(5):
         await run_stages(_context(tmp_path, config, "b"), stages, cache)
     assert len(cache.stored) == 3
+
+
+async def test_a_cancelled_build_releases_its_lock_for_the_next(tmp_path: Path) -> None:
+    rec = Recorder()
+    started = anyio.Event()
+
+    async def hangs(context: Context) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    hanging = [Stage("bootstrap", hangs, inputs=lambda c: {}), *_stages(rec)[1:]]
+    cache = SnapshotCache(tmp_path / "cache")
+    config = _config(tmp_path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_stages, _context(tmp_path, config, "a"), hanging, cache)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert cache.stored == []
+    # Same keys, a bootstrap that finishes: the cancelled build's lock is not in its way.
+    working = [rec.stage("bootstrap"), *_stages(rec)[1:]]
+    with anyio.fail_after(5):
+        await run_stages(_context(tmp_path, config, "b"), working, cache)
+    assert len(cache.stored) == 3
+
+
+async def test_a_stage_that_is_not_cacheable_splits_the_segments(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = [rec.stage("bootstrap"), rec.stage("output", cacheable=False), rec.stage("after")]
+    cache = SnapshotCache(tmp_path / "cache")
+    config = _config(tmp_path)
+    await run_stages(_context(tmp_path, config, "a"), stages, cache)
+    rec.runs.clear()
+    second = _context(tmp_path, config, "b")
+    await run_stages(second, stages, cache)
+    # The stage after the uncacheable one is restored from its own entry, not rebuilt.
+    assert [n for n, _ in rec.runs] == ["output"]
+    assert [r.reused for r in second.stages] == [True, False, True]
+    assert len(cache.restored) == 2
 
 
 def test_incremental_needs_a_cache_directory(tmp_path: Path) -> None:
@@ -173,9 +211,7 @@ def test_summary_marks_cached_stages(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="ownership and file capabilities need root")
 async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> None:
     """Owners by number, modes, capabilities, hard links, symlinks, holes and times survive a round trip."""
-    rec = Recorder()
-    stages = _stages(rec)
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     first = _context(tmp_path, config, "first")
     root = first.root
@@ -197,11 +233,11 @@ async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> No
     (root / "empty").mkdir(mode=0o700)
     key = "0" * 64
     cache.directory.mkdir()
-    await cache._store(key, first)
+    await cache.store(key, first)
     assert sum(p.stat().st_size for p in cache.entry(key).iterdir()) < 1 << 20  # holes are not stored
 
     second = _context(tmp_path, config, "second")
-    await cache._restore(key, second)
+    await cache.restore(key, second)
     copy = second.root / "usr/bin/ping"
     st = copy.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 8765, 0o4750)
@@ -218,10 +254,10 @@ async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> No
 async def test_a_tree_copy_of_an_older_mkosi_is_not_an_entry(tmp_path: Path) -> None:
     rec = Recorder()
     stages = _stages(rec)
-    probe = SnapshotCache(tmp_path / "probe", stages)
+    probe = SnapshotCache(tmp_path / "probe")
     config = _config(tmp_path)
     await run_stages(_context(tmp_path, config, "probe"), stages, probe)
-    cache = SnapshotCache(tmp_path / "cache", stages)
+    cache = SnapshotCache(tmp_path / "cache")
     for key in probe.stored:
         (cache.entry(key) / "root").mkdir(parents=True)  # what entries looked like before archives
     rec.runs.clear()
@@ -235,8 +271,7 @@ async def test_a_tree_copy_of_an_older_mkosi_is_not_an_entry(tmp_path: Path) -> 
 async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> None:
     """An entry stored from one workspace restores into a split one (the tree in its own directory,
     the rest in the workspace) and back, replacing what was there."""
-    rec = Recorder()
-    cache = SnapshotCache(tmp_path / "cache", _stages(rec))
+    cache = SnapshotCache(tmp_path / "cache")
     config = _config(tmp_path)
     whole = _context(tmp_path, config, "whole")
     (whole.root / "etc").mkdir(parents=True)
@@ -244,22 +279,22 @@ async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> Non
     (whole.workspace / "build-root").mkdir()
     (whole.workspace / "build-root/gcc").write_text("compiler\n")
     cache.directory.mkdir()
-    await cache._store("1" * 64, whole)
+    await cache.store("1" * 64, whole)
 
     split = _context(tmp_path, config, "split", split=True)
     assert split.tree_workspace is not None and split.root == split.tree_workspace / "root"
     (split.root / "stale").mkdir(parents=True)
     (split.workspace / "leftover").mkdir()
-    await cache._restore("1" * 64, split)
+    await cache.restore("1" * 64, split)
     assert sorted(p.name for p in split.tree_workspace.iterdir()) == ["root"]
     assert sorted(p.name for p in split.workspace.iterdir()) == ["build-root"]
     assert (split.root / "etc/hostname").read_text() == "image\n" and not (split.root / "stale").exists()
     assert set(split.items()) == {"root", "build-root"}
 
     (split.root / "etc/hostname").write_text("changed\n")
-    await cache._store("2" * 64, split)
+    await cache.store("2" * 64, split)
     back = _context(tmp_path, config, "back")
-    await cache._restore("2" * 64, back)
+    await cache.restore("2" * 64, back)
     assert (back.root / "etc/hostname").read_text() == "changed\n"
     assert (back.workspace / "build-root/gcc").read_text() == "compiler\n"
 

@@ -21,6 +21,7 @@ from mkosi.build import STAGES, build
 from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
 from mkosi.context import StageRecord
 from mkosi.errors import ConfigError
+from mkosi.events import Event, Monitor, StageStarted
 from mkosi.pipeline import stage_keys
 from mkosi.stage_cache import SnapshotCache
 from mkosi.workspace import choose_base, remove_tree
@@ -35,6 +36,16 @@ class PlannedCell:
     @property
     def name(self) -> str:
         return self.cell.name
+
+
+def _stage_reporter(report: Report) -> Monitor:
+    """A cell's build events as the step the scheduler shows it in."""
+
+    def monitor(event: Event) -> None:
+        if isinstance(event, StageStarted):
+            report(event.stage)
+
+    return monitor
 
 
 @dataclass
@@ -151,7 +162,7 @@ class Run:
         log_file = naming.log_path(p.config.output)
         p.config.output.parent.mkdir(parents=True)
         try:
-            result.stages = await build(p.config, cache, observe=lambda stage: report(stage.name))
+            result.stages = await build(p.config, cache, monitor=_stage_reporter(report))
             report("publish")
             pending = p.config.output.parent / ".publish"
             pending.mkdir()

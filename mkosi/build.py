@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
 from mkosi.disk.layout import checked_filesystems, plan
 from mkosi.errors import MkosiError
+from mkosi.events import ArtifactPublished, BuildFinished, BuildStarted, Monitor
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
@@ -275,6 +276,7 @@ def publish(context: Context) -> None:
                 "as its own, and -f and clean will refuse to replace it"
             )
         os.rename(staged, final)
+        context.emit(ArtifactPublished(str(final)))
     context.staged.clear()
 
 
@@ -357,7 +359,7 @@ async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[Replac
 
 
 @contextlib.asynccontextmanager
-async def build_context(config: Config, log: Any) -> AsyncIterator[Context]:
+async def build_context(config: Config, log: Any, monitor: Monitor | None) -> AsyncIterator[Context]:
     """The build's workspaces (and a second one next to the output for a tree restored there); what
     a failed build staged is removed with them."""
     async with contextlib.AsyncExitStack() as workspaces:
@@ -365,7 +367,7 @@ async def build_context(config: Config, log: Any) -> AsyncIterator[Context]:
         tree = None
         if tree_next_to_output(config):
             tree = await workspaces.enter_async_context(workspace(config, log, config.output.parent))
-        context = Context(config=config, workspace=path, log=log, tree_workspace=tree)
+        context = Context(config=config, workspace=path, log=log, tree_workspace=tree, monitor=monitor)
         try:
             yield context
         finally:
@@ -374,10 +376,8 @@ async def build_context(config: Config, log: Any) -> AsyncIterator[Context]:
                     await remove_tree(staged)
 
 
-async def build(
-    config: Config, cache: StageCache | None = None, observe: Callable[[Stage], None] | None = None
-) -> list[StageRecord]:
-    """Build and publish one image; returns what each stage did."""
+async def build(config: Config, cache: StageCache | None = None, monitor: Monitor | None = None) -> list[StageRecord]:
+    """Build and publish one image; returns what each stage did. `monitor` hears of every event."""
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
@@ -388,8 +388,9 @@ async def build(
     async with replacing(config, earlier) as replaced:
         with build_log(config.output.name, naming.log_path(config.output)) as log:
             ownership.mark(naming.log_path(config.output), config.output.name)
-            async with build_context(config, log) as context:
-                await run_stages(context, STAGES, cache, observe)
+            async with build_context(config, log, monitor) as context:
+                context.emit(BuildStarted(str(config.output)))
+                await run_stages(context, STAGES, cache)
                 publish(context)
                 replaced.published = True
                 if config.incremental:
@@ -398,11 +399,7 @@ async def build(
                 # files each): side by side, they take half as long.
                 items = [home / name for name, home in context.items().items()]
                 await remove_trees([*items, *replaced.take()])
-            elapsed = time.monotonic() - started
-            log.info(
-                "built",
-                output=str(config.output),
-                seconds=round(elapsed, 1),
-                outside_subprocesses=round(elapsed - clock.busy, 2),
-            )
+                elapsed = time.monotonic() - started
+                finished = BuildFinished(str(config.output), round(elapsed, 1), round(elapsed - clock.busy, 2))
+                context.emit(finished)
     return context.stages

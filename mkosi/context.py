@@ -8,6 +8,7 @@ from typing import Any
 
 from mkosi import naming
 from mkosi.config import Config
+from mkosi.events import Event, Monitor, log_event
 
 ROOT = "root"
 
@@ -33,6 +34,13 @@ class Context:
     # whole build succeeded, removed otherwise.
     staged: dict[Path, Path] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
+    # Who else hears of the build's events besides its log (a matrix's progress display).
+    monitor: Monitor | None = None
+
+    def emit(self, event: Event) -> None:
+        log_event(self.log, event)
+        if self.monitor is not None:
+            self.monitor(event)
 
     @property
     def root(self) -> Path:

@@ -17,11 +17,18 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from mkosi.events import MACHINE_FIELDS
+
 _FOREIGN_PRE_CHAIN: list[Any] = [
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
-_HIDDEN_KEYS = {"timestamp", "level", "logger", "build", "stream", "cmd", "_record", "_from_structlog"}
+_HIDDEN_KEYS = {"timestamp", "level", "logger", "build", "stream", "cmd", "_record", "_from_structlog"} | MACHINE_FIELDS
+
+
+def _short(key: str, value: object) -> object:
+    # A stage key's first 12 hex digits tell entries apart for a reader; JSON keeps all 64.
+    return value[:12] if key == "key" and isinstance(value, str) else value
 
 
 def _human(logger: WrappedLogger, method: str, event: EventDict) -> str:
@@ -30,7 +37,7 @@ def _human(logger: WrappedLogger, method: str, event: EventDict) -> str:
     prefix = f"[{build}] " if build else ""
     if "stream" in event:
         return f"{prefix}  | {event['event']}"
-    extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in _HIDDEN_KEYS and k != "event")
+    extra = " ".join(f"{k}={_short(k, v)}" for k, v in event.items() if k not in _HIDDEN_KEYS and k != "event")
     level = event.get("level", "info")
     marker = "" if level in ("info", "debug") else f"{level.upper()}: "
     return f"{prefix}{marker}{event['event']}" + (f" ({extra})" if extra else "")

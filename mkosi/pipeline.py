@@ -18,6 +18,7 @@ from typing import Protocol
 
 from mkosi.config import Config
 from mkosi.context import Context, StageRecord
+from mkosi.events import StageFinished, StageStarted
 
 
 def _always(config: Config) -> bool:
@@ -111,40 +112,28 @@ def segments(keyed: Sequence[tuple[Stage, str]]) -> list[list[tuple[Stage, str]]
 
 @dataclass
 class _Steps:
-    """Runs stages for a build, logging each and recording what it did."""
+    """Runs stages for a build and reports each as it starts and finishes."""
 
     context: Context
-    observe: Callable[[Stage], None] | None
-
-    def _started(self, stage: Stage, key: str) -> None:
-        self.context.log.info(f"{stage.name}: start", key=key[:12])
-        if self.observe is not None:
-            self.observe(stage)
-
-    def _finished(self, stage: Stage, key: str, reused: bool, seconds: float) -> None:
-        self.context.stages.append(StageRecord(stage.name, key, reused, seconds))
-        self.context.log.info(f"{stage.name}: {'reused' if reused else 'done'}", seconds=round(seconds, 1))
 
     async def run(self, stage: Stage, key: str) -> None:
-        self._started(stage, key)
+        self.context.emit(StageStarted(stage.name, key))
         start = time.monotonic()
         await stage.run(self.context)
         self._finished(stage, key, False, time.monotonic() - start)
 
     def reused(self, stage: Stage, key: str, seconds: float) -> None:
-        self._started(stage, key)
+        self.context.emit(StageStarted(stage.name, key))
         self._finished(stage, key, True, seconds)
 
+    def _finished(self, stage: Stage, key: str, reused: bool, seconds: float) -> None:
+        self.context.stages.append(StageRecord(stage.name, key, reused, seconds))
+        self.context.emit(StageFinished(stage.name, key, reused, round(seconds, 1)))
 
-async def run_stages(
-    context: Context,
-    stages: Sequence[Stage],
-    cache: StageCache | None = None,
-    observe: Callable[[Stage], None] | None = None,
-) -> None:
-    """Run the enabled stages in order, the cacheable ones segment by segment through `cache`;
-    `observe` hears of each stage as it starts (for progress displays)."""
-    steps = _Steps(context, observe)
+
+async def run_stages(context: Context, stages: Sequence[Stage], cache: StageCache | None = None) -> None:
+    """Run the enabled stages in order, the cacheable ones segment by segment through `cache`."""
+    steps = _Steps(context)
     for segment in segments(stage_keys(context.config, stages)):
         if cache is not None and segment[0][0].cacheable:
             await cache.run_segment(context, segment, steps)

@@ -27,6 +27,7 @@ import structlog
 from anyio.abc import ByteReceiveStream, Process
 
 from mkosi.errors import MkosiError
+from mkosi.events import SubprocessFinished, log_event
 
 # How long a cancelled process group gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 5.0
@@ -162,6 +163,7 @@ async def run(
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured: list[bytes] | None = [] if capture_stdout else None
 
+    started = time.monotonic()
     with _counted():
         process = await anyio.open_process(
             args,
@@ -187,6 +189,7 @@ async def run(
                 await _terminate(process, grace)
             raise
 
+        log_event(log, SubprocessFinished(args[0], returncode, round(time.monotonic() - started, 2)))
         stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
         if check and returncode != 0:
             raise CommandError(args, returncode, tail)

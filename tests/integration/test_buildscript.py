@@ -49,10 +49,9 @@ def _stages(result_stderr: str) -> dict[str, str]:
     """Each stage's fate in one build, from the build's own JSON log lines: done or reused."""
     fates = {}
     for line in result_stderr.splitlines():
-        event = json.loads(line).get("event", "")
-        for fate in ("done", "reused"):
-            if event.endswith(f": {fate}"):
-                fates[event.removesuffix(f": {fate}")] = fate
+        event = json.loads(line)
+        if event.get("type") == "stage-finished":
+            fates[event["stage"]] = "reused" if event["reused"] else "done"
     return fates
 
 

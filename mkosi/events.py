@@ -29,9 +29,11 @@ SCHEMA = 1
 class Event:
     type: ClassVar[str]
     level: ClassVar[str] = "info"
+    # The human message, from the event's fields.
+    template: ClassVar[str]
 
     def message(self) -> str:
-        return self.type
+        return self.template.format_map(dataclasses.asdict(self))
 
     def fields(self) -> dict[str, Any]:
         return {"type": self.type, "schema": SCHEMA, **dataclasses.asdict(self)}
@@ -41,9 +43,7 @@ class Event:
 class BuildStarted(Event):
     type = "build-started"
     output: str
-
-    def message(self) -> str:
-        return "build"
+    template = "build"
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,7 @@ class StageStarted(Event):
     type = "stage-started"
     stage: str
     key: str
-
-    def message(self) -> str:
-        return f"{self.stage}: start"
+    template = "{stage}: start"
 
 
 @dataclass(frozen=True)
@@ -75,18 +73,14 @@ class SubprocessFinished(Event):
     program: str
     returncode: int
     seconds: float
-
-    def message(self) -> str:
-        return f"{self.program} exited with {self.returncode}"
+    template = "{program} exited with {returncode}"
 
 
 @dataclass(frozen=True)
 class ArtifactPublished(Event):
     type = "artifact-published"
     path: str
-
-    def message(self) -> str:
-        return "published"
+    template = "published {path}"
 
 
 @dataclass(frozen=True)
@@ -95,9 +89,7 @@ class BuildFinished(Event):
     output: str
     seconds: float
     outside_subprocesses: float
-
-    def message(self) -> str:
-        return "built"
+    template = "built"
 
 
 class Monitor(Protocol):

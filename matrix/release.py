@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from mkosi.outputs.tar import tar_tree
 from mkosi.run import run
 from mkosi.workspace import remove_tree
 
-# Tools whose versions go into the manifest, when installed: they determine the artifacts' bytes.
-TOOLS = ("apt", "dpkg", "tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
+# Tools whose versions go into the manifest besides the cells' package managers, when installed:
+# they determine the artifacts' bytes.
+TOOLS = ("tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -59,19 +60,38 @@ async def collect_artifacts(
     return [await describe_artifact(path) for path in artifacts]
 
 
-async def tool_versions(log: Any) -> dict[str, str]:
+async def _debian_package_version(program: Path, log: Any) -> str | None:
+    """The version of the Debian package that ships `program` (some print banners or help instead of a
+    version), with the package's name when it differs from the program's."""
+    path = program.resolve()
+    # dpkg knows files of merged-/usr hosts under the name their package shipped: /bin/tar, /usr/bin/gpg.
+    names = [path, Path("/") / path.relative_to("/usr")] if path.is_relative_to("/usr") else [path]
+    found = await run(["dpkg-query", "--search", *names], capture_stdout=True, check=False, log=log)
+    package = found.stdout.partition(":")[0].strip()
+    if not package:
+        return None
+    shown = await run(["dpkg-query", "--showformat=${Version}", "--show", package], capture_stdout=True, log=log)
+    return shown.stdout.strip() + ("" if package == program.name else f" ({package})")
+
+
+async def _first_line_of_version(program: Path, log: Any) -> str | None:
+    result = await run([program, "--version"], capture_stdout=True, check=False, log=log)
+    first = next((line for line in result.stdout.splitlines() if line.strip()), "")
+    return first.strip() if result.returncode == 0 and first else None
+
+
+async def tool_versions(package_managers: Iterable[str], log: Any) -> dict[str, str]:
+    """Python's version and each installed tool's: the package managers the cells really used, then
+    the tools every image goes through."""
     versions = {"python": sys.version.split()[0]}
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
+    for tool in (*dict.fromkeys(package_managers), *TOOLS):
+        found = shutil.which(tool)
+        if found is None:
             continue
-        if tool in ("apt", "dpkg"):
-            argv = ["dpkg-query", "--showformat=${Version}", "--show", tool]
-        else:
-            argv = [tool, "--version"]
-        result = await run(argv, capture_stdout=True, check=False, log=log)
-        first = next((line for line in result.stdout.splitlines() if line.strip()), "")
-        if result.returncode == 0 and first:
-            versions[tool] = first.strip()
+        # The Debian package's version names exactly what is installed; a tool from elsewhere says its own.
+        version = await _debian_package_version(Path(found), log) or await _first_line_of_version(Path(found), log)
+        if version:
+            versions[tool] = version
     return versions
 
 

@@ -242,7 +242,9 @@ class Run:
         if self.matrix.release.sign:
             await checksums.sign(sums, self.matrix.release.key, self.log)
         cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
-        rel.write_manifest(self.assembled / "manifest.json", cells, await rel.tool_versions(self.log))
+        used = [tool for p in self.planned for tool in p.config.distribution.installer().package_manager_tools]
+        tools = await rel.tool_versions(used, self.log)
+        rel.write_manifest(self.assembled / "manifest.json", cells, tools)
         await rel.publish(self.assembled, self.matrix.release.directory)
         self.log.info("release published", directory=str(self.matrix.release.directory))
 

@@ -84,3 +84,19 @@ async def test_collect_packs_trees_and_moves_files(tmp_path: Path) -> None:
     assert sorted(a.name for a in artifacts) == ["c2.roothash", "c2.tar"]
     image = next(a for a in artifacts if a.name == "c2.tar")
     assert image.sha256 == hashlib.sha256(b"x" * 10).hexdigest() and image.size == 10
+
+
+async def test_the_manifest_records_the_package_managers_the_cells_used(tmp_path: Path) -> None:
+    from matrix.release import tool_versions
+
+    versions = await tool_versions(["pacman"], structlog.get_logger("test"))
+    # Only the package managers asked for: an Arch-only release has no apt in its manifest.
+    assert "apt" not in versions and "dpkg" not in versions
+    installed = subprocess.run(
+        ["dpkg-query", "--showformat=${Version}", "--show", "pacman-package-manager"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert versions["pacman"] == f"{installed} (pacman-package-manager)"
+    # Tools every image goes through, by their Debian package, also where the host merged /usr.
+    tar = subprocess.run(["dpkg-query", "--showformat=${Version}", "--show", "tar"], capture_output=True, text=True)
+    assert versions["tar"] == tar.stdout

@@ -206,9 +206,8 @@ def set_aside_outputs(paths: list[Path]) -> dict[Path, Path]:
 
     Renaming is instant, and nothing is lost yet: a build that fails puts them back (put_back()),
     one that succeeds removes them after publishing its own. Removing a tree of thousands of files is
-    not instant, and on ext4 it slows down creating files for a while after it returned (a directory
-    output copied right after removing the previous one took 2-6 s instead of 0.5 s here), so the
-    removal waits until the new tree exists (see build()).
+    not instant, and on ext4 it slows down creating files for a while after it returned (see the
+    README's Benchmarks section), so the removal waits until the new tree exists (see build()).
     """
     moved = {}
     for path in paths:

@@ -8,9 +8,9 @@ an entry, and entries never change once written. The archives are written and ex
 side: extracting a build image and the final tree at once takes about half as long on two cores.
 
 Why archives and not copies of the tree: the workspace lives on tmpfs and the cache on disk, and
-creating ten thousand small files on the disk's file system is what a snapshot used to cost (a
-200 MB Debian tree: 2-7 s with cp -a, 0.3 s as one sparse tar file; extracting it to tmpfs takes
-about as long as copying the tree).
+creating ten thousand small files on the disk's file system is what a snapshot used to cost; one
+sparse tar file per item is written many times faster, and extracting it to tmpfs takes about as
+long as copying the tree (figures in the README).
 
 The cache works on segments, runs of consecutive cacheable stages (see pipeline.segments), each in
 one call: walking back from the segment's end to the deepest stored entry, restoring it, running the
@@ -70,7 +70,7 @@ def cached_keys(directory: Path) -> set[str]:
 
 
 def _complete(entry: Path) -> bool:
-    """An entry of archives; a directory without any is a tree copy left by mkosi before 2026-11-25."""
+    """An entry of archives; a directory without any is a tree copy left by an older mkosi."""
     return entry.is_dir() and any(entry.glob("*.tar"))
 
 

@@ -1,10 +1,9 @@
 """Where a build's working tree lives: tmpfs when memory allows, else the output's filesystem.
 
-dpkg's file handling dominates bootstrap time, and on these machines a bare mmdebstrap took
-14.8 s on tmpfs and 17.0 s on the disk with the caches dropped, and less than half as long on tmpfs
-when the disk had just had trees removed (journal-less ext4 then scans the deleted inodes for every
-new one). On disk the workspace sits next to the output so that a finished tree can be renamed into
-place instead of copied.
+dpkg's file handling dominates bootstrap time, and it is markedly faster on tmpfs than on a disk
+file system, most of all on one that has just had trees removed (the README's Benchmarks section
+has the figures). On disk the workspace sits next to the output so that a finished tree can be
+renamed into place instead of copied.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from mkosi.distributions import PackageNames
+from mkosi.distributions.installer import PackageNames
 from tests.integration.support import CACHE
 
 BUSYBOX = Path("/bin/busybox")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -38,6 +39,9 @@ from mkosi.settings import BY_KEY
 Value = str | bool | int | list[str]
 
 KNOWN_KEYS = {key for (_, key) in BY_KEY}
+# Far more than any release builds, and still quick to list and plan: axes that multiply out to more
+# are a mistake (a list pasted into the wrong axis), refused before anything is expanded.
+MAX_CELLS = 10_000
 RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress"}
 TOP_LEVEL = {"matrix", "include", "exclude", "defaults", "release"}
 
@@ -104,7 +108,8 @@ def _name_part(key: str, value: Value) -> str | None:
         # A switch reads better as its name when on, and as nothing when off.
         return key.lower() if value else None
     text = ini_value(value).lower()
-    return _UNSAFE.sub("_", text).strip("_") or key.lower()
+    # Cell names become file names: no separators, and no leading dot (".", "..", hidden files).
+    return _UNSAFE.sub("_", text).strip("_.") or key.lower()
 
 
 def cell_name(settings: Mapping[str, Value], order: list[str]) -> str:
@@ -121,15 +126,21 @@ def expand(
     axes: dict[str, list[Value]],
     include: list[dict[str, Value]],
     exclude: list[dict[str, Value]],
-    defaults: Mapping[str, Value] | None = None,
     where: str = "mkosi.matrix",
 ) -> list[Cell]:
     """The cells of a matrix, in a stable order: the product in axis order, then the new includes."""
     names = list(axes)
+    product = math.prod(len(values) for values in axes.values())
+    if product > MAX_CELLS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+        problem = f"[matrix] multiplies out to {product:,} cells ({sizes}), more than {MAX_CELLS:,}"
+        raise ConfigError(problem, origin=where)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
     if not axes:
         combos = []
     combos = [c for c in combos if not any(_matches(c, pattern) for pattern in exclude)]
+    if axes and not combos and not include:
+        raise ConfigError("[[exclude]] removes every cell of [matrix]: nothing is left to build", origin=where)
     originals = [dict(c) for c in combos]
     axis_keys = set(names)
     for entry in include:
@@ -143,8 +154,9 @@ def expand(
         if not extended:
             combos.append(dict(entry))
             originals.append(dict(entry))
-    if not combos and defaults is not None:
-        combos = [{}]  # a matrix of defaults alone is one cell
+    if not combos:
+        problem = "no cells: [matrix] has no axes and no [[include]] adds a cell (one image: one [[include]])"
+        raise ConfigError(problem, origin=where)
 
     cells: list[Cell] = []
     seen: dict[str, Cell] = {}
@@ -215,15 +227,22 @@ def parse_matrix(text: str, path: Path, base: Path) -> Matrix:
     exclude = _tables(f"{where}: [[exclude]]", data.get("exclude", []))
     defaults = _settings_table(f"{where}: [defaults]", data.get("defaults", {}))
     release = _release(f"{where}: [release]", data.get("release", {}), base)
-    cells = expand(axes, include, exclude, defaults, where)
+    cells = expand(axes, include, exclude, where)
     return Matrix(path, axes, cells, defaults, release)
 
 
 def load_matrix(path: Path, base: Path) -> Matrix:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read the matrix file: {e.strerror or e}", origin=str(path)) from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        # TOML is UTF-8 by definition.
+        line = data.count(b"\n", 0, e.start) + 1
+        problem = f"line {line}: byte 0x{data[e.start]:02x} is not UTF-8 (TOML is UTF-8 text)"
+        raise ConfigError(problem, origin=str(path)) from None
     return parse_matrix(text, path, base)
 
 

@@ -178,8 +178,12 @@ def _absolute(directory: Path, value: Any) -> Any:
 
 def _discover(directory: Path, name: str) -> Path | None:
     path = directory / name.rstrip("/")
-    found = _is_dir(path) if name.endswith("/") else _stat(path) is not None
-    return path if found else None
+    if _stat(path) is None:
+        return None
+    if name.endswith("/") and not _is_dir(path):
+        # Silently ignoring it would build an image without what the user put there.
+        raise ConfigError(f"not a directory: {name.rstrip('/')} must be a directory", origin=name.rstrip("/"))
+    return path
 
 
 def _cwd() -> Path:
@@ -319,6 +323,10 @@ def _resolve(directory: Path, default: Path | None, assignments: list[Assignment
         if r.values[s.dest]:
             for implied in s.implies:
                 r.values[implied] = True
+    # Tools that open an image trust its name: an explicit img.raw compressed with xz is img.raw.xz.
+    output, suffix = r.values["output"], r.values["compress"].suffix
+    if r.is_set("output") and suffix and not output.name.endswith(suffix):
+        r.values["output"] = output.with_name(output.name + suffix)
     return r
 
 

@@ -413,12 +413,19 @@ def test_explicit_settings_override_discovery(project: Path) -> None:
     assert config.cache_path == Path("/var/cache/x")
 
 
-def test_directories_are_only_discovered_as_directories(project: Path) -> None:
-    write(project / "mkosi.cache")
-    write(project / "mkosi.extra")
-    config = load()
-    assert config.cache_path is None
-    assert config.extra_trees == ()
+@pytest.mark.parametrize("name", ["mkosi.extra", "mkosi.cache", "mkosi.builddir"])
+def test_a_file_where_a_directory_is_discovered_is_refused(project: Path, name: str) -> None:
+    # Ignoring it would build an image without what the user put there.
+    write(project / name)
+    assert error() == f"{name}: not a directory: {name} must be a directory"
+
+
+def test_compression_adds_its_suffix_to_an_explicit_output_name(project: Path) -> None:
+    # qemu, systemd-dissect and systemd-nspawn trust the name: img.raw must not hold xz data.
+    assert load("-t", "raw_gpt", "-o", "img.raw", "--xz").output == project / "img.raw.xz"
+    assert load("-t", "raw_gpt", "-o", "img.raw.xz", "--xz").output == project / "img.raw.xz"
+    assert load("-t", "tar", "-o", "t.tar", "--compress=zstd").output == project / "t.tar.zst"
+    assert load("-t", "tar", "-o", "t.tar").output == project / "t.tar"
 
 
 # ---- defaults ----

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from matrix.command import matrix_arguments
 from matrix.runner import keys_to_keep, listing, plan, sharers, start_order
-from matrix.spec import Matrix, expand, parse_matrix, select
+from matrix.spec import Matrix, expand, load_matrix, parse_matrix, select
 from mkosi.config import Compression, OutputFormat
 from mkosi.errors import ConfigError
 
@@ -164,3 +166,38 @@ def test_invalid_cells_are_all_reported_before_anything_runs(tmp_path: Path) -> 
 )
 def test_matrix_verb_is_recognised_after_the_project_directory(argv: list[str], expected: list[str] | None) -> None:
     assert matrix_arguments(argv) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[matrix]\nFormat = ["tar"]\n[[exclude]]\nFormat = "tar"\n', "[[exclude]] removes every cell of [matrix]"),
+        ("[matrix]\n[defaults]\nFormat = \"tar\"\n", "no cells: [matrix] has no axes and no [[include]] adds a cell"),
+        ("", "no cells"),
+    ],
+)
+def test_a_matrix_with_nothing_to_build_is_refused(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        _matrix(tmp_path, text)
+
+
+def test_a_matrix_of_billions_of_cells_is_refused_at_once(tmp_path: Path) -> None:
+    many = ", ".join(f'"h{i}"' for i in range(1000))
+    text = f"[matrix]\nHostname = [{many}]\nRelease = [{many}]\nSeed = [{many}]\n"
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"multiplies out to 1,000,000,000 cells \(1000 Hostname x 1000 Release"):
+        _matrix(tmp_path, text)
+    assert time.monotonic() - started < 5, "refused before expanding anything"
+
+
+def test_a_matrix_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "mkosi.matrix"
+    path.write_bytes(b'[matrix]\nHostname = ["caf\xe9"]\n')
+    with pytest.raises(ConfigError) as error:
+        load_matrix(path, tmp_path)
+    assert str(error.value) == f"{path}: line 2: byte 0xe9 is not UTF-8 (TOML is UTF-8 text)"
+
+
+def test_cell_names_never_escape_the_release_directory() -> None:
+    cells = expand({"Hostname": ["..", "../../etc/passwd", ".hidden"]}, [], [])
+    assert [c.name for c in cells] == ["hostname", "etc_passwd", "hidden"]

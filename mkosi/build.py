@@ -17,7 +17,7 @@ import structlog
 
 from mkosi import boot, buildscript, naming, ownership, package_cache
 from mkosi.boot import kernel_command_line
-from mkosi.concurrency import exclusive
+from mkosi.concurrency import claimed, exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
 from mkosi.disk import luks
@@ -30,7 +30,7 @@ from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, subprocess_clock
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees
-from mkosi.workspace import TMPFS_DIR, choose_base, remove_tree, remove_trees, workspace
+from mkosi.workspace import TMPFS_DIR, choose_base, remove_abandoned_workspaces, remove_tree, remove_trees, workspace
 
 
 async def install_distribution(context: Context) -> None:
@@ -247,6 +247,23 @@ async def remove_outputs_of_killed_builds(config: Config) -> None:
             await remove_tree(leftover)
 
 
+async def recover_from_killed_builds(config: Config, log: Any) -> None:
+    """Before a build (holding the output's claim, so no live build of it is half-way): what a killed
+    build staged goes; what its -f had set aside goes back where it was, unless the killed build
+    published a replacement first. So a build killed at any moment loses nothing."""
+    await remove_abandoned_workspaces([TMPFS_DIR, config.output.parent], log)
+    for path in naming.published_paths(config):
+        await remove_tree(naming.staged_path(path))
+        aside = naming.aside_path(path)
+        if not ownership.exists(aside):
+            continue
+        if not ownership.exists(path) and ownership.owner_of(aside) == config.output.name:
+            log.warning("putting back what a killed build had set aside", path=str(path))
+            os.rename(aside, path)
+        else:
+            await remove_tree(aside)
+
+
 def stage_cache_dir(config: Config) -> Path:
     """Where -i keeps the stage snapshots of this project: next to its package cache."""
     if config.cache_path is None:
@@ -325,8 +342,10 @@ def tree_next_to_output(config: Config) -> bool:
 async def check_before_work(config: Config) -> list[Path]:
     """Everything that can be refused before anything is written; returns the earlier outputs this
     build will replace."""
+    log = structlog.get_logger("mkosi")
     if check := CHECKS.get(config.format):
-        await check(config, structlog.get_logger("mkosi"))
+        await check(config, log)
+    await recover_from_killed_builds(config, log)
     earlier = earlier_outputs(config)
     if ownership.exists(config.output) and not config.force:
         raise MkosiError(f"{config.output} already exists, use -f to replace it")
@@ -349,7 +368,6 @@ class Replaced:
 
 @contextlib.asynccontextmanager
 async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[Replaced]:
-    await remove_outputs_of_killed_builds(config)
     replaced = Replaced(set_aside_outputs(earlier))
     try:
         yield replaced
@@ -380,6 +398,13 @@ async def build(config: Config, cache: StageCache | None = None, monitor: Monito
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
+    with claimed(config.output):
+        return await _build(config, cache, monitor, checkpoints)
+
+
+async def _build(
+    config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]
+) -> list[StageRecord]:
     earlier = await check_before_work(config)
     clock = SubprocessClock()
     subprocess_clock.set(clock)

@@ -10,7 +10,7 @@ import structlog
 
 from mkosi import log, machine
 from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir
-from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
+from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
@@ -30,7 +30,8 @@ def summary(config: Config) -> str:
 
 
 async def clean(config: Config) -> None:
-    await remove_outputs(config)
+    with claimed(config.output):
+        await remove_outputs(config)
     if config.force >= 2:
         await remove_caches(config)
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import hashlib
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+
+from mkosi.errors import MkosiError
 
 # How often a task waiting for another process's flock tries again.
 FLOCK_POLL_SECONDS = 0.05
@@ -82,6 +85,34 @@ async def exclusive(path: Path) -> AsyncIterator[None]:
         yield
     finally:
         held.release()
+
+
+# Where the locks of outputs being built live: not next to the outputs (no litter in the user's
+# directories), and on tmpfs, so that none survives a reboot.
+OUTPUT_LOCKS = Path("/run/lock/mkosi")
+
+
+@contextlib.contextmanager
+def claimed(output: Path) -> Iterator[None]:
+    """Hold the output path for one build, or refuse at once, naming the process that holds it.
+
+    flock(2): a build killed with SIGKILL holds nothing any more, so it never blocks the next one.
+    """
+    OUTPUT_LOCKS.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(os.fsencode(output.absolute())).hexdigest()[:32]
+    fd = os.open(OUTPUT_LOCKS / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            problem = f"{output} is being built by another mkosi (pid {holder}): wait for it or choose another output"
+            raise MkosiError(problem) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager

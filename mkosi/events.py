@@ -80,7 +80,7 @@ class SubprocessFinished(Event):
 class ArtifactPublished(Event):
     type = "artifact-published"
     path: str
-    template = "published {path}"
+    template = "published"
 
 
 @dataclass(frozen=True)
@@ -104,4 +104,4 @@ def log_event(log: Any, event: Event) -> None:
 
 
 # The fields that only machines read: the human renderings leave them out (the message says it).
-MACHINE_FIELDS = frozenset({"type", "schema", "stage", "reused", "program", "returncode", "path"})
+MACHINE_FIELDS = frozenset({"type", "schema", "stage", "reused", "program", "returncode"})

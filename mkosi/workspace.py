@@ -9,8 +9,10 @@ renamed into place instead of copied.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -61,15 +63,49 @@ async def remove_trees(paths: list[Path]) -> None:
                 tg.start_soon(remove_tree, path)
 
 
+WORKSPACE_PREFIX = ".mkosi-workspace."
+# A workspace this young may still be waiting for its build to lock it.
+ABANDONED_AFTER_SECONDS = 30
+
+
 @contextlib.asynccontextmanager
 async def workspace(config: Config, log: Any, base: Path | None = None) -> AsyncIterator[Path]:
-    """A private temporary directory in `base` (by default where choose_base() says)."""
+    """A private temporary directory in `base` (by default where choose_base() says).
+
+    Its build holds a flock on it while it lives: a build killed too hard to remove it (SIGKILL, a
+    power cut on disk) holds nothing any more, and the next build removes it (see
+    remove_abandoned_workspaces). On tmpfs that is memory the machine would never get back.
+    """
     base = base or choose_base(config.workspace, config.output.parent)
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".mkosi-workspace.{config.output.name}.", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{config.output.name}.", dir=base))
+    owner = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(owner, fcntl.LOCK_EX)  # a new directory: nobody else holds it
     log.info("workspace", path=str(path))
     try:
         yield path
     finally:
         with anyio.CancelScope(shield=True):
             await remove_tree(path)
+        os.close(owner)
+
+
+async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None:
+    """Remove the workspaces in `directories` whose build is gone; a live build's lock keeps its own."""
+    for directory in directories:
+        for path in sorted(directory.glob(f"{WORKSPACE_PREFIX}*")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # removed meanwhile, or not a directory: not ours to judge
+            try:
+                if time.time() - os.fstat(fd).st_ctime < ABANDONED_AFTER_SECONDS:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its build is alive
+                log.warning("removing the workspace of a build that was killed", path=str(path))
+                await remove_trees([path])
+            finally:
+                os.close(fd)

@@ -319,6 +319,10 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(
         if moment == "installing" and log.exists() and "dpkg --install" in log.read_text(errors="replace"):
             time.sleep(1)
             assert _processes_rooted_in(tmp_path), "dpkg should be running in the tree"
+            # A second build of the same output meanwhile is refused at once, naming the first.
+            second = mkosi("-d", "debian", "--workspace=disk", "build", cwd=tmp_path, check=False)
+            assert second.returncode == 1
+            assert f"is being built by another mkosi (pid {process.pid})" in second.stderr
             break
         time.sleep(0.2)
     stopped_at = time.monotonic()

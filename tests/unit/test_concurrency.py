@@ -135,3 +135,47 @@ def test_on_all_cores_runs_every_item_and_no_more_at_once_than_cores(monkeypatch
 
     anyio.run(on_all_cores, work, range(7))
     assert sorted(done) == list(range(7)) and peak == 2
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from mkosi import concurrency
+concurrency.OUTPUT_LOCKS = Path(sys.argv[1])
+with concurrency.claimed(Path(sys.argv[2])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_an_output_is_claimed_by_one_build_and_a_killed_holder_blocks_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mkosi import concurrency
+    from mkosi.errors import MkosiError
+
+    monkeypatch.setattr(concurrency, "OUTPUT_LOCKS", tmp_path / "locks")
+    output = tmp_path / "image.raw"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path / "locks"), str(output)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = rf"^{output} is being built by another mkosi \(pid {holder.pid}\)"
+        with pytest.raises(MkosiError, match=refused), concurrency.claimed(output):
+            pass
+        # Another output is not in its way.
+        with concurrency.claimed(tmp_path / "other.raw"):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # Killed with SIGKILL: its lock went with it.
+    mine = f"pid {os.getpid()}"
+    with concurrency.claimed(output), pytest.raises(MkosiError, match=mine), concurrency.claimed(output):
+        pass

@@ -148,3 +148,58 @@ def test_published_outputs_carry_the_mark(tmp_path: Path) -> None:
     publish(context)
     assert ownership.owner_of(tmp_path / "image") == "image"
     assert ownership.owner_of(tmp_path) is None
+
+
+_LOCK_AND_WAIT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_workspaces_whose_build_was_killed_are_removed_and_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import sys
+
+    from mkosi import workspace
+
+    monkeypatch.setattr(workspace, "ABANDONED_AFTER_SECONDS", 0)
+    live, dead = tmp_path / ".mkosi-workspace.a.1", tmp_path / ".mkosi-workspace.b.2"
+    for path in (live, dead):
+        (path / "root/etc").mkdir(parents=True)
+    (tmp_path / "unrelated").mkdir()
+    holders = [
+        subprocess.Popen([sys.executable, "-c", _LOCK_AND_WAIT, str(p)], stdout=subprocess.PIPE, text=True)
+        for p in (live, dead)
+    ]
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        os.kill(holders[1].pid, signal.SIGKILL)
+        holders[1].wait()
+        await workspace.remove_abandoned_workspaces([tmp_path], structlog.get_logger("test"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".mkosi-workspace.a.1", "unrelated"]
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+async def test_what_a_killed_build_set_aside_goes_back_unless_it_was_replaced(tmp_path: Path) -> None:
+    from mkosi.build import recover_from_killed_builds
+
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "-f", "--workspace=disk"])
+    # Killed after -f set the earlier output aside, before publishing its own.
+    _published(tmp_path / ".mkosi-old.image.tar", "earlier image")
+    _published(tmp_path / ".mkosi-old.image.tar.log", "earlier log")
+    _published(tmp_path / "image.tar.log", "the killed build's log")
+    (tmp_path / ".mkosi-tmp.image.tar").write_text("half written")
+    await recover_from_killed_builds(config, structlog.get_logger("test"))
+    assert (tmp_path / "image.tar").read_text() == "earlier image"
+    assert (tmp_path / "image.tar.log").read_text() == "the killed build's log"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tar", "image.tar.log"]

@@ -47,7 +47,7 @@ REPO = BENCHMARKS.parent
 sys.path[:0] = [str(REPO), str(BENCHMARKS)]
 
 import peer_mkosi24  # noqa: E402
-from cold_directory import machine  # noqa: E402
+from harness import machine  # noqa: E402
 from idle_disk import settle  # noqa: E402
 
 from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402

@@ -116,8 +116,6 @@ def main() -> None:
     fastest_bare = min(BARE, key=results.median)
     bare_ratio = results.ratio("ours/fastest bare bootstrap", OURS, fastest_bare)
     print(f"Targets: ours/mkosi14 <= 0.40; ours/fastest bare bootstrap <= 1.20, now {bare_ratio:.2f}")
-    if commit := harness.head_commit(short=True):
-        print(f"Commit: {commit}")
     results.write(args.results)
 
 

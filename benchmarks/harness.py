@@ -1,7 +1,7 @@
 """What every benchmark shares: timed builds from a settled machine, mkosi's log, results.
 
-Every measurement starts through `run_timed`, `build_ours` or a `timed()` block, and each of them
-calls `idle_disk.settle()` first, so no build pays for the one before it (see idle_disk.py).
+Every measurement is a `timed()` block (`time_command` and `build_ours` are such blocks), which
+calls `idle_disk.settle()` first, so that no build pays for the one before it (see idle_disk.py).
 Commands write their output to a log file, not a pipe: the log survives to be read for the
 error or parsed, and no pipe fills up while we wait for the process.
 
@@ -86,11 +86,11 @@ def machine() -> Machine:
     return Machine(os.cpu_count(), cpu, memory, platform.release())
 
 
-def head_commit(short: bool = False) -> str | None:
+def head_commit() -> str | None:
     """`git rev-parse HEAD` of this checkout, or None without git or outside a checkout."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", *(["--short"] if short else []), "HEAD"],
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
         )
@@ -141,10 +141,9 @@ def run(
     stdout_to_log: bool = False,
     preexec_fn: Callable[[], None] | None = None,
 ) -> Finished:
-    """Run COMMAND to its end, its stderr (and stdout if asked) appended to LOG, without settling.
+    """Run COMMAND to its end, its stderr (and stdout if asked) appended to LOG.
 
-    For the steps of a `timed()` block and for what is not timed; a measurement of its own is
-    `run_timed`.
+    Not settled first: a measurement runs it inside `timed()`, or through `time_command`.
     """
     start = time.monotonic()
     with log.open("ab") as out:
@@ -167,20 +166,6 @@ def run(
     return Finished(time.monotonic() - start, process.returncode, usage.ru_maxrss)
 
 
-def run_timed(
-    command: Sequence[str],
-    *,
-    log: Path,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    stdout_to_log: bool = False,
-    preexec_fn: Callable[[], None] | None = None,
-) -> Finished:
-    """`run` as a measurement of its own: sync, drop caches and wait for an idle disk first."""
-    settle()
-    return run(command, log=log, cwd=cwd, env=env, stdout_to_log=stdout_to_log, preexec_fn=preexec_fn)
-
-
 def check(finished: Finished, what: str, log: Path, lines: int = 40) -> None:
     """Stop the benchmark if the command failed, with the end of its log (which goes away with its directory)."""
     if finished.returncode != 0:
@@ -198,7 +183,8 @@ def time_command(
     stdout_to_log: bool = False,
 ) -> float:
     """The seconds one settled, successful run of COMMAND (a peer's build, say) took."""
-    finished = run_timed(command, log=log, cwd=cwd, env=env, stdout_to_log=stdout_to_log)
+    with timed():
+        finished = run(command, log=log, cwd=cwd, env=env, stdout_to_log=stdout_to_log)
     check(finished, what, log)
     return finished.seconds
 
@@ -210,7 +196,10 @@ class Stopwatch:
 
 @contextmanager
 def timed() -> Iterator[Stopwatch]:
-    """Several commands timed as one measurement (use `run` inside), from a settled machine."""
+    """A measurement (of one command, or of several as one), from a settled machine.
+
+    Syncs, drops the caches and waits for an idle disk, then times the block.
+    """
     settle()
     watch = Stopwatch()
     start = time.monotonic()
@@ -302,8 +291,8 @@ def run_ours(args: Sequence[str], *, cwd: Path, log: Path) -> OurBuild:
 
 def build_ours(args: Sequence[str], *, cwd: Path, log: Path) -> OurBuild:
     """One timed build by our mkosi, from a settled machine."""
-    settle()
-    return run_ours(args, cwd=cwd, log=log)
+    with timed():
+        return run_ours(args, cwd=cwd, log=log)
 
 
 # Results
@@ -347,9 +336,12 @@ class Results:
         }
 
     def write(self, path: Path | None = None) -> Path:
-        """Write the results as JSON to PATH (default: benchmarks/results/NAME.json) and say where."""
+        """Write the results as JSON to PATH (default: benchmarks/results/NAME.json); print the commit and where."""
         path = path or RESULTS / f"{self.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.document(), indent=2, default=str) + "\n")
+        document = self.document()
+        path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        if document["commit"]:
+            print(f"Commit: {document['commit'][:12]}")
         print(f"Results: {path}")
         return path

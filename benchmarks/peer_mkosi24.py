@@ -140,7 +140,8 @@ def run(scratch: Path, project: Path, args: list[str], log: Path) -> harness.Fin
     ]  # fmt: skip
     # Ctrl-C reaches the whole foreground process group; should the benchmark die instead,
     # --kill-child takes the namespace's processes, and with them its mounts, down too.
-    return harness.run_timed(command, log=log, stdout_to_log=True, preexec_fn=_die_with_parent)
+    with harness.timed():
+        return harness.run(command, log=log, stdout_to_log=True, preexec_fn=_die_with_parent)
 
 
 def main() -> None:

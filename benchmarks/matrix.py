@@ -141,6 +141,21 @@ def scaling(base: Path, jobs: int, package_cache: Path | None, results: harness.
     print(f"twice the formats: {ratio:.2f}x the wall time (target: at most 1.25x)")
 
 
+def matrix_versus_serial(matrix_file: Path, base: Path, jobs: int, package_cache: Path | None,
+                         results: harness.Results) -> None:  # fmt: skip
+    cells = len(load_matrix(matrix_file, base).cells)
+    matrix_time, matrix_bootstraps = matrix_side(matrix_file, base, jobs, package_cache)
+    serial_time, serial_bootstraps = serial_side(matrix_file, base, package_cache)
+    results.add(MATRIX, matrix_time)
+    results.add(SERIAL, serial_time)
+    results.facts.update(cells=cells, bootstraps={MATRIX: matrix_bootstraps, SERIAL: serial_bootstraps})
+    ratio = results.ratio("matrix/serial", MATRIX, SERIAL)
+    print(f"cells:              {cells} ({matrix_file.name}, --jobs {jobs}, {os.cpu_count()} cores)")
+    print(f"mkosi matrix:       {matrix_time:7.1f} s, {matrix_bootstraps} bootstraps")
+    print(f"mkosi one by one:   {serial_time:7.1f} s, {serial_bootstraps} bootstraps")
+    print(f"ratio matrix/serial: {ratio:.2f}x (target: at most 0.40x)")
+
+
 def main() -> None:
     parser = harness.argument_parser(__doc__, "matrix", whole_doc=True)
     parser.add_argument("--matrix", type=Path, default=harness.REPO / "mkosi.matrix.example")
@@ -149,25 +164,12 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="measure twice the formats instead")
     args = parser.parse_args()
     harness.require_root()
-    if args.scaling:
-        results = harness.Results("matrix-scaling", vars(args))
-        with harness.scratch("mkosi-bench-matrix.") as base:
-            scaling(base, args.jobs, args.package_cache, results)
-        results.write(args.results)
-        return
-    results = harness.Results("matrix", vars(args))
+    results = harness.Results("matrix-scaling" if args.scaling else "matrix", vars(args))
     with harness.scratch("mkosi-bench-matrix.") as base:
-        cells = len(load_matrix(args.matrix, base).cells)
-        matrix_time, matrix_bootstraps = matrix_side(args.matrix, base, args.jobs, args.package_cache)
-        serial_time, serial_bootstraps = serial_side(args.matrix, base, args.package_cache)
-    results.add(MATRIX, matrix_time)
-    results.add(SERIAL, serial_time)
-    results.facts.update(cells=cells, bootstraps={MATRIX: matrix_bootstraps, SERIAL: serial_bootstraps})
-    ratio = results.ratio("matrix/serial", MATRIX, SERIAL)
-    print(f"cells:              {cells} ({args.matrix.name}, --jobs {args.jobs}, {os.cpu_count()} cores)")
-    print(f"mkosi matrix:       {matrix_time:7.1f} s, {matrix_bootstraps} bootstraps")
-    print(f"mkosi one by one:   {serial_time:7.1f} s, {serial_bootstraps} bootstraps")
-    print(f"ratio matrix/serial: {ratio:.2f}x (target: at most 0.40x)")
+        if args.scaling:
+            scaling(base, args.jobs, args.package_cache, results)
+        else:
+            matrix_versus_serial(args.matrix, base, args.jobs, args.package_cache, results)
     results.write(args.results)
 
 

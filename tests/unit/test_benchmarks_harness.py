@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import Built, Results, StageTime, parse_log
+from benchmarks.harness import Built, Results, StageTime, check, parse_log, run
 
 LOG = "\n".join(
     [
@@ -81,3 +81,16 @@ def test_results_json(tmp_path: Path) -> None:
     assert document["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", document["commit"])
     assert set(document["machine"]) == {"cores", "cpu", "memory_gib", "kernel", "load_average"}
     assert document["machine"]["memory_gib"] >= 0 and document["machine"]["kernel"]
+
+
+def test_run_appends_to_the_log_and_check_stops_with_its_end(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("earlier\n")
+    finished = run(["sh", "-c", "echo out; echo err >&2; exit 3"], log=log, stdout_to_log=True)
+    assert finished.returncode == 3
+    assert log.read_text().splitlines() == ["earlier", "out", "err"]
+    with pytest.raises(SystemExit, match=r"^sh failed \(3\):\nout\nerr\n$"):
+        check(finished, "sh", log, lines=2)
+    quiet = run(["sh", "-c", "echo dropped"], log=log)
+    check(quiet, "sh", log)
+    assert quiet.returncode == 0 and log.read_text().splitlines()[-1] == "err"

@@ -5,32 +5,21 @@ Every contender builds the same package set from the same mirror with no package
 runs each, alternating so that a noisy neighbour hurts everybody alike. Prints the medians, our
 ratios against each peer, and the machine they were measured on.
 
-    .venv/bin/python benchmarks/cold_directory.py [--runs 3] [--skip-mkosi14]
+    .venv/bin/python -m benchmarks.cold_directory [--runs 3] [--skip-mkosi14] [--results FILE]
 
-Needs root. Installs Debian's mkosi package (the peer) on first use.
+Run from the repository root. Needs root. Installs Debian's mkosi package (the peer) on first use.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import shutil
-import statistics
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from idle_disk import settle  # noqa: E402
-
-from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors  # noqa: E402
-from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
+from benchmarks import harness
+from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors
+from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES
 
 RELEASE = "bookworm"
 EXTRA_PACKAGES = ("less",)
@@ -43,43 +32,21 @@ NSPAWN_WRAPPER = """#!/bin/sh
 # These machines have no systemd as PID 1: nspawn must not try to register or make a scope.
 exec /usr/bin/systemd-nspawn --register=no --keep-unit "$@"
 """
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
-    return f"{os.cpu_count()} cores ({cpu}), {memory} GiB, Linux {platform.release()}"
-
-
-def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
-    settle()
-    start = time.monotonic()
-    result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return elapsed
+OURS = "ours (mkosi directory)"
+BARE = ("mmdebstrap into tmpfs", "mmdebstrap into disk")
 
 
 def ours(work: Path) -> float:
     project = work / "ours"
     project.mkdir()
     # Our base package set already holds what mkosi 14 has to be told to install.
-    command = [sys.executable, "-m", "mkosi", *MKOSI_ARGS, "-p", ",".join(EXTRA_PACKAGES), "build"]
-    return timed(command, project)
+    args = [*MKOSI_ARGS, "-p", ",".join(EXTRA_PACKAGES), "build"]
+    return harness.build_ours(args, cwd=project, log=work / "ours.log").seconds
 
 
 def mmdebstrap(work: Path, base: Path) -> float:
-    target = Path(tempfile.mkdtemp(dir=base, prefix="bench-mmdebstrap."))
-    try:
-        return timed(
+    with harness.scratch("bench-mmdebstrap.", base) as target:
+        return harness.time_command(
             [
                 "mmdebstrap",
                 "--mode=unshare",
@@ -92,10 +59,10 @@ def mmdebstrap(work: Path, base: Path) -> float:
                 str(target),
                 MIRROR,
             ],
-            work,
+            what="mmdebstrap",
+            cwd=work,
+            log=work / "mmdebstrap.log",
         )
-    finally:
-        subprocess.run(["rm", "-rf", "--one-file-system", str(target)], check=True)
 
 
 def mkosi14(work: Path) -> float:
@@ -107,7 +74,7 @@ def mkosi14(work: Path) -> float:
     (wrappers / "systemd-nspawn").chmod(0o755)
     env = {**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}", "SYSTEMD_NSPAWN_LOCK": "0"}
     command = ["/usr/bin/mkosi", *MKOSI_ARGS, "-p", ",".join(PACKAGES), "-o", "image", "build"]
-    return timed(command, project, env)
+    return harness.time_command(command, what="mkosi 14", cwd=project, log=work / "mkosi14.log", env=env)
 
 
 def ensure_mkosi14() -> None:
@@ -120,47 +87,36 @@ def ensure_mkosi14() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = harness.argument_parser(__doc__, "cold_directory", runs=3)
     parser.add_argument("--skip-mkosi14", action="store_true")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("benchmarks need root")
+    harness.require_root()
 
     contenders: dict[str, Callable[[Path], float]] = {
-        "ours (mkosi directory)": ours,
-        "mmdebstrap into tmpfs": lambda work: mmdebstrap(work, Path("/dev/shm")),
-        "mmdebstrap into disk": lambda work: mmdebstrap(work, work),
+        OURS: ours,
+        BARE[0]: lambda work: mmdebstrap(work, Path("/dev/shm")),
+        BARE[1]: lambda work: mmdebstrap(work, work),
     }
     if not args.skip_mkosi14:
         ensure_mkosi14()
         contenders["Debian mkosi 14"] = mkosi14
 
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    results = harness.Results("cold_directory", vars(args))
     for run in range(args.runs):
         for name, contender in contenders.items():
-            work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="mkosi-bench."))
-            try:
-                times[name].append(contender(work))
-            finally:
-                subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=True)
-            print(f"run {run + 1}/{args.runs}: {name}: {times[name][-1]:.1f} s", flush=True)
+            with harness.scratch() as work:
+                results.add(name, contender(work))
+            print(f"run {run + 1}/{args.runs}: {name}: {results.runs[name][-1]:.1f} s", flush=True)
 
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    ours_median = medians["ours (mkosi directory)"]
     print(f"\nCold Debian {RELEASE} directory build, {'+'.join(PACKAGES)}, medians of {args.runs}")
-    print(f"Machine: {machine()}; mirror {MIRROR}")
-    for name, median in medians.items():
-        ratio = "" if median == ours_median else f"   ours/this = {ours_median / median:.2f}"
+    print(f"Machine: {harness.machine()}; mirror {MIRROR}")
+    for name, median in results.medians().items():
+        ratio = "" if name == OURS else f"   ours/this = {results.ratio(f'ours/{name}', OURS, name):.2f}"
         print(f"  {name:<26} {median:6.1f} s{ratio}")
-    fastest_bare = min(medians["mmdebstrap into tmpfs"], medians["mmdebstrap into disk"])
-    bare_ratio = ours_median / fastest_bare
+    fastest_bare = min(BARE, key=results.median)
+    bare_ratio = results.ratio("ours/fastest bare bootstrap", OURS, fastest_bare)
     print(f"Targets: ours/mkosi14 <= 0.40; ours/fastest bare bootstrap <= 1.20, now {bare_ratio:.2f}")
-    if shutil.which("git"):
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        print(f"Commit: {commit}")
+    results.write(args.results)
 
 
 if __name__ == "__main__":

@@ -5,50 +5,36 @@ Both sides start cold: no package pool and no stage cache (pass --package-cache 
 the same warm package pool instead). The serial side does what a release script around mkosi
 would do to publish the same thing: one `mkosi` run per cell, `directory` outputs packed into
 tarballs, and a SHA256SUMS. Prints both wall times, their ratio and the number of bootstraps each
-side ran (from the matrix's manifest and from the serial builds' own logs).
+side ran (from the matrix's manifest and from the serial builds' JSON logs).
 
-    .venv/bin/python benchmarks/matrix.py [--matrix mkosi.matrix.example] [--jobs N]
+    .venv/bin/python -m benchmarks.matrix [--matrix mkosi.matrix.example] [--jobs N] [--results FILE]
 
 With --scaling it measures instead how the wall time of `mkosi matrix` grows with the number of
 formats of one distribution: a matrix of SCALING_FORMATS against one of twice as many (target: at
 most 25 % more time).
 
-Needs root and the Debian mirror. Run it once at a time: it fills both cores.
+Run from the repository root. Needs root and the Debian mirror. Run it once at a time: it fills
+both cores.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from matrix.runner import plan  # noqa: E402
-from matrix.spec import Cell, Matrix, ini_value, load_matrix  # noqa: E402
-from mkosi.config import OutputFormat  # noqa: E402
-from mkosi.settings import BY_KEY  # noqa: E402
+from benchmarks import harness
+from matrix.runner import plan
+from matrix.spec import Cell, Matrix, ini_value, load_matrix
+from mkosi.config import OutputFormat
+from mkosi.settings import BY_KEY
 
 SECTION = {key: section for (section, key) in BY_KEY}
-
-
-def run(command: list[str], cwd: Path, log: Path) -> float:
-    start = time.monotonic()
-    with log.open("a") as out:
-        result = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    elapsed = time.monotonic() - start
-    if result.returncode != 0:
-        # The log goes away with the benchmark's directory: show its end now.
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{command[:3]} failed ({result.returncode}):\n{tail}")
-    return elapsed
+MATRIX = "mkosi matrix"
+SERIAL = "mkosi one by one"
 
 
 def project(base: Path, name: str, package_cache: Path | None) -> Path:
@@ -73,8 +59,13 @@ def cell_default(matrix: Matrix, cell: Cell, package_cache: Path | None) -> str:
 def matrix_side(matrix_file: Path, base: Path, jobs: int, package_cache: Path | None) -> tuple[float, int]:
     directory = project(base, "matrix", package_cache)
     shutil.copy(matrix_file, directory / "mkosi.matrix")
-    log = base / "matrix.log"
-    elapsed = run([sys.executable, "-m", "matrix", "--jobs", str(jobs), "--log-format=json"], directory, log)
+    elapsed = harness.time_command(
+        [sys.executable, "-m", "matrix", "--jobs", str(jobs), "--log-format=json"],
+        what="mkosi matrix",
+        cwd=directory,
+        log=base / "matrix.log",
+        stdout_to_log=True,
+    )
     manifest = json.loads((directory / "release/manifest.json").read_text())
     bootstraps = sum(
         1
@@ -92,47 +83,35 @@ def serial_side(matrix_file: Path, base: Path, package_cache: Path | None) -> tu
     release.mkdir()
     log = base / "serial.log"
     bootstraps = 0
-    start = time.monotonic()
-    for p in planned:
-        directory = project(base, f"serial-{p.name}", None)
-        (directory / "mkosi.default").write_text(cell_default(matrix, p.cell, package_cache))
-        output = directory / p.config.output.name
-        # The cell's own format: the matrix builds directory cells as the tarballs it publishes.
-        is_tar = {**matrix.defaults, **p.cell.settings}.get("Format") == OutputFormat.tar.value
-        compress = [f"--compress={matrix.release.compress.value}"] if is_tar else []
-        run([sys.executable, "-m", "mkosi", *compress, "-o", str(output), "build"], directory, log)
-        if "bootstrap: done" in output.with_name(output.name + ".log").read_text():
-            bootstraps += 1
-        if output.is_dir():
-            packed = release / f"{p.name}.tar.zst"
-            run(
-                [
-                    "tar",
-                    "--zstd",
-                    "-C",
-                    str(output),
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--acls",
-                    "--sort=name",
-                    "-cf",
-                    str(packed),
-                    ".",
-                ],
-                directory,
-                log,
-            )
-        else:
-            shutil.move(output, release / output.name)
-    sums = subprocess.run(
-        ["sha256sum", "--binary", *sorted(p.name for p in release.iterdir())],
-        cwd=release,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (release / "SHA256SUMS").write_text("".join(sorted(sums.splitlines(keepends=True))))
-    return time.monotonic() - start, bootstraps
+    # One measurement for the whole side, as `mkosi matrix` is one: settled once, before it.
+    with harness.timed() as watch:
+        for p in planned:
+            directory = project(base, f"serial-{p.name}", None)
+            (directory / "mkosi.default").write_text(cell_default(matrix, p.cell, package_cache))
+            output = directory / p.config.output.name
+            # The cell's own format: the matrix builds directory cells as the tarballs it publishes.
+            is_tar = {**matrix.defaults, **p.cell.settings}.get("Format") == OutputFormat.tar.value
+            compress = [f"--compress={matrix.release.compress.value}"] if is_tar else []
+            build = harness.run_ours([*compress, "-o", str(output), "build"], cwd=directory, log=log)
+            bootstrap = build.stages.get("bootstrap")
+            if bootstrap is not None and bootstrap.fate == "done":
+                bootstraps += 1
+            if output.is_dir():
+                packed = release / f"{p.name}.tar.zst"
+                tar = ["tar", "--zstd", "-C", str(output), "--numeric-owner", "--xattrs", "--acls", "--sort=name",
+                       "-cf", str(packed), "."]  # fmt: skip
+                harness.check(harness.run(tar, cwd=directory, log=log, stdout_to_log=True), "tar", log)
+            else:
+                shutil.move(output, release / output.name)
+        sums = subprocess.run(
+            ["sha256sum", "--binary", *sorted(p.name for p in release.iterdir())],
+            cwd=release,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (release / "SHA256SUMS").write_text("".join(sorted(sums.splitlines(keepends=True))))
+    return watch.seconds, bootstraps
 
 
 # One Debian release in two formats, then in twice as many: one tree, one raw image each time.
@@ -150,43 +129,48 @@ def scaling_matrix(base: Path, formats: tuple[str, ...]) -> Path:
     return path
 
 
-def scaling(base: Path, jobs: int, package_cache: Path | None) -> None:
-    times: dict[int, float] = {}
+def scaling(base: Path, jobs: int, package_cache: Path | None, results: harness.Results) -> None:
     for formats in (SCALING_FORMATS, DOUBLED_FORMATS):
         work = base / f"scaling-{len(formats)}"
         work.mkdir()
-        times[len(formats)], bootstraps = matrix_side(scaling_matrix(base, formats), work, jobs, package_cache)
-        print(f"{len(formats)} formats ({', '.join(formats)}): {times[len(formats)]:6.1f} s, {bootstraps} bootstrap(s)")
-    small, large = times[len(SCALING_FORMATS)], times[len(DOUBLED_FORMATS)]
-    print(f"twice the formats: {large / small:.2f}x the wall time (target: at most 1.25x)")
+        seconds, bootstraps = matrix_side(scaling_matrix(base, formats), work, jobs, package_cache)
+        results.add(f"{len(formats)} formats", seconds)
+        results.facts[f"bootstraps with {len(formats)} formats"] = bootstraps
+        print(f"{len(formats)} formats ({', '.join(formats)}): {seconds:6.1f} s, {bootstraps} bootstrap(s)")
+    ratio = results.ratio("twice the formats", f"{len(DOUBLED_FORMATS)} formats", f"{len(SCALING_FORMATS)} formats")
+    print(f"twice the formats: {ratio:.2f}x the wall time (target: at most 1.25x)")
+
+
+def matrix_versus_serial(matrix_file: Path, base: Path, jobs: int, package_cache: Path | None,
+                         results: harness.Results) -> None:  # fmt: skip
+    cells = len(load_matrix(matrix_file, base).cells)
+    matrix_time, matrix_bootstraps = matrix_side(matrix_file, base, jobs, package_cache)
+    serial_time, serial_bootstraps = serial_side(matrix_file, base, package_cache)
+    results.add(MATRIX, matrix_time)
+    results.add(SERIAL, serial_time)
+    results.facts.update(cells=cells, bootstraps={MATRIX: matrix_bootstraps, SERIAL: serial_bootstraps})
+    ratio = results.ratio("matrix/serial", MATRIX, SERIAL)
+    print(f"cells:              {cells} ({matrix_file.name}, --jobs {jobs}, {os.cpu_count()} cores)")
+    print(f"mkosi matrix:       {matrix_time:7.1f} s, {matrix_bootstraps} bootstraps")
+    print(f"mkosi one by one:   {serial_time:7.1f} s, {serial_bootstraps} bootstraps")
+    print(f"ratio matrix/serial: {ratio:.2f}x (target: at most 0.40x)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--matrix", type=Path, default=REPO / "mkosi.matrix.example")
+    parser = harness.argument_parser(__doc__, "matrix", whole_doc=True)
+    parser.add_argument("--matrix", type=Path, default=harness.REPO / "mkosi.matrix.example")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--package-cache", type=Path, help="a warm package pool both sides use")
     parser.add_argument("--scaling", action="store_true", help="measure twice the formats instead")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("needs root")
-    base = Path(tempfile.mkdtemp(prefix="mkosi-bench-matrix.", dir="/var/tmp"))
-    if args.scaling:
-        try:
-            scaling(base, args.jobs, args.package_cache)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-        return
-    try:
-        cells = len(load_matrix(args.matrix, base).cells)
-        matrix_time, matrix_bootstraps = matrix_side(args.matrix, base, args.jobs, args.package_cache)
-        serial_time, serial_bootstraps = serial_side(args.matrix, base, args.package_cache)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    print(f"cells:              {cells} ({args.matrix.name}, --jobs {args.jobs}, {os.cpu_count()} cores)")
-    print(f"mkosi matrix:       {matrix_time:7.1f} s, {matrix_bootstraps} bootstraps")
-    print(f"mkosi one by one:   {serial_time:7.1f} s, {serial_bootstraps} bootstraps")
-    print(f"ratio matrix/serial: {matrix_time / serial_time:.2f}x (target: at most 0.40x)")
+    harness.require_root()
+    results = harness.Results("matrix-scaling" if args.scaling else "matrix", vars(args))
+    with harness.scratch("mkosi-bench-matrix.") as base:
+        if args.scaling:
+            scaling(base, args.jobs, args.package_cache, results)
+        else:
+            matrix_versus_serial(args.matrix, base, args.jobs, args.package_cache, results)
+    results.write(args.results)
 
 
 if __name__ == "__main__":

@@ -8,27 +8,25 @@ The tree is bookworm with bookworm-backports preferred (mkosi 24.3, systemd 254 
 a private mount namespace whose processes all die with the unshare process, so no mount survives a
 run, a failure, Ctrl-C or a killed benchmark.
 
-    .venv/bin/python benchmarks/peer_mkosi24.py setup            # make the tree (about a minute)
-    .venv/bin/python benchmarks/peer_mkosi24.py run DIR -- ARGS   # mkosi ARGS in project DIR
+    .venv/bin/python -m benchmarks.peer_mkosi24 setup            # make the tree (about a minute)
+    .venv/bin/python -m benchmarks.peer_mkosi24 run DIR -- ARGS   # mkosi ARGS in project DIR
+
+Run from the repository root. A run, like every timed build, starts from dropped caches and an
+idle disk (benchmarks/harness.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from mkosi.distributions.debian import sources  # noqa: E402
+from benchmarks import harness
+from mkosi.distributions.debian import sources
 
 TREE = Path("/var/cache/mkosi-bench/mkosi24-tree")
 # Written last: a tree without it is a half-made one from an interrupted setup.
@@ -132,38 +130,29 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class Run:
-    seconds: float
-    returncode: int
-
-
-def run(scratch: Path, project: Path, args: list[str], log: Path) -> Run:
-    """`mkosi ARGS` in PROJECT (inside SCRATCH) with the peer; output and errors go to LOG."""
+def run(scratch: Path, project: Path, args: list[str], log: Path) -> harness.Finished:
+    """A timed `mkosi ARGS` in PROJECT (inside SCRATCH) with the peer; output and errors go to LOG."""
     tree = ensure_tree()
     cwd = f"{INSIDE}/{project.relative_to(scratch)}"
     command = [
         "unshare", "--mount", "--propagation=private", "--pid", "--fork", "--kill-child",
         "sh", "-c", ENTER, "enter", str(tree), str(scratch), cwd, *args,
     ]  # fmt: skip
-    start = time.monotonic()
-    with log.open("ab") as out:
-        # Ctrl-C reaches the whole foreground process group; should the benchmark die instead,
-        # --kill-child takes the namespace's processes, and with them its mounts, down too.
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    return Run(time.monotonic() - start, result.returncode)
+    # Ctrl-C reaches the whole foreground process group; should the benchmark die instead,
+    # --kill-child takes the namespace's processes, and with them its mounts, down too.
+    with harness.timed():
+        return harness.run(command, log=log, stdout_to_log=True, preexec_fn=_die_with_parent)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_mkosi24", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("setup")
     runner = sub.add_parser("run")
     runner.add_argument("project", type=Path)
     runner.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("needs root")
+    harness.require_root()
     ensure_tree()
     print(f"mkosi {version()} in {TREE}")
     if args.verb == "run":

@@ -18,46 +18,33 @@ Prints medians, ratios ours/theirs against the targets of issue 8, where our wal
 by stage, our peak RSS (largest single process, from wait4) and the peak size of our tmpfs
 workspace (sampled every 2 s).
 
-    .venv/bin/python benchmarks/versus_mkosi24.py [--runs 3] [--only directory,bootable,incr-dir,incr-boot]
+    .venv/bin/python -m benchmarks.versus_mkosi24 [--runs 3] [--only directory,bootable,incr-dir,incr-boot]
+        [--results FILE]
 
-Needs root; sets up mkosi 24.3 in its own tree on first use (see peer_mkosi24.py).
+Run from the repository root. Needs root; sets up mkosi 24.3 in its own tree on first use (see
+peer_mkosi24.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent
-REPO = BENCHMARKS.parent
-sys.path[:0] = [str(REPO), str(BENCHMARKS)]
+from benchmarks import harness, peer_mkosi24
+from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES
 
-import peer_mkosi24  # noqa: E402
-from cold_directory import machine  # noqa: E402
-from idle_disk import settle  # noqa: E402
-
-from mkosi.distributions.debian import PACKAGES as DEBIAN_PACKAGES  # noqa: E402
-
-EXAMPLE = REPO / "tests/integration/example-project"
 BASE = (*DEBIAN_PACKAGES.base, "apt")  # mmdebstrap's minbase brings apt on our side
 # What the peer's image needs to boot with a UKI; ours adds its own (dracut, zstd) by itself.
 PEER_BOOT = ("linux-image-amd64", "udev", "systemd-boot-efi")
 BUILD_PACKAGES = ("gcc", "make", "libc6-dev")
-GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org", "-c", "init.defaultBranch=main"]
 # The same steps as the example project's mkosi.build, without its postinst evidence: the peer's
 # build script must do exactly the same work.
 BUILD_SCRIPT = """#!/bin/sh
@@ -80,14 +67,10 @@ ROOT_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 TMPFS = Path("/dev/shm")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ours:
-    seconds: float
-    stages: dict[str, tuple[str, float]] = field(default_factory=dict)  # stage -> (done|reused, s)
-    outside: float = 0.0
-    max_rss_kib: int = 0
-    tmpfs_peak_kib: int = 0
-    output: Path | None = None
+    build: harness.OurBuild
+    tmpfs_peak_kib: int
 
 
 class TmpfsSampler:
@@ -119,38 +102,9 @@ class TmpfsSampler:
 
 
 def run_ours(project: Path, args: list[str]) -> Ours:
-    stderr = project.parent / "ours.stderr"
-    command = [sys.executable, "-m", "mkosi", "--log-format=json", *args, "build"]
-    settle()
-    start = time.monotonic()
-    with TmpfsSampler() as sampler, stderr.open("wb") as err:
-        process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            # wait4 instead of wait: the child's rusage, whose maxrss is its largest descendant's.
-            _, status, usage = os.wait4(process.pid, 0)
-        except BaseException:
-            process.terminate()
-            process.wait()
-            raise
-        process.returncode = os.waitstatus_to_exitcode(status)
-    elapsed = time.monotonic() - start
-    text = stderr.read_text()
-    if process.returncode != 0:
-        raise SystemExit(f"our build failed ({process.returncode}) in {project}:\n{text[-3000:]}")
-    result = Ours(elapsed, max_rss_kib=usage.ru_maxrss, tmpfs_peak_kib=sampler.peak_kib)
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        name = event.get("event", "")
-        if name.endswith((": done", ": reused")):
-            stage, fate = name.rsplit(": ", 1)
-            result.stages[stage] = (fate, float(event.get("seconds", 0.0)))
-        elif name == "built":
-            result.outside = float(event["outside_subprocesses"])
-            result.output = Path(event["output"])
-    return result
+    with TmpfsSampler() as sampler:
+        build = harness.build_ours([*args, "build"], cwd=project, log=project.parent / "ours.log")
+    return Ours(build, sampler.peak_kib)
 
 
 def run_theirs(scratch: Path, project: Path, args: list[str]) -> float:
@@ -163,7 +117,6 @@ def run_theirs(scratch: Path, project: Path, args: list[str]) -> float:
         peer_mkosi24.write_package_manager_tree(pkgmngr)
     inside = peer_mkosi24.INSIDE
     log = scratch / "theirs.log"
-    settle()
     result = peer_mkosi24.run(
         scratch,
         project,
@@ -178,9 +131,7 @@ def run_theirs(scratch: Path, project: Path, args: list[str]) -> float:
         ],
         log,
     )
-    if result.returncode != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise SystemExit(f"mkosi 24 failed ({result.returncode}) in {project}:\n{tail}")
+    harness.check(result, "mkosi 24", log)
     return result.seconds
 
 
@@ -219,33 +170,13 @@ def add_build(project: Path, script_name: str) -> None:
     script.write_text(BUILD_SCRIPT)
     script.chmod(0o755)
     (project / "mkosi.cache").mkdir()
-    commit(project)
+    harness.commit_all(project)
 
 
 def copy_sources(project: Path) -> None:
-    for path in EXAMPLE.iterdir():
+    for path in harness.EXAMPLE.iterdir():
         if path.suffix in (".c", ".h") or path.name == "Makefile":
             shutil.copy(path, project / path.name)
-
-
-def commit(project: Path) -> None:
-    subprocess.run([*GIT, "init", "-q", str(project)], check=True)
-    subprocess.run([*GIT, "-C", str(project), "add", "-A"], check=True)
-    subprocess.run([*GIT, "-C", str(project), "commit", "-qm", "bench"], check=True)
-
-
-def change_one_line(project: Path) -> None:
-    source = project / "greeting.c"
-    source.write_text(source.read_text().replace("Hello from", "Hello again from"))
-
-
-@contextmanager
-def scratch_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="mkosi-bench-vs."))
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
 def check_bootable(image: Path) -> None:
@@ -285,22 +216,20 @@ def one(scenario: str, side: str) -> tuple[float, Ours | None, float | None]:
     bootable = scenario in ("bootable", "incr-boot")
     build = scenario.startswith("incr")
     our_args = ["-t", "raw_gpt", "--bootable"] if bootable else ["-t", "directory"]
-    with scratch_dir() as scratch:
+    with harness.scratch("mkosi-bench-vs.") as scratch:
         if side == "ours":
             project = our_project(scratch, build)
             if not build:
                 result = run_ours(project, our_args)
                 if bootable:
-                    assert result.output is not None
-                    check_bootable(result.output)
-                return result.seconds, result, None
+                    check_bootable(result.build.built.output)
+                return result.build.seconds, result, None
             cold = run_ours(project, [*our_args, "-i", "-f"])
-            change_one_line(project)
+            harness.change_one_line(project)
             result = run_ours(project, [*our_args, "-i", "-f"])
             if bootable:
-                assert result.output is not None
-                check_bootable(result.output)
-            return result.seconds, result, cold.seconds
+                check_bootable(result.build.built.output)
+            return result.build.seconds, result, cold.build.seconds
         project = their_project(scratch, bootable, build)
         if not build:
             seconds = run_theirs(scratch, project, ["-f"])
@@ -308,7 +237,7 @@ def one(scenario: str, side: str) -> tuple[float, Ours | None, float | None]:
                 check_bootable(their_image(project))
             return seconds, None, None
         cold_seconds = run_theirs(scratch, project, ["-i", "-f"])
-        change_one_line(project)
+        harness.change_one_line(project)
         seconds = run_theirs(scratch, project, ["-i", "-f"])
         if bootable:
             check_bootable(their_image(project))
@@ -316,72 +245,71 @@ def one(scenario: str, side: str) -> tuple[float, Ours | None, float | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = harness.argument_parser(__doc__, "versus_mkosi24", runs=3)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("benchmarks need root")
+    harness.require_root()
     scenarios = [s for s in args.only.split(",") if s]
     if unknown := set(scenarios) - set(SCENARIOS):
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     peer_mkosi24.ensure_tree()
 
-    times: dict[tuple[str, str], list[float]] = defaultdict(list)
-    colds: dict[tuple[str, str], list[float]] = defaultdict(list)
+    # Series "SCENARIO/SIDE" (the compared builds), "SCENARIO/SIDE/cold -i" and, for ours,
+    # "SCENARIO/ours/stage NAME", ".../not in a stage" and ".../outside subprocesses".
+    results = harness.Results("versus_mkosi24", vars(args))
+    fates: dict[str, dict[str, str]] = defaultdict(dict)  # scenario -> stage -> done|reused
     details: dict[str, list[Ours]] = defaultdict(list)
     for run in range(args.runs):
         for scenario in scenarios:
             sides = ("ours", "theirs") if run % 2 == 0 else ("theirs", "ours")
             for side in sides:
                 seconds, ours, cold = one(scenario, side)
-                times[scenario, side].append(seconds)
+                results.add(f"{scenario}/{side}", seconds)
                 if cold is not None:
-                    colds[scenario, side].append(cold)
+                    results.add(f"{scenario}/{side}/cold -i", cold)
                 if ours is not None:
                     details[scenario].append(ours)
+                    stages = ours.build.stages
+                    for name, stage in stages.items():
+                        results.add(f"{scenario}/ours/stage {name}", stage.seconds)
+                        fates[scenario][name] = stage.fate
+                    # Wall time no stage accounts for: interpreter start, removing the previous
+                    # output (-f), making and removing the workspace, pruning the -i cache.
+                    other = ours.build.seconds - sum(stage.seconds for stage in stages.values())
+                    results.add(f"{scenario}/ours/not in a stage", other)
+                    results.add(f"{scenario}/ours/outside subprocesses", ours.build.built.outside_subprocesses)
                 print(f"run {run + 1}/{args.runs}: {scenario}: {side}: {seconds:.1f} s", flush=True)
 
     print(f"\nOurs vs mkosi {peer_mkosi24.version()}, Debian bookworm, medians of {args.runs} run(s)")
-    print(f"Machine: {machine()}; load average now {os.getloadavg()[0]:.1f}")
+    print(f"Machine: {harness.machine()}; load average now {os.getloadavg()[0]:.1f}")
     print(f"  {'scenario':<26} {'ours':>7} {'mkosi 24':>9} {'ratio':>6} {'target':>7}")
     for scenario in scenarios:
         title, target = SCENARIOS[scenario]
-        ours_s, theirs_s = statistics.median(times[scenario, "ours"]), statistics.median(times[scenario, "theirs"])
-        ratio = ours_s / theirs_s
+        ours_s, theirs_s = results.median(f"{scenario}/ours"), results.median(f"{scenario}/theirs")
+        ratio = results.ratio(f"{scenario}: ours/theirs", f"{scenario}/ours", f"{scenario}/theirs")
         verdict = "met" if ratio <= target else "MISSED"
         print(f"  {title:<26} {ours_s:6.1f}s {theirs_s:8.1f}s {ratio:6.2f} {'<= ' + str(target):>7} {verdict}")
     for scenario in scenarios:
-        if colds[scenario, "ours"]:
-            print(f"  (cold -i build before {scenario}: ours {statistics.median(colds[scenario, 'ours']):.1f} s, "
-                  f"mkosi 24 {statistics.median(colds[scenario, 'theirs']):.1f} s)")  # fmt: skip
+        if f"{scenario}/ours/cold -i" in results.runs:
+            print(f"  (cold -i build before {scenario}: ours {results.median(f'{scenario}/ours/cold -i'):.1f} s, "
+                  f"mkosi 24 {results.median(f'{scenario}/theirs/cold -i'):.1f} s)")  # fmt: skip
 
     print("\nWhere our wall time goes (medians; stage seconds as logged, 'reused' = from the -i cache):")
     for scenario in scenarios:
-        runs = details[scenario]
-        stages: dict[str, list[float]] = defaultdict(list)
-        fates: dict[str, str] = {}
-        for r in runs:
-            for name, (fate, seconds) in r.stages.items():
-                stages[name].append(seconds)
-                fates[name] = fate
         parts = ", ".join(
-            f"{name} {statistics.median(values):.1f}" + (" (reused)" if fates[name] == "reused" else "")
-            for name, values in stages.items()
+            f"{name} {results.median(f'{scenario}/ours/stage {name}'):.1f}" + (" (reused)" if fate == "reused" else "")
+            for name, fate in fates[scenario].items()
         )
-        total = statistics.median(r.seconds for r in runs)
-        outside = statistics.median(r.outside for r in runs)
-        rss = max(r.max_rss_kib for r in runs) / 1024
-        shm = max(r.tmpfs_peak_kib for r in runs) / 1024
-        # Wall time no stage accounts for: interpreter start, removing the previous output (-f),
-        # making and removing the workspace, pruning the -i cache.
-        other = statistics.median(r.seconds - sum(s for _, s in r.stages.values()) for r in runs)
+        total = results.median(f"{scenario}/ours")
+        other = results.median(f"{scenario}/ours/not in a stage")
+        outside = results.median(f"{scenario}/ours/outside subprocesses")
+        rss = max(r.build.max_rss_kib for r in details[scenario]) / 1024
+        shm = max(r.tmpfs_peak_kib for r in details[scenario]) / 1024
+        results.facts[scenario] = {"peak_rss_mib": round(rss), "peak_tmpfs_mib": round(shm)}
         print(f"  {SCENARIOS[scenario][0]}: {total:.1f} s = {parts}, not in a stage {other:.1f}; "
               f"outside subprocesses (as logged) {outside:.1f} s")  # fmt: skip
         print(f"    peak RSS of one process {rss:.0f} MiB, peak tmpfs workspace {shm:.0f} MiB")
-    commit_id = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                               text=True).stdout.strip()  # fmt: skip
-    print(f"Commit: {commit_id}")
+    results.write(args.results)
 
 
 if __name__ == "__main__":

@@ -231,16 +231,19 @@ class BuildLog:
     built: Built | None = None
 
 
-def parse_log(text: str) -> BuildLog:
-    """The stage times and the build's total from mkosi's `--log-format=json` lines.
+# The version of mkosi's event schema (README, "Build events") this parser reads.
+EVENT_SCHEMA = 1
 
-    The one place that knows mkosi's events: "STAGE: start", then "STAGE: done" or "STAGE: reused"
-    with `seconds` (mkosi/pipeline.py run_stages), and "built" with `seconds`,
-    `outside_subprocesses` and `output` (mkosi/build.py). Lines that are not JSON objects (a
-    traceback, a subprocess's own output) and other events are passed over; an event of these
-    names without its fields is an error, since it means mkosi's log changed.
+
+def parse_log(text: str) -> BuildLog:
+    """The stage times and the build's total from mkosi's `--log-format=json` events.
+
+    The one place that reads mkosi's events, by their `type` and named fields (schema 1, see
+    mkosi/events.py): `stage-finished` (`stage`, `reused`, `seconds`) and `build-finished`
+    (`seconds`, `outside_subprocesses`, `output`). Lines that are not JSON objects (a traceback, a
+    subprocess's own output) and other events are passed over; an event of another schema, or of
+    these types without its fields, is an error, since it means mkosi's events changed.
     """
-    started: set[str] = set()
     stages: dict[str, StageTime] = {}
     built = None
     for line in text.splitlines():
@@ -248,19 +251,18 @@ def parse_log(text: str) -> BuildLog:
             event = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(event, dict) or not isinstance(name := event.get("event"), str):
+        if not isinstance(event, dict) or not isinstance(kind := event.get("type"), str):
             continue
         try:
-            if name == "built":
+            if event["schema"] != EVENT_SCHEMA:
+                raise ValueError(f"schema {event['schema']}, this parser reads {EVENT_SCHEMA}")
+            if kind == "build-finished":
                 built = Built(float(event["seconds"]), float(event["outside_subprocesses"]), Path(event["output"]))
-                continue
-            stage, _, fate = name.rpartition(": ")
-            if fate == "start":
-                started.add(stage)
-            elif fate in ("done", "reused") and stage in started:
-                stages[stage] = StageTime(fate, float(event["seconds"]))
+            elif kind == "stage-finished":
+                fate = "reused" if event["reused"] else "done"
+                stages[str(event["stage"])] = StageTime(fate, float(event["seconds"]))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"mkosi's log event {name!r} lacks {e}: {line}") from e
+            raise ValueError(f"mkosi's {kind!r} event lacks {e}: {line}") from e
     return BuildLog(stages, built)
 
 

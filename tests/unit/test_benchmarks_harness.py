@@ -9,25 +9,32 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness import Built, Results, StageTime, check, parse_log, run
+from mkosi import events
 
+
+def _line(event: events.Event) -> str:
+    """The event as mkosi's --log-format=json writes it."""
+    return json.dumps({"event": event.message(), "build": "image", "level": "info", **event.fields()})
+
+
+KEY = "0" * 64
 LOG = "\n".join(
     [
-        '{"event": "bootstrap: start", "key": "0123456789ab", "build": "image", "level": "info"}',
+        _line(events.StageStarted("bootstrap", KEY)),
         "Traceback (most recent call last): not a JSON line",
-        '{"event": "bootstrap: reused", "seconds": 1.2, "build": "image"}',
-        '{"event": "build-script: start", "key": "ba9876543210"}',
-        '{"event": "download: done", "seconds": 99.0}',
-        '["build-script: done"]',
-        '{"event": "build-script: done", "seconds": 3.4}',
-        '{"event": "output: start"}',
-        '{"event": "built", "output": "/tmp/p/image", "seconds": 5.5, "outside_subprocesses": 0.25}',
+        _line(events.StageFinished("bootstrap", KEY, True, 1.2)),
+        _line(events.SubprocessFinished("dpkg", 0, 99.0)),
+        '["stage-finished"]',
+        _line(events.StageFinished("build-script", KEY, False, 3.4)),
+        _line(events.StageStarted("output", KEY)),
+        _line(events.BuildFinished("/tmp/p/image", 5.5, 0.25)),
     ]
 )
 
 
 def test_parse_log_gives_stage_times_in_order_and_the_total() -> None:
     log = parse_log(LOG)
-    # "download" never started (not a stage), "output" never finished: neither is a stage time.
+    # A subprocess is not a stage, and "output" never finished.
     assert list(log.stages) == ["bootstrap", "build-script"]
     assert log.stages["bootstrap"] == StageTime("reused", 1.2)
     assert log.stages["build-script"] == StageTime("done", 3.4)
@@ -35,16 +42,22 @@ def test_parse_log_gives_stage_times_in_order_and_the_total() -> None:
 
 
 def test_parse_log_without_built_event() -> None:
-    log = parse_log('{"event": "bootstrap: start"}\n{"event": "bootstrap: done", "seconds": 2}\n')
+    log = parse_log(_line(events.StageFinished("bootstrap", KEY, False, 2.0)))
     assert log.built is None
     assert log.stages == {"bootstrap": StageTime("done", 2.0)}
 
 
-def test_parse_log_refuses_a_known_event_without_its_fields() -> None:
+def test_parse_log_refuses_events_it_cannot_read() -> None:
+    finished = json.loads(_line(events.StageFinished("bootstrap", KEY, False, 2.0)))
+    del finished["seconds"]
     with pytest.raises(ValueError, match="seconds"):
-        parse_log('{"event": "bootstrap: start"}\n{"event": "bootstrap: done"}\n')
+        parse_log(json.dumps(finished))
+    built = json.loads(_line(events.BuildFinished("/x", 1.0, 0.1)))
+    del built["outside_subprocesses"]
     with pytest.raises(ValueError, match="outside_subprocesses"):
-        parse_log('{"event": "built", "seconds": 1.0, "output": "/x"}')
+        parse_log(json.dumps(built))
+    with pytest.raises(ValueError, match="schema 2"):
+        parse_log(json.dumps({**json.loads(_line(events.BuildFinished("/x", 1.0, 0.1))), "schema": 2}))
 
 
 def _results() -> Results:

@@ -46,7 +46,7 @@ async def collect_artifacts(
     artifacts: list[Path] = []
     if output.is_dir() and not output.is_symlink():
         packed = release / naming.image_file_name(name, OutputFormat.tar, compress)
-        await tar_tree(output, packed, compress, log)
+        await tar_tree(output, packed, compress, log, config.source_date_epoch)
         await remove_tree(output)
         artifacts.append(packed)
     for path in sorted(output.parent.iterdir()):

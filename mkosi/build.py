@@ -27,9 +27,9 @@ from mkosi.events import ArtifactPublished, BuildFinished, BuildStarted, Monitor
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
-from mkosi.run import SubprocessClock, subprocess_clock
+from mkosi.run import SubprocessClock, build_environment, subprocess_clock
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
-from mkosi.tree import clean_tree, configure_system, install_extra_trees
+from mkosi.tree import clean_tree, configure_system, install_extra_trees, make_reproducible
 from mkosi.workspace import TMPFS_DIR, choose_base, remove_abandoned_workspaces, remove_tree, remove_trees, workspace
 
 
@@ -75,6 +75,9 @@ STAGES: list[Stage] = [
         install_distribution,
         inputs=lambda c: {
             "installer_revision": INSTALLER_REVISION,
+            # Maintainer scripts see it (timestamps they write), and every later stage inherits it.
+            # Only when set: the keys of builds without one stay what they were.
+            **({"source_date_epoch": c.source_date_epoch} if c.source_date_epoch is not None else {}),
             "distribution": c.distribution,
             "release": c.release,
             "mirror": c.mirror,
@@ -138,6 +141,12 @@ STAGES: list[Stage] = [
         inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(c.password)},
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
+    Stage(
+        "reproducible",
+        make_reproducible,
+        inputs=lambda c: {"epoch": c.source_date_epoch},
+        enabled=lambda c: c.source_date_epoch is not None,
+    ),
     Stage(
         "filesystems",
         disk.make_filesystems,
@@ -296,6 +305,16 @@ def publish(context: Context) -> None:
     context.staged.clear()
 
 
+def reproducible_environment(config: Config) -> dict[str, str]:
+    """What every subprocess of the build gets for SourceDateEpoch=: the variable the tools of the
+    reproducible-builds convention honour (dpkg's maintainer scripts, mksquashfs, tar, mtools), and
+    the one e2fsprogs 1.47.0 reads instead for the times it writes."""
+    if config.source_date_epoch is None:
+        return {}
+    epoch = str(config.source_date_epoch)
+    return {"SOURCE_DATE_EPOCH": epoch, "E2FSPROGS_FAKE_TIME": epoch}
+
+
 # The settings that never change an image, so no stage's key includes them: how a build runs and
 # reports (force, verbosity, the workspace's place), where its settings came from (their values are
 # inputs themselves), and the package cache, which changes how fast packages come, never which
@@ -408,6 +427,7 @@ async def _build(
     earlier = await check_before_work(config)
     clock = SubprocessClock()
     subprocess_clock.set(clock)
+    build_environment.set(tuple(reproducible_environment(config).items()))
     started = time.monotonic()
     async with replacing(config, earlier) as replaced:
         with build_log(config.output.name, naming.log_path(config.output)) as log:

@@ -55,6 +55,8 @@ def nspawn_command(
         *([] if config.with_network else ["--private-network"]),
         *(f"--bind={host}:{inside}" for host, inside in (binds or {}).items()),
         *(f"--setenv={key}={value}" for key, value in env.items()),
+        # Scripts that honour the reproducible-builds convention stamp their outputs with it.
+        *([f"--setenv=SOURCE_DATE_EPOCH={config.source_date_epoch}"] if config.source_date_epoch is not None else []),
         *command,
     ]
 

@@ -91,6 +91,7 @@ class Config:
     incremental: bool
     hostname: str | None
     kernel_command_line: tuple[str, ...]
+    source_date_epoch: int | None
     seed: uuid.UUID
     workspace: WorkspaceMode
     packages: tuple[str, ...]

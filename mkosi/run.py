@@ -62,6 +62,12 @@ subprocess_clock: contextvars.ContextVar[SubprocessClock | None] = contextvars.C
     "subprocess_clock", default=None
 )
 
+# Variables every subprocess of the current build gets (SOURCE_DATE_EPOCH): set once by the build,
+# seen by the tasks it starts, and by no other build of the same process.
+build_environment: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "build_environment", default=()
+)
+
 
 @contextlib.contextmanager
 def _counted() -> Iterator[None]:
@@ -138,6 +144,11 @@ async def _pump(
         emit(pending)
 
 
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    extra = {**dict(build_environment.get()), **(env or {})}
+    return {**os.environ, **extra} if extra else None
+
+
 async def run(
     argv: Sequence[Argument],
     *,
@@ -171,7 +182,7 @@ async def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             cwd=cwd,
-            env={**os.environ, **env} if env else None,
+            env=_environment(env),
             start_new_session=True,
         )
         try:

@@ -283,6 +283,26 @@ def parse_milliseconds(value: str) -> int:
     return int(word)
 
 
+def parse_epoch(value: str) -> int:
+    """Seconds since 1970-01-01 UTC, as SOURCE_DATE_EPOCH is written."""
+    word = value.strip()
+    # Up to the year 9999: anything later is a typo (milliseconds, an extra digit).
+    if not word.isascii() or not word.isdigit() or int(word) > 253_402_300_799:
+        raise ValueError(f"invalid epoch {word!r} (seconds since 1970-01-01 UTC, as `date +%s` prints)")
+    return int(word)
+
+
+def _default_source_date_epoch(r: Resolved) -> int | None:
+    """The reproducible-builds convention: SOURCE_DATE_EPOCH in the environment, the setting winning."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or not value.strip():
+        return None
+    try:
+        return parse_epoch(value)
+    except ValueError as e:
+        raise ConfigError(str(e), setting="SOURCE_DATE_EPOCH (environment)") from None
+
+
 def format_size(size: int) -> str:
     """The shortest exact spelling parse_size accepts: 1073741824 is 1G."""
     for suffix in ("T", "G", "M", "K"):
@@ -650,6 +670,17 @@ SETTINGS: tuple[Setting, ...] = (
         default=(),
         metavar="WORDS",
         help="kernel command line words (bootable images)",
+    ),
+    Setting(
+        "source_date_epoch",
+        "--source-date-epoch",
+        "Output",
+        "SourceDateEpoch",
+        parse=parse_epoch,
+        default_factory=_default_source_date_epoch,
+        metavar="SECONDS",
+        help="make the image reproducible for this time: every later mtime is clamped to it, and the tools "
+        "that honour SOURCE_DATE_EPOCH get it (default: $SOURCE_DATE_EPOCH)",
     ),
     Setting(
         "seed",

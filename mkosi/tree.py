@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -69,3 +70,41 @@ async def clean_tree(context: Context) -> None:
         leftovers = [p for pattern in DOCUMENTATION for p in root.glob(pattern.lstrip("/"))]
         if leftovers:
             await run(["rm", "-rf", "--", *leftovers], log=context.log)
+
+
+def clamp_mtimes(root: Path, epoch: int) -> int:
+    """Every mtime (and atime) later than `epoch` set to it, links themselves included; older package
+    files keep theirs, as Debian's reproducible builds do. Returns how many were clamped."""
+    clamped = 0
+    for directory, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames, ""):
+            path = os.path.join(directory, name) if name else directory
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+                clamped += 1
+    return clamped
+
+
+def normalise_shadow_dates(shadow: Path, epoch: int) -> None:
+    """The day of each password's last change (field 3), which the tools write as today, as the epoch's."""
+    if not shadow.is_file():
+        return
+    day = str(epoch // 86400)
+    lines = []
+    for line in shadow.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2]:
+            fields[2] = day
+        lines.append(":".join(fields))
+    shadow.write_text("".join(f"{line}\n" for line in lines))
+
+
+async def make_reproducible(context: Context) -> None:
+    """The tree as the same inputs always make it, for SourceDateEpoch=: the last tree stage."""
+    epoch = context.config.source_date_epoch
+    assert epoch is not None
+    root = context.root
+    normalise_shadow_dates(root / "etc/shadow", epoch)
+    # ldconfig's aux-cache records the mtimes and inode numbers of the libraries it read.
+    (root / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
+    context.log.info("clamped mtimes", files=clamp_mtimes(root, epoch), epoch=epoch)

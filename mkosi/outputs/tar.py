@@ -13,7 +13,20 @@ from mkosi.outputs.compress import command
 from mkosi.run import run
 
 
-async def tar_tree(tree: Path, destination: Path, compression: Compression, log: Any) -> None:
+def reproducible_options(epoch: int | None) -> list[str]:
+    """For SourceDateEpoch=: no entry newer than the epoch, and pax headers without the access and
+    change times of the build (GNU tar writes them as soon as --xattrs makes the archive pax)."""
+    if epoch is None:
+        return []
+    return [
+        f"--mtime=@{epoch}",
+        "--clamp-mtime",
+        "--format=pax",
+        "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+    ]
+
+
+async def tar_tree(tree: Path, destination: Path, compression: Compression, log: Any, epoch: int | None = None) -> None:
     compressor = command(compression)
     # Compressors use every core: under a matrix, only as many at once as the scheduler allows.
     async with cpu_heavy():
@@ -28,6 +41,7 @@ async def tar_tree(tree: Path, destination: Path, compression: Compression, log:
                 "--xattrs-include=*",
                 "--acls",
                 "--sort=name",
+                *reproducible_options(epoch),
                 *([f"--use-compress-program={shlex.join(compressor)}"] if compressor else []),
                 ".",
             ],
@@ -37,4 +51,4 @@ async def tar_tree(tree: Path, destination: Path, compression: Compression, log:
 
 async def write(context: Context) -> None:
     staged = context.stage_output(context.config.output)
-    await tar_tree(context.root, staged, context.config.compress, context.log)
+    await tar_tree(context.root, staged, context.config.compress, context.log, context.config.source_date_epoch)

@@ -121,6 +121,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "Incremental"): ("yes", ["-i"], True, ""),
     ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
     ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
+    ("Output", "SourceDateEpoch"): ("1700000000", ["--source-date-epoch=1700000000"], 1700000000, ""),
     ("Output", "Seed"): (
         "0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11",
         ["--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"],
@@ -925,3 +926,16 @@ def test_every_raw_only_row_is_refused_for_a_tree(project: Path, s: settings.Set
 def test_every_implied_setting_is_turned_on(project: Path, s: settings.Setting) -> None:
     config = load(f"{s.long}=yes")
     assert all(getattr(config, implied) is True for implied in s.implies)
+
+
+def test_source_date_epoch_comes_from_the_environment_the_setting_winning(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert load().source_date_epoch is None
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert load().source_date_epoch == 1700000000
+    assert load("--source-date-epoch=1600000000").source_date_epoch == 1600000000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert error().startswith("SOURCE_DATE_EPOCH (environment): invalid epoch 'yesterday' (seconds since 1970")
+    assert error("--source-date-epoch=1700000000000").startswith("--source-date-epoch: invalid epoch '1700000000000'")

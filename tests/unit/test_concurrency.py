@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from mkosi import build
-from mkosi.concurrency import exclusive, on_all_cores
+from mkosi.concurrency import CPU_LIMITER, cpu_heavy, cpu_limited, exclusive, on_all_cores
 from mkosi.config import Distribution, parse_args
 from mkosi.context import Context
 
@@ -135,3 +135,27 @@ def test_on_all_cores_runs_every_item_and_no_more_at_once_than_cores(monkeypatch
 
     anyio.run(on_all_cores, work, range(7))
     assert sorted(done) == list(range(7)) and peak == 2
+
+
+async def test_cpu_heavy_steps_of_tasks_started_inside_cpu_limited_share_its_slots() -> None:
+    running, peak = 0, 0
+
+    async def step() -> None:
+        nonlocal running, peak
+        async with cpu_heavy():
+            running += 1
+            peak = max(peak, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+    with cpu_limited(2):
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(step)
+    assert peak == 2
+    assert CPU_LIMITER.get() is None  # gone with the block: a single build runs without one
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(step)
+    assert peak == 3

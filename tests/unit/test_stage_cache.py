@@ -13,7 +13,7 @@ import structlog
 
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
-from mkosi.pipeline import Stage, run_stages
+from mkosi.pipeline import Stage, run_stages, stage_keys
 from mkosi.stage_cache import SnapshotCache
 
 pytestmark = pytest.mark.anyio
@@ -63,6 +63,23 @@ def _stages(rec: Recorder) -> list[Stage]:
         rec.stage("clean"),
         rec.stage("output", ("format",), cacheable=False),
     ]
+
+
+def _snapshots(*names: str) -> list[Stage]:
+    """Cacheable stages that build nothing: what a test puts in the workspace is their result."""
+    return [Stage(name, _nothing_to_run, inputs=lambda c: {}) for name in names]
+
+
+async def _nothing_to_run(context: Context) -> None:
+    pass
+
+
+async def _nothing_to_build() -> None:
+    pass
+
+
+async def _not_to_be_built() -> None:
+    raise AssertionError("built although the cache holds the entry")
 
 
 async def test_shared_stage_runs_once_while_the_others_wait(tmp_path: Path) -> None:
@@ -160,7 +177,6 @@ def test_incremental_needs_a_cache_directory(tmp_path: Path) -> None:
 def test_summary_marks_cached_stages(tmp_path: Path) -> None:
     from mkosi.build import STAGES, stage_cache_dir
     from mkosi.cli import summary
-    from mkosi.pipeline import stage_keys
 
     config = _config(tmp_path, "-i", f"--cache={tmp_path}/c")
     bootstrap_key = stage_keys(config, STAGES)[0][1]
@@ -173,10 +189,10 @@ def test_summary_marks_cached_stages(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="ownership and file capabilities need root")
 async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> None:
     """Owners by number, modes, capabilities, hard links, symlinks, holes and times survive a round trip."""
-    rec = Recorder()
-    stages = _stages(rec)
+    stages = _snapshots("tree")
     cache = SnapshotCache(tmp_path / "cache", stages)
     config = _config(tmp_path)
+    [(stage, key)] = stage_keys(config, stages)
     first = _context(tmp_path, config, "first")
     root = first.root
     (root / "usr/bin").mkdir(parents=True)
@@ -195,13 +211,12 @@ async def test_an_entry_gives_back_everything_a_tree_holds(tmp_path: Path) -> No
         f.write(b"data")
     os.utime(ping, ns=(1_000_000_123, 1_000_000_123))
     (root / "empty").mkdir(mode=0o700)
-    key = "0" * 64
-    cache.directory.mkdir()
-    await cache._store(key, first)
+    assert not await cache.run(stage, key, first, _nothing_to_build)
+    assert cache.stored == [key]
     assert sum(p.stat().st_size for p in cache.entry(key).iterdir()) < 1 << 20  # holes are not stored
 
     second = _context(tmp_path, config, "second")
-    await cache._restore(key, second)
+    assert await cache.run(stage, key, second, _not_to_be_built)
     copy = second.root / "usr/bin/ping"
     st = copy.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 8765, 0o4750)
@@ -235,31 +250,34 @@ async def test_a_tree_copy_of_an_older_mkosi_is_not_an_entry(tmp_path: Path) -> 
 async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> None:
     """An entry stored from one workspace restores into a split one (the tree in its own directory,
     the rest in the workspace) and back, replacing what was there."""
-    rec = Recorder()
-    cache = SnapshotCache(tmp_path / "cache", _stages(rec))
+    stages = _snapshots("tree", "changed")
+    cache = SnapshotCache(tmp_path / "cache", stages)
     config = _config(tmp_path)
+    (tree, tree_key), (changed, changed_key) = stage_keys(config, stages)
     whole = _context(tmp_path, config, "whole")
     (whole.root / "etc").mkdir(parents=True)
     (whole.root / "etc/hostname").write_text("image\n")
     (whole.workspace / "build-root").mkdir()
     (whole.workspace / "build-root/gcc").write_text("compiler\n")
-    cache.directory.mkdir()
-    await cache._store("1" * 64, whole)
+    assert not await cache.run(tree, tree_key, whole, _nothing_to_build)
 
     split = _context(tmp_path, config, "split", split=True)
     assert split.tree_workspace is not None and split.root == split.tree_workspace / "root"
     (split.root / "stale").mkdir(parents=True)
     (split.workspace / "leftover").mkdir()
-    await cache._restore("1" * 64, split)
+    assert await cache.run(tree, tree_key, split, _not_to_be_built)
     assert sorted(p.name for p in split.tree_workspace.iterdir()) == ["root"]
     assert sorted(p.name for p in split.workspace.iterdir()) == ["build-root"]
     assert (split.root / "etc/hostname").read_text() == "image\n" and not (split.root / "stale").exists()
     assert set(split.items()) == {"root", "build-root"}
 
     (split.root / "etc/hostname").write_text("changed\n")
-    await cache._store("2" * 64, split)
+    assert not await cache.run(changed, changed_key, split, _nothing_to_build)
+    assert cache.stored == [tree_key, changed_key]
     back = _context(tmp_path, config, "back")
-    await cache._restore("2" * 64, back)
+    await run_stages(back, stages, cache)
+    assert [r.reused for r in back.stages] == [True, True]
+    assert cache.restored == [tree_key, changed_key]  # into split, then into back
     assert (back.root / "etc/hostname").read_text() == "changed\n"
     assert (back.workspace / "build-root/gcc").read_text() == "compiler\n"
 
@@ -269,7 +287,6 @@ def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_sp
 ) -> None:
     from mkosi import workspace
     from mkosi.build import STAGES, stage_cache_dir, tree_next_to_output
-    from mkosi.pipeline import stage_keys
 
     monkeypatch.setattr(workspace, "available_memory", lambda: 64 << 30)
     monkeypatch.setattr(workspace, "_tmpfs_free", lambda path: 64 << 30)

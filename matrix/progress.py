@@ -52,13 +52,16 @@ class LogProgress:
 
 
 class LiveProgress:
-    """One line per cell with its current step and elapsed time, redrawn in place."""
+    """One line per cell with its current step and elapsed time, redrawn in place.
+
+    It is a rich renderable itself (`console.print(progress)` shows the current table).
+    """
 
     def __init__(self, names: Sequence[str], console: Console) -> None:
         self._outcomes = {name: Outcome(name) for name in names}
-        self._live = Live(console=console, refresh_per_second=4, get_renderable=self._render, transient=True)
+        self._live = Live(console=console, refresh_per_second=4, get_renderable=self.__rich__, transient=True)
 
-    def _render(self) -> Table:
+    def __rich__(self) -> Table:
         table = Table(box=None, show_header=False, pad_edge=False)
         for outcome in self._outcomes.values():
             state = outcome.step if outcome.status is Status.running else outcome.status.value

@@ -18,6 +18,7 @@ from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
 from matrix.spec import Cell, Matrix, ini_value
 from mkosi import checksums, naming
 from mkosi.build import STAGES, build
+from mkosi.concurrency import cpu_limited
 from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, config_from_settings
 from mkosi.context import StageRecord
 from mkosi.errors import ConfigError
@@ -192,13 +193,13 @@ class Run:
             def job(p: PlannedCell) -> Job:
                 return Job(p.name, lambda report: self._cell(p, cache, report))
 
-            finished = await schedule(
-                [job(p) for p in start_order(self.planned)],
-                max_jobs=self.max_jobs,
-                cpu_slots=max(1, os.cpu_count() or 1),
-                keep_going=self.keep_going,
-                observer=observer,
-            )
+            with cpu_limited(os.cpu_count() or 1):
+                finished = await schedule(
+                    [job(p) for p in start_order(self.planned)],
+                    max_jobs=self.max_jobs,
+                    keep_going=self.keep_going,
+                    observer=observer,
+                )
         finally:
             with anyio.CancelScope(shield=True):
                 await remove_tree(cache_dir)

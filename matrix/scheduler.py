@@ -1,11 +1,11 @@
 """Running many jobs at once under structured concurrency.
 
 The scheduler knows nothing about images: a job is a name and an async callable that reports the
-step it is in. All jobs run in one task group; a capacity limiter bounds how many run at once, and
-a second limiter, installed in mkosi.concurrency.CPU_LIMITER for every job, bounds the steps that
-fill all cores by themselves. A failing job is recorded and, unless fail-fast, the others go on;
-with fail-fast no new job starts after a failure, while running ones finish. Cancelling the
-caller's scope (Ctrl-C) cancels every job, and mkosi's run layer kills their processes.
+step it is in. All jobs run in one task group; a capacity limiter bounds how many run at once.
+Every job's task starts with a copy of the caller's context, so a context variable the caller sets
+around schedule() (a limit shared by all jobs, say) is seen by every job. A failing job is recorded
+and, unless fail-fast, the others go on; with fail-fast no new job starts after a failure, while
+running ones finish. Cancelling the caller's scope (Ctrl-C) cancels every job.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio
-
-from mkosi.concurrency import CPU_LIMITER
 
 Report = Callable[[str], None]
 
@@ -70,13 +68,12 @@ async def schedule(
     jobs: Sequence[Job],
     *,
     max_jobs: int,
-    cpu_slots: int,
     keep_going: bool = True,
     observer: Observer | None = None,
 ) -> list[Outcome]:
     """Run the jobs; returns their outcomes in the order given. Raises only when cancelled."""
-    if max_jobs < 1 or cpu_slots < 1:
-        raise ValueError("max_jobs and cpu_slots must be at least 1")
+    if max_jobs < 1:
+        raise ValueError("max_jobs must be at least 1")
     limiter = anyio.CapacityLimiter(max_jobs)
     outcomes = [Outcome(job.name) for job in jobs]
     stopping = False
@@ -113,12 +110,7 @@ async def schedule(
                 outcome.seconds = time.monotonic() - outcome._start
             notify(outcome)
 
-    # Every task started below inherits the CPU limiter through its copy of the context.
-    token = CPU_LIMITER.set(anyio.CapacityLimiter(cpu_slots))
-    try:
-        async with anyio.create_task_group() as tg:
-            for job, outcome in zip(jobs, outcomes, strict=True):
-                tg.start_soon(one, job, outcome, name=f"job {job.name}")
-    finally:
-        CPU_LIMITER.reset(token)
+    async with anyio.create_task_group() as tg:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            tg.start_soon(one, job, outcome, name=f"job {job.name}")
     return outcomes

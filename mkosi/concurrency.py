@@ -4,9 +4,9 @@
 and cheap to wait on) and then flock(2) on the file for other processes. flock is polled without
 blocking so that a waiting task stays cancellable and never blocks the event loop.
 
-`cpu_heavy()` bounds steps that can use every core by themselves (compression, squashfs): a
-scheduler running many builds installs a limiter in `CPU_LIMITER`, and every task it starts
-inherits it; a single build runs without one.
+`cpu_heavy()` bounds steps that can use every core by themselves (compression, squashfs): whoever
+runs many builds at once starts them inside `cpu_limited(slots)`, and every task started there
+inherits its limiter; a single build runs without one.
 """
 
 from __future__ import annotations
@@ -124,6 +124,17 @@ async def cpu_heavy() -> AsyncIterator[None]:
         return
     async with limiter:
         yield
+
+
+@contextlib.contextmanager
+def cpu_limited(slots: int) -> Iterator[None]:
+    """At most `slots` cpu_heavy() steps at once among the tasks started inside the block (each
+    task inherits the limiter through its copy of the context)."""
+    token = CPU_LIMITER.set(anyio.CapacityLimiter(slots))
+    try:
+        yield
+    finally:
+        CPU_LIMITER.reset(token)
 
 
 async def on_all_cores(work: Callable[[T], Awaitable[object]], items: Iterable[T], leave_free: int = 0) -> None:

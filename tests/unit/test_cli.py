@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mkosi as mkosi_package
 from mkosi import log, ownership
+from tests.processes import packages_imported_by
+
+# The `mkosi` command pyproject installs (matrix.command:entry), next to this interpreter.
+INSTALLED_MKOSI = Path(sys.executable).parent / "mkosi"
 
 
 def mkosi(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -110,7 +116,7 @@ def test_matrix_refuses_a_release_directory_mkosi_did_not_publish(tmp_path: Path
     (tmp_path / "mkosi.matrix").write_text('[matrix]\nFormat = ["tar"]\n[release]\nDirectory = "www"\n')
     (tmp_path / "www").mkdir()
     (tmp_path / "www/index.html").write_text("the user's")
-    command = [str(Path(sys.executable).parent / "mkosi"), "matrix"]
+    command = [str(INSTALLED_MKOSI), "matrix"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr == f"mkosi matrix: {tmp_path}/www was not made by mkosi " + (
@@ -119,3 +125,35 @@ def test_matrix_refuses_a_release_directory_mkosi_did_not_publish(tmp_path: Path
     # Refused before anything ran: no cells, no logs, no work directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.matrix", "www"]
     assert [p.name for p in (tmp_path / "www").iterdir()] == ["index.html"]
+
+
+def test_python_m_mkosi_is_the_installed_command_matrix_included(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.matrix").write_text(
+        '[matrix]\nDistribution = ["debian"]\nRelease = ["bookworm"]\nFormat = ["tar", "raw_gpt"]\n'
+    )
+    module = mkosi(tmp_path, "matrix", "--list")
+    assert module.returncode == 0, module.stderr
+    lines = module.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "debian-bookworm-tar",
+        *("bootstrap", "configure", "clean", "output"),
+        "debian-bookworm-raw_gpt",
+        *("bootstrap", "configure", "clean", "filesystems", "output"),
+    ]
+    assert lines[1].endswith("  shared with debian-bookworm-raw_gpt")
+    installed = subprocess.run(
+        [str(INSTALLED_MKOSI), "matrix", "--list"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (installed.returncode, installed.stdout, installed.stderr) == (0, module.stdout, module.stderr)
+
+    help = mkosi(tmp_path, "matrix", "--help")
+    assert help.returncode == 0
+    assert help.stdout.startswith("usage: mkosi matrix [-h] [-C DIR] [--matrix FILE] [--list]")
+
+
+def test_no_mkosi_module_imports_the_matrix() -> None:
+    # matrix/ imports mkosi, never the other way round; `python -m mkosi` reaches the matrix only
+    # when mkosi/__main__.py runs as a program.
+    modules = [m.name for m in pkgutil.walk_packages(mkosi_package.__path__, "mkosi.")]
+    assert "mkosi.__main__" in modules and "mkosi.build" in modules
+    assert "matrix" not in packages_imported_by(*modules)

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from mkosi import build
-from mkosi.concurrency import exclusive, on_all_cores
+from mkosi.concurrency import CPU_LIMITER, cpu_heavy, cpu_limited, exclusive, on_all_cores
 from mkosi.config import Distribution, parse_args
 from mkosi.context import Context
 
@@ -179,3 +179,27 @@ def test_an_output_is_claimed_by_one_build_and_a_killed_holder_blocks_nobody(
     mine = f"pid {os.getpid()}"
     with concurrency.claimed(output), pytest.raises(MkosiError, match=mine), concurrency.claimed(output):
         pass
+
+
+async def test_cpu_heavy_steps_of_tasks_started_inside_cpu_limited_share_its_slots() -> None:
+    running, peak = 0, 0
+
+    async def step() -> None:
+        nonlocal running, peak
+        async with cpu_heavy():
+            running += 1
+            peak = max(peak, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+    with cpu_limited(2):
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(step)
+    assert peak == 2
+    assert CPU_LIMITER.get() is None  # gone with the block: a single build runs without one
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(step)
+    assert peak == 3

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from mkosi import package_cache
+from mkosi.distributions import Distribution
 
 
 def test_link_in_and_out_round_trip(tmp_path: Path) -> None:
@@ -29,10 +30,21 @@ def test_link_in_and_out_round_trip(tmp_path: Path) -> None:
     assert not [p for p in pool.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_pool_names_separate_distributions_and_releases(tmp_path: Path) -> None:
-    a = package_cache.pool_for(tmp_path, "debian", "bookworm", "x86-64")
-    b = package_cache.pool_for(tmp_path, "debian", "trixie", "x86-64")
-    assert a != b and a.parent == b.parent == tmp_path
+def test_one_pool_per_distribution_release_and_architecture(tmp_path: Path) -> None:
+    # The names are on disk in every user's cache: a build after a change to them would find none of
+    # the packages downloaded before it.
+    pools = [
+        package_cache.pool_for(tmp_path, Distribution.debian, "bookworm", "x86-64"),  # as builds call it
+        package_cache.pool_for(tmp_path, "debian", "trixie", "x86-64"),
+        package_cache.pool_for(tmp_path, "ubuntu", "trixie", "x86-64"),
+        package_cache.pool_for(tmp_path, "debian", "bookworm", "arm64"),
+    ]
+    assert pools == [
+        tmp_path / "debian~bookworm~x86-64",
+        tmp_path / "debian~trixie~x86-64",
+        tmp_path / "ubuntu~trixie~x86-64",
+        tmp_path / "debian~bookworm~arm64",
+    ]
 
 
 def test_link_in_only_the_named_packages(tmp_path: Path) -> None:

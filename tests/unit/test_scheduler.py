@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -9,9 +10,8 @@ import anyio
 import pytest
 
 from matrix.scheduler import Job, Outcome, Report, Status, schedule
-from mkosi.concurrency import CPU_LIMITER, cpu_heavy
 from mkosi.run import run
-from tests.processes import alive
+from tests.processes import alive, packages_imported_by
 
 pytestmark = pytest.mark.anyio
 
@@ -34,21 +34,41 @@ def _job(name: str, body: Callable[[Report], Awaitable[None]]) -> Job:
 
 
 async def test_the_job_bound_is_never_exceeded() -> None:
-    gauge, cpu = Gauge(), Gauge()
+    gauge = Gauge()
 
     async def body(report: Report) -> None:
         with gauge:
             report("working")
             await anyio.sleep(0.01)
-            async with cpu_heavy():
-                with cpu:
-                    await anyio.sleep(0.01)
 
-    outcomes = await schedule([_job(f"j{i}", body) for i in range(12)], max_jobs=3, cpu_slots=2)
+    outcomes = await schedule([_job(f"j{i}", body) for i in range(12)], max_jobs=3)
     assert [o.status for o in outcomes] == [Status.success] * 12
     assert gauge.peak == 3
-    assert cpu.peak == 2
-    assert CPU_LIMITER.get() is None
+
+
+SETTING: contextvars.ContextVar[str] = contextvars.ContextVar("setting", default="unset")
+
+
+async def test_every_job_sees_the_context_variables_its_caller_set() -> None:
+    # How a caller hands every job a shared limit (mkosi's CPU limiter) without the scheduler
+    # knowing of it.
+    seen: list[str] = []
+
+    async def body(report: Report) -> None:
+        seen.append(SETTING.get())
+
+    token = SETTING.set("set by the caller")
+    try:
+        await schedule([_job(f"j{i}", body) for i in range(3)], max_jobs=2)
+    finally:
+        SETTING.reset(token)
+    assert seen == ["set by the caller"] * 3
+
+
+def test_the_scheduler_imports_nothing_of_mkosi() -> None:
+    imported = packages_imported_by("matrix.scheduler")
+    assert "anyio" in imported  # the check sees what the scheduler imports
+    assert "mkosi" not in imported
 
 
 async def test_keep_going_lets_the_others_finish() -> None:
@@ -59,7 +79,7 @@ async def test_keep_going_lets_the_others_finish() -> None:
         await anyio.sleep(0.01)
 
     jobs = [_job("bad", fail), *(_job(f"ok{i}", ok) for i in range(3))]
-    outcomes = await schedule(jobs, max_jobs=1, cpu_slots=1, keep_going=True)
+    outcomes = await schedule(jobs, max_jobs=1, keep_going=True)
     assert [o.status for o in outcomes] == [Status.failed, Status.success, Status.success, Status.success]
     assert outcomes[0].error == "cell broke"
 
@@ -75,7 +95,7 @@ async def test_fail_fast_starts_no_new_job() -> None:
         started.append("ok")
 
     jobs = [_job("bad", fail), _job("ok1", ok), _job("ok2", ok)]
-    outcomes = await schedule(jobs, max_jobs=1, cpu_slots=1, keep_going=False)
+    outcomes = await schedule(jobs, max_jobs=1, keep_going=False)
     assert started == ["bad"]
     assert [o.status for o in outcomes] == [Status.failed, Status.skipped, Status.skipped]
     assert outcomes[0].error == "one; two"
@@ -92,7 +112,7 @@ async def test_cancellation_reaches_every_running_subprocess(tmp_path: Path) -> 
 
     outcomes: list[Outcome] = []
     with anyio.move_on_after(1.5):
-        outcomes = await schedule([_job(f"s{i}", body) for i in range(3)], max_jobs=3, cpu_slots=1)
+        outcomes = await schedule([_job(f"s{i}", body) for i in range(3)], max_jobs=3)
     assert outcomes == []  # cancelled, not finished
     found = [int(line) for f in tmp_path.glob("*.pid") for line in f.read_text().split()]
     assert len(found) == 6

@@ -39,8 +39,14 @@ def opens_protected_root(config: Config) -> bool:
     return config.verity or config.encrypt is not None
 
 
+# dracut then sorts the initrd's files and stamps them with SOURCE_DATE_EPOCH, which every
+# subprocess of the build gets (the kernel's postinst runs dracut).
+REPRODUCIBLE = 'reproducible="yes"\n'
+
+
 def dracut_config(config: Config) -> str:
-    return DRACUT_CONFIG + (PROTECTED_ROOT_MODULES if opens_protected_root(config) else "")
+    protected = PROTECTED_ROOT_MODULES if opens_protected_root(config) else ""
+    return DRACUT_CONFIG + protected + (REPRODUCIBLE if config.source_date_epoch is not None else "")
 
 
 PAGE = 4096

@@ -199,6 +199,10 @@ async def run(
             with anyio.CancelScope(shield=True):
                 await _terminate(process, grace)
             raise
+        finally:
+            # Its pipes' transports closed now, not whenever the garbage collector finds them.
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
 
         log_event(log, SubprocessFinished(args[0], returncode, round(time.monotonic() - started, 2)))
         stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""

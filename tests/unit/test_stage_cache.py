@@ -186,15 +186,6 @@ async def test_a_stage_that_is_not_cacheable_splits_the_segments(tmp_path: Path)
     assert len(cache.restored) == 2
 
 
-def test_incremental_needs_a_cache_directory(tmp_path: Path) -> None:
-    from mkosi.build import stage_cache_dir
-    from mkosi.errors import MkosiError
-
-    with pytest.raises(MkosiError, match="needs a cache directory"):
-        stage_cache_dir(_config(tmp_path, "-i"))
-    assert stage_cache_dir(_config(tmp_path, "-i", f"--cache={tmp_path}/c")) == tmp_path / "c/stages"
-
-
 def test_summary_marks_cached_stages(tmp_path: Path) -> None:
     from mkosi.build import STAGES, stage_cache_dir
     from mkosi.cli import summary
@@ -297,29 +288,3 @@ async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> Non
     await cache.restore("2" * 64, back)
     assert (back.root / "etc/hostname").read_text() == "changed\n"
     assert (back.workspace / "build-root/gcc").read_text() == "compiler\n"
-
-
-def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_split(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mkosi import workspace
-    from mkosi.build import STAGES, stage_cache_dir, tree_next_to_output
-    from mkosi.pipeline import stage_keys
-
-    monkeypatch.setattr(workspace, "available_memory", lambda: 64 << 30)
-    monkeypatch.setattr(workspace, "_tmpfs_free", lambda path: 64 << 30)
-    cache = f"--cache={tmp_path}/c"
-    config = _config(tmp_path, "-i", cache, "-t", "directory")
-    assert not tree_next_to_output(config)  # nothing cached: the bootstrap installs into tmpfs
-    entry = stage_cache_dir(config) / stage_keys(config, STAGES)[0][1]
-    entry.mkdir(parents=True)
-    (entry / "root.tar").touch()
-    assert tree_next_to_output(config)
-    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "tar"))
-    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "--workspace=tmpfs"))
-    assert not tree_next_to_output(_config(tmp_path, cache, "-t", "directory"))
-    # Another package set is another bootstrap: nothing of it is cached.
-    assert not tree_next_to_output(_config(tmp_path, "-i", cache, "-t", "directory", "-p", "less"))
-    # When memory is short the whole workspace is next to the output already.
-    monkeypatch.setattr(workspace, "available_memory", lambda: 1 << 30)
-    assert not tree_next_to_output(config)

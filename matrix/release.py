@@ -70,7 +70,11 @@ async def _debian_package_version(program: Path, log: Any) -> str | None:
     package = found.stdout.partition(":")[0].strip()
     if not package:
         return None
-    shown = await run(["dpkg-query", "--showformat=${Version}", "--show", package], capture_stdout=True, log=log)
+    # A diverted program, or one two packages share, is answered with several names or none.
+    query = ["dpkg-query", "--showformat=${Version}", "--show", package]
+    shown = await run(query, capture_stdout=True, check=False, log=log)
+    if shown.returncode != 0 or not shown.stdout.strip():
+        return None
     return shown.stdout.strip() + ("" if package == program.name else f" ({package})")
 
 

@@ -177,7 +177,7 @@ class Run:
         finally:
             if log_file.exists():
                 self.logs.mkdir(parents=True, exist_ok=True)
-                os.replace(log_file, self.logs / f"{p.name}.log")
+                os.replace(log_file, naming.log_path(self.logs / p.name))
             with anyio.CancelScope(shield=True):
                 await remove_tree(p.config.output.parent)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkosi import naming
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -202,6 +203,6 @@ def esp_files(context: Context, uki: Path, kernel: Kernel, loader: Path) -> dict
     return {
         architecture.boot_loader_name: loader,
         f"EFI/systemd/{Path(architecture.systemd_boot).name}": loader,
-        f"EFI/Linux/{context.config.output.name.split('.')[0]}-{kernel.version}.efi": uki,
+        f"EFI/Linux/{naming.image_stem(context.config.output)}-{kernel.version}.efi": uki,
         "loader/loader.conf": loader_conf,
     }

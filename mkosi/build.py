@@ -210,27 +210,40 @@ def earlier_outputs(config: Config) -> list[Path]:
     return found
 
 
+def written_paths(config: Config) -> list[Path]:
+    """Every path a build of this configuration publishes (the output, its log, its sidecars)."""
+    return [path for path, written in naming.published_paths(config).items() if written]
+
+
 def set_aside_outputs(paths: list[Path]) -> dict[Path, Path]:
     """Move earlier outputs out of the way; returns where each went, by its published path.
 
-    Renaming is instant, and nothing is lost yet: a build that fails puts them back (put_back()),
-    one that succeeds removes them after publishing its own. Removing a tree of thousands of files is
-    not instant, and on ext4 it slows down creating files for a while after it returned (see the
-    README's Benchmarks section), so the removal waits until the new tree exists (see build()).
+    Renaming is instant, and nothing is lost yet: see settle_set_aside(). Removing a tree of
+    thousands of files is not instant, and on ext4 it slows down creating files for a while after it
+    returned (see the README's Benchmarks section), so the removal waits until the new tree exists.
     """
-    moved = {}
-    for path in paths:
-        aside = naming.aside_path(path)
-        if ownership.exists(aside):
-            raise MkosiError(f"{aside} is in the way: remove it, or run mkosi clean")
-        os.rename(path, aside)
-        moved[path] = aside
+    in_the_way = [aside for path in paths if ownership.exists(aside := naming.aside_path(path))]
+    if in_the_way:
+        raise MkosiError(f"{in_the_way[0]} is in the way (left by an earlier build): move it elsewhere or remove it")
+    moved: dict[Path, Path] = {}
+    try:
+        for path in paths:
+            os.rename(path, naming.aside_path(path))
+            moved[path] = naming.aside_path(path)
+    except OSError:
+        for final, aside in moved.items():
+            os.rename(aside, final)
+        raise
     return moved
 
 
-def put_back(moved: dict[Path, Path]) -> list[Path]:
-    """After a failed build: earlier outputs back where they were, unless the failed build left
-    something there (its log). Returns what is left to remove."""
+def settle_set_aside(output: Path, moved: dict[Path, Path]) -> list[Path]:
+    """Decide for all the set-aside outputs at once, by whether a new `output` was published: if it
+    was, they are all left to remove; if not, each goes back where nothing replaced it (a failed
+    build's log stays, saying why). Never a new image with an earlier one's checksums. Returns what
+    is left to remove."""
+    if ownership.exists(output):
+        return list(moved.values())
     left = []
     for final, aside in moved.items():
         if ownership.exists(final):
@@ -248,29 +261,35 @@ async def remove_outputs(config: Config) -> None:
     await remove_outputs_of_killed_builds(config)
 
 
+def _killed_builds_leftovers(config: Config) -> tuple[list[Path], dict[Path, Path]]:
+    """What builds of this configuration killed too hard to clean up left: their staged files, and
+    what -f had set aside, by its published path. Only the paths this configuration writes (a
+    sibling output in the same directory may be staging its own SHA256SUMS right now), and only
+    set-aside files of this output."""
+    paths = written_paths(config)
+    staged = [naming.staged_path(path) for path in paths if ownership.exists(naming.staged_path(path))]
+    aside = {
+        path: naming.aside_path(path)
+        for path in paths
+        if ownership.owner_of(naming.aside_path(path)) == config.output.name
+    }
+    return staged, aside
+
+
 async def remove_outputs_of_killed_builds(config: Config) -> None:
-    """Leftovers of builds that were killed too hard to clean up after themselves: the names
-    set_aside_outputs() and Context.stage_output() give, of exactly this output's paths."""
-    for path in naming.published_paths(config):
-        for leftover in (naming.aside_path(path), naming.staged_path(path)):
-            await remove_tree(leftover)
+    staged, aside = _killed_builds_leftovers(config)
+    await remove_trees([*staged, *aside.values()])
 
 
 async def recover_from_killed_builds(config: Config, log: Any) -> None:
-    """Before a build (holding the output's claim, so no live build of it is half-way): what a killed
-    build staged goes; what its -f had set aside goes back where it was, unless the killed build
-    published a replacement first. So a build killed at any moment loses nothing."""
+    """Before a build, holding the claims on what it writes (so no live build of it is half-way):
+    what a killed build staged goes; what its -f had set aside is settled as a failed build's would
+    be (settle_set_aside). So a build killed at any moment loses nothing."""
     await remove_abandoned_workspaces([TMPFS_DIR, config.output.parent], log)
-    for path in naming.published_paths(config):
-        await remove_tree(naming.staged_path(path))
-        aside = naming.aside_path(path)
-        if not ownership.exists(aside):
-            continue
-        if not ownership.exists(path) and ownership.owner_of(aside) == config.output.name:
-            log.warning("putting back what a killed build had set aside", path=str(path))
-            os.rename(aside, path)
-        else:
-            await remove_tree(aside)
+    staged, aside = _killed_builds_leftovers(config)
+    if aside:
+        log.warning("settling what a killed build had set aside", paths=[str(p) for p in aside])
+    await remove_trees([*staged, *settle_set_aside(config.output, aside)])
 
 
 def stage_cache_dir(config: Config) -> Path:
@@ -376,7 +395,6 @@ class Replaced:
     """Earlier outputs moved aside by -f: removed once the new ones are published, put back otherwise."""
 
     aside: dict[Path, Path]
-    published: bool = False
 
     def take(self) -> list[Path]:
         """The set-aside paths, for removing them now: they are not removed again."""
@@ -391,7 +409,7 @@ async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[Replac
     try:
         yield replaced
     finally:
-        await remove_trees(replaced.take() if replaced.published else put_back(replaced.aside))
+        await remove_trees(settle_set_aside(config.output, replaced.aside))
 
 
 @contextlib.asynccontextmanager
@@ -417,26 +435,42 @@ async def build(config: Config, cache: StageCache | None = None, monitor: Monito
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
-    with claimed(config.output):
-        return await _build(config, cache, monitor, checkpoints)
+    with claimed(written_paths(config)):
+        return await _in_build_environment(config, cache, monitor, checkpoints)
 
 
-async def _build(
+async def _in_build_environment(
     config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]
 ) -> list[StageRecord]:
     earlier = await check_before_work(config)
     clock = SubprocessClock()
-    subprocess_clock.set(clock)
-    build_environment.set(tuple(reproducible_environment(config).items()))
+    # Reset when the build ends: later subprocesses of the same task are not this build's.
+    clock_token = subprocess_clock.set(clock)
+    environment_token = build_environment.set(tuple(reproducible_environment(config).items()))
+    try:
+        return await _build_and_publish(config, cache, monitor, checkpoints, earlier, clock)
+    finally:
+        subprocess_clock.reset(clock_token)
+        build_environment.reset(environment_token)
+
+
+async def _build_and_publish(
+    config: Config,
+    cache: StageCache | None,
+    monitor: Monitor | None,
+    checkpoints: set[str],
+    earlier: list[Path],
+    clock: SubprocessClock,
+) -> list[StageRecord]:
     started = time.monotonic()
     async with replacing(config, earlier) as replaced:
         with build_log(config.output.name, naming.log_path(config.output)) as log:
-            ownership.mark(naming.log_path(config.output), config.output.name)
+            if not ownership.mark(naming.log_path(config.output), config.output.name):
+                log.warning(f"{config.output.parent} keeps no extended attributes: -f will refuse this log later")
             async with build_context(config, log, monitor) as context:
                 context.emit(BuildStarted(str(config.output)))
                 await run_stages(context, STAGES, cache)
                 publish(context)
-                replaced.published = True
                 if config.incremental:
                     await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
                 # Emptying the workspace and removing the old outputs both take a while (thousands of

@@ -9,7 +9,7 @@ import anyio
 import structlog
 
 from mkosi import log, machine
-from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir
+from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir, written_paths
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
@@ -30,7 +30,7 @@ def summary(config: Config) -> str:
 
 
 async def clean(config: Config) -> None:
-    with claimed(config.output):
+    with claimed(written_paths(config)):
         await remove_outputs(config)
     if config.force >= 2:
         await remove_caches(config)

@@ -93,26 +93,37 @@ OUTPUT_LOCKS = Path("/run/lock/mkosi")
 
 
 @contextlib.contextmanager
-def claimed(output: Path) -> Iterator[None]:
-    """Hold the output path for one build, or refuse at once, naming the process that holds it.
-
-    flock(2): a build killed with SIGKILL holds nothing any more, so it never blocks the next one.
-    """
+def _claim(path: Path) -> Iterator[None]:
     OUTPUT_LOCKS.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(os.fsencode(output.absolute())).hexdigest()[:32]
+    # Resolved: two spellings of one file (through "..", a symlinked directory) are one claim.
+    name = hashlib.sha256(os.fsencode(path.parent.resolve() / path.name)).hexdigest()[:32]
     fd = os.open(OUTPUT_LOCKS / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            problem = f"{output} is being built by another mkosi (pid {holder}): wait for it or choose another output"
+            problem = f"{path} is being built by another mkosi (pid {holder}): wait for it or choose another output"
             raise MkosiError(problem) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def claimed(paths: Iterable[Path]) -> Iterator[None]:
+    """Hold every path a build publishes for that build, or refuse at once, naming the process that
+    holds one. Two outputs in one directory may both publish SHA256SUMS: they must not overlap.
+
+    flock(2): a build killed with SIGKILL holds nothing any more, so it never blocks the next one.
+    Never waiting, a build cannot deadlock with another whatever order they claim in.
+    """
+    with contextlib.ExitStack() as held:
+        for path in paths:
+            held.enter_context(_claim(path))
+        yield
 
 
 @contextlib.asynccontextmanager

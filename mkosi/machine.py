@@ -80,7 +80,7 @@ async def kvm_usable(log: Any) -> bool:
         variables = Path(scratch) / "vars.fd"
         shutil.copyfile(OVMF_VARS, variables)
         probe = await run(
-            ["timeout", str(KVM_PROBE_SECONDS), "qemu-system-x86_64", "-machine", "q35,accel=kvm",
+            ["timeout", str(KVM_PROBE_SECONDS), Architecture.x86_64.qemu_system, "-machine", "q35,accel=kvm",
              "-cpu", "host", "-m", "128", "-nodefaults", "-display", "none",
              "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
              "-drive", f"if=pflash,format=raw,file={variables}"],

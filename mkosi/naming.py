@@ -19,9 +19,13 @@ ROOT_HASH_SUFFIX = ".roothash"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.gpg"
 
-# What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash.
-_COMPRESSION_SUFFIXES = (".xz", ".zst", ".gz")
-_IMAGE_SUFFIXES = (".raw", ".tar")
+# The suffixes of outputs, by format and by compression (OutputFormat.suffix and Compression.suffix).
+RAW_SUFFIX = ".raw"
+TAR_SUFFIX = ".tar"
+COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst"}
+# What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash;
+# .gz too, which mkosi never writes but systemd's importer reads.
+_STRIPPED = (*(s for s in COMPRESSION_SUFFIXES.values() if s), ".gz")
 
 # The prefixes of a build's own files next to its outputs, so that leftovers are recognised as its.
 _STAGED = ".mkosi-tmp."
@@ -38,9 +42,9 @@ def image_file_name(stem: str, format: OutputFormat, compress: Compression) -> s
 def image_stem(output: Path) -> str:
     """The output's name without its format and compression suffixes."""
     name = output.name
-    for suffix in _COMPRESSION_SUFFIXES:
+    for suffix in _STRIPPED:
         name = name.removesuffix(suffix)
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in (RAW_SUFFIX, TAR_SUFFIX):
         name = name.removesuffix(suffix)
     return name
 

@@ -37,7 +37,7 @@ def owner_of(path: Path) -> str | None:
     try:
         return os.getxattr(path, ATTRIBUTE, follow_symlinks=False).decode(errors="replace")
     except OSError as e:
-        if e.errno in (errno.ENODATA, *_UNSUPPORTED):
+        if e.errno in (errno.ENODATA, errno.ENOENT, *_UNSUPPORTED):
             return None
         raise
 
@@ -52,10 +52,11 @@ def check_replaceable(path: Path, owner: str) -> None:
     if not exists(path):
         return
     advice = "remove it yourself or choose another output"
+    shown = str(path) if str(path).isprintable() else repr(str(path))
     if path.is_symlink():
-        raise MkosiError(f"{path} is a symbolic link, not something mkosi published: {advice}")
+        raise MkosiError(f"{shown} is a symbolic link, not something mkosi published: {advice}")
     found = owner_of(path)
     if found is None:
-        raise MkosiError(f"{path} was not made by mkosi (it has no {ATTRIBUTE} attribute): {advice}")
+        raise MkosiError(f"{shown} was not made by mkosi (it has no {ATTRIBUTE} attribute): {advice}")
     if found != owner:
-        raise MkosiError(f"{path} belongs to mkosi's output {found}, not to {owner}: {advice}")
+        raise MkosiError(f"{shown} belongs to mkosi's output {found}, not to {owner}: {advice}")

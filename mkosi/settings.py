@@ -48,7 +48,7 @@ class OutputFormat(enum.StrEnum):
     @property
     def suffix(self) -> str:
         """The file name suffix of an output in this format, before any compression suffix."""
-        return ".raw" if self.is_raw else ".tar" if self is OutputFormat.tar else ""
+        return naming.RAW_SUFFIX if self.is_raw else naming.TAR_SUFFIX if self is OutputFormat.tar else ""
 
 
 class Encrypt(enum.StrEnum):
@@ -68,7 +68,7 @@ class Compression(enum.StrEnum):
 
     @property
     def suffix(self) -> str:
-        return {Compression.none: "", Compression.xz: ".xz", Compression.zstd: ".zst"}[self]
+        return naming.COMPRESSION_SUFFIXES[self.value]
 
 
 class GitFiles(enum.StrEnum):
@@ -679,8 +679,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_epoch,
         default_factory=_default_source_date_epoch,
         metavar="SECONDS",
-        help="make the image reproducible for this time: every later mtime is clamped to it, and the tools "
-        "that honour SOURCE_DATE_EPOCH get it (default: $SOURCE_DATE_EPOCH)",
+        help="the build's time for reproducible images: later mtimes are clamped to it and every tool gets it as "
+        "SOURCE_DATE_EPOCH; tarballs are byte-identical, disk images not yet (default: $SOURCE_DATE_EPOCH)",
     ),
     Setting(
         "seed",

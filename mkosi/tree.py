@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+import anyio
+
 from mkosi.context import Context
 from mkosi.run import run
 
@@ -104,7 +106,10 @@ async def make_reproducible(context: Context) -> None:
     epoch = context.config.source_date_epoch
     assert epoch is not None
     root = context.root
-    normalise_shadow_dates(root / "etc/shadow", epoch)
+    for shadow in ("etc/shadow", "etc/shadow-"):  # the tools' backup copy too
+        normalise_shadow_dates(root / shadow, epoch)
     # ldconfig's aux-cache records the mtimes and inode numbers of the libraries it read.
     (root / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
-    context.log.info("clamped mtimes", files=clamp_mtimes(root, epoch), epoch=epoch)
+    # Thousands of system calls: in a thread, so that the other builds of a matrix and Ctrl-C go on.
+    clamped = await anyio.to_thread.run_sync(clamp_mtimes, root, epoch)
+    context.log.info("clamped mtimes", files=clamped, epoch=epoch)

@@ -95,7 +95,8 @@ async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None
     for directory in directories:
         for path in sorted(directory.glob(f"{WORKSPACE_PREFIX}*")):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                # Never through a link: /dev/shm is writable by everyone.
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
                 continue  # removed meanwhile, or not a directory: not ours to judge
             try:

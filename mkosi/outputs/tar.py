@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from mkosi import ownership
 from mkosi.concurrency import cpu_heavy
 from mkosi.config import Compression
 from mkosi.context import Context
@@ -39,6 +40,8 @@ async def tar_tree(tree: Path, destination: Path, compression: Compression, log:
                 "--numeric-owner",
                 "--xattrs",
                 "--xattrs-include=*",
+                # mkosi's mark of what it published belongs to the published tree, not to its contents.
+                f"--xattrs-exclude={ownership.ATTRIBUTE}",
                 "--acls",
                 "--sort=name",
                 *reproducible_options(epoch),

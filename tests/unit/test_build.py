@@ -88,8 +88,9 @@ async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path)
 
     # What a build killed with SIGKILL left set aside is removed by the next one.
     _published(tmp_path / "image.tar", "old image")
-    (tmp_path / ".mkosi-old.image.tar").write_text("left behind")
-    (tmp_path / ".mkosi-old.SHA256SUMS").write_text("left behind")
+    _published(tmp_path / ".mkosi-old.image.tar", "left behind")
+    _published(tmp_path / ".mkosi-old.SHA256SUMS", "left behind")
+    (tmp_path / ".mkosi-tmp.image.tar").write_text("half written")
     # Another output's leftovers in the same directory are not this one's.
     (tmp_path / ".mkosi-tmp.image.tar.xz").write_text("another build's")
     with pytest.raises(Exception, match="in the way"):
@@ -100,18 +101,51 @@ async def test_force_sets_earlier_outputs_aside_and_removes_them(tmp_path: Path)
 
 
 def test_a_failed_build_puts_earlier_outputs_back(tmp_path: Path) -> None:
-    from mkosi.build import earlier_outputs, put_back, set_aside_outputs
+    from mkosi.build import earlier_outputs, set_aside_outputs, settle_set_aside
 
-    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "-f"])
-    _published(tmp_path / "image.tar", "old image")
-    _published(tmp_path / "image.tar.log", "old log")
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "raw_squashfs", "--verity", "-f"])
+    for name in ("image.raw", "image.raw.log", "image.roothash"):
+        _published(tmp_path / name, f"old {name}", "image.raw")
     aside = set_aside_outputs(earlier_outputs(config))
-    (tmp_path / "image.tar.log").write_text("the failed build's log")
-    left = put_back(aside)
-    assert (tmp_path / "image.tar").read_text() == "old image"
+    (tmp_path / "image.raw.log").write_text("the failed build's log")
+    left = settle_set_aside(config.output, aside)
+    assert (tmp_path / "image.raw").read_text() == "old image.raw"
+    assert (tmp_path / "image.roothash").read_text() == "old image.roothash"
     # The failed build's log stays, explaining what failed; the old one is what is left to remove.
-    assert (tmp_path / "image.tar.log").read_text() == "the failed build's log"
-    assert left == [tmp_path / ".mkosi-old.image.tar.log"]
+    assert (tmp_path / "image.raw.log").read_text() == "the failed build's log"
+    assert left == [tmp_path / ".mkosi-old.image.raw.log"]
+
+
+def test_once_the_new_image_is_published_no_earlier_sidecar_comes_back(tmp_path: Path) -> None:
+    from mkosi.build import earlier_outputs, set_aside_outputs, settle_set_aside
+
+    _, config, _ = parse_args(["-C", str(tmp_path), "-t", "raw_squashfs", "--verity", "-f"])
+    for name in ("image.raw", "image.roothash"):
+        _published(tmp_path / name, f"old {name}", "image.raw")
+    aside = set_aside_outputs(earlier_outputs(config))
+    # Killed (or failed) after publishing the image, before its root hash: the old hash would lie.
+    (tmp_path / "image.raw").write_text("new image")
+    left = settle_set_aside(config.output, aside)
+    assert sorted(p.name for p in left) == [".mkosi-old.image.raw", ".mkosi-old.image.roothash"]
+    assert not (tmp_path / "image.roothash").exists()
+
+
+def test_a_sibling_outputs_files_in_the_same_directory_are_never_touched(tmp_path: Path) -> None:
+    import anyio
+
+    from mkosi.build import recover_from_killed_builds, written_paths
+
+    # a.tar --checksum is half-way (staging its SHA256SUMS, its earlier one set aside) when b.tar
+    # starts in the same directory without --checksum.
+    _published(tmp_path / ".mkosi-old.SHA256SUMS", "a's earlier sums", "a.tar")
+    (tmp_path / ".mkosi-tmp.SHA256SUMS").write_text("a's new sums")
+    _, b, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "-o", "b.tar"])
+    assert tmp_path / "SHA256SUMS" not in written_paths(b)
+    anyio.run(recover_from_killed_builds, b, structlog.get_logger("test"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mkosi-old.SHA256SUMS", ".mkosi-tmp.SHA256SUMS"]
+    # With --checksum both would write SHA256SUMS: they claim it, so they never overlap.
+    _, b_summed, _ = parse_args(["-C", str(tmp_path), "-t", "tar", "-o", "b.tar", "--checksum"])
+    assert tmp_path / "SHA256SUMS" in written_paths(b_summed)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +275,6 @@ def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_sp
     # When memory is short the whole workspace is next to the output already.
     monkeypatch.setattr(workspace, "available_memory", lambda: 1 << 30)
     assert not tree_next_to_output(config)
-
 
 
 def _incremental_config(tmp_path: Path, *argv: str) -> Config:

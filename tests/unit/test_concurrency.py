@@ -142,7 +142,7 @@ import sys, time
 from pathlib import Path
 from mkosi import concurrency
 concurrency.OUTPUT_LOCKS = Path(sys.argv[1])
-with concurrency.claimed(Path(sys.argv[2])):
+with concurrency.claimed([Path(sys.argv[2])]):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -167,17 +167,17 @@ def test_an_output_is_claimed_by_one_build_and_a_killed_holder_blocks_nobody(
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         refused = rf"^{output} is being built by another mkosi \(pid {holder.pid}\)"
-        with pytest.raises(MkosiError, match=refused), concurrency.claimed(output):
+        with pytest.raises(MkosiError, match=refused), concurrency.claimed([output]):
             pass
         # Another output is not in its way.
-        with concurrency.claimed(tmp_path / "other.raw"):
+        with concurrency.claimed([tmp_path / "other.raw"]):
             pass
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     # Killed with SIGKILL: its lock went with it.
     mine = f"pid {os.getpid()}"
-    with concurrency.claimed(output), pytest.raises(MkosiError, match=mine), concurrency.claimed(output):
+    with concurrency.claimed([output]), pytest.raises(MkosiError, match=mine), concurrency.claimed([output]):
         pass
 
 

@@ -172,7 +172,7 @@ def test_matrix_verb_is_recognised_after_the_project_directory(argv: list[str], 
     ("text", "problem"),
     [
         ('[matrix]\nFormat = ["tar"]\n[[exclude]]\nFormat = "tar"\n', "[[exclude]] removes every cell of [matrix]"),
-        ("[matrix]\n[defaults]\nFormat = \"tar\"\n", "no cells: [matrix] has no axes and no [[include]] adds a cell"),
+        ('[matrix]\n[defaults]\nFormat = "tar"\n', "no cells: [matrix] has no axes and no [[include]] adds a cell"),
         ("", "no cells"),
     ],
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 from pathlib import Path
 
 import anyio
 
+from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.run import run
 
@@ -20,10 +23,20 @@ async def install_extra_trees(context: Context) -> None:
         await run(["cp", "-a", "--reflink=auto", f"{tree}/.", context.root], log=context.log)
 
 
+def reproducible_salt(config: Config) -> list[str]:
+    """For SourceDateEpoch=: a salt that only depends on the image's seed, so that the same password
+    hashes to the same /etc/shadow line; openssl picks a random one otherwise."""
+    if config.source_date_epoch is None:
+        return []
+    digest = hashlib.sha256(config.seed.bytes + b"root password salt").digest()
+    # crypt(3) salts are made of [a-zA-Z0-9./].
+    return ["-salt", base64.b64encode(digest).decode().replace("+", ".")[:16]]
+
+
 async def hash_password(password: str, context: Context) -> str:
     # The password goes through standard input: it must never show up in a process list.
     result = await run(
-        ["openssl", "passwd", "-6", "-stdin"],
+        ["openssl", "passwd", "-6", *reproducible_salt(context.config), "-stdin"],
         input=password.encode() + b"\n",
         capture_stdout=True,
         log=context.log,

@@ -939,3 +939,14 @@ def test_source_date_epoch_comes_from_the_environment_the_setting_winning(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     assert error().startswith("SOURCE_DATE_EPOCH (environment): invalid epoch 'yesterday' (seconds since 1970")
     assert error("--source-date-epoch=1700000000000").startswith("--source-date-epoch: invalid epoch '1700000000000'")
+
+
+def test_the_root_password_comes_from_mkosi_rootpw_never_shown(project: Path) -> None:
+    rootpw = project / "mkosi.rootpw"
+    rootpw.write_text("s3cret\n")
+    rootpw.chmod(0o644)
+    assert error() == "mkosi.rootpw: accessible by group or others (mode 0644) (chmod 600 it)"
+    rootpw.chmod(0o600)
+    assert load().password == "s3cret"
+    assert load("--password=other").password == "other"
+    assert "s3cret" not in format_summary(load())

@@ -82,3 +82,20 @@ async def test_every_subprocess_of_a_build_gets_its_environment(tmp_path: Path) 
         tg.start_soon(record, "2")
     assert results == {"1": "1", "2": "2"}
     assert (await run(["sh", "-c", "echo ${SOURCE_DATE_EPOCH-unset}"], capture_stdout=True)).stdout.strip() == "unset"
+
+
+async def test_the_same_password_hashes_to_the_same_line_only_with_an_epoch(tmp_path: Path) -> None:
+    from mkosi.config import parse_args
+    from mkosi.context import Context
+    from mkosi.tree import hash_password
+
+    async def hashed(*argv: str) -> str:
+        config = parse_args(["-C", str(tmp_path), *argv])[1]
+        return await hash_password("hunter2", Context(config, tmp_path, structlog.get_logger("test")))
+
+    pinned = await hashed(f"--source-date-epoch={EPOCH}")
+    assert pinned == await hashed(f"--source-date-epoch={EPOCH}")
+    assert pinned.startswith("$6$") and "hunter2" not in pinned
+    # Another image (seed) gets another salt; without an epoch openssl draws one every time.
+    assert pinned != await hashed(f"--source-date-epoch={EPOCH}", "--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11")
+    assert await hashed() != await hashed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,11 +89,17 @@ async def make_swap(image: Path, size: int, fs_uuid: uuid.UUID, label: str, log:
     await run(["mkswap", "-q", "-L", label, "-U", str(fs_uuid), image], log=log)
 
 
-async def make_esp(image: Path, size: int, volume_id: int, files: Mapping[str, Path], log: Any) -> None:
+async def make_esp(
+    image: Path, size: int, volume_id: int, files: Mapping[str, Path], log: Any, epoch: int | None = None
+) -> None:
     """A FAT ESP filled with mtools, since vfat cannot be mounted on every build host.
 
-    `files` maps paths inside the ESP ("EFI/BOOT/BOOTX64.EFI") to host files.
+    `files` maps paths inside the ESP ("EFI/BOOT/BOOTX64.EFI") to host files. With `epoch`
+    (SourceDateEpoch=) the same files give the same bytes: see _make_reproducible_esp().
     """
+    if epoch is not None:
+        await _make_reproducible_esp(image, size, volume_id, files, log, epoch)
+        return
     # mtools fails on small FAT32 filesystems, mkfs.vfat refuses FAT16 below 16 MiB; UEFI reads all three.
     fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
     await run(
@@ -107,3 +114,26 @@ async def make_esp(image: Path, size: int, volume_id: int, files: Mapping[str, P
         await run(["mmd", "-i", image, *(f"::{d}" for d in ordered)], env=env, log=log)
     for target, source in sorted(files.items()):
         await run(["mcopy", "-i", image, source, f"::{target}"], env=env, log=log)
+
+
+async def _make_reproducible_esp(
+    image: Path, size: int, volume_id: int, files: Mapping[str, Path], log: Any, epoch: int
+) -> None:
+    """mtools 4.0.32 stamps the directories mmd makes with the time of day, and mkfs.vfat its
+    boot sector. So: mkfs.vfat --invariant, and one recursive `mcopy -s -m` of a staged tree whose
+    every time is the epoch, in which mcopy makes each directory with its source's time."""
+    fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
+    command: list[Argument] = ["mkfs.vfat", "--invariant", "-C", "-F", fat, "-n", "ESP", "-i", f"{volume_id:08X}"]
+    await run([*command, image, str(size // 1024)], log=log)
+    staged = image.with_name(image.name + ".tree")
+    staged.mkdir()
+    try:
+        for target, source in files.items():
+            (staged / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staged / target)
+        for path in [*staged.rglob("*")]:
+            os.utime(path, (epoch, epoch))
+        tops = sorted(staged.iterdir())
+        await run(["mcopy", "-s", "-m", "-i", image, *tops, "::"], env={"MTOOLS_SKIP_CHECK": "1"}, log=log)
+    finally:
+        shutil.rmtree(staged)

@@ -165,7 +165,8 @@ async def build_boot_files(context: Context) -> None:
     assert esp.size is not None
     image = context.workspace / FILESYSTEMS / f"{Role.esp}.img"
     fs_uuid = derive_uuid(config.seed, f"{Role.esp}-filesystem")
-    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, esp_files(context, uki, kernel, loader), log)
+    files = esp_files(context, uki, kernel, loader)
+    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, files, log, context.config.source_date_epoch)
     partition = Partition(
         role=Role.esp,
         label=partition_label(Role.esp, config.architecture),

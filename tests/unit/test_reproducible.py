@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -99,3 +100,29 @@ async def test_the_same_password_hashes_to_the_same_line_only_with_an_epoch(tmp_
     # Another image (seed) gets another salt; without an epoch openssl draws one every time.
     assert pinned != await hashed(f"--source-date-epoch={EPOCH}", "--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11")
     assert await hashed() != await hashed()
+
+
+async def test_an_esp_of_the_same_files_is_the_same_bytes_with_an_epoch(tmp_path: Path) -> None:
+    from mkosi.disk.filesystems import make_esp
+    from mkosi.disk.partitions import MiB
+
+    loader = tmp_path / "systemd-bootx64.efi"
+    loader.write_bytes(b"MZ loader")
+    uki = tmp_path / "uki.efi"
+    uki.write_bytes(b"MZ kernel")
+    files = {"EFI/BOOT/BOOTX64.EFI": loader, "EFI/Linux/image.efi": uki, "loader/loader.conf": loader}
+    log = structlog.get_logger("test")
+    images = []
+    for name in ("a.img", "b.img", "c.img"):
+        await make_esp(tmp_path / name, 20 * MiB, 0x1234ABCD, files, log, EPOCH if name != "c.img" else None)
+        images.append((tmp_path / name).read_bytes())
+        time.sleep(1.1)
+    assert images[0] == images[1]
+    assert images[2] != images[0]  # without one, mtools writes the time of day
+    listing = subprocess.run(
+        ["mdir", "-/", "-b", "-i", str(tmp_path / "a.img"), "::"], capture_output=True, text=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True,
+    ).stdout.split()  # fmt: skip
+    assert sorted(listing) == sorted(["::/EFI/", "::/loader/", "::/EFI/BOOT/", "::/EFI/Linux/",
+        "::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/image.efi", "::/loader/loader.conf"])  # fmt: skip
+    assert not list(tmp_path.glob("*.tree"))

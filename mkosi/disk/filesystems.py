@@ -89,6 +89,11 @@ async def make_swap(image: Path, size: int, fs_uuid: uuid.UUID, label: str, log:
     await run(["mkswap", "-q", "-L", label, "-U", str(fs_uuid), image], log=log)
 
 
+def _fat_bits(size: int) -> str:
+    # mtools fails on small FAT32 filesystems, mkfs.vfat refuses FAT16 below 16 MiB; UEFI reads all three.
+    return "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
+
+
 async def make_esp(
     image: Path, size: int, volume_id: int, files: Mapping[str, Path], log: Any, epoch: int | None = None
 ) -> None:
@@ -100,8 +105,7 @@ async def make_esp(
     if epoch is not None:
         await _make_reproducible_esp(image, size, volume_id, files, log, epoch)
         return
-    # mtools fails on small FAT32 filesystems, mkfs.vfat refuses FAT16 below 16 MiB; UEFI reads all three.
-    fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
+    fat = _fat_bits(size)
     await run(
         ["mkfs.vfat", "-C", "-F", fat, "-n", "ESP", "-i", f"{volume_id:08X}", image, str(size // 1024)],
         log=log,
@@ -122,7 +126,7 @@ async def _make_reproducible_esp(
     """mtools 4.0.32 stamps the directories mmd makes with the time of day, and mkfs.vfat its
     boot sector. So: mkfs.vfat --invariant, and one recursive `mcopy -s -m` of a staged tree whose
     every time is the epoch, in which mcopy makes each directory with its source's time."""
-    fat = "32" if size >= 256 * MiB else "16" if size >= 16 * MiB else "12"
+    fat = _fat_bits(size)
     command: list[Argument] = ["mkfs.vfat", "--invariant", "-C", "-F", fat, "-n", "ESP", "-i", f"{volume_id:08X}"]
     await run([*command, image, str(size // 1024)], log=log)
     staged = image.with_name(image.name + ".tree")

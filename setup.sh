@@ -14,7 +14,7 @@ fi
 # Host tools, one line per purpose. The README says why each is needed.
 HOST_PACKAGES=(
     python3 python3-venv                     # the project's virtual environment
-    apt dpkg util-linux debian-archive-keyring  # bootstrapping Debian and Ubuntu trees (apt_bootstrap.py)
+    apt dpkg util-linux debian-archive-keyring  # bootstrapping Debian and Ubuntu trees; setpriv for every command
     mmdebstrap debootstrap                   # the tests' local Ubuntu mirror, the benchmarks' bare baseline
     dnf rpm zypper                           # installing Fedora and openSUSE trees
     pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys

@@ -3,7 +3,8 @@
 Every subprocess goes through `run()`: its output is streamed line by line into the build's log,
 it starts in a session of its own so that it and everything it spawns form one process group, and
 that whole group is terminated when the caller is cancelled (Ctrl-C, SIGTERM, a failing sibling
-task) or when the command ends and leaves stragglers behind. A failed command raises
+task) or when the command ends and leaves stragglers behind; if mkosi itself is killed (SIGKILL), the
+kernel kills the command (a parent-death signal). A failed command raises
 `CommandError`, which carries the command line and the last lines it printed.
 """
 
@@ -34,6 +35,7 @@ TERMINATE_GRACE_SECONDS = 5.0
 TAIL_LINES = 20
 
 Argument = str | os.PathLike[str]
+DIE_WITH_MKOSI = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class SubprocessClock:
@@ -177,7 +179,10 @@ async def run(
     started = time.monotonic()
     with _counted():
         process = await anyio.open_process(
-            args,
+            # Killed with mkosi, even by SIGKILL, which leaves mkosi no chance to end the group: the
+            # kernel sends the command SIGKILL when its parent dies. Commands that run others in
+            # namespaces of their own (unshare --kill-child, systemd-nspawn) pass it on to them.
+            [*DIE_WITH_MKOSI, *args],
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,

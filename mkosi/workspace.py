@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,8 +63,6 @@ async def remove_trees(paths: list[Path]) -> None:
 
 
 WORKSPACE_PREFIX = ".mkosi-workspace."
-# A workspace this young may still be waiting for its build to lock it.
-ABANDONED_AFTER_SECONDS = 30
 
 
 @contextlib.asynccontextmanager
@@ -78,9 +75,12 @@ async def workspace(config: Config, log: Any, base: Path | None = None) -> Async
     """
     base = base or choose_base(config.workspace, config.output.parent)
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{config.output.name}.", dir=base))
-    owner = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # Locked before it gets the name other builds look for: they never see it unlocked.
+    creating = Path(tempfile.mkdtemp(prefix=".mkosi-creating.", dir=base))
+    owner = os.open(creating, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(owner, fcntl.LOCK_EX)  # a new directory: nobody else holds it
+    path = creating.with_name(f"{WORKSPACE_PREFIX}{config.output.name}.{creating.name.rsplit('.', 1)[-1]}")
+    os.rename(creating, path)
     log.info("workspace", path=str(path))
     try:
         yield path
@@ -100,8 +100,6 @@ async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None
             except OSError:
                 continue  # removed meanwhile, or not a directory: not ours to judge
             try:
-                if time.time() - os.fstat(fd).st_ctime < ABANDONED_AFTER_SECONDS:
-                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

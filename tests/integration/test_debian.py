@@ -338,6 +338,30 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(
     assert _processes_rooted_in(tmp_path) == []
 
 
+def test_after_kill_9_nothing_runs_on_and_the_next_build_needs_no_cleanup(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", "-d", "debian", "--workspace=disk"]
+    process = subprocess.Popen([*argv, "build"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    log = tmp_path / "image.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "dpkg --install" in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline and process.poll() is None, "dpkg never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    assert _processes_rooted_in(tmp_path), "dpkg should be running in the tree"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Nothing of the build outlives it: the kernel kills its commands, their namespaces go with them.
+    deadline = time.monotonic() + 10
+    while _processes_rooted_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_rooted_in(tmp_path) == []
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    assert list(tmp_path.glob(".mkosi-workspace.*")), "SIGKILL leaves its workspace behind"
+    # The next build succeeds as it is, and removes what the killed one left.
+    mkosi("-d", "debian", "--workspace=disk", "build", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image", "image.log"]
+
+
 @pytest.fixture
 def btrfs_directory(tmp_path: Path) -> Iterator[Path]:
     image, mountpoint = tmp_path / "btrfs.img", tmp_path / "mnt"

@@ -99,3 +99,40 @@ async def test_background_stragglers_do_not_hang_a_finished_command(tmp_path: Pa
 async def test_merge_stderr_captures_both_streams_in_order() -> None:
     result = await run(["sh", "-c", "echo out; echo err >&2; echo out2"], capture_stdout=True, merge_stderr=True)
     assert result.stdout == "out\nerr\nout2\n"
+
+
+_RUN_AND_WAIT = """
+import anyio, sys
+from mkosi.run import run
+anyio.run(run, ["sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 60"])
+"""
+
+
+def test_a_command_dies_with_mkosi_even_when_mkosi_is_killed_with_sigkill(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "pid"
+    mkosi = subprocess.Popen([sys.executable, "-c", _RUN_AND_WAIT, str(pidfile)])
+    try:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        command = int(pidfile.read_text())
+        os.kill(command, 0)  # running
+    finally:
+        mkosi.send_signal(signal.SIGKILL)
+        mkosi.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(command, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(command, signal.SIGKILL)
+        raise AssertionError("the command outlived mkosi")

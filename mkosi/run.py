@@ -116,6 +116,27 @@ async def _terminate(process: Process, grace: float) -> None:
         await process.wait()
     _signal_group(process.pid, signal.SIGKILL)
     await process.wait()
+    # The leader is gone, but a killed member of its group may still be finishing a write into the
+    # tree that the caller is about to remove ("Directory not empty"): wait until none is left.
+    with anyio.move_on_after(grace):
+        while _group_alive(process.pid):
+            await anyio.sleep(0.01)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running (zombies, which do nothing, aside)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                # After the command name in parentheses: state, parent, process group.
+                state, _, group = f.read().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if group == str(pgid) and state != "Z":
+            return True
+    return False
 
 
 async def _pump(

@@ -7,8 +7,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -390,26 +389,15 @@ async def check_before_work(config: Config) -> list[Path]:
     return earlier
 
 
-@dataclass
-class Replaced:
-    """Earlier outputs moved aside by -f: removed once the new ones are published, put back otherwise."""
-
-    aside: dict[Path, Path]
-
-    def take(self) -> list[Path]:
-        """The set-aside paths, for removing them now: they are not removed again."""
-        paths = list(self.aside.values())
-        self.aside.clear()
-        return paths
-
-
 @contextlib.asynccontextmanager
-async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[Replaced]:
-    replaced = Replaced(set_aside_outputs(earlier))
+async def replacing(config: Config, earlier: list[Path]) -> AsyncIterator[dict[Path, Path]]:
+    """Earlier outputs moved aside by -f, by their published path; settled when the build ends. The
+    build may remove them itself once its outputs are published (and empty the dict)."""
+    aside = set_aside_outputs(earlier)
     try:
-        yield replaced
+        yield aside
     finally:
-        await remove_trees(settle_set_aside(config.output, replaced.aside))
+        await remove_trees(settle_set_aside(config.output, aside))
 
 
 @contextlib.asynccontextmanager
@@ -436,34 +424,42 @@ async def build(config: Config, cache: StageCache | None = None, monitor: Monito
     if cache is None and config.incremental:
         cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
     with claimed(written_paths(config)):
-        return await _in_build_environment(config, cache, monitor, checkpoints)
+        return await _build(config, cache, monitor, checkpoints)
 
 
-async def _in_build_environment(
-    config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]
-) -> list[StageRecord]:
-    earlier = await check_before_work(config)
+@contextlib.contextmanager
+def subprocesses_of(config: Config) -> Iterator[SubprocessClock]:
+    """What every subprocess of this build shares: its clock and its environment. Reset when the
+    build ends: later subprocesses of the same task are not this build's."""
     clock = SubprocessClock()
-    # Reset when the build ends: later subprocesses of the same task are not this build's.
     clock_token = subprocess_clock.set(clock)
     environment_token = build_environment.set(tuple(reproducible_environment(config).items()))
     try:
-        return await _build_and_publish(config, cache, monitor, checkpoints, earlier, clock)
+        yield clock
     finally:
         subprocess_clock.reset(clock_token)
         build_environment.reset(environment_token)
 
 
-async def _build_and_publish(
+async def _build(
+    config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]
+) -> list[StageRecord]:
+    earlier = await check_before_work(config)
+    started = time.monotonic()
+    with subprocesses_of(config) as clock:
+        return await _publish_build(config, cache, monitor, checkpoints, earlier, clock, started)
+
+
+async def _publish_build(
     config: Config,
     cache: StageCache | None,
     monitor: Monitor | None,
     checkpoints: set[str],
     earlier: list[Path],
     clock: SubprocessClock,
+    started: float,
 ) -> list[StageRecord]:
-    started = time.monotonic()
-    async with replacing(config, earlier) as replaced:
+    async with replacing(config, earlier) as aside:
         with build_log(config.output.name, naming.log_path(config.output)) as log:
             if not ownership.mark(naming.log_path(config.output), config.output.name):
                 log.warning(f"{config.output.parent} keeps no extended attributes: -f will refuse this log later")
@@ -476,7 +472,8 @@ async def _build_and_publish(
                 # Emptying the workspace and removing the old outputs both take a while (thousands of
                 # files each): side by side, they take half as long.
                 items = [home / name for name, home in context.items().items()]
-                await remove_trees([*items, *replaced.take()])
+                await remove_trees([*items, *aside.values()])
+                aside.clear()
                 elapsed = time.monotonic() - started
                 finished = BuildFinished(str(config.output), round(elapsed, 1), round(elapsed - clock.busy, 2))
                 context.emit(finished)

@@ -8,6 +8,7 @@ before it would produce something different.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -101,13 +102,7 @@ def stage_keys(config: Config, stages: Sequence[Stage]) -> list[tuple[Stage, str
 
 def segments(keyed: Sequence[tuple[Stage, str]]) -> list[list[tuple[Stage, str]]]:
     """The stages in runs that are all cacheable or all not, in order."""
-    result: list[list[tuple[Stage, str]]] = []
-    for stage, key in keyed:
-        if result and result[-1][-1][0].cacheable == stage.cacheable:
-            result[-1].append((stage, key))
-        else:
-            result.append([(stage, key)])
-    return result
+    return [list(run) for _, run in itertools.groupby(keyed, key=lambda keyed_stage: keyed_stage[0].cacheable)]
 
 
 @dataclass

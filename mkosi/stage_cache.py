@@ -43,7 +43,7 @@ from typing import Any
 
 import anyio
 
-from mkosi import concurrency, ownership
+from mkosi import concurrency
 from mkosi.context import Context
 from mkosi.pipeline import Stage, Steps
 from mkosi.run import run
@@ -52,9 +52,7 @@ from mkosi.workspace import remove_tree, remove_trees
 # Everything a root file system tree holds: ownership by number (the tree's users are not the
 # host's), permissions, ACLs and extended attributes (file capabilities), hard links, and holes in
 # sparse files such as file system images.
-ARCHIVE_OPTIONS = [
-    "--sparse", "--acls", "--xattrs", "--xattrs-include=*", f"--xattrs-exclude={ownership.ATTRIBUTE}", "--numeric-owner"
-]  # fmt: skip
+ARCHIVE_OPTIONS = ["--sparse", "--acls", "--xattrs", "--xattrs-include=*", "--numeric-owner"]
 
 
 def _keep_all(key: str) -> bool:

@@ -28,7 +28,7 @@ from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, build_environment, subprocess_clock
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
-from mkosi.tree import clean_tree, configure_system, install_extra_trees, make_reproducible
+from mkosi.tree import clean_tree, configure_system, install_extra_trees, make_reproducible, root_password
 from mkosi.workspace import TMPFS_DIR, choose_base, remove_abandoned_workspaces, remove_tree, remove_trees, workspace
 
 
@@ -137,7 +137,7 @@ STAGES: list[Stage] = [
     Stage(
         "configure",
         configure_system,
-        inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(c.password)},
+        inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(root_password(c))},
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(

@@ -117,6 +117,7 @@ class Config:
     sign: bool
     key: str | None
     password: str | None
+    password_file: Path | None
     passphrase: Path | None
     verbose: int
     log_format: LogFormat

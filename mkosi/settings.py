@@ -15,7 +15,6 @@ import enum
 import os
 import platform
 import re
-import stat
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
@@ -302,28 +301,6 @@ def _default_source_date_epoch(r: Resolved) -> int | None:
         return parse_epoch(value)
     except ValueError as e:
         raise ConfigError(str(e), setting="SOURCE_DATE_EPOCH (environment)") from None
-
-
-ROOT_PASSWORD_FILE = "mkosi.rootpw"
-
-
-def _default_password(r: Resolved) -> str | None:
-    """mkosi.rootpw, as mkosi has read it since v5: the password without its final line break."""
-    path = r.directory / ROOT_PASSWORD_FILE
-    try:
-        st = path.stat()
-        text = path.read_text() if stat.S_ISREG(st.st_mode) else None
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read it: {e}", origin=ROOT_PASSWORD_FILE) from None
-    if text is None:
-        raise ConfigError("not a regular file", origin=ROOT_PASSWORD_FILE)
-    # Secrets readable by other users would leak through the image builder's files.
-    if st.st_mode & 0o077:
-        mode = f"{stat.S_IMODE(st.st_mode):04o}"
-        raise ConfigError(f"accessible by group or others (mode {mode}) (chmod 600 it)", origin=ROOT_PASSWORD_FILE)
-    return text.removesuffix("\n")
 
 
 def format_size(size: int) -> str:
@@ -964,10 +941,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Validation",
         "Password",
         parse=str,
-        default_factory=_default_password,
         metavar="PASSWORD",
-        help="root password of the image (default: the content of mkosi.rootpw, mode 0600: unlike "
-        "--password, never visible in the process list)",
+        help="root password of the image (visible in the process list: prefer a mkosi.rootpw file)",
         secret=True,
     ),
     # Command line only, or discovered only.
@@ -987,6 +962,14 @@ SETTINGS: tuple[Setting, ...] = (
         discover="mkosi.default",
         metavar="PATH",
         help="configuration file to read (default: mkosi.default)",
+    ),
+    Setting(
+        "password_file",
+        None,
+        parse=parse_path,
+        path=PathKind.private,
+        discover="mkosi.rootpw",
+        help="file holding the root password when Password= is not given (mkosi.rootpw, as since mkosi v5)",
     ),
     Setting(
         "passphrase",

@@ -58,6 +58,13 @@ def set_shadow_password(shadow: Path, user: str, hashed: str) -> None:
     shadow.write_text("\n".join(lines) + "\n")
 
 
+def root_password(config: Config) -> str | None:
+    """Password=, else the content of mkosi.rootpw without its final line break."""
+    if config.password is None and config.password_file is not None:
+        return config.password_file.read_text().removesuffix("\n")
+    return config.password
+
+
 async def configure_system(context: Context) -> None:
     config, root = context.config, context.root
     etc = root / "etc"
@@ -66,8 +73,8 @@ async def configure_system(context: Context) -> None:
     else:
         # The bootstrap copies the build host's name; the image should not carry it.
         (etc / "hostname").unlink(missing_ok=True)
-    if config.password is not None:
-        hashed = await hash_password(config.password, context) if config.password else ""
+    if (password := root_password(config)) is not None:
+        hashed = await hash_password(password, context) if password else ""
         set_shadow_password(etc / "shadow", "root", hashed)
     # Every machine made from the image gets its own identity on first boot.
     (etc / "machine-id").write_text("")

@@ -69,9 +69,10 @@ def test_sections_and_keys_go_together() -> None:
 
 def test_command_line_only_settings() -> None:
     cli_only = {s.dest for s in SETTINGS if s.key is None}
-    assert cli_only == {"directory", "default_path", "passphrase", "verbose", "log_format"}
+    assert cli_only == {"directory", "default_path", "passphrase", "password_file", "verbose", "log_format"}
     assert PRIMARY["passphrase"].long is None
     assert PRIMARY["passphrase"].discover == "mkosi.passphrase"
+    assert PRIMARY["password_file"].long is None and PRIMARY["password_file"].discover == "mkosi.rootpw"
 
 
 def test_2017_key_names() -> None:

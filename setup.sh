@@ -19,7 +19,7 @@ HOST_PACKAGES=(
     dnf rpm zypper                           # installing Fedora and openSUSE trees
     pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys
     createrepo-c makepkg libarchive-tools apt-utils busybox-static  # local test mirrors
-    systemd-container bubblewrap             # running commands and scripts inside image trees
+    systemd systemd-container bubblewrap     # running commands and scripts inside image trees; systemd-id128 (tests)
     e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
     gnupg openssl                            # release signatures, root password hashes

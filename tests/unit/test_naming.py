@@ -48,14 +48,6 @@ def test_sidecars_are_named_from_the_stem_as_systemd_looks_for_them(output: str,
     assert naming.log_path(path) == Path(f"/out/{output}.log")
 
 
-def test_a_builds_own_names_never_collide_with_the_outputs() -> None:
-    final = Path("/out/image.raw")
-    staged, aside = naming.staged_path(final), naming.aside_path(final)
-    assert staged.parent == aside.parent == final.parent
-    assert len({staged.name, aside.name, final.name, naming.log_path(final).name}) == 4
-    assert staged.name.startswith(".") and aside.name.startswith(".")
-
-
 def test_published_paths_name_what_this_configuration_writes(tmp_path: Path) -> None:
     config = parse_args(["-C", str(tmp_path), "-t", "raw_squashfs", "--verity", "--checksum", "--xz"])[1]
     published = naming.published_paths(config)

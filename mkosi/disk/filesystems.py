@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from typing import Any
 
 from mkosi.concurrency import cpu_heavy
 from mkosi.disk.partitions import MiB, align
+from mkosi.errors import MkosiError
 from mkosi.run import Argument, run
 
 BLOCK = 4096
@@ -48,7 +50,11 @@ def _allocate(image: Path, size: int) -> None:
         f.truncate(size)
 
 
-async def make_ext4(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:
+async def make_ext4(
+    tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any, epoch: int | None = None
+) -> None:
+    """An ext4 image of `tree`. With `epoch` (SourceDateEpoch=) the same tree gives the same bytes:
+    mkfs.ext4 stamps what it makes itself with E2FSPROGS_FAKE_TIME, and set_inode_times() the rest."""
     _allocate(image, size)
     await run(
         [
@@ -68,6 +74,39 @@ async def make_ext4(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, labe
         ],
         log=log,
     )
+    if epoch is not None:
+        await set_inode_times(image, epoch, log)
+
+
+def used_inodes(dumpe2fs: str) -> list[int]:
+    """The inodes in use, from dumpe2fs's "Inode count" and each group's "Free inodes" ranges; of the
+    reserved ones (1-10) only the root directory's (2), which mkfs.ext4 -d fills from the tree."""
+    found = re.search(r"^Inode count:\s+(\d+)$", dumpe2fs, re.MULTILINE)
+    if found is None:
+        raise MkosiError(f"dumpe2fs printed no inode count:\n{dumpe2fs[:500]}")
+    count = int(found[1])
+    free: set[int] = set()
+    for ranges in re.findall(r"^\s+Free inodes: (.*)$", dumpe2fs, re.MULTILINE):
+        for part in filter(None, (r.strip() for r in ranges.split(","))):
+            first, _, last = part.partition("-")
+            free.update(range(int(first), int(last or first) + 1))
+    return [n for n in range(1, count + 1) if n not in free and (n == 2 or n > 10)]
+
+
+async def set_inode_times(image: Path, epoch: int, log: Any) -> None:
+    """Every inode's change and access time set to the epoch. mkfs.ext4 1.47.0 copies both from the
+    tree: the change time is when the build wrote the file, the access time when it last read it
+    (relatime), and neither can be set on the tree itself. Inodes are named by number, so that no
+    file name has to survive debugfs's command parser."""
+    listing = await run(["dumpe2fs", image], capture_stdout=True, log=log)
+    commands = image.with_name(image.name + ".debugfs")
+    commands.write_text(
+        "".join(f"sif <{n}> {field} @{epoch}\n" for n in used_inodes(listing.stdout) for field in ("ctime", "atime"))
+    )
+    try:
+        await run(["debugfs", "-w", "-f", commands, image], log=log)
+    finally:
+        commands.unlink()
 
 
 async def make_btrfs(tree: Path, image: Path, size: int, fs_uuid: uuid.UUID, label: str, log: Any) -> None:

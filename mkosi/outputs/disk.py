@@ -77,8 +77,10 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
                 + (" and a LUKS header" if encrypted else "")
                 + f": it needs about {needed >> 20}M"
             )
-        make = fs.make_btrfs if item.filesystem == "btrfs" else fs.make_ext4
-        await make(tree, image, size - slack, fs_uuid, label, log)
+        if item.filesystem == "btrfs":
+            await fs.make_btrfs(tree, image, size - slack, fs_uuid, label, log)
+        else:
+            await fs.make_ext4(tree, image, size - slack, fs_uuid, label, log, config.source_date_epoch)
         # mkfs.btrfs grows an image file that is too small for the tree rather than failing.
         size = max(size, align(image.stat().st_size) + slack)
     if encrypted:

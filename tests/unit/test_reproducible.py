@@ -126,3 +126,39 @@ async def test_an_esp_of_the_same_files_is_the_same_bytes_with_an_epoch(tmp_path
     assert sorted(listing) == sorted(["::/EFI/", "::/loader/", "::/EFI/BOOT/", "::/EFI/Linux/",
         "::/EFI/BOOT/BOOTX64.EFI", "::/EFI/Linux/image.efi", "::/loader/loader.conf"])  # fmt: skip
     assert not list(tmp_path.glob("*.tree"))
+
+
+async def test_an_ext4_of_the_same_tree_is_the_same_bytes_with_an_epoch(tmp_path: Path) -> None:
+    import uuid
+
+    from mkosi.disk.filesystems import make_ext4, used_inodes
+    from mkosi.disk.partitions import MiB
+
+    root = tmp_path / "root"
+    _tree(root)
+    clamp_mtimes(root, EPOCH)
+    fs_uuid = uuid.UUID("6f1c2a54-3f0e-4d2b-9a61-2b7c1e0d9f45")
+    log = structlog.get_logger("test")
+    build_environment.set((("E2FSPROGS_FAKE_TIME", str(EPOCH)),))
+
+    async def ext4(name: str, epoch: int | None) -> bytes:
+        await make_ext4(root, tmp_path / name, 16 * MiB, fs_uuid, "root", log, epoch)
+        return (tmp_path / name).read_bytes()
+
+    first = await ext4("a.img", EPOCH)
+    time.sleep(1.1)
+    # What a later build of the same tree does: its files are written (change time) and read again
+    # (access time) at other times of day.
+    (root / "etc/os-release").write_text("ID=test\n")
+    os.utime(root / "etc/os-release", (EPOCH, EPOCH))
+    (root / "usr/lib/old").read_text()
+    assert await ext4("b.img", EPOCH) == first
+    assert await ext4("c.img", None) != first  # mkfs.ext4 copies the tree's change times otherwise
+    assert not list(tmp_path.glob("*.debugfs"))
+    listing = subprocess.run(["dumpe2fs", str(tmp_path / "a.img")], capture_output=True, text=True, check=True)
+    # The root directory, lost+found and the tree's six paths.
+    assert len(used_inodes(listing.stdout)) == 2 + sum(1 for _ in root.rglob("*"))
+    stat = subprocess.run(
+        ["debugfs", "-R", "stat /usr/lib/old", str(tmp_path / "a.img")], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"ctime: {EPOCH:#x}" in stat and f"atime: {EPOCH:#x}" in stat and "mtime: 0x3b9aca00" in stat

@@ -22,6 +22,7 @@ HOST_PACKAGES=(
     systemd systemd-container bubblewrap     # running commands and scripts inside image trees; systemd-id128 (tests)
     e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
+    faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
     gnupg openssl                            # release signatures, root password hashes
     tar xz-utils zstd                        # tar outputs and compression
     git                                      # git-aware build sources

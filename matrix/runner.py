@@ -61,7 +61,10 @@ def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Pat
     problems: list[str] = []
     origin = matrix.path.name
     for cell in cells:
-        settings = [(f"{origin}: [defaults]", k, ini_value(v)) for k, v in matrix.defaults.items()]
+        # The release's epoch first: [defaults] and the cell may still set their own.
+        epoch = matrix.release.source_date_epoch
+        settings = [] if epoch is None else [(f"{origin}: [release]", "SourceDateEpoch", str(epoch))]
+        settings += [(f"{origin}: [defaults]", k, ini_value(v)) for k, v in matrix.defaults.items()]
         settings += [(f"{origin}: cell {cell.name}", k, ini_value(v)) for k, v in cell.settings.items()]
         try:
             config = config_from_settings(directory, settings)
@@ -241,7 +244,7 @@ class Run:
         sums = self.assembled / naming.SUMS
         sums.write_text(checksums.checksums(artifacts))
         if self.matrix.release.sign:
-            await checksums.sign(sums, self.matrix.release.key, self.log)
+            await checksums.sign(sums, self.matrix.release.key, self.log, epoch=self.matrix.release.source_date_epoch)
         cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
         used = [tool for p in self.planned for tool in p.config.distribution.installer().package_manager_tools]
         tools = await rel.tool_versions(used, self.log)

@@ -13,6 +13,7 @@
     Distribution = "debian"
     [release]                      # where and how the results are published
     Directory = "release"
+    SourceDateEpoch = 1700000000   # one build time for every cell and the signature (reproducible)
 
 Include and exclude behave as in GitHub Actions' matrices: excludes apply to the product, then each
 include either extends every cell whose axis values it matches without changing any of them, or
@@ -34,7 +35,7 @@ from pathlib import Path
 from mkosi.cli_args import suggest
 from mkosi.config import Compression
 from mkosi.errors import ConfigError
-from mkosi.settings import BY_KEY
+from mkosi.settings import BY_KEY, parse_epoch
 
 Value = str | bool | int | list[str]
 
@@ -42,7 +43,7 @@ KNOWN_KEYS = {key for (_, key) in BY_KEY}
 # Far more than any release builds, and still quick to list and plan: axes that multiply out to more
 # are a mistake (a list pasted into the wrong axis), refused before anything is expanded.
 MAX_CELLS = 10_000
-RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress"}
+RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress", "SourceDateEpoch"}
 TOP_LEVEL = {"matrix", "include", "exclude", "defaults", "release"}
 
 
@@ -52,6 +53,7 @@ class ReleaseSettings:
     sign: bool = False
     key: str | None = None
     compress: Compression = Compression.none
+    source_date_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,13 @@ def _release(where: str, table: object, base: Path) -> ReleaseSettings:
         compression = Compression(str(compress).lower())
     except ValueError:
         raise ConfigError("must be none, xz or zstd", origin=where, setting="Compress") from None
-    return ReleaseSettings(base / directory, sign, key, compression)
+    epoch = table.get("SourceDateEpoch")
+    try:
+        # TOML's booleans are ints to Python, and "yes" is no time.
+        source_date_epoch = None if epoch is None else parse_epoch("" if isinstance(epoch, bool) else str(epoch))
+    except ValueError as e:
+        raise ConfigError(str(e), origin=where, setting="SourceDateEpoch") from None
+    return ReleaseSettings(base / directory, sign, key, compression, source_date_epoch)
 
 
 def _tables(where: str, value: object) -> list[dict[str, Value]]:

@@ -57,8 +57,27 @@ async def _agent_running(log: Any) -> bool:
     return True
 
 
-async def sign(sums: Path, key: str | None, log: Any, signature: Path | None = None) -> Path:
-    """A binary detached signature of `sums` (default: next to it, with .gpg appended).
+def signing_time(colons: str, epoch: int) -> int:
+    """The signature's time for SourceDateEpoch=: the epoch, or the creation of the newest of the
+    key's parts when the key is younger (gpg will not sign with a key from the future). Either way
+    it only depends on the key, so an RSA or EdDSA signature of the same sums is the same bytes."""
+    created = [int(f[5]) for line in colons.splitlines() if (f := line.split(":"))[0] in ("sec", "ssb") and f[5]]
+    return max([epoch, *created])
+
+
+async def _pinned_time(key: str | None, epoch: int | None, log: Any) -> list[str]:
+    if epoch is None:
+        return []
+    listing = await run(
+        ["gpg", "--batch", "--with-colons", "--list-secret-keys", *([key] if key else [])], capture_stdout=True, log=log
+    )
+    # The trailing "!" freezes gpg's clock there instead of starting it from there.
+    return [f"--faked-system-time={signing_time(listing.stdout, epoch)}!"]
+
+
+async def sign(sums: Path, key: str | None, log: Any, signature: Path | None = None, epoch: int | None = None) -> Path:
+    """A binary detached signature of `sums` (default: next to it, with .gpg appended), made at
+    the time signing_time() picks when `epoch` (SourceDateEpoch=) is given.
 
     gpg starts an agent that outlives it; one that was not running before is stopped again, so
     that a build with a temporary GNUPGHOME leaves no daemon (and no socket in that directory).
@@ -71,6 +90,7 @@ async def sign(sums: Path, key: str | None, log: Any, signature: Path | None = N
                 "gpg",
                 "--batch",
                 "--yes",
+                *await _pinned_time(key, epoch, log),
                 "--detach-sign",
                 *(["--local-user", key] if key else []),
                 "--output",

@@ -6,6 +6,7 @@ a key that group or others may read.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import sys
 from pathlib import Path
@@ -18,8 +19,19 @@ from mkosi.run import run
 OWNER = "5c1e11a4-61c1-4a6e-a2b4-6d6b6f736921"
 
 
-async def sign(source: Path, output: Path, key: Path, certificate: Path, log: Any) -> None:
-    await run(["sbsign", "--key", key, "--cert", certificate, "--output", output, source], log=log)
+def frozen_clock(epoch: int | None) -> tuple[list[str], dict[str, str]]:
+    """For SourceDateEpoch=: a command prefix and environment under which the command's clock stands
+    still at the epoch. sbsign (OpenSSL's PKCS#7) puts the time of day into every signature as its
+    signingTime attribute and has no option to set it; libfaketime's absolute form freezes it."""
+    if epoch is None:
+        return [], {}
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return ["faketime", "-f", when], {"TZ": "UTC"}
+
+
+async def sign(source: Path, output: Path, key: Path, certificate: Path, log: Any, epoch: int | None = None) -> None:
+    prefix, env = frozen_clock(epoch)
+    await run([*prefix, "sbsign", "--key", key, "--cert", certificate, "--output", output, source], env=env, log=log)
 
 
 def _virt_fw_vars() -> str:

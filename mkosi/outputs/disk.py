@@ -161,7 +161,9 @@ async def build_boot_files(context: Context) -> None:
         assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
         signed_uki, signed_loader = uki.with_suffix(".signed.efi"), context.workspace / "systemd-boot.signed.efi"
         for source, signed in ((uki, signed_uki), (loader, signed_loader)):
-            await secure_boot.sign(source, signed, config.secure_boot_key, config.secure_boot_certificate, log)
+            await secure_boot.sign(
+                source, signed, config.secure_boot_key, config.secure_boot_certificate, log, config.source_date_epoch
+            )
         uki, loader = signed_uki, signed_loader
     esp = next(p for p in plan(config) if p.role is Role.esp)
     assert esp.size is not None

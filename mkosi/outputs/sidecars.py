@@ -30,4 +30,4 @@ async def write(context: Context) -> None:
     sums.write_text(checksums.checksums(artifacts))
     if config.sign:
         signature = context.stage_output(config.output.parent / naming.SIGNATURE)
-        await checksums.sign(sums, config.key, context.log, signature)
+        await checksums.sign(sums, config.key, context.log, signature, config.source_date_epoch)

@@ -81,6 +81,18 @@ def test_release_table(tmp_path: Path) -> None:
     assert (m.release.sign, m.release.key, m.release.compress) == (True, "k", Compression.xz)
 
 
+def test_the_release_epoch_is_every_cells_unless_one_sets_its_own(tmp_path: Path) -> None:
+    text = '[matrix]\nFormat=["tar", "directory"]\n[[include]]\nFormat="directory"\nSourceDateEpoch=1\n'
+    m = _matrix(tmp_path, text + "[release]\nSourceDateEpoch = 1700000000\n")
+    assert m.release.source_date_epoch == 1_700_000_000
+    epochs = {p.name: p.config.source_date_epoch for p in plan(m, tmp_path, m.cells, tmp_path / "build")}
+    assert epochs == {"tar": 1_700_000_000, "directory-1": 1}
+    assert _matrix(tmp_path, text).release.source_date_epoch is None
+    for bad in ("true", '"soon"', "-1"):
+        with pytest.raises(ConfigError, match=r"\[release\].*SourceDateEpoch: invalid epoch"):
+            _matrix(tmp_path, f"[release]\nSourceDateEpoch = {bad}\n")
+
+
 def test_select_by_pattern() -> None:
     cells = expand({"Release": ["bookworm", "trixie"], "Format": ["directory", "tar"]}, [], [])
     assert [c.name for c in select(cells, ["*-tar"])] == ["bookworm-tar", "trixie-tar"]

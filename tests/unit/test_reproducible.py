@@ -116,7 +116,7 @@ async def test_an_esp_of_the_same_files_is_the_same_bytes_with_an_epoch(tmp_path
     for name in ("a.img", "b.img", "c.img"):
         await make_esp(tmp_path / name, 20 * MiB, 0x1234ABCD, files, log, EPOCH if name != "c.img" else None)
         images.append((tmp_path / name).read_bytes())
-        time.sleep(1.1)
+        time.sleep(1.1 if name == "a.img" else 0)
     assert images[0] == images[1]
     assert images[2] != images[0]  # without one, mtools writes the time of day
     listing = subprocess.run(
@@ -162,3 +162,64 @@ async def test_an_ext4_of_the_same_tree_is_the_same_bytes_with_an_epoch(tmp_path
         ["debugfs", "-R", "stat /usr/lib/old", str(tmp_path / "a.img")], capture_output=True, text=True, check=True
     ).stdout
     assert f"ctime: {EPOCH:#x}" in stat and f"atime: {EPOCH:#x}" in stat and "mtime: 0x3b9aca00" in stat
+
+
+async def test_secure_boot_signatures_of_the_same_binary_are_the_same_bytes_with_an_epoch(tmp_path: Path) -> None:
+    from mkosi.secure_boot import sign
+
+    key, certificate = tmp_path / "sb.key", tmp_path / "sb.crt"
+    subprocess.run(
+        ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=test",
+         "-keyout", str(key), "-out", str(certificate)], capture_output=True, check=True,
+    )  # fmt: skip
+    source = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+    log = structlog.get_logger("test")
+    signed = []
+    for name, epoch in (("a.efi", EPOCH), ("b.efi", EPOCH), ("c.efi", None)):
+        await sign(source, tmp_path / name, key, certificate, log, epoch)
+        signed.append((tmp_path / name).read_bytes())
+        time.sleep(1.1 if name == "a.efi" else 0)
+    assert signed[0] == signed[1]
+    assert signed[2] != signed[0]  # OpenSSL stamps the signature with the time of day otherwise
+    verified = subprocess.run(["sbverify", "--cert", str(certificate), str(tmp_path / "a.efi")], capture_output=True)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_a_signature_is_never_older_than_its_key() -> None:
+    from mkosi.checksums import signing_time
+
+    colons = (
+        "sec:u:255:22:AAAA:1600000000:::u:::scESC:::+:::23::0:\n"
+        "fpr:::::::::0123:\n"
+        "ssb:u:255:18:BBBB:1800000000::::::e:::+:::cv25519::\n"
+    )
+    assert signing_time(colons, EPOCH) == 1_800_000_000  # gpg refuses to sign with a key from the future
+    assert signing_time(colons.replace("1800000000", "1650000000"), EPOCH) == EPOCH
+
+
+async def test_release_signatures_of_the_same_sums_are_the_same_bytes_with_an_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mkosi.checksums import sign
+
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    generated = subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "test <t@mkosi.invalid>", "ed25519", "sign", "never"],
+        capture_output=True,
+    )
+    assert generated.returncode == 0, generated.stderr
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(f"{'0' * 64} *image.raw\n")
+    log = structlog.get_logger("test")
+    signatures = []
+    for name, epoch in (("a.gpg", EPOCH), ("b.gpg", EPOCH), ("c.gpg", None)):
+        signatures.append((await sign(sums, None, log, tmp_path / name, epoch)).read_bytes())
+        time.sleep(1.1 if name == "a.gpg" else 0)
+    assert signatures[0] == signatures[1]
+    assert signatures[2] != signatures[0]
+    for name in ("a.gpg", "c.gpg"):
+        checked = subprocess.run(["gpg", "--batch", "--verify", str(tmp_path / name), str(sums)], capture_output=True)
+        assert checked.returncode == 0, checked.stderr
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=False)

@@ -339,6 +339,8 @@ def reproducible_environment(config: Config) -> dict[str, str]:
 # (they are pinned by the mirror's signed index).
 NOT_IMAGE_INPUTS = frozenset(
     {"directory", "default_path", "force", "incremental", "verbose", "log_format", "workspace", "cache_path"}
+    # Checks before the build: they refuse a configuration, they never change what it makes.
+    | {"reproducible", "deterministic_scripts"}
 )
 
 

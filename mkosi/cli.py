@@ -14,11 +14,15 @@ from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
+from mkosi.reproducibility import obstacles
 from mkosi.stage_cache import cached_keys
 
 
 def summary(config: Config) -> str:
-    lines = [format_summary(config), "", "Stages:"]
+    lines = [format_summary(config), "Reproducibility:"]
+    reasons = obstacles(config)
+    lines += [f"  not reproducible: {r}" for r in reasons] or ["  a rebuild of the same inputs gives the same bytes"]
+    lines += ["", "Stages:"]
     cached: set[str] = set()
     if config.incremental and config.cache_path is not None:
         cached = cached_keys(stage_cache_dir(config))

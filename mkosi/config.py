@@ -22,6 +22,7 @@ from mkosi.architecture import Architecture
 from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
+from mkosi.reproducibility import obstacles
 from mkosi.settings import (
     BY_KEY,
     PRIMARY,
@@ -92,6 +93,7 @@ class Config:
     hostname: str | None
     kernel_command_line: tuple[str, ...]
     source_date_epoch: int | None
+    reproducible: bool
     seed: uuid.UUID
     workspace: WorkspaceMode
     packages: tuple[str, ...]
@@ -104,6 +106,7 @@ class Config:
     build_dir: Path | None
     build_packages: tuple[str, ...]
     postinst_script: Path | None
+    deterministic_scripts: bool
     use_git_files: bool
     git_files: GitFiles
     with_network: bool
@@ -392,6 +395,8 @@ def _validate(c: Config, r: _Resolver) -> None:
                     fail(s.dest, _needs(PRIMARY[dest], why))
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
+    if c.reproducible and (reasons := obstacles(c)):
+        fail("reproducible", "a rebuild would not give the same bytes: " + "; ".join(reasons))
     for s in PRIMARY.values():
         if s.path is not None and (s.only_with is None or _is_on(getattr(c, s.only_with))):
             _check_paths(c, r, s)

@@ -680,7 +680,18 @@ SETTINGS: tuple[Setting, ...] = (
         default_factory=_default_source_date_epoch,
         metavar="SECONDS",
         help="the build's time for reproducible images: later mtimes are clamped to it and every tool gets it as "
-        "SOURCE_DATE_EPOCH; tarballs are byte-identical, disk images not yet (default: $SOURCE_DATE_EPOCH)",
+        "SOURCE_DATE_EPOCH (default: $SOURCE_DATE_EPOCH)",
+    ),
+    Setting(
+        "reproducible",
+        "--reproducible",
+        "Output",
+        "Reproducible",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help="refuse to build what a rebuild would not give again byte for byte (needs SourceDateEpoch=; "
+        "no raw_btrfs, no Encrypt=, scripts only with DeterministicScripts=)",
     ),
     Setting(
         "seed",
@@ -818,6 +829,16 @@ SETTINGS: tuple[Setting, ...] = (
         discover="mkosi.postinst",
         metavar="PATH",
         help="script run inside the image after installation (default: mkosi.postinst)",
+    ),
+    Setting(
+        "deterministic_scripts",
+        "--deterministic-scripts",
+        "Packages",
+        "DeterministicScripts",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help="mkosi.build and mkosi.postinst write the same files for the same sources (Reproducible= accepts them)",
     ),
     Setting(
         "use_git_files",

@@ -70,6 +70,7 @@ def test_debians_and_rpms_names_are_theirs() -> None:
         assert table[architecture.debian] == architecture.rpm == architecture.pacman
     host = Architecture.from_uname()
     assert host is not None
+
     def asked(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 

@@ -123,6 +123,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "Hostname"): ("box", ["--hostname=box"], "box", ""),
     ("Output", "KernelCommandLine"): ("quiet rw", ["--kernel-command-line=quiet rw"], ("quiet", "rw"), ""),
     ("Output", "SourceDateEpoch"): ("1700000000", ["--source-date-epoch=1700000000"], 1700000000, ""),
+    ("Output", "Reproducible"): ("yes", ["--reproducible"], True, "[Output]\nSourceDateEpoch=1700000000\n"),
     ("Output", "Seed"): (
         "0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11",
         ["--seed=0b6a3c2e-7a0f-4f7e-8c53-3c1e2b0e9d11"],
@@ -140,6 +141,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "BuildDirectory"): ("bld", ["--build-dir=bld"], lambda p: p / "bld", ""),
     ("Packages", "BuildPackages"): ("gcc make", ["--build-package=gcc,make"], ("gcc", "make"), ""),
     ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"], lambda p: p / "post.sh", ""),
+    ("Packages", "DeterministicScripts"): ("yes", ["--deterministic-scripts"], True, ""),
     ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
     ("Packages", "GitFiles"): ("others", ["--git-files=others"], GitFiles.others, ""),
     ("Packages", "WithNetwork"): ("yes", ["--with-network"], True, ""),

@@ -223,3 +223,31 @@ async def test_release_signatures_of_the_same_sums_are_the_same_bytes_with_an_ep
         checked = subprocess.run(["gpg", "--batch", "--verify", str(tmp_path / name), str(sums)], capture_output=True)
         assert checked.returncode == 0, checked.stderr
     subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=False)
+
+
+def test_reproducible_refuses_what_a_rebuild_would_not_give_again(tmp_path: Path) -> None:
+    from mkosi.config import parse_args
+    from mkosi.errors import ConfigError
+    from mkosi.reproducibility import obstacles
+
+    def refusal(*argv: str) -> str:
+        with pytest.raises(ConfigError) as refused:
+            parse_args(["-C", str(tmp_path), "--reproducible", *argv])
+        return str(refused.value)
+
+    assert "no SourceDateEpoch=" in refusal()
+    assert "Format=raw_btrfs: mkfs.btrfs" in refusal(f"--source-date-epoch={EPOCH}", "-t", "raw_btrfs")
+    (tmp_path / "mkosi.passphrase").write_text("secret")
+    (tmp_path / "mkosi.passphrase").chmod(0o600)
+    assert "Encrypt=: LUKS2" in refusal(f"--source-date-epoch={EPOCH}", "-t", "raw_gpt", "--encrypt=all")
+    (tmp_path / "mkosi.build").write_text("#!/bin/sh\n")
+    (tmp_path / "mkosi.build").chmod(0o755)
+    assert "mkosi.build: a script may write" in refusal(f"--source-date-epoch={EPOCH}")
+    # Declared, the script is accepted; everything else here rebuilds to the same bytes.
+    for fmt in ("tar", "directory", "raw_gpt", "raw_squashfs"):
+        config = parse_args(["-C", str(tmp_path), "--reproducible", f"--source-date-epoch={EPOCH}", "-t", fmt,
+                             "--deterministic-scripts"])[1]  # fmt: skip
+        assert config.reproducible and obstacles(config) == []
+    # Without Reproducible= the same configurations build, and their obstacles are only reported.
+    config = parse_args(["-C", str(tmp_path), "-t", "raw_btrfs"])[1]
+    assert [r.split(":")[0] for r in obstacles(config)] == ["no SourceDateEpoch=", "Format=raw_btrfs", "mkosi.build"]

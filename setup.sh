@@ -23,6 +23,7 @@ HOST_PACKAGES=(
     e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
     faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
+    diffoscope-minimal                       # mkosi matrix verify: what differs in an artifact that did not rebuild
     gnupg openssl                            # release signatures, root password hashes
     tar xz-utils zstd                        # tar outputs and compression
     git                                      # git-aware build sources

@@ -29,6 +29,8 @@ from mkosi.workspace import remove_tree
 # they determine the artifacts' bytes.
 TOOLS = ("tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
 
+MANIFEST = "manifest.json"
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -99,8 +101,11 @@ async def tool_versions(package_managers: Iterable[str], log: Any) -> dict[str, 
     return versions
 
 
-def write_manifest(path: Path, cells: Sequence[Mapping[str, Any]], tools: Mapping[str, str]) -> None:
-    path.write_text(json.dumps({"cells": list(cells), "tools": dict(tools)}, indent=2) + "\n")
+def write_manifest(
+    path: Path, matrix_file: Mapping[str, str], cells: Sequence[Mapping[str, Any]], tools: Mapping[str, str]
+) -> None:
+    manifest = {"matrix": dict(matrix_file), "cells": list(cells), "tools": dict(tools)}
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _exchange(a: Path, b: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from mkosi.config import Compression, Config, OutputFormat, WorkspaceMode, confi
 from mkosi.context import StageRecord
 from mkosi.errors import ConfigError
 from mkosi.events import Event, Monitor, StageStarted
+from mkosi.package_lock import Installed
 from mkosi.pipeline import stage_keys
 from mkosi.stage_cache import SnapshotCache
 from mkosi.workspace import choose_base, remove_tree
@@ -53,10 +54,21 @@ def _stage_reporter(report: Report) -> Monitor:
 class CellResult:
     stages: list[StageRecord] = field(default_factory=list)
     artifacts: list[checksums.Artifact] = field(default_factory=list)
+    installed: Installed = field(default_factory=Installed)
 
 
-def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Path) -> list[PlannedCell]:
-    """Every cell's Config, or a ConfigError listing every invalid cell; nothing is built here."""
+Setting = tuple[str, str, str]  # where it comes from, its key, its value
+
+
+def plan(
+    matrix: Matrix,
+    directory: Path,
+    cells: Sequence[Cell],
+    build_root: Path,
+    overrides: Mapping[str, Sequence[Setting]] | None = None,
+) -> list[PlannedCell]:
+    """Every cell's Config, or a ConfigError listing every invalid cell; nothing is built here.
+    `overrides` adds settings to cells by name, after their own (a rebuild's package locks)."""
     planned: list[PlannedCell] = []
     problems: list[str] = []
     origin = matrix.path.name
@@ -66,6 +78,7 @@ def plan(matrix: Matrix, directory: Path, cells: Sequence[Cell], build_root: Pat
         settings = [] if epoch is None else [(f"{origin}: [release]", "SourceDateEpoch", str(epoch))]
         settings += [(f"{origin}: [defaults]", k, ini_value(v)) for k, v in matrix.defaults.items()]
         settings += [(f"{origin}: cell {cell.name}", k, ini_value(v)) for k, v in cell.settings.items()]
+        settings += (overrides or {}).get(cell.name, [])
         try:
             config = config_from_settings(directory, settings)
         except ConfigError as e:
@@ -166,7 +179,8 @@ class Run:
         log_file = naming.log_path(p.config.output)
         p.config.output.parent.mkdir(parents=True)
         try:
-            result.stages = await build(p.config, cache, monitor=_stage_reporter(report))
+            built = await build(p.config, cache, monitor=_stage_reporter(report))
+            result.stages, result.installed = built.stages, built.installed
             report("publish")
             pending = p.config.output.parent / ".publish"
             pending.mkdir()
@@ -225,6 +239,11 @@ class Run:
                 **{k: ini_value(v) for k, v in p.cell.settings.items()},
             },
             "artifacts": [a.as_json() for a in result.artifacts] if outcome.status is Status.success else [],
+            # What a rebuild needs besides the matrix file (mkosi matrix verify).
+            "source_date_epoch": p.config.source_date_epoch,
+            "seed": str(p.config.seed),
+            "sources": list(result.installed.sources),
+            "packages": [r.as_json() for r in result.installed.packages],
             "stages": [
                 {
                     "name": r.name,
@@ -248,7 +267,8 @@ class Run:
         cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
         used = [tool for p in self.planned for tool in p.config.distribution.installer().package_manager_tools]
         tools = await rel.tool_versions(used, self.log)
-        rel.write_manifest(self.assembled / "manifest.json", cells, tools)
+        matrix_file = {"name": self.matrix.path.name, "sha256": self.matrix.digest}
+        rel.write_manifest(self.assembled / rel.MANIFEST, matrix_file, cells, tools)
         await rel.publish(self.assembled, self.matrix.release.directory)
         self.log.info("release published", directory=str(self.matrix.release.directory))
 

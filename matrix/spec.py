@@ -24,6 +24,7 @@ parsed by the same table as mkosi.default.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 import math
 import re
@@ -70,6 +71,8 @@ class Matrix:
     cells: list[Cell]
     defaults: dict[str, Value] = field(default_factory=dict)
     release: ReleaseSettings = ReleaseSettings(Path("release"))
+    # The SHA-256 of the file's text: what a release was built from, checked by mkosi matrix verify.
+    digest: str = ""
 
 
 def ini_value(value: Value) -> str:
@@ -236,7 +239,7 @@ def parse_matrix(text: str, path: Path, base: Path) -> Matrix:
     defaults = _settings_table(f"{where}: [defaults]", data.get("defaults", {}))
     release = _release(f"{where}: [release]", data.get("release", {}), base)
     cells = expand(axes, include, exclude, where)
-    return Matrix(path, axes, cells, defaults, release)
+    return Matrix(path, axes, cells, defaults, release, hashlib.sha256(text.encode()).hexdigest())
 
 
 def load_matrix(path: Path, base: Path) -> Matrix:

@@ -25,6 +25,7 @@ from mkosi.errors import MkosiError
 from mkosi.events import ArtifactPublished, BuildFinished, BuildStarted, Monitor
 from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
+from mkosi.package_lock import Installed, read_records
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, build_environment, subprocess_clock
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
@@ -65,8 +66,8 @@ def _secure_boot_keys(c: Config) -> str | None:
 
 # Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
 # left in a stage cache are not taken for this one's. 2: Debian and Ubuntu without mmdebstrap.
-# 3: their kernel installed after everything else, its initrd built once.
-INSTALLER_REVISION = 3
+# 3: their kernel installed after everything else, its initrd built once. 4: the packages recorded.
+INSTALLER_REVISION = 4
 
 STAGES: list[Stage] = [
     Stage(
@@ -85,6 +86,7 @@ STAGES: list[Stage] = [
             "repository_keys": hash_tree(c.repository_keys),
             "architecture": c.architecture,
             "packages": c.packages,
+            **({"package_lock": hash_tree([c.package_lock])} if c.package_lock is not None else {}),
             "with_docs": c.with_docs,
             # The initrd is built while the kernel installs, with this configuration.
             "initrd": boot.dracut_config(c) if c.bootable else None,
@@ -420,7 +422,15 @@ async def build_context(config: Config, log: Any, monitor: Monitor | None) -> As
                     await remove_tree(staged)
 
 
-async def build(config: Config, cache: StageCache | None = None, monitor: Monitor | None = None) -> list[StageRecord]:
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a build did, stage by stage, and what it installed."""
+
+    stages: list[StageRecord]
+    installed: Installed
+
+
+async def build(config: Config, cache: StageCache | None = None, monitor: Monitor | None = None) -> Built:
     """Build and publish one image; returns what each stage did. `monitor` hears of every event."""
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
     if cache is None and config.incremental:
@@ -443,9 +453,7 @@ def subprocesses_of(config: Config) -> Iterator[SubprocessClock]:
         build_environment.reset(environment_token)
 
 
-async def _build(
-    config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]
-) -> list[StageRecord]:
+async def _build(config: Config, cache: StageCache | None, monitor: Monitor | None, checkpoints: set[str]) -> Built:
     earlier = await check_before_work(config)
     started = time.monotonic()
     with subprocesses_of(config) as clock:
@@ -460,7 +468,7 @@ async def _publish_build(
     earlier: list[Path],
     clock: SubprocessClock,
     started: float,
-) -> list[StageRecord]:
+) -> Built:
     async with replacing(config, earlier) as aside:
         with build_log(config.output.name, naming.log_path(config.output)) as log:
             if not ownership.mark(naming.log_path(config.output), config.output.name):
@@ -469,6 +477,7 @@ async def _publish_build(
                 context.emit(BuildStarted(str(config.output)))
                 await run_stages(context, STAGES, cache)
                 publish(context)
+                installed = read_records(context.workspace)
                 if config.incremental:
                     await prune(stage_cache_dir(config), str(config.output), checkpoints, log)
                 # Emptying the workspace and removing the old outputs both take a while (thousands of
@@ -479,4 +488,4 @@ async def _publish_build(
                 elapsed = time.monotonic() - started
                 finished = BuildFinished(str(config.output), round(elapsed, 1), round(elapsed - clock.busy, 2))
                 context.emit(finished)
-    return context.stages
+    return Built(context.stages, installed)

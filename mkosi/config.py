@@ -22,6 +22,7 @@ from mkosi.architecture import Architecture
 from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
+from mkosi.package_lock import load_lock
 from mkosi.reproducibility import obstacles
 from mkosi.settings import (
     BY_KEY,
@@ -97,6 +98,7 @@ class Config:
     seed: uuid.UUID
     workspace: WorkspaceMode
     packages: tuple[str, ...]
+    package_lock: Path | None
     with_docs: bool
     with_tests: bool
     cache_path: Path | None
@@ -395,6 +397,10 @@ def _validate(c: Config, r: _Resolver) -> None:
                     fail(s.dest, _needs(PRIMARY[dest], why))
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
+    if c.package_lock is not None:
+        if not c.distribution.installer().locks_packages:
+            fail("package_lock", f"{c.distribution} builds do not record or lock their packages yet")
+        load_lock(c.package_lock)
     if c.reproducible and (reasons := obstacles(c)):
         fail("reproducible", "a rebuild would not give the same bytes: " + "; ".join(reasons))
     for s in PRIMARY.values():

@@ -728,6 +728,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="packages to install (repeatable, comma-separated)",
     ),
     Setting(
+        "package_lock",
+        "--package-lock",
+        "Packages",
+        "PackageLock",
+        parse=parse_path,
+        path=PathKind.file,
+        metavar="PATH",
+        help="install exactly these package versions, each file checked against its SHA-256: a JSON list of "
+        "{name, version, architecture, sha256}, as a release's manifest.json records them (Debian, Ubuntu)",
+    ),
+    Setting(
         "with_docs",
         "--with-docs",
         "Packages",

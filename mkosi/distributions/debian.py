@@ -11,6 +11,7 @@ from mkosi.context import Context
 from mkosi.disk.layout import checked_filesystems
 from mkosi.distributions import Distribution
 from mkosi.distributions.installer import DistributionInstaller, PackageNames
+from mkosi.package_lock import load_lock
 from mkosi.package_managers import apt, apt_bootstrap
 from mkosi.package_managers.apt_bootstrap import Source
 from mkosi.tree import DOCUMENTATION
@@ -123,6 +124,8 @@ def bootstrap(config: Config) -> apt_bootstrap.Bootstrap:
         files=tree_files(config),
         excludes=unpack_excludes(config),
         installed_last=(kernel_package(config),) if config.bootable else (),
+        lock=load_lock(config.package_lock) if config.package_lock is not None else (),
+        lock_path=config.package_lock,
     )
 
 
@@ -130,6 +133,7 @@ class Installer(DistributionInstaller, distribution=Distribution.debian):
     default_release = "bookworm"
     releases = frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"})
     package_manager_tools = ("apt", "dpkg")
+    locks_packages = True
 
     def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
         """What the apt and dpkg bootstrap installs, from where, trusting which keys."""

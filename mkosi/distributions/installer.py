@@ -52,6 +52,8 @@ class DistributionInstaller:
     releases: ClassVar[frozenset[str] | None]
     # The host tools that decide what its package manager installs: recorded in release manifests.
     package_manager_tools: ClassVar[tuple[str, ...]]
+    # Whether its install records every package it installs and honours PackageLock=.
+    locks_packages: ClassVar[bool] = False
 
     _registry: ClassVar[dict[Distribution, DistributionInstaller]] = {}
 

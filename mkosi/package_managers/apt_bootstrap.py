@@ -37,10 +37,12 @@ import anyio
 
 from mkosi import package_cache
 from mkosi.architecture import Architecture
+from mkosi.checksums import sha256_file
 from mkosi.concurrency import cpu_heavy, on_all_cores, side_tasks
 from mkosi.context import Context
 from mkosi.errors import MkosiError
-from mkosi.package_managers import deb, dpkg_order, raise_missing, raise_untrusted
+from mkosi.package_lock import PackageRecord, check_locked, write_records
+from mkosi.package_managers import NoSuchPackage, deb, dpkg_order, raise_missing, raise_untrusted
 from mkosi.run import CommandError, run
 
 # Maintainer scripts run inside the tree: for another architecture than the host's, through the
@@ -55,6 +57,8 @@ MISSING = (
     r"Package '?([^' ]+)'? has no installation candidate",
     r"Couldn't find any package by (?:glob|regex) '([^']+)'",
 )
+# apt's wording for a version that no source has.
+MISSING_VERSION = r"Version '([^']+)' for '([^']+)' was not found"
 # apt's wording for an archive whose Release file is unsigned, signed by an unknown key, or changed.
 UNTRUSTED = (r"NO_PUBKEY", r"BADSIG", r"is not signed", r"signatures were invalid")
 ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
@@ -134,6 +138,14 @@ class Bootstrap:
     excludes: tuple[str, ...] = ()
     # Installed in a dpkg run after all others (the kernel: its postinst builds the initrd).
     installed_last: tuple[str, ...] = ()
+    # PackageLock=: exactly these versions, these files, and nothing else.
+    lock: tuple[PackageRecord, ...] = ()
+    lock_path: Path | None = None
+
+    @property
+    def request(self) -> list[str]:
+        """What apt is asked to install: minbase and the packages, each locked one at its version."""
+        return [*MINBASE, *self.packages, *(r.request for r in self.lock)]
 
 
 def in_tree(root: Path, argv: Iterable[str]) -> list[str]:
@@ -247,7 +259,10 @@ async def _apt_get(context: Context, env: dict[str, str], arguments: list[str], 
         result = await run(["apt-get", "-q", *arguments], env=env, capture_stdout=capture, log=context.log)
     except CommandError as error:
         raise_untrusted(error, UNTRUSTED, f"the archives of {config.distribution} {config.release}")
-        raise_missing(error, MISSING, f"{config.distribution} {config.release}")
+        where = f"{config.distribution} {config.release}"
+        if versions := [f"{m[2]}={m[1]}" for line in error.tail if (m := re.search(MISSING_VERSION, line))]:
+            raise NoSuchPackage(f"no {', '.join(versions)} in {where} (a version PackageLock= asks for)") from error
+        raise_missing(error, MISSING, where)
         raise
     return result.stdout
 
@@ -282,8 +297,9 @@ def parse_print_uris(listing: str, archives: Path) -> tuple[list[Path], dict[str
     return files, wanted
 
 
-async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) -> list[Path]:
-    """Download minbase and the bootstrap's packages; returns the package files.
+async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) -> tuple[list[Path], dict[str, str]]:
+    """Download minbase and the bootstrap's packages; returns the package files, and the SHA-256
+    of those the index gave one for (by file name).
 
     The quick way, when there is neither a package pool nor a local (file:) source: apt downloads
     the set into the tree's empty archive. Otherwise apt first lists the files it wants, with their
@@ -291,13 +307,13 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
     copying nothing into the archive."""
     config = context.config
     archives = context.root / ARCHIVES
-    request = ["--yes", "--", *MINBASE, *bootstrap.packages]
+    request = ["--yes", "--", *bootstrap.request]
     pool = None
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
     if pool is None and not any(source.uri.startswith("file:") for source in bootstrap.sources):
         await _apt_get(context, env, ["install", "--download-only", *request])
-        return sorted(archives.glob("*.deb"))
+        return sorted(archives.glob("*.deb")), {}
 
     # ForceHash: apt would print the MD5 sum where the index has one, and nothing where it has not
     # (Debian's security archive).
@@ -311,7 +327,25 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
         await _apt_get(context, env, ["install", "--download-only", *request])
         if pool is not None:
             await anyio.to_thread.run_sync(package_cache.link_out, archives, pool)
-    return sorted(files, key=lambda path: path.name)
+    return sorted(files, key=lambda path: path.name), wanted
+
+
+async def package_records(
+    packages: Mapping[str, tuple[Path, Mapping[str, str]]], digests: Mapping[str, str]
+) -> list[PackageRecord]:
+    """Each package's name, version, architecture and file digest: the index's SHA-256 where apt
+    printed one, else the file's (local sources, downloads without a pool), hashed on all cores."""
+    found: dict[str, str] = {}
+
+    async def digest(path: Path) -> None:
+        known = digests.get(path.name)
+        found[path.name] = known if known else await anyio.to_thread.run_sync(sha256_file, path)
+
+    await on_all_cores(digest, [path for path, _ in packages.values()])
+    return [
+        PackageRecord(name, fields["Version"], fields["Architecture"], found[path.name])
+        for name, (path, fields) in sorted(packages.items())
+    ]
 
 
 async def read_control(context: Context, files: list[Path]) -> dict[str, tuple[Path, dict[str, str]]]:
@@ -400,7 +434,12 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
         env = {"APT_CONFIG": str(scratch / "apt.conf"), "LC_ALL": "C.UTF-8"}
 
         await _apt_get(context, env, ["update"])
-        packages = await read_control(context, await download(context, env, bootstrap))
+        downloaded, digests = await download(context, env, bootstrap)
+        packages = await read_control(context, downloaded)
+        records = await package_records(packages, digests)
+        if bootstrap.lock_path is not None:
+            check_locked(records, bootstrap.lock, bootstrap.lock_path)
+        write_records(context.workspace, records, [source.line(trusted=False) for source in bootstrap.sources])
         fields = {name: fields for name, (_, fields) in packages.items()}
         requested = requested_names(("apt", "usr-is-merged", *bootstrap.packages))
         steps = dpkg_order.install_steps(fields, last=requested_names(bootstrap.installed_last), asked=requested)

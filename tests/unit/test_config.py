@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -142,6 +143,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "BuildPackages"): ("gcc make", ["--build-package=gcc,make"], ("gcc", "make"), ""),
     ("Packages", "PostInstallationScript"): ("post.sh", ["--postinst-script=post.sh"], lambda p: p / "post.sh", ""),
     ("Packages", "DeterministicScripts"): ("yes", ["--deterministic-scripts"], True, ""),
+    ("Packages", "PackageLock"): ("lock.json", ["--package-lock=lock.json"], lambda p: p / "lock.json", ""),
     ("Packages", "UseGitFiles"): ("yes", ["--use-git-files"], True, ""),
     ("Packages", "GitFiles"): ("others", ["--git-files=others"], GitFiles.others, ""),
     ("Packages", "WithNetwork"): ("yes", ["--with-network"], True, ""),
@@ -167,6 +169,8 @@ def support_files(project: Path) -> None:
     write(project / "post.sh", "#!/bin/sh\n", 0o755)
     write(project / "x.nspawn", "[Exec]\n")
     write(project / "keys.cpio", "cpio")
+    lock = [{"name": "less", "version": "590-2", "architecture": "amd64", "sha256": "0" * 64}]
+    write(project / "lock.json", json.dumps(lock))
     for name in ("tree", "cache", "src"):
         (project / name).mkdir()
 

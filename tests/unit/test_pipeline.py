@@ -42,10 +42,10 @@ def test_keys_of_a_fixed_configuration(tmp_path: Path) -> None:
     # Pinned: these change only when a stage's inputs or the way keys are made deliberately change
     # (which makes every stored stage stale); update them in that commit, and only then.
     assert _keys(tmp_path, *FIXED) == {
-        "bootstrap": "40f7be47300896a0190f2b1462452c2a9e9ced8cdaf76c0dabd5757bf1da98b1",
-        "configure": "15557e962374009d81a59ddce3e1718f2d99dab2975941ca64f92983c56d9963",
-        "clean": "c34f09bedfd18d5205d093df5a7e4e0616dbebddd781580ce40b45add6588543",
-        "output": "20d787a6c3cb1540943a7460f03db0ed186344698f9655831c3d9ec39be8b6ee",
+        "bootstrap": "8c9eb9efce94b2f5860bdd73be7ddca4a68457e70de9e812cf5ef00102bd9480",
+        "configure": "8cc395663d5139493ceb36ad3b2e9180c47ab7fd180a61751f233543d11448dc",
+        "clean": "6522bcadcd48a7f7fe9f7724eb9f62fa8c4acc9e5468d0077a2866786fe6e897",
+        "output": "1ae58a88f124248198581317b0dd1759b45015289a5a6e9b5db813a546050754",
     }
 
 

@@ -11,9 +11,10 @@ from matrix import runner
 from matrix.runner import Run, plan
 from matrix.scheduler import Status
 from matrix.spec import parse_matrix
+from mkosi.build import Built
 from mkosi.concurrency import CPU_LIMITER
 from mkosi.config import Config
-from mkosi.context import StageRecord
+from mkosi.package_lock import Installed
 
 pytestmark = pytest.mark.anyio
 
@@ -24,9 +25,9 @@ async def test_every_cell_builds_under_one_cpu_limiter_with_a_slot_per_core(
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     limiters: dict[str, anyio.CapacityLimiter | None] = {}
 
-    async def build(config: Config, cache: object, monitor: object) -> list[StageRecord]:
+    async def build(config: Config, cache: object, monitor: object) -> Built:
         limiters[config.output.parent.name] = CPU_LIMITER.get()
-        return []
+        return Built([], Installed())
 
     monkeypatch.setattr(runner, "build", build)
     text = '[matrix]\nDistribution = ["debian"]\nRelease = ["bookworm", "trixie"]\nFormat = ["tar"]\n'

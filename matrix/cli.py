@@ -9,20 +9,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import structlog
 from rich.console import Console
 
 from matrix import release as rel
+from matrix.command import arguments_after
 from matrix.progress import LiveProgress, LogProgress, summary_table
 from matrix.runner import Run, listing, plan
 from matrix.scheduler import Observer, Status
 from matrix.spec import load_matrix, select
+from matrix.verify import SCRATCH, Rebuild, Verdict, table
 from mkosi import log
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.errors import ConfigError, MkosiError
@@ -144,10 +147,62 @@ def main(argv: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def verify_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mkosi matrix verify",
+        description="Rebuild every cell of a published release from its manifest (same matrix file, epoch, seed "
+        "and package files) in scratch space, and compare each artifact byte for byte. Exits 1 if any differs.",
+    )
+    p.add_argument("release", type=Path, metavar="RELEASE_DIR", help="the published release directory")
+    p.add_argument("-C", "--directory", type=Path, default=Path.cwd(), metavar="DIR", help="project directory")
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file (default: DIR/mkosi.matrix)")
+    p.add_argument(
+        "--scratch", type=Path, default=SCRATCH, metavar="DIR", help=f"where to rebuild (default: {SCRATCH})"
+    )
+    p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N", help="cells built at once")
+    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    args = verify_parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    release = args.release.resolve()
+    if not release.is_dir():
+        raise ConfigError(f"no such release directory: {release}")
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    log.setup(json={"json": True, "console": False}.get(args.log_format), verbose=args.verbose)
+    rebuild = Rebuild(release, matrix, directory, args.scratch.resolve(), max(args.jobs, 1))
+    verify_log = structlog.get_logger("mkosi.matrix")
+    stopped_by, outcome = anyio.run(_verify_with_signals, rebuild, verify_log)
+    if stopped_by is not None or not outcome:
+        verify_log.error("interrupted, cleaned up; nothing was verified")
+        return SIGNAL_EXIT[stopped_by] if stopped_by else 1
+    verdicts, failed = outcome[0]
+    print(table(verdicts))
+    for problem in failed:
+        verify_log.error(f"not rebuilt: {problem}")
+    return 0 if all(v.identical for v in verdicts) and not failed else 1
+
+
+async def _verify_with_signals(
+    rebuild: Rebuild, verify_log: Any
+) -> tuple[signal.Signals | None, list[tuple[list[Verdict], list[str]]]]:
+    """The verification, cancelled by Ctrl-C or SIGTERM (which signal did, if one did)."""
+    result: list[tuple[list[Verdict], list[str]]] = []
+
+    async def verify() -> None:
+        result.append(await rebuild.verify(verify_log))
+
+    return await cancelled_by_signals(verify), result
+
+
 def run(arguments: list[str]) -> NoReturn:
     """`mkosi matrix ARGUMENTS`: exits with the matrix's status."""
     try:
-        status = main(arguments)
+        verify_arguments = arguments_after(arguments, "verify")
+        status = main(arguments) if verify_arguments is None else verify_main(verify_arguments)
     except MkosiError as error:
         print(f"mkosi matrix: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

@@ -12,6 +12,11 @@ from collections.abc import Sequence
 
 def matrix_arguments(argv: Sequence[str]) -> list[str] | None:
     """The matrix's own arguments when the command line is `mkosi [-C DIR] matrix ...`, else None."""
+    return arguments_after(argv, "matrix")
+
+
+def arguments_after(argv: Sequence[str], verb: str) -> list[str] | None:
+    """`-C DIR` and what follows `verb` when the command line is `[-C DIR] VERB ...`, else None."""
     prefix: list[str] = []
     i = 0
     while i < len(argv):
@@ -23,7 +28,7 @@ def matrix_arguments(argv: Sequence[str]) -> list[str] | None:
             i += 1
         else:
             break
-    return [*prefix, *argv[i + 1 :]] if argv[i : i + 1] == ["matrix"] else None
+    return [*prefix, *argv[i + 1 :]] if argv[i : i + 1] == [verb] else None
 
 
 def entry() -> None:

@@ -29,6 +29,7 @@ HOST_PACKAGES=(
     git                                      # git-aware build sources
     qemu-system-x86 ovmf                     # booting images under UEFI
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
+    attr                                     # tests: getfattr lists the extended attributes of directory images
 )
 
 missing=()

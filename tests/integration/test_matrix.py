@@ -1,10 +1,13 @@
 """A real release matrix: two raw formats by verity on/off of bookworm, a trixie tarball, and a cell
-that fails; signed."""
+that fails; signed, with one epoch. `mkosi matrix verify` rebuilds it, and finds a changed byte and a
+package version that no mirror has."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +45,7 @@ Hostname = "matrix-test"
 Directory = "out/release"
 Sign = true
 Compress = "zstd"
+SourceDateEpoch = 1700000000
 """
 GOOD = [
     "debian-bookworm-raw_gpt",
@@ -174,6 +178,98 @@ def test_bootstrap_ran_once_per_release(release: tuple[Path, subprocess.Complete
             assert len(bootstrap["shared_with"]) >= 1
     assert built == {"bookworm": 1, "trixie": 1}
     # The four bookworm cells share one bootstrap; the trixie cell has its own.
+
+
+def _verify(project: Path, release: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "matrix", "verify", str(release), "-C", str(project), "--log-format=console"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _verdicts(output: str) -> dict[str, str]:
+    return dict(line.split() for line in output.splitlines() if not line.startswith(" "))
+
+
+def test_the_manifest_records_what_a_rebuild_needs(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    directory, _ = release
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["matrix"]["name"] == "mkosi.matrix"
+    assert (
+        manifest["matrix"]["sha256"]
+        == hashlib.sha256((directory.parent.parent / "mkosi.matrix").read_bytes()).hexdigest()
+    )
+    for cell in manifest["cells"]:
+        if cell["name"] == BAD:
+            continue
+        assert cell["source_date_epoch"] == 1700000000 and cell["seed"]
+        assert any(" bookworm main" in s or " trixie main" in s for s in cell["sources"])
+        packages = {p["name"]: p for p in cell["packages"]}
+        assert {"apt", "dpkg", "libc6"} <= set(packages)
+        assert all(len(p["sha256"]) == 64 and p["version"] and p["architecture"] for p in packages.values())
+
+
+def test_verify_rebuilds_every_artifact_to_the_same_bytes(
+    release: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    directory, _ = release
+    files = {p.name: p.read_bytes() for p in directory.iterdir()}
+    result = _verify(directory.parent.parent, directory)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    sums = [line.split(" *")[1] for line in (directory / "SHA256SUMS").read_text().splitlines()]
+    assert _verdicts(result.stdout) == {name: "identical" for name in [*sums, "SHA256SUMS"]}
+    # Nothing in the release touched, no scratch space left.
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == files
+    assert not list(Path("/var/tmp").glob("mkosi-verify.*"))
+
+
+def test_verify_names_the_artifact_whose_bytes_changed(
+    release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    directory, _ = release
+    copy = tmp_path / "release"
+    shutil.copytree(directory, copy)
+    with (copy / "debian-trixie-tar.tar.zst").open("r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    result = _verify(directory.parent.parent, copy)
+    assert result.returncode == 1
+    verdicts = _verdicts(result.stdout)
+    assert verdicts.pop("debian-trixie-tar.tar.zst") == "differs"
+    assert set(verdicts.values()) == {"identical"}
+
+
+def test_verify_names_a_recorded_package_version_that_no_mirror_has(
+    release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    directory, _ = release
+    copy = tmp_path / "release"
+    shutil.copytree(directory, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for cell in manifest["cells"]:
+        for package in cell["packages"]:
+            if package["name"] == "apt":
+                package["version"] = "0.0.1~gone"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = _verify(directory.parent.parent, copy)
+    assert result.returncode == 1
+    assert "no apt=0.0.1~gone in debian bookworm" in result.stderr
+    assert "identical" not in result.stdout
+
+
+def test_verify_refuses_another_matrix_file(
+    release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    directory, _ = release
+    (tmp_path / "mkosi.default").write_text((directory.parent.parent / "mkosi.default").read_text())
+    (tmp_path / "mkosi.matrix").write_text(MATRIX.replace("matrix-test", "another-hostname"))
+    result = _verify(tmp_path, directory)
+    assert result.returncode != 0
+    assert "is not the matrix file the release was built from" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_tar_cell_is_an_image(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -1,16 +1,42 @@
-"""SourceDateEpoch=: two clean builds of a Debian tarball, at different times and on different numbers
-of cores, give the same bytes; another epoch gives others."""
+"""SourceDateEpoch=: two clean builds of the same inputs, in other directories, at other times, on
+other numbers of cores, give the same bytes (checked with cmp); another input gives others.
+
+One bootable disk covers ext4, verity, the ESP, systemd-boot and the signed UKI at once: built cold
+on tmpfs, then with -i on one core with the workspace on disk (storing its stages), then with -i
+again (restoring them). Each build is a clean one of its own project copy.
+"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.integration.support import CACHE
+import pytest
+
+from tests.integration.support import CACHE, mkosi
+from tests.integration.test_buildscript import _stages
+from tests.integration.test_disk import _by_type
+from tests.integration.test_protected import VERITY_TYPE, _certificate
 
 EPOCH = "1700000000"
+DEBIAN = ("-d", "debian", "-r", "bookworm", f"--source-date-epoch={EPOCH}")
+
+
+def _same(first: Path, second: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(first), str(second)]).returncode == 0
+
+
+def _project(directory: Path, template: Path | None = None) -> Path:
+    """A project with an extra file, or a copy of `template` (same keys, same files)."""
+    if template is not None:
+        shutil.copytree(template, directory, symlinks=True)
+        return directory
+    (directory / "mkosi.extra/etc").mkdir(parents=True)
+    (directory / "mkosi.extra/etc/release-note").write_text("built to be rebuilt\n")
+    return directory
 
 
 def _tarball(directory: Path, epoch: str, *prefix: str) -> bytes:
@@ -29,3 +55,80 @@ def test_the_same_epoch_gives_the_same_tarball_and_another_epoch_another(tmp_pat
     second = _tarball(tmp_path / "second", EPOCH, "taskset", "-c", "0")
     assert first == second
     assert _tarball(tmp_path / "later", str(int(EPOCH) + 86400)) != first
+
+
+def _listing(tree: Path) -> str:
+    """What a directory image is, as GNU find and getfattr print it: every path's type, mode, owner,
+    group, mtime, size and link target, its extended attributes and its content's digest."""
+    metadata = subprocess.run(
+        ["find", ".", "-printf", r"%p %y %m %U %G %T@ %s %l\n"], cwd=tree, capture_output=True, text=True, check=True
+    ).stdout
+    xattrs = subprocess.run(
+        ["getfattr", "-R", "-h", "-d", "-m", "-", "--absolute-names", "."], cwd=tree, capture_output=True, text=True
+    ).stdout
+    digests = subprocess.run(
+        "find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True, cwd=tree, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    return "\n".join(sorted(metadata.splitlines())) + xattrs + digests
+
+
+def test_directories_of_the_same_inputs_list_the_same(tmp_path: Path) -> None:
+    first, second = _project(tmp_path / "first"), _project(tmp_path / "second", tmp_path / "first")
+    mkosi(*DEBIAN, "-p", "less", "-t", "directory", "build", cwd=first)
+    time.sleep(2)
+    mkosi(*DEBIAN, "-p", "less", "-t", "directory", "--workspace=disk", "build", cwd=second)
+    listing = _listing(first / "image")
+    assert " 1700000000.0000000000 " in listing and "usr/bin/less" in listing
+    assert listing == _listing(second / "image")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(first / "image"), str(second / "image")], check=True)
+
+
+def test_squashfs_with_verity_rebuilds_to_the_same_bytes_and_a_changed_file_to_others(tmp_path: Path) -> None:
+    first, second = _project(tmp_path / "first"), _project(tmp_path / "second", tmp_path / "first")
+    options = (*DEBIAN, "-p", "less", "-t", "raw_squashfs", "--verity", "build")
+    mkosi(*options, cwd=first)
+    time.sleep(2)
+    mkosi(*options, cwd=second)
+    assert _same(first / "image.raw", second / "image.raw")
+    assert (first / "image.roothash").read_text() == (second / "image.roothash").read_text()
+    (second / "mkosi.extra/etc/release-note").write_text("built to be rebuilt, once more\n")
+    mkosi(*options[:-1], "-f", "build", cwd=second)
+    assert not _same(first / "image.raw", second / "image.raw")
+    assert (first / "image.roothash").read_text() != (second / "image.roothash").read_text()
+
+
+@pytest.fixture(scope="module")
+def bootable_projects(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two copies of one bootable project with a Secure Boot key, the second with a stage cache."""
+    first = _project(tmp_path_factory.mktemp("reproducible") / "first")
+    _certificate(first, "mkosi.secure-boot")
+    second = _project(first.parent / "second", first)
+    (second / "mkosi.cache").mkdir()
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    pool.mkdir(parents=True, exist_ok=True)
+    (second / "mkosi.cache" / pool.name).symlink_to(pool)
+    return first, second
+
+
+BOOTABLE = (*DEBIAN, "-t", "raw_gpt", "--bootable", "--verity", "--secure-boot")
+
+
+def test_a_signed_bootable_disk_rebuilds_to_the_same_bytes_cold_incremental_and_on_disk(
+    bootable_projects: tuple[Path, Path],
+) -> None:
+    first, second = bootable_projects
+    mkosi(*BOOTABLE, "build", cwd=first)
+    image = first / "image.raw"
+    assert VERITY_TYPE in _by_type(image)
+    time.sleep(2)
+    # On one core, the workspace on disk, storing every stage for -i.
+    argv = ["taskset", "-c", "0", sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", *BOOTABLE]
+    built = subprocess.run([*argv, "-i", "--workspace=disk", "build"], cwd=second, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert _same(image, second / "image.raw"), "a build on one core with its workspace on disk differs"
+    assert list((second / "mkosi.cache/stages").iterdir())
+    # Every stage restored from the cache this time.
+    result = mkosi(*BOOTABLE, "-i", "-f", "--log-format=json", "build", cwd=second)
+    assert _stages(result.stderr)["bootstrap"] == "reused"
+    assert _same(image, second / "image.raw"), "an -i rebuild from the stage cache differs from a cold build"

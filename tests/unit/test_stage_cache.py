@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
 from mkosi.pipeline import Stage, run_stages
-from mkosi.stage_cache import SnapshotCache
+from mkosi.stage_cache import SnapshotCache, prune
 
 pytestmark = pytest.mark.anyio
 
@@ -448,3 +448,15 @@ async def test_a_damaged_entry_is_rebuilt_from_the_deepest_intact_one(tmp_path: 
         await run_stages(third, stages, cache)
     assert _warnings(logs) == [] and [n for n, _ in rec.runs] == ["output"]
     assert cache.restored[-1] == clean
+
+
+async def test_prune_drops_what_no_owner_uses_any_more(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for key in ("1" * 64, "2" * 64, "3" * 64):
+        (cache / key).mkdir(parents=True)
+        (cache / key / "root.tar").write_bytes(b"archive")
+    await prune(cache, "image-a", {"1" * 64, "2" * 64})
+    await prune(cache, "image-b", {"2" * 64})
+    await prune(cache, "image-a", {"3" * 64})
+    # The first key only image-a used is gone, whole; the one image-b still uses is kept.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["2" * 64, "3" * 64, "owners"]

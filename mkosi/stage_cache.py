@@ -361,7 +361,7 @@ class SnapshotCache:
 
     async def _restore_deepest(self, context: Context, rest: Sequence[tuple[Stage, str]], steps: Steps) -> int:
         """Restore the deepest stored entry of `rest`; how many of its stages that covers (0: none).
-        A damaged entry is dropped and the next deeper one tried, as if it had never been there."""
+        A damaged entry is dropped and the next one back tried, as if it had never been there."""
         for hit in reversed(range(len(rest))):
             if self.has(rest[hit][1]) and await self._restore_to(context, rest[: hit + 1], steps):
                 return hit + 1

@@ -178,6 +178,7 @@ async def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     input: bytes | None = None,
+    stdin: int | None = None,
     capture_stdout: bool = False,
     merge_stderr: bool = False,
     check: bool = True,
@@ -189,8 +190,11 @@ async def run(
     `env` entries are added to mkosi's own environment. With `capture_stdout`, standard output is
     returned instead of logged (standard error is still logged, unless `merge_stderr` sends it to
     standard output too). `input` is written to standard input, so secrets never need to appear on
-    a command line.
+    a command line. `stdin` is a file descriptor the command reads instead (a file mkosi opened
+    itself, so that the command reads the very file mkosi checked).
     """
+    if input is not None and stdin is not None:
+        raise ValueError("run() takes input or stdin, not both")
     args = tuple(os.fspath(a) for a in argv)
     log = (log or structlog.get_logger("mkosi")).bind(cmd=args[0])
     log.debug("running " + shlex.join(args))
@@ -204,7 +208,7 @@ async def run(
             # kernel sends the command SIGKILL when its parent dies. Commands that run others in
             # namespaces of their own (unshare --kill-child, systemd-nspawn) pass it on to them.
             [*DIE_WITH_MKOSI, *args],
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if stdin is None else stdin),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             cwd=cwd,

@@ -7,14 +7,22 @@ system images), written under a temporary name and renamed into place, so a read
 an entry, and entries never change once written. The archives are written and extracted side by
 side: extracting a build image and the final tree at once takes about half as long on two cores.
 
+Each entry is trusted only as far as it proves itself: its manifest (manifest.json, written before
+the rename) records the size and SHA-256 of every archive. The rename alone cannot vouch for the
+bytes: a disk error, a copy cut short by another tool, a power cut before the data reached the disk,
+or an entry of an older mkosi that had none of this. A restore checks the entry's shape and sizes
+first (cheap), then extracts each archive beside the workspace's items while a thread hashes it;
+only an entry whose every digest matches replaces them. A damaged entry is reported in one warning,
+dropped (renamed out of the way, then removed) and the build goes on as if it had never been there.
+
 Why archives and not copies of the tree: the workspace lives on tmpfs and the cache on disk, and
 creating ten thousand small files on the disk's file system is what a snapshot used to cost; one
 sparse tar file per item is written many times faster, and extracting it to tmpfs takes about as
 long as copying the tree (figures in the README).
 
 The cache works on segments, runs of consecutive cacheable stages (see pipeline.segments), each in
-one call: walking back from the segment's end to the deepest stored entry, restoring it, running the
-rest and storing at the keys worth keeping.
+one call: walking back from the segment's end to the deepest intact entry (a damaged one on the way
+is dropped), restoring it, running the rest and storing at the keys worth keeping.
 
 Single flight: before it builds, a build takes the lock of the next key it will store (per key,
 both in-process and across processes), so a concurrent build of the same key waits for it and then
@@ -32,12 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +54,7 @@ import anyio
 from mkosi import concurrency
 from mkosi.context import Context
 from mkosi.pipeline import Stage, Steps
-from mkosi.run import run
+from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree, remove_trees
 
 # Everything a root file system tree holds: ownership by number (the tree's users are not the
@@ -70,25 +78,235 @@ def cached_keys(directory: Path) -> set[str]:
 
 
 def _complete(entry: Path) -> bool:
-    """An entry of archives; a directory without any is a tree copy left by an older mkosi."""
+    """An entry of archives, intact or not (restore() finds out, and drops it if not); a directory
+    without any is a tree copy left by an older mkosi."""
     return entry.is_dir() and any(entry.glob("*.tar"))
 
 
-async def archive(context: Context, entry: Path) -> None:
-    """Each item of the build's workspace into ENTRY/<item>.tar, side by side."""
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# Big enough that hashing runs at the speed of SHA-256 itself, not of Python's loop around it.
+HASH_CHUNK = 1 << 20
+
+
+class DamagedEntry(Exception):
+    """An entry that must not be restored; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class ArchiveRecord:
+    """What the manifest of an entry records of one of its archives."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class OpenArchive:
+    """An archive of an entry, opened once: its size, its digest and tar all read that one file,
+    even if the entry is dropped by another build meanwhile."""
+
+    name: str  # "root.tar"
+    fd: int
+    record: ArchiveRecord
+
+    @property
+    def item(self) -> str:
+        return self.name.removesuffix(".tar")
+
+
+def sha256_of(fd: int) -> str:
+    """The SHA-256 of the whole file open as `fd`, read by offset: whoever else reads the same open
+    file (tar, on its standard input) keeps its own position."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while count := os.preadv(fd, [buffer], offset):
+        digest.update(view[:count])
+        offset += count
+    return digest.hexdigest()
+
+
+def _record_of(path: Path) -> ArchiveRecord:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return ArchiveRecord(os.fstat(fd).st_size, sha256_of(fd))
+    finally:
+        os.close(fd)
+
+
+def write_manifest(entry: Path, key: str, records: Mapping[str, ArchiveRecord]) -> None:
+    archives = {name: {"size": r.size, "sha256": r.sha256} for name, r in sorted(records.items())}
+    text = json.dumps({"format": MANIFEST_FORMAT, "key": key, "archives": archives}, indent=2)
+    (entry / MANIFEST).write_text(text + "\n")
+
+
+def _parse_record(name: object, value: object) -> tuple[str, ArchiveRecord]:
+    """One archive's line of the manifest; a name that could lead out of the entry is no archive."""
+    if not (isinstance(name, str) and name.endswith(".tar") and "/" not in name and not name.startswith(".")):
+        raise ValueError(name)
+    if not isinstance(value, dict):
+        raise ValueError(value)
+    size, sha256 = value["size"], value["sha256"]
+    if not (isinstance(size, int) and size >= 0 and isinstance(sha256, str) and len(sha256) == 64):
+        raise ValueError(value)
+    return name, ArchiveRecord(size, sha256)
+
+
+def read_manifest(entry: Path) -> dict[str, ArchiveRecord]:
+    """The archives the manifest of `entry` records, by file name."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+    except FileNotFoundError:
+        if not entry.is_dir():
+            raise DamagedEntry("it is gone (dropped by another build meanwhile)") from None
+        raise DamagedEntry(f"it has no {MANIFEST} (written by an earlier mkosi, or never finished)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DamagedEntry(f"its {MANIFEST} is unreadable: {e}") from None
+    try:
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ValueError(manifest["format"])
+        records = dict(_parse_record(name, value) for name, value in manifest["archives"].items())
+        key = manifest["key"]
+    except (TypeError, KeyError, AttributeError, ValueError):
+        raise DamagedEntry(f"its {MANIFEST} is not a manifest this mkosi writes") from None
+    if key != entry.name:
+        raise DamagedEntry(f"its {MANIFEST} is that of the entry {key}")
+    if not records:
+        raise DamagedEntry(f"its {MANIFEST} records no archive")
+    return records
+
+
+def _check_listing(entry: Path, records: Mapping[str, ArchiveRecord]) -> None:
+    present = {child.name for child in entry.iterdir()} - {MANIFEST}
+    if missing := sorted(records.keys() - present):
+        raise DamagedEntry(f"{missing[0]} is missing")
+    if stray := sorted(present - records.keys()):
+        raise DamagedEntry(f"{stray[0]} is not in its {MANIFEST}")
+
+
+def _open_archive(entry: Path, name: str, record: ArchiveRecord) -> OpenArchive:
+    fd = os.open(entry / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    size = os.fstat(fd).st_size
+    if size != record.size:
+        os.close(fd)
+        raise DamagedEntry(f"{name} has {size} bytes, its {MANIFEST} records {record.size}")
+    return OpenArchive(name, fd, record)
+
+
+@contextlib.contextmanager
+def opened_entry(entry: Path) -> Iterator[list[OpenArchive]]:
+    """The archives of `entry`, open, once its shape is what its manifest says: exactly the archives
+    it records, each of its recorded size (a truncated copy shows here, before anything is read)."""
+    with contextlib.ExitStack() as opened:
+        archives = []
+        try:
+            records = read_manifest(entry)
+            _check_listing(entry, records)
+            for name, record in sorted(records.items()):
+                archive = _open_archive(entry, name, record)
+                opened.callback(os.close, archive.fd)
+                archives.append(archive)
+        except OSError as e:
+            raise DamagedEntry(f"it is unreadable: {e}") from None
+        yield archives
+
+
+def content_problem(archive: OpenArchive) -> str | None:
+    """What is wrong with the archive's bytes, read in full; None when they have the recorded digest."""
+    try:
+        digest = sha256_of(archive.fd)
+    except OSError as e:
+        return f"{archive.name} is unreadable: {e}"
+    if digest != archive.record.sha256:
+        return f"{archive.name} has SHA-256 {digest[:16]}…, its {MANIFEST} records {archive.record.sha256[:16]}…"
+    return None
+
+
+async def _archive_one(context: Context, entry: Path, name: str, home: Path) -> ArchiveRecord:
+    path = entry / f"{name}.tar"
+    await run(["tar", "--create", f"--file={path}", f"--directory={home}", *ARCHIVE_OPTIONS, name], log=context.log)
+    # Hashed right after it was written, from the page cache, in a thread: the event loop goes on.
+    return await anyio.to_thread.run_sync(_record_of, path)
+
+
+async def archive(context: Context, entry: Path) -> dict[str, ArchiveRecord]:
+    """Each item of the build's workspace into ENTRY/<item>.tar, side by side; their records by file name."""
+    records: dict[str, ArchiveRecord] = {}
+
+    async def one(name: str, home: Path) -> None:
+        records[f"{name}.tar"] = await _archive_one(context, entry, name, home)
+
     async with anyio.create_task_group() as tg:
         for name, home in context.items().items():
-            command = ["tar", "--create", f"--file={entry / name}.tar", f"--directory={home}"]
-            tg.start_soon(partial(run, [*command, *ARCHIVE_OPTIONS, name], log=context.log))
+            tg.start_soon(one, name, home)
+    return records
 
 
-async def extract(entry: Path, context: Context) -> None:
-    """The archives of `entry` into the build's workspace, side by side."""
+async def _extract_checked(archive: OpenArchive, staging: Path, log: Any) -> str | None:
+    """Extract `archive` into `staging` while a thread hashes it; returns what is wrong with its
+    bytes, if anything. The digest decides: tar's failure on a damaged archive is the damage, while
+    tar failing on an intact one (a full workspace) is an error of the build."""
+    problem: list[str | None] = []
+
+    async def check() -> None:
+        problem.append(await anyio.to_thread.run_sync(content_problem, archive))
+
+    command = ["tar", "--extract", "--file=-", f"--directory={staging}", *ARCHIVE_OPTIONS]
     async with anyio.create_task_group() as tg:
-        for item in sorted(entry.glob("*.tar")):
-            command = ["tar", "--extract", f"--file={item}", f"--directory={context.home_of(item.stem)}"]
-            options = [*ARCHIVE_OPTIONS, "--same-permissions", "--same-owner"]
-            tg.start_soon(partial(run, [*command, *options], log=context.log))
+        tg.start_soon(check)
+        extracted = await run([*command, "--same-permissions", "--same-owner"], stdin=archive.fd, check=False, log=log)
+    if problem[0] is None and extracted.returncode != 0:
+        raise CommandError(extracted.argv, extracted.returncode, extracted.tail)
+    return problem[0]
+
+
+def _staging_directory(context: Context, item: str) -> Path:
+    """A new directory in the home of `item`: on its file system, so the restored item moves in by rename."""
+    return Path(tempfile.mkdtemp(prefix=f".restoring.{item}.", dir=context.home_of(item)))
+
+
+async def extract(archives: Sequence[OpenArchive], context: Context) -> dict[str, Path]:
+    """The archives, side by side, each into a staging directory next to where its item lives (so
+    that a rename puts it in place); the staging directories by item. Raises DamagedEntry, and
+    leaves no staging directory behind, unless every archive had its recorded digest."""
+    staging = {a.item: _staging_directory(context, a.item) for a in archives}
+    problems: list[str | None] = []
+
+    async def one(archive: OpenArchive) -> None:
+        problems.append(await _extract_checked(archive, staging[archive.item], context.log))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for archive in archives:
+                tg.start_soon(one, archive)
+        if found := [p for p in problems if p is not None]:
+            raise DamagedEntry(found[0])
+    except BaseException:
+        await remove_trees(list(staging.values()))
+        raise
+    return staging
+
+
+async def replace_items(context: Context, old: Sequence[Path], staging: Mapping[str, Path]) -> None:
+    """The workspace's items `old` give way to the restored ones waiting in `staging`."""
+    await remove_trees(list(old))
+    for item, directory in staging.items():
+        os.rename(directory / item, context.home_of(item) / item)
+    await remove_trees(list(staging.values()))
+
+
+async def drop_entry(entry: Path) -> None:
+    """Remove an entry so that no concurrent reader sees half of it: one rename takes it out of the
+    cache (a reader finds all of it or nothing; one that opened its archives reads them to the end),
+    then it is removed where nobody looks."""
+    if not entry.exists():
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".dropped.{entry.name}.", dir=entry.parent))
+    with contextlib.suppress(FileNotFoundError):  # dropped by another build meanwhile
+        os.rename(entry, aside / entry.name)
+    await remove_trees([aside])
 
 
 @dataclass
@@ -99,6 +317,7 @@ class SnapshotCache:
     built: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     stored: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
     def entry(self, key: str) -> Path:
         return self.directory / key
@@ -120,10 +339,8 @@ class SnapshotCache:
             target = next((i for i, (_, key) in enumerate(rest) if self.keep(key)), None)
             span = rest if target is None else rest[: target + 1]
             async with self._single_flight(span[-1][1] if target is not None else None):
-                hit = next((i for i in reversed(range(len(rest))) if self.has(rest[i][1])), None)
-                if hit is not None:
-                    await self._restore_to(context, rest[: hit + 1], steps)
-                    position += hit + 1
+                if covered := await self._restore_deepest(context, rest, steps):
+                    position += covered
                     continue
                 for stage, key in span:
                     await steps.run(stage, key)
@@ -142,21 +359,46 @@ class SnapshotCache:
         async with concurrency.exclusive(self.directory / f".{key}.lock"):
             yield
 
-    async def _restore_to(self, context: Context, stages: Sequence[tuple[Stage, str]], steps: Steps) -> None:
-        """Only the last of `stages` is restored: the others' results are part of it (keys are chained)."""
-        for stage, key in stages[:-1]:
-            steps.reused(stage, key, 0.0)
+    async def _restore_deepest(self, context: Context, rest: Sequence[tuple[Stage, str]], steps: Steps) -> int:
+        """Restore the deepest stored entry of `rest`; how many of its stages that covers (0: none).
+        A damaged entry is dropped and the next one back tried, as if it had never been there."""
+        for hit in reversed(range(len(rest))):
+            if self.has(rest[hit][1]) and await self._restore_to(context, rest[: hit + 1], steps):
+                return hit + 1
+        return 0
+
+    async def _restore_to(self, context: Context, stages: Sequence[tuple[Stage, str]], steps: Steps) -> bool:
+        """Only the last of `stages` is restored: the others' results are part of it (keys are chained).
+        None of them is reported reused before the entry proved intact."""
         stage, key = stages[-1]
         started = time.monotonic()
-        await self.restore(key, context)
+        if not await self.restore(key, context):
+            return False
+        for earlier, earlier_key in stages[:-1]:
+            steps.reused(earlier, earlier_key, 0.0)
         steps.reused(stage, key, time.monotonic() - started)
+        return True
 
-    async def restore(self, key: str, context: Context) -> None:
-        """Replace the workspace's items with the entry of `key`."""
-        await remove_trees([home / name for name, home in context.items().items()])
-        await extract(self.entry(key), context)
+    async def restore(self, key: str, context: Context) -> bool:
+        """Replace the workspace's items with the entry of `key`, once it proved intact. A damaged
+        entry is dropped instead, with one warning, and the workspace is left as it was: False."""
+        entry = self.entry(key)
+        old = [home / name for name, home in context.items().items()]
+        try:
+            with opened_entry(entry) as archives:
+                staging = await extract(archives, context)
+        except DamagedEntry as damage:
+            context.log.warning(
+                f"stage-cache entry {entry} is damaged: {damage}; dropping it and building the stage again",
+                key=key[:12],
+            )
+            await drop_entry(entry)
+            self.dropped.append(key)
+            return False
+        await replace_items(context, old, staging)
         self.restored.append(key)
         context.log.info("restored from the stage cache", key=key[:12])
+        return True
 
     async def store(self, key: str, context: Context) -> None:
         """The workspace's items as the entry of `key`, unless there is one: entries never change."""
@@ -165,7 +407,7 @@ class SnapshotCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
-            await archive(context, temporary)
+            write_manifest(temporary, key, await archive(context, temporary))
             # An older mkosi's tree copy under the same key is not an entry: replace it.
             await remove_tree(self.entry(key))
             os.rename(temporary, self.entry(key))
@@ -191,7 +433,7 @@ async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) ->
         os.replace(temporary, record)
         still_used = set().union(*(set(r.read_text().split()) for r in owners.iterdir() if r.suffix != ".tmp"))
         for key in sorted(previous - still_used):
-            await remove_tree(directory / key)
+            await drop_entry(directory / key)
             if log is not None:
                 log.info("dropped from the stage cache", key=key[:12])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -222,6 +223,86 @@ def test_a_workspace_on_disk_gives_the_same_tree_as_on_tmpfs(debian_project: Pat
         assert _tree_listing(on_disk) == _tree_listing(directory_image)
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(on_disk)], check=True)
+
+
+def _events(stderr: str) -> list[dict[str, object]]:
+    """The build's JSON log lines (its console is not a terminal here)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def _stage_fates(events: list[dict[str, object]]) -> dict[str, tuple[str, bool]]:
+    """Each stage's key and whether it was restored from the stage cache."""
+    finished = [e for e in events if e.get("type") == "stage-finished"]
+    return {str(e["stage"]): (str(e["key"]), bool(e["reused"])) for e in finished}
+
+
+def _flip_a_byte_of(archive: Path, within: bytes) -> None:
+    """Flip a byte inside a file's data, which tar keeps no checksum of."""
+    with archive.open("r+b") as f:
+        offset = f.read().index(within)
+        f.seek(offset)
+        f.write(bytes([within[0] ^ 0x01]))
+
+
+def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path, tmp_path: Path) -> None:
+    """An -i rebuild after one entry's archive was truncated and another's had a byte flipped: one
+    warning for each, the stages built again, the whole tree published, intact entries stored."""
+    # This test's own stage cache (it damages entries), packages from the shared pool (no downloads).
+    cache = tmp_path / "cache"
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    pool.mkdir(parents=True, exist_ok=True)
+    cache.mkdir()
+    (cache / pool.name).symlink_to(pool)
+    stages = cache / "stages"
+    output = debian_project / "damaged-cache-image"
+    build = ("-t", "directory", "-i", f"--cache={cache}", "-o", output.name, "-f", "build")
+    try:
+        first = _stage_fates(_events(mkosi(*build, cwd=debian_project).stderr))
+        assert not any(reused for _, reused in first.values())
+        bootstrap, last = first["bootstrap"][0], first["clean"][0]
+        assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".")) == sorted(
+            [bootstrap, last, "owners"]
+        )
+        listing = _tree_listing(output)
+
+        truncated = stages / bootstrap / "root.tar"
+        size = truncated.stat().st_size
+        os.truncate(truncated, size - 4096)
+        # The marker from mkosi.extra is in the last entry only: restored without a check, it would
+        # come back with a byte flipped.
+        _flip_a_byte_of(stages / last / "root.tar", b"from mkosi.extra")
+
+        events = _events(mkosi(*build, cwd=debian_project).stderr)
+        warnings = [str(e["event"]) for e in events if e.get("level") == "warning"]
+        assert len(warnings) == 2, warnings
+        assert warnings[0].startswith(f"stage-cache entry {stages / last} is damaged: root.tar has SHA-256 ")
+        assert warnings[1] == (
+            f"stage-cache entry {stages / bootstrap} is damaged: root.tar has {size - 4096} bytes, "
+            f"its manifest.json records {size}; dropping it and building the stage again"
+        )
+        assert not any(reused for _, reused in _stage_fates(events).values())
+        assert (output / "etc/mkosi-test-marker").read_text() == "from mkosi.extra\n"
+        assert _tree_listing(output) == listing
+
+        # Both entries were replaced by intact ones, which sha256sum agrees with, and nothing of the
+        # damaged ones or of the restore attempts is left.
+        assert sorted(p.name for p in stages.iterdir() if not p.name.endswith(".lock")) == sorted(
+            [bootstrap, last, "owners"]
+        )
+        for key in (bootstrap, last):
+            manifest = json.loads((stages / key / "manifest.json").read_text())
+            sums = subprocess.run(["sha256sum", "root.tar"], cwd=stages / key, capture_output=True, text=True)
+            assert manifest["archives"] == {
+                "root.tar": {"size": (stages / key / "root.tar").stat().st_size, "sha256": sums.stdout.split()[0]}
+            }
+        assert not list(debian_project.glob(".mkosi-*"))
+        # And they are trusted: the next build restores the last one without a word.
+        events = _events(mkosi(*build, cwd=debian_project).stderr)
+        assert [e for e in events if e.get("level") == "warning"] == []
+        assert _stage_fates(events)["clean"] == (last, True)
+        assert (output / "etc/mkosi-test-marker").read_text() == "from mkosi.extra\n"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(output), f"{output}.log"], check=True)
 
 
 def test_existing_output_is_refused_without_force(debian_project: Path, directory_image: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ async def test_capture_returns_stdout() -> None:
 async def test_input_goes_to_stdin() -> None:
     result = await run(["cat"], input=b"secret\n", capture_stdout=True)
     assert result.stdout == "secret\n"
+
+
+async def test_stdin_reads_an_open_file_from_where_it_stands(tmp_path: Path) -> None:
+    (tmp_path / "archive").write_bytes(b"header|body\n")
+    fd = os.open(tmp_path / "archive", os.O_RDONLY)
+    try:
+        os.lseek(fd, len(b"header|"), os.SEEK_SET)
+        result = await run(["cat"], stdin=fd, capture_stdout=True)
+    finally:
+        os.close(fd)
+    assert result.stdout == "body\n"
+    with pytest.raises(ValueError, match="input or stdin"):
+        await run(["cat"], input=b"", stdin=0)
 
 
 async def test_failure_carries_command_and_last_lines() -> None:

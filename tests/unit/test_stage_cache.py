@@ -1,20 +1,27 @@
-"""The stage cache with fake stages: single flight, look-ahead, atomic entries, locks released."""
+"""The stage cache with fake stages: single flight, look-ahead, atomic entries, locks released, damaged
+entries refused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import struct
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
 from mkosi.pipeline import Stage, run_stages
-from mkosi.stage_cache import SnapshotCache
+from mkosi.stage_cache import SnapshotCache, prune
 
 pytestmark = pytest.mark.anyio
 
@@ -288,3 +295,168 @@ async def test_a_tree_kept_next_to_the_output_round_trips(tmp_path: Path) -> Non
     await cache.restore("2" * 64, back)
     assert (back.root / "etc/hostname").read_text() == "changed\n"
     assert (back.workspace / "build-root/gcc").read_text() == "compiler\n"
+
+
+KEY = "3" * 64
+
+
+async def _stored_entry(tmp_path: Path) -> tuple[SnapshotCache, Path]:
+    """An entry of two archives: the image's tree and a build image."""
+    cache = SnapshotCache(tmp_path / "cache")
+    source = _context(tmp_path, _config(tmp_path), "source")
+    (source.root / "etc").mkdir(parents=True)
+    (source.root / "etc/hostname").write_text("intact-hostname\n")
+    (source.workspace / "build-root").mkdir()
+    (source.workspace / "build-root/gcc").write_text("compiler\n")
+    cache.directory.mkdir()
+    await cache.store(KEY, source)
+    return cache, cache.entry(KEY)
+
+
+def _truncate(entry: Path) -> None:
+    archive = entry / "root.tar"
+    os.truncate(archive, archive.stat().st_size // 2)
+
+
+def _flip(entry: Path, offset: int) -> None:
+    with (entry / "root.tar").open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def _flip_in_a_files_data(entry: Path) -> None:
+    # tar keeps no checksum of the data: only the digest can tell.
+    _flip(entry, (entry / "root.tar").read_bytes().index(b"intact-hostname"))
+
+
+def _flip_in_a_header(entry: Path) -> None:
+    _flip(entry, 0)  # the first member's name: tar itself fails on the header's checksum
+
+
+def _stray_file(entry: Path) -> None:
+    (entry / "notes.txt").write_text("left here by hand\n")
+
+
+def _digest_reason(entry: Path) -> str:
+    recorded = json.loads((entry / "manifest.json").read_text())["archives"]["root.tar"]["sha256"]
+    actual = hashlib.sha256((entry / "root.tar").read_bytes()).hexdigest()
+    return f"root.tar has SHA-256 {actual[:16]}…, its manifest.json records {recorded[:16]}…"
+
+
+def _rekey(entry: Path, key: str) -> None:
+    manifest = json.loads((entry / "manifest.json").read_text())
+    (entry / "manifest.json").write_text(json.dumps({**manifest, "key": key}))
+
+
+# Each damage, and the reason the warning gives for it (from the damaged entry and the archive's
+# size before).
+DAMAGES: dict[str, tuple[Callable[[Path], None], Callable[[Path, int], str]]] = {
+    "truncated": (_truncate, lambda e, size: f"root.tar has {size // 2} bytes, its manifest.json records {size}"),
+    "flipped-data": (_flip_in_a_files_data, lambda e, size: _digest_reason(e)),
+    "flipped-header": (_flip_in_a_header, lambda e, size: _digest_reason(e)),
+    "no-manifest": (
+        lambda e: (e / "manifest.json").unlink(),
+        lambda e, size: "it has no manifest.json (written by an earlier mkosi, or never finished)",
+    ),
+    "stray-file": (_stray_file, lambda e, size: "notes.txt is not in its manifest.json"),
+    "missing-archive": (lambda e: (e / "build-root.tar").unlink(), lambda e, size: "build-root.tar is missing"),
+    "garbled-manifest": (
+        lambda e: (e / "manifest.json").write_text("{"),
+        lambda e, size: (
+            "its manifest.json is unreadable: Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1)"
+        ),
+    ),
+    "another-keys-manifest": (
+        lambda e: _rekey(e, "4" * 64),
+        lambda e, size: f"its manifest.json is that of the entry {'4' * 64}",
+    ),
+}
+
+
+def _warnings(logs: list[dict[str, Any]]) -> list[str]:
+    return [log["event"] for log in logs if log["log_level"] == "warning"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+async def test_a_damaged_entry_is_refused_with_its_reason_and_dropped(tmp_path: Path, damage: str) -> None:
+    cache, entry = await _stored_entry(tmp_path)
+    size = (entry / "root.tar").stat().st_size
+    make_damage, reason = DAMAGES[damage]
+    make_damage(entry)
+    expected = reason(entry, size)
+    target = _context(tmp_path, _config(tmp_path), "target")
+    target.root.mkdir()
+    (target.root / "before").write_text("the workspace as it was\n")
+    with capture_logs() as logs:
+        assert not await cache.restore(KEY, target)
+    assert _warnings(logs) == [
+        f"stage-cache entry {entry} is damaged: {expected}; dropping it and building the stage again"
+    ]
+    assert cache.dropped == [KEY] and cache.restored == []
+    # Dropped whole, nothing of it left aside; the workspace untouched, no half-restored item in it.
+    assert not cache.has(KEY)
+    assert [p.name for p in cache.directory.iterdir() if not p.name.endswith(".lock")] == []
+    assert sorted(p.name for p in target.workspace.iterdir()) == ["root"]
+    assert sorted(p.name for p in target.root.iterdir()) == ["before"]
+
+
+async def test_an_intact_entry_is_restored_and_its_manifest_agrees_with_sha256sum(tmp_path: Path) -> None:
+    cache, entry = await _stored_entry(tmp_path)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["key"] == KEY and sorted(manifest["archives"]) == ["build-root.tar", "root.tar"]
+    sums = subprocess.run(["sha256sum", "root.tar", "build-root.tar"], cwd=entry, capture_output=True, text=True)
+    for line in sums.stdout.splitlines():
+        digest, name = line.split()
+        assert manifest["archives"][name] == {"size": (entry / name).stat().st_size, "sha256": digest}
+    assert sorted(p.name for p in entry.iterdir()) == ["build-root.tar", "manifest.json", "root.tar"]
+
+    target = _context(tmp_path, _config(tmp_path), "target")
+    (target.workspace / "stale").mkdir()
+    with capture_logs() as logs:
+        assert await cache.restore(KEY, target)
+    assert _warnings(logs) == []
+    assert sorted(p.name for p in target.workspace.iterdir()) == ["build-root", "root"]
+    assert (target.root / "etc/hostname").read_text() == "intact-hostname\n"
+    assert (target.workspace / "build-root/gcc").read_text() == "compiler\n"
+
+
+async def test_a_damaged_entry_is_rebuilt_from_the_deepest_intact_one(tmp_path: Path) -> None:
+    rec = Recorder()
+    stages = _stages(rec)
+    cache = SnapshotCache(tmp_path / "cache")
+    config = _config(tmp_path)
+    await run_stages(_context(tmp_path, config, "first"), stages, cache)
+    _, configure, clean = cache.stored
+    _truncate(cache.entry(clean))
+    rec.runs.clear()
+    second = _context(tmp_path, config, "second")
+    with capture_logs() as logs:
+        await run_stages(second, stages, cache)
+    assert len(_warnings(logs)) == 1 and str(cache.entry(clean)) in _warnings(logs)[0]
+    assert cache.dropped == [clean] and cache.restored == [configure]
+    # Only what the damaged entry stood for is built again, and stored again, intact.
+    assert [n for n, _ in rec.runs] == ["clean", "output"]
+    assert [r.reused for r in second.stages] == [True, True, False, False]
+    assert (second.root / "state").read_text() == "bootstrap\nconfigure\nclean\noutput\n"
+    assert cache.stored[-1] == clean
+    rec.runs.clear()
+    third = _context(tmp_path, config, "third")
+    with capture_logs() as logs:
+        await run_stages(third, stages, cache)
+    assert _warnings(logs) == [] and [n for n, _ in rec.runs] == ["output"]
+    assert cache.restored[-1] == clean
+
+
+async def test_prune_drops_what_no_owner_uses_any_more(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for key in ("1" * 64, "2" * 64, "3" * 64):
+        (cache / key).mkdir(parents=True)
+        (cache / key / "root.tar").write_bytes(b"archive")
+    await prune(cache, "image-a", {"1" * 64, "2" * 64})
+    await prune(cache, "image-b", {"2" * 64})
+    await prune(cache, "image-a", {"3" * 64})
+    # The first key only image-a used is gone, whole; the one image-b still uses is kept.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["2" * 64, "3" * 64, "owners"]

@@ -18,6 +18,7 @@ from mkosi import naming
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
 from mkosi.errors import MkosiError
+from mkosi.reproducibility import frozen_clock
 from mkosi.run import run
 
 # Written into the image before packages are installed, so that the kernel package's own initrd
@@ -184,7 +185,8 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
         address = -(-address // PAGE) * PAGE
         arguments += [f"--add-section={name}={path}", f"--change-section-vma={name}={address:#x}"]
         address += path.stat().st_size
-    await run(["objcopy", *arguments, stub, output], log=log)
+    prefix, env = frozen_clock(context.config.source_date_epoch)
+    await run([*prefix, "objcopy", *arguments, stub, output], env=env, log=log)
 
 
 def boot_loader(context: Context) -> Path:

@@ -8,6 +8,7 @@ refuses to build while there are any.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING
 
 from mkosi.settings import OutputFormat
@@ -37,3 +38,14 @@ def obstacles(config: Config) -> list[str]:
             "DeterministicScripts=yes declares that it writes the same files for the same sources"
         )
     return reasons
+
+
+def frozen_clock(epoch: int | None) -> tuple[list[str], dict[str, str]]:
+    """For SourceDateEpoch=: a command prefix and environment under which the command's clock stands
+    still at the epoch, for tools that write the time of day and have no option to set it: sbsign
+    (OpenSSL's PKCS#7 signingTime attribute) and objcopy (binutils 2.40 stamps the PE header's
+    TimeDateStamp; SOURCE_DATE_EPOCH is not read there). libfaketime's absolute form freezes it."""
+    if epoch is None:
+        return [], {}
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return ["faketime", "-f", when], {"TZ": "UTC"}

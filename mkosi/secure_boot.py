@@ -6,27 +6,17 @@ a key that group or others may read.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from mkosi.errors import MkosiError
+from mkosi.reproducibility import frozen_clock
 from mkosi.run import run
 
 # The owner GUID recorded with our certificate in PK, KEK and db (any fixed GUID will do).
 OWNER = "5c1e11a4-61c1-4a6e-a2b4-6d6b6f736921"
-
-
-def frozen_clock(epoch: int | None) -> tuple[list[str], dict[str, str]]:
-    """For SourceDateEpoch=: a command prefix and environment under which the command's clock stands
-    still at the epoch. sbsign (OpenSSL's PKCS#7) puts the time of day into every signature as its
-    signingTime attribute and has no option to set it; libfaketime's absolute form freezes it."""
-    if epoch is None:
-        return [], {}
-    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return ["faketime", "-f", when], {"TZ": "UTC"}
 
 
 async def sign(source: Path, output: Path, key: Path, certificate: Path, log: Any, epoch: int | None = None) -> None:

@@ -173,7 +173,7 @@ def verify_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"no such release directory: {release}")
     matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
     log.setup(json={"json": True, "console": False}.get(args.log_format), verbose=args.verbose)
-    rebuild = Rebuild(release, matrix, directory, args.scratch.resolve(), max(args.jobs, 1))
+    rebuild = Rebuild.plan(release, matrix, directory, args.scratch.resolve(), max(args.jobs, 1))
     verify_log = structlog.get_logger("mkosi.matrix")
     stopped_by, outcome = anyio.run(_verify_with_signals, rebuild, verify_log)
     if stopped_by is not None or not outcome:

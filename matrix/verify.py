@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from matrix import release as rel
 from matrix.progress import LogProgress
 from matrix.runner import Run, Setting, plan
@@ -143,38 +145,47 @@ def table(verdicts: Sequence[Verdict]) -> str:
 
 @dataclass
 class Rebuild:
-    """One verification: the published release, the matrix it came from, scratch space."""
+    """One verification, planned before any work (every refusal is one line): the published release,
+    the scratch space it is rebuilt in, and the run that rebuilds it."""
 
     release: Path
-    matrix: Matrix
-    directory: Path
-    scratch_parent: Path = SCRATCH
-    jobs: int = 1
+    manifest: dict[str, Any]
+    scratch: Path
+    run: Run
 
-    async def verify(self, log: Any) -> tuple[list[Verdict], list[str]]:
-        """The verdict of every artifact and the cells that could not be rebuilt (with why)."""
-        manifest = read_manifest(self.release)
-        check_matrix(self.matrix, manifest)
-        scratch = Path(tempfile.mkdtemp(prefix="mkosi-verify.", dir=self.scratch_parent))
+    @classmethod
+    def plan(cls, release: Path, matrix: Matrix, directory: Path, scratch_parent: Path, jobs: int) -> Rebuild:
+        manifest = read_manifest(release)
+        check_matrix(matrix, manifest)
+        scratch = Path(tempfile.mkdtemp(prefix="mkosi-verify.", dir=scratch_parent))
         try:
             (scratch / "locks").mkdir()
             overrides = rebuild_settings(manifest, scratch / "locks")
-            cells = [c for c in self.matrix.cells if c.name in overrides]
+            cells = [c for c in matrix.cells if c.name in overrides]
             if missing := sorted(overrides.keys() - {c.name for c in cells}):
-                raise ConfigError(f"the matrix file has no cell {', '.join(missing)}", origin=str(self.matrix.path))
+                raise ConfigError(f"the matrix file has no cell {', '.join(missing)}", origin=str(matrix.path))
             # The same release, published in scratch space and never signed: the signature is the
             # release's own, made with a key the verifier need not have.
-            settings = dataclasses.replace(self.matrix.release, directory=scratch / "release", sign=False)
-            matrix = dataclasses.replace(self.matrix, release=settings)
-            planned = plan(matrix, self.directory, cells, scratch / "work/cells", overrides)
-            (scratch / "work").mkdir()
-            rebuild = Run(matrix, planned, scratch / "work", max_jobs=self.jobs)
-            outcomes = await rebuild.execute(LogProgress())
+            settings = dataclasses.replace(matrix.release, directory=scratch / "release", sign=False)
+            rebuilt = dataclasses.replace(matrix, release=settings)
+            planned = plan(rebuilt, directory, cells, scratch / "work/cells", overrides)
+        except BaseException:
+            shutil.rmtree(scratch)  # nothing but the lock files yet
+            raise
+        (scratch / "work").mkdir()
+        return cls(release, manifest, scratch, Run(rebuilt, planned, scratch / "work", max_jobs=jobs))
+
+    async def verify(self, log: Any) -> tuple[list[Verdict], list[str]]:
+        """The verdict of every artifact and the cells that could not be rebuilt (with why); the
+        scratch space is gone afterwards."""
+        try:
+            outcomes = await self.run.execute(LogProgress())
             failed = [f"{o.name}: {o.error}" for o in outcomes if o.status is not Status.success]
-            names = artifact_names(manifest)
+            names = artifact_names(self.manifest)
             if failed:
                 # A partial rebuild's SHA256SUMS lists fewer artifacts: that says nothing new.
                 names.remove(naming.SUMS)
-            return await compare(self.release, scratch / "release", names, log), failed
+            return await compare(self.release, self.scratch / "release", names, log), failed
         finally:
-            await remove_tree(scratch)
+            with anyio.CancelScope(shield=True):
+                await remove_tree(self.scratch)

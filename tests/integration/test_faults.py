@@ -1,0 +1,147 @@
+"""Faults injected for real: concurrent matrices and builds on one cache, kill -9 of a matrix, full
+file systems under the output and the workspace."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import CACHE
+
+
+def _matrix_project(directory: Path, hostname: str, formats: str = '"tar"') -> Path:
+    """A project whose matrix builds small Debian images with one epoch, on the shared package cache."""
+    directory.mkdir(parents=True)
+    (directory / "mkosi.default").write_text(f"[Packages]\nCache={CACHE / 'packages'}\n")
+    (directory / "mkosi.matrix").write_text(
+        f"[matrix]\nFormat = [{formats}]\n"
+        f'[defaults]\nDistribution = "debian"\nRelease = "bookworm"\nPackages = "less"\nHostname = "{hostname}"\n'
+        '[release]\nDirectory = "release"\nSourceDateEpoch = 1700000000\n'
+    )
+    return directory
+
+
+def _matrix(project: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "matrix", "-C", str(project), "--log-format=json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_matrices_on_one_package_cache_at_once_both_publish_releases_that_verify(tmp_path: Path) -> None:
+    projects = [_matrix_project(tmp_path / name, name) for name in ("first", "second")]
+    running = [_matrix(project) for project in projects]
+    for process in running:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    for project in projects:
+        release = project / "release"
+        checked = subprocess.run(
+            ["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=release, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        verified = _matrix(project, "verify", str(release))
+        stdout, stderr = verified.communicate(timeout=600)
+        assert verified.returncode == 0, stdout + stderr[-3000:]
+        assert "tar.tar  identical" in stdout
+
+
+def _stage_runs(stderr: str) -> list[tuple[str, str]]:
+    """The (stage, key) pairs a build ran itself, from its JSON events."""
+    runs = []
+    for line in stderr.splitlines():
+        event = json.loads(line)
+        if event.get("type") == "stage-finished" and not event["reused"]:
+            runs.append((event["stage"], event["key"]))
+    return runs
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path) -> Iterator[Path]:
+    """A package cache of its own whose pool is the shared one: a stage cache nobody else uses."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    pool.mkdir(parents=True, exist_ok=True)
+    (cache / pool.name).symlink_to(pool)
+    yield cache
+
+
+def test_eight_builds_of_four_configurations_on_one_cache_build_each_stage_once(
+    tmp_path: Path, private_cache: Path
+) -> None:
+    builds = []
+    for i in range(8):
+        directory = tmp_path / f"build-{i}"
+        directory.mkdir()
+        argv = [
+            sys.executable,
+            "-m",
+            "mkosi",
+            f"--cache={private_cache}",
+            "-d",
+            "debian",
+            "-r",
+            "bookworm",
+            "-p",
+            "less",
+        ]
+        argv += ["-t", "tar", f"--hostname=config-{i % 4}", "-i", "--log-format=json", "build"]
+        builds.append(
+            subprocess.Popen(argv, cwd=directory, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        )
+    runs: Counter[tuple[str, str]] = Counter()
+    for process in builds:
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr[-3000:]
+        runs.update(r for r in _stage_runs(stderr) if r[0] != "output")
+    # One bootstrap for all eight, and each configuration's own stages once, by one of its two builds.
+    assert Counter(stage for stage, _ in runs) == {"bootstrap": 1, "configure": 4, "clean": 4}
+    assert set(runs.values()) == {1}
+    for i in range(8):
+        assert (tmp_path / f"build-{i}/image.tar").stat().st_size > 0
+
+
+def _descendants_alive(marker: str) -> str:
+    return subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+
+
+def _shm() -> set[Path]:
+    return set(Path("/dev/shm").iterdir())
+
+
+def test_kill_9_of_a_matrix_leaves_nothing_the_next_run_needs_cleaned(tmp_path: Path) -> None:
+    project = _matrix_project(tmp_path / "project", "killed", '"tar", "directory"')
+    before = _shm()
+    process = _matrix(project)
+    deadline = time.monotonic() + 240
+    # Both cells under way, their trees being installed in workspaces of theirs.
+    while len(list(Path("/dev/shm").glob(".mkosi-workspace.*/root/usr"))) < 2:
+        assert time.monotonic() < deadline, "the cells did not start"
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    left = _shm() - before
+    assert left, "the killed matrix had nothing in /dev/shm: the test proves nothing"
+    # Nothing of it runs on: every command died with it.
+    time.sleep(1)
+    for path in left:
+        assert subprocess.run(["pgrep", "-af", path.name], capture_output=True, text=True).stdout == ""
+    assert not (project / "release").exists()
+    # The next run succeeds without anyone cleaning up, and removes what the killed one left.
+    again = _matrix(project)
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-3000:]
+    assert sorted(p.name for p in project.iterdir()) == ["mkosi.default", "mkosi.matrix", "release", "release.logs"]
+    assert not [p for p in left if p.exists()]

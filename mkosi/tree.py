@@ -121,6 +121,28 @@ def normalise_shadow_dates(shadow: Path, epoch: int) -> None:
     shadow.write_text("".join(f"{line}\n" for line in lines))
 
 
+# openssh-server's postinst generates host keys: random, and the same on every machine made from
+# the image. They go, and sshd's units make the missing ones (ssh-keygen -A) before they start.
+SSH_HOST_KEYS = "etc/ssh/ssh_host_*_key*"
+SSH_UNITS = ("ssh.service", "sshd.service", "ssh@.service", "sshd@.service")
+SSH_KEYGEN_DROP_IN = "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n"
+
+
+def regenerate_ssh_host_keys(root: Path) -> list[str]:
+    """Remove the tree's ssh host keys; returns the units given a drop-in that makes new ones."""
+    keys = list(root.glob(SSH_HOST_KEYS))
+    for key in keys:
+        key.unlink()
+    if not keys:
+        return []
+    units = [u for u in SSH_UNITS for d in ("usr/lib/systemd/system", "etc/systemd/system") if (root / d / u).exists()]
+    for unit in dict.fromkeys(units):
+        drop_in = root / "etc/systemd/system" / f"{unit}.d" / "mkosi-host-keys.conf"
+        drop_in.parent.mkdir(parents=True, exist_ok=True)
+        drop_in.write_text(SSH_KEYGEN_DROP_IN)
+    return list(dict.fromkeys(units))
+
+
 async def make_reproducible(context: Context) -> None:
     """The tree as the same inputs always make it, for SourceDateEpoch=: the last tree stage."""
     epoch = context.config.source_date_epoch
@@ -130,6 +152,7 @@ async def make_reproducible(context: Context) -> None:
         normalise_shadow_dates(root / shadow, epoch)
     # ldconfig's aux-cache records the mtimes and inode numbers of the libraries it read.
     (root / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
+    regenerate_ssh_host_keys(root)
     # Thousands of system calls: in a thread, so that the other builds of a matrix and Ctrl-C go on.
     clamped = await anyio.to_thread.run_sync(clamp_mtimes, root, epoch)
     context.log.info("clamped mtimes", files=clamped, epoch=epoch)

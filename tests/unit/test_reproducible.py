@@ -251,3 +251,23 @@ def test_reproducible_refuses_what_a_rebuild_would_not_give_again(tmp_path: Path
     # Without Reproducible= the same configurations build, and their obstacles are only reported.
     config = parse_args(["-C", str(tmp_path), "-t", "raw_btrfs"])[1]
     assert [r.split(":")[0] for r in obstacles(config)] == ["no SourceDateEpoch=", "Format=raw_btrfs", "mkosi.build"]
+
+
+def test_ssh_host_keys_go_and_sshd_makes_its_own_on_first_start(tmp_path: Path) -> None:
+    from mkosi.tree import regenerate_ssh_host_keys
+
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "usr/lib/systemd/system").mkdir(parents=True)
+    (root / "usr/lib/systemd/system/ssh.service").write_text("[Service]\n")
+    (root / "usr/lib/systemd/system/ssh@.service").write_text("[Service]\n")
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "ssh_host_rsa_key"):
+        (root / "etc/ssh" / name).write_text("random\n")
+    (root / "etc/ssh/sshd_config").write_text("Port 22\n")
+    assert regenerate_ssh_host_keys(root) == ["ssh.service", "ssh@.service"]
+    assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == ["sshd_config"]
+    drop_in = root / "etc/systemd/system/ssh.service.d/mkosi-host-keys.conf"
+    assert "ExecStartPre=/usr/bin/ssh-keygen -A" in drop_in.read_text()
+    # A tree without openssh-server gets nothing.
+    assert regenerate_ssh_host_keys(tmp_path / "empty") == []
+    assert not (tmp_path / "empty").exists()

@@ -22,14 +22,14 @@ from rich.console import Console
 from matrix import release as rel
 from matrix.command import arguments_after
 from matrix.progress import LiveProgress, LogProgress, summary_table
-from matrix.runner import Run, listing, plan
+from matrix.runner import CACHE_PREFIX, Run, listing, plan
 from matrix.scheduler import Observer, Status
 from matrix.spec import load_matrix, select
 from matrix.verify import SCRATCH, Rebuild, Verdict, table
 from mkosi import log
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.errors import ConfigError, MkosiError
-from mkosi.workspace import remove_tree
+from mkosi.workspace import TMPFS_DIR, claim_directory, release_directory, remove_abandoned
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,9 +90,18 @@ async def _run_with_signals(run: Run, observer: Observer) -> int | None:
     return SIGNAL_EXIT[stopped_by] if stopped_by else None
 
 
-async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool) -> int:
+def work_prefix(release: Path) -> str:
+    """The run's own directory next to the release: the release being assembled, the cells' outputs."""
+    return f".{release.name}.mkosi-tmp."
+
+
+async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool, owner: int) -> int:
     names = [p.name for p in run.planned]
     status: int | None
+    # What runs of this release killed with SIGKILL left: their directories, their shared stages.
+    matrix_log = structlog.get_logger("mkosi.matrix")
+    await remove_abandoned([run.work.parent], work_prefix(run.matrix.release.directory), matrix_log)
+    await remove_abandoned([TMPFS_DIR], CACHE_PREFIX, matrix_log)
     try:
         if live:
             progress = LiveProgress(names, console)
@@ -101,8 +110,7 @@ async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool
         else:
             status = await _run_with_signals(run, LogProgress())
     finally:
-        with anyio.CancelScope(shield=True):
-            await remove_tree(run.work)
+        await release_directory(run.work, owner)
     if status is not None:
         structlog.get_logger("mkosi.matrix").error("interrupted, cleaned up; nothing was published")
         return status
@@ -117,10 +125,9 @@ def main(argv: Sequence[str]) -> int:
     matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
     cells = select(matrix.cells, args.cell)
     release_dir = matrix.release.directory
-    work = release_dir.parent / f".{release_dir.name}.mkosi-tmp.{os.getpid()}"
-    planned = plan(matrix, directory, cells, work / "cells")
     if args.list:
-        print(listing(planned))
+        # Where the cells would be built does not change their stages.
+        print(listing(plan(matrix, directory, cells, release_dir.parent / "cells")))
         return 0
 
     json = {"json": True, "console": False}.get(args.log_format)
@@ -133,10 +140,15 @@ def main(argv: Sequence[str]) -> int:
     matrix_log = structlog.get_logger("mkosi.matrix")
 
     rel.check_replaceable(release_dir)
-    release_dir.parent.mkdir(parents=True, exist_ok=True)
-    work.mkdir()
+    work, owner = claim_directory(release_dir.parent, work_prefix(release_dir))
+    try:
+        planned = plan(matrix, directory, cells, work / "cells")
+    except BaseException:
+        os.rmdir(work)  # still empty
+        os.close(owner)
+        raise
     run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going)
-    status = anyio.run(_main, args, run, console, live)
+    status = anyio.run(_main, args, run, console, live, owner)
     if status:
         return status
     outcomes = run.outcomes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from mkosi.events import Event, Monitor, StageStarted
 from mkosi.package_lock import Installed
 from mkosi.pipeline import stage_keys
 from mkosi.stage_cache import SnapshotCache
-from mkosi.workspace import choose_base, remove_tree
+from mkosi.workspace import choose_base, owned_directory, remove_tree
 
 
 @dataclass
@@ -58,6 +57,9 @@ class CellResult:
 
 
 Setting = tuple[str, str, str]  # where it comes from, its key, its value
+# The stages a matrix run shares between its cells, on tmpfs when memory allows: a directory of
+# the run's own, removed with it, and by the next run when the run was killed.
+CACHE_PREFIX = ".mkosi-matrix-cache."
 
 
 def plan(
@@ -202,8 +204,7 @@ class Run:
         """Build every cell; publish the release unless cancelled. Returns the cells' outcomes."""
         self.assembled.mkdir(parents=True)
         base = choose_base(WorkspaceMode.auto, self.work)
-        cache_dir = Path(tempfile.mkdtemp(prefix=".mkosi-matrix-cache.", dir=base))
-        try:
+        async with owned_directory(base, CACHE_PREFIX, self.log) as cache_dir:
             keep = keys_to_keep(self.planned)
             cache = SnapshotCache(cache_dir, keep=keep.__contains__)
 
@@ -217,9 +218,6 @@ class Run:
                     keep_going=self.keep_going,
                     observer=observer,
                 )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await remove_tree(cache_dir)
         by_name = {o.name: o for o in finished}
         outcomes = [by_name[p.name] for p in self.planned]
         self.outcomes = outcomes

@@ -66,34 +66,51 @@ WORKSPACE_PREFIX = ".mkosi-workspace."
 
 
 @contextlib.asynccontextmanager
-async def workspace(config: Config, log: Any, base: Path | None = None) -> AsyncIterator[Path]:
-    """A private temporary directory in `base` (by default where choose_base() says).
+async def owned_directory(base: Path, prefix: str, log: Any) -> AsyncIterator[Path]:
+    """A new private directory in `base` called `prefix` and a random suffix, removed when it ends.
 
-    Its build holds a flock on it while it lives: a build killed too hard to remove it (SIGKILL, a
-    power cut on disk) holds nothing any more, and the next build removes it (see
-    remove_abandoned_workspaces). On tmpfs that is memory the machine would never get back.
+    Its owner holds a flock on it while it lives: an owner killed too hard to remove it (SIGKILL, a
+    power cut on disk) holds nothing any more, and the next run removes it (remove_abandoned). On
+    tmpfs that is memory the machine would never get back.
     """
-    base = base or choose_base(config.workspace, config.output.parent)
-    base.mkdir(parents=True, exist_ok=True)
-    # Locked before it gets the name other builds look for: they never see it unlocked.
-    creating = Path(tempfile.mkdtemp(prefix=".mkosi-creating.", dir=base))
-    owner = os.open(creating, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(owner, fcntl.LOCK_EX)  # a new directory: nobody else holds it
-    path = creating.with_name(f"{WORKSPACE_PREFIX}{config.output.name}.{creating.name.rsplit('.', 1)[-1]}")
-    os.rename(creating, path)
+    path, owner = claim_directory(base, prefix)
     log.info("workspace", path=str(path))
     try:
         yield path
     finally:
-        with anyio.CancelScope(shield=True):
-            await remove_tree(path)
-        os.close(owner)
+        await release_directory(path, owner)
 
 
-async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None:
-    """Remove the workspaces in `directories` whose build is gone; a live build's lock keeps its own."""
+def claim_directory(base: Path, prefix: str) -> tuple[Path, int]:
+    """The directory of owned_directory() and the descriptor that holds its lock, for owners that
+    need its path before they can enter an async context; release_directory() ends it."""
+    base.mkdir(parents=True, exist_ok=True)
+    # Locked before it gets the name others look for: they never see it unlocked.
+    creating = Path(tempfile.mkdtemp(prefix=".mkosi-creating.", dir=base))
+    owner = os.open(creating, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(owner, fcntl.LOCK_EX)  # a new directory: nobody else holds it
+    path = creating.with_name(f"{prefix}{creating.name.rsplit('.', 1)[-1]}")
+    os.rename(creating, path)
+    return path, owner
+
+
+async def release_directory(path: Path, owner: int) -> None:
+    with anyio.CancelScope(shield=True):
+        await remove_tree(path)
+    os.close(owner)
+
+
+def workspace(config: Config, log: Any, base: Path | None = None) -> contextlib.AbstractAsyncContextManager[Path]:
+    """A build's workspace in `base` (by default where choose_base() says), named after its output."""
+    base = base or choose_base(config.workspace, config.output.parent)
+    return owned_directory(base, f"{WORKSPACE_PREFIX}{config.output.name}.", log)
+
+
+async def remove_abandoned(directories: list[Path], prefix: str, log: Any) -> None:
+    """Remove the directories called `prefix`* in `directories` whose owner is gone; a live owner's
+    lock keeps its own (see owned_directory)."""
     for directory in directories:
-        for path in sorted(directory.glob(f"{WORKSPACE_PREFIX}*")):
+        for path in sorted(directory.glob(f"{prefix}*")):
             try:
                 # Never through a link: /dev/shm is writable by everyone.
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -103,8 +120,13 @@ async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    continue  # its build is alive
-                log.warning("removing the workspace of a build that was killed", path=str(path))
+                    continue  # its owner is alive
+                log.warning("removing what a killed build left", path=str(path))
                 await remove_trees([path])
             finally:
                 os.close(fd)
+
+
+async def remove_abandoned_workspaces(directories: list[Path], log: Any) -> None:
+    """Remove the workspaces in `directories` whose build is gone."""
+    await remove_abandoned(directories, WORKSPACE_PREFIX, log)

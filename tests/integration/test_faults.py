@@ -31,7 +31,7 @@ def _matrix_project(directory: Path, hostname: str, formats: str = '"tar"') -> P
 
 def _matrix(project: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "matrix", "-C", str(project), "--log-format=json", *args],
+        [sys.executable, "-m", "matrix", *args, "-C", str(project), "--log-format=json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -28,6 +28,7 @@ from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.package_lock import Installed, read_records
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
 from mkosi.run import SubprocessClock, build_environment, subprocess_clock
+from mkosi.space import out_of_space, out_of_space_error
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
 from mkosi.tree import clean_tree, configure_system, install_extra_trees, make_reproducible, root_password
 from mkosi.workspace import TMPFS_DIR, choose_base, remove_abandoned_workspaces, remove_tree, remove_trees, workspace
@@ -475,8 +476,15 @@ async def _publish_build(
                 log.warning(f"{config.output.parent} keeps no extended attributes: -f will refuse this log later")
             async with build_context(config, log, monitor) as context:
                 context.emit(BuildStarted(str(config.output)))
-                await run_stages(context, STAGES, cache)
-                publish(context)
+                try:
+                    await run_stages(context, STAGES, cache)
+                    publish(context)
+                except Exception as error:
+                    if out_of_space(error):
+                        # Measured now: the workspace is about to go.
+                        places = [("the workspace", context.workspace), ("the output", config.output.parent)]
+                        raise out_of_space_error(places, context.root, error) from error
+                    raise
                 installed = read_records(context.workspace)
                 if config.incremental:
                     await prune(stage_cache_dir(config), str(config.output), checkpoints, log)

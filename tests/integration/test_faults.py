@@ -3,6 +3,7 @@ file systems under the output and the workspace."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE
+from tests.integration.support import CACHE, mkosi
 
 
 def _matrix_project(directory: Path, hostname: str, formats: str = '"tar"') -> Path:
@@ -145,3 +146,52 @@ def test_kill_9_of_a_matrix_leaves_nothing_the_next_run_needs_cleaned(tmp_path: 
     assert again.returncode == 0, stderr[-3000:]
     assert sorted(p.name for p in project.iterdir()) == ["mkosi.default", "mkosi.matrix", "release", "release.logs"]
     assert not [p for p in left if p.exists()]
+
+
+@contextlib.contextmanager
+def _mounted(tmp_path: Path, name: str, source: list[str]) -> Iterator[Path]:
+    mount = tmp_path / name
+    mount.mkdir()
+    subprocess.run(["mount", *source, str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A 128 MiB ext4 file system on a loop device: room for a compressed image, not for a tree."""
+    image = tmp_path / "small.ext4"
+    with image.open("wb") as f:
+        f.truncate(128 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
+    with _mounted(tmp_path, "small-ext4", ["-o", "loop", str(image)]) as mount:
+        yield mount
+
+
+TARBALL = ("-d", "debian", "-r", "bookworm", "-p", "less", "-t", "tar", "--compress=zstd")
+
+
+def test_a_full_output_file_system_fails_in_one_line_and_keeps_the_earlier_output(small_ext4: Path) -> None:
+    mkosi(*TARBALL, "build", cwd=small_ext4)
+    earlier = (small_ext4 / "image.tar.zst").read_bytes()
+    # Again with -f, the workspace next to the output this time: the tree does not fit.
+    result = mkosi(*TARBALL, "--workspace=disk", "-f", "build", cwd=small_ext4, check=False)
+    assert result.returncode != 0
+    problem = [line for line in result.stderr.splitlines() if "no space left" in line]
+    assert len(problem) == 1, result.stderr[-3000:]
+    assert f"the workspace and the output on {small_ext4} (" in problem[0] and "MiB free" in problem[0]
+    assert "the image's tree had reached" in problem[0] and " failed)" in problem[0]
+    assert (small_ext4 / "image.tar.zst").read_bytes() == earlier
+    assert sorted(p.name for p in small_ext4.iterdir()) == ["image.tar.zst", "image.tar.zst.log", "lost+found"]
+
+
+def test_a_full_tmpfs_workspace_fails_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    with _mounted(tmp_path, "small-tmpfs", ["-t", "tmpfs", "-o", "size=96m", "tmpfs"]) as mount:
+        result = mkosi(*TARBALL[:-3], "-t", "directory", "--workspace=disk", "build", cwd=mount, check=False)
+        assert result.returncode != 0
+        problem = [line for line in result.stderr.splitlines() if "no space left" in line]
+        assert len(problem) == 1, result.stderr[-3000:]
+        assert f"on {mount} (96 MiB, " in problem[0]
+        assert sorted(p.name for p in mount.iterdir()) == ["image.log"]

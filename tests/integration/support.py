@@ -15,6 +15,16 @@ from pathlib import Path
 CACHE = Path(os.environ.get("MKOSI_TEST_CACHE", "/var/cache/mkosi-tests"))
 
 
+def own_cache(cache: Path) -> Path:
+    """A package cache of its own at `cache` (so a stage cache nobody else uses), whose Debian
+    bookworm pool is the shared one: packages are never downloaded twice."""
+    cache.mkdir()
+    pool = CACHE / "packages" / "debian~bookworm~x86-64"
+    pool.mkdir(parents=True, exist_ok=True)
+    (cache / pool.name).symlink_to(pool)
+    return cache
+
+
 @dataclass
 class Result:
     returncode: int

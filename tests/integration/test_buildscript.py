@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE, mkosi
+from tests.integration.support import CACHE, mkosi, own_cache
 
 EXAMPLE = Path(__file__).parent / "example-project"
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", "-c", "init.defaultBranch=main"]
@@ -37,11 +37,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (project / "secret.txt").write_text("ignored by git\n")
     (project / "notes.txt").write_text("untracked\n")
     # Incremental stage copies go into this project's own cache; packages come from the shared pool.
-    cache = project / "mkosi.cache"
-    cache.mkdir()
-    pool = CACHE / "packages" / "debian~bookworm~x86-64"
-    pool.mkdir(parents=True, exist_ok=True)
-    (cache / pool.name).symlink_to(pool)
+    own_cache(project / "mkosi.cache")
     return project
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE, mkosi
+from tests.integration.support import CACHE, mkosi, own_cache
 
 
 def _matrix_project(directory: Path, hostname: str, formats: str = '"tar"') -> Path:
@@ -70,12 +70,7 @@ def _stage_runs(stderr: str) -> list[tuple[str, str]]:
 @pytest.fixture
 def private_cache(tmp_path: Path) -> Iterator[Path]:
     """A package cache of its own whose pool is the shared one: a stage cache nobody else uses."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    pool = CACHE / "packages" / "debian~bookworm~x86-64"
-    pool.mkdir(parents=True, exist_ok=True)
-    (cache / pool.name).symlink_to(pool)
-    yield cache
+    yield own_cache(tmp_path / "cache")
 
 
 def test_eight_builds_of_four_configurations_on_one_cache_build_each_stage_once(

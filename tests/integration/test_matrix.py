@@ -192,6 +192,12 @@ def _verdicts(output: str) -> dict[str, str]:
     return dict(line.split() for line in output.splitlines() if not line.startswith(" "))
 
 
+def _copy(release: Path, directory: Path) -> Path:
+    """A copy of the release to tamper with."""
+    shutil.copytree(release, directory / "release")
+    return directory / "release"
+
+
 def test_the_manifest_records_what_a_rebuild_needs(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     directory, _ = release
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -228,8 +234,7 @@ def test_verify_names_the_artifact_whose_bytes_changed(
     release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
     directory, _ = release
-    copy = tmp_path / "release"
-    shutil.copytree(directory, copy)
+    copy = _copy(directory, tmp_path)
     with (copy / "debian-trixie-tar.tar.zst").open("r+b") as f:
         f.seek(1000)
         byte = f.read(1)
@@ -246,8 +251,7 @@ def test_verify_names_a_recorded_package_version_that_no_mirror_has(
     release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
     directory, _ = release
-    copy = tmp_path / "release"
-    shutil.copytree(directory, copy)
+    copy = _copy(directory, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
     for cell in manifest["cells"]:
         for package in cell["packages"]:

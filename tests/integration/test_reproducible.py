@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE, mkosi
+from tests.integration.support import CACHE, mkosi, own_cache
 from tests.integration.test_buildscript import _stages
 from tests.integration.test_disk import _by_type
 from tests.integration.test_protected import VERITY_TYPE, _certificate
@@ -106,10 +106,7 @@ def bootable_projects(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     first = _project(tmp_path_factory.mktemp("reproducible") / "first")
     _certificate(first, "mkosi.secure-boot")
     second = _project(first.parent / "second", first)
-    (second / "mkosi.cache").mkdir()
-    pool = CACHE / "packages" / "debian~bookworm~x86-64"
-    pool.mkdir(parents=True, exist_ok=True)
-    (second / "mkosi.cache" / pool.name).symlink_to(pool)
+    own_cache(second / "mkosi.cache")
     return first, second
 
 

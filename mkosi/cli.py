@@ -11,7 +11,7 @@ import structlog
 from mkosi import log, machine
 from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir, written_paths
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
-from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, parse_args
+from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, help_requested, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
 from mkosi.reproducibility import obstacles
@@ -79,11 +79,11 @@ async def run_verb(verb: Verb, config: Config, args: Sequence[str] = ()) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if help_requested(args):
+        print(format_help())
+        return
     try:
         verb, config, verb_args = parse_args(args)
-        if verb is Verb.help:
-            print(format_help())
-            return
         if verb is Verb.summary:
             print(summary(config))
             return

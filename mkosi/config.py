@@ -61,6 +61,7 @@ __all__ = [
     "config_from_settings",
     "format_help",
     "format_summary",
+    "help_requested",
     "parse_args",
 ]
 
@@ -449,16 +450,22 @@ def _one_printable_line(e: ConfigError) -> ConfigError:
     return ConfigError(_printable(e.problem), origin=origin, setting=setting)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
-    """Parse `mkosi [options] [VERB] [ARGS...]` and the configuration files it points at.
+def help_requested(argv: Sequence[str]) -> bool:
+    """-h, --help or the help verb: answered from the settings table alone, so that help works even
+    when the configuration, or a default computed from the environment, is broken."""
+    try:
+        return parse_command_line(argv)[0] is Verb.help
+    except ConfigError:
+        return False
 
-    For -h/--help and the help verb the Config holds the defaults alone, so that help works even
-    when the configuration is broken; the caller prints format_help().
-    """
+
+def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
+    """Parse `mkosi [options] [VERB] [ARGS...]` and the configuration files it points at (for every
+    verb but help: see help_requested)."""
     try:
         verb, cli, args = parse_command_line(argv)
         if verb is Verb.help:
-            return verb, _config(_resolve(_cwd(), None, [])), []
+            raise ConfigError("help needs no configuration: ask help_requested() first")
         directory, default = _locate(cli)
         located = [a for a in cli if a.setting.dest not in ("directory", "default_path")]
         return verb, _load(directory, default, located), args

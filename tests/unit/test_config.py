@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mkosi import settings
+from mkosi.cli import main
 from mkosi.config import (
     Compression,
     Config,
@@ -27,6 +28,7 @@ from mkosi.config import (
     WorkspaceMode,
     format_help,
     format_summary,
+    help_requested,
     parse_args,
 )
 from mkosi.distributions import Distribution
@@ -554,11 +556,15 @@ def test_build_takes_no_arguments(project: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["help"], ["-h"], ["--help"], ["-vh"], ["-d", "x", "--help", "--bogus"]])
-def test_help(project: Path, argv: list[str]) -> None:
-    write(project / "mkosi.default", "broken")  # help must work when the configuration does not
-    verb, config, args = parse_args(argv)
-    assert (verb, args) == (Verb.help, [])
-    assert isinstance(config, Config)
+def test_help(
+    project: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(project / "mkosi.default", "broken")  # help must work when the configuration does not,
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")  # nor a default taken from the environment
+    assert help_requested(argv)
+    main(argv)
+    assert "--source-date-epoch" in capsys.readouterr().out
+    assert not help_requested(["summary"]) and not help_requested(["--bogus"])
 
 
 def test_bare_boolean_before_verb_does_not_swallow_it(project: Path) -> None:

@@ -99,14 +99,10 @@ def kernel_images(root: Path) -> dict[str, Path]:
     return images
 
 
-def initrd_candidates(root: Path, version: str) -> list[Path]:
-    """Where the kernel packages' hooks leave a kernel's initrd, then where mkosi builds one."""
-    return [
-        root / f"boot/initrd.img-{version}",  # Debian, Ubuntu
-        root / f"boot/initrd-{version}",  # openSUSE
-        root / f"boot/initramfs-{version}.img",  # Fedora
-        root / MKOSI_INITRD.format(version=version),
-    ]
+def initrd_candidates(root: Path, version: str, hook_paths: Sequence[str]) -> list[Path]:
+    """Where the distribution's kernel hooks leave a kernel's initrd (its installer's
+    `initrd_paths`), then where mkosi builds one."""
+    return [root / path.format(version=version) for path in (*hook_paths, MKOSI_INITRD)]
 
 
 # Where mkosi puts the initrd it builds itself: next to the kernel's modules, inside the image, so an
@@ -126,9 +122,9 @@ def newest_kernel(root: Path) -> tuple[str, Path]:
     return version, images[version]
 
 
-def find_kernel(root: Path) -> Kernel:
+def find_kernel(root: Path, hook_paths: Sequence[str]) -> Kernel:
     version, image = newest_kernel(root)
-    initrd = next((p for p in initrd_candidates(root, version) if p.exists()), None)
+    initrd = next((p for p in initrd_candidates(root, version, hook_paths) if p.exists()), None)
     if initrd is None:
         raise MkosiError(f"Bootable=yes: no initrd for kernel {version} in /boot")
     return Kernel(version, image, initrd)

@@ -21,7 +21,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PACKAGES = PackageNames(
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
-    kernel=("linux-image-amd64",),  # kernel_package() gives each architecture's
+    kernel=(),  # kernel_package() names each architecture's flavour
     # dracut for a systemd-based initrd (zstd to compress it quickly), udev, and systemd-boot's EFI
     # binaries for the ESP and the unified kernel image.
     boot=("dracut", "zstd", "udev", "systemd-boot-efi"),
@@ -133,6 +133,7 @@ class Installer(DistributionInstaller, distribution=Distribution.debian):
     default_release = "bookworm"
     releases = frozenset({"bookworm", "trixie", "forky", "testing", "sid", "unstable"})
     package_manager_tools = ("apt", "dpkg")
+    initrd_paths = ("boot/initrd.img-{version}",)
     locks_packages = True
 
     def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:

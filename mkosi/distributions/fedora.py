@@ -74,6 +74,7 @@ class Installer(InitrdByMkosi, distribution=Distribution.fedora):
     default_release = DEFAULT_RELEASE
     releases = None
     package_manager_tools = ("dnf", "rpm")
+    initrd_paths = ("boot/initramfs-{version}.img",)
     packages = PACKAGES
 
     def check_release(self, release: str) -> None:

@@ -54,6 +54,8 @@ class DistributionInstaller:
     package_manager_tools: ClassVar[tuple[str, ...]]
     # Whether its install records every package it installs and honours PackageLock=.
     locks_packages: ClassVar[bool] = False
+    # Where its kernel packages' hooks leave a kernel's initrd ({version} is the kernel's).
+    initrd_paths: ClassVar[tuple[str, ...]] = ()
 
     _registry: ClassVar[dict[Distribution, DistributionInstaller]] = {}
 
@@ -115,7 +117,8 @@ async def ensure_initrd(context: Context) -> None:
     """
     root = context.root
     version, _ = boot.newest_kernel(root)
-    if any(p.exists() for p in boot.initrd_candidates(root, version)):
+    hooks = context.config.distribution.installer().initrd_paths
+    if any(p.exists() for p in boot.initrd_candidates(root, version, hooks)):
         return
     if not any((root / directory / "dracut").exists() for directory in ("usr/bin", "usr/sbin")):
         raise MkosiError(f"Bootable=yes: kernel {version} has no initrd and the image has no dracut to build one")

@@ -52,6 +52,7 @@ class Installer(InitrdByMkosi, distribution=Distribution.opensuse):
     default_release = "tumbleweed"
     releases = frozenset({"tumbleweed"})
     package_manager_tools = ("zypper", "rpm")
+    initrd_paths = ("boot/initrd-{version}",)
     packages = PACKAGES
 
     async def install_packages(self, context: Context, root: Path, packages: tuple[str, ...]) -> None:

@@ -152,7 +152,7 @@ def root_hash(context: Context) -> str | None:
 async def build_boot_files(context: Context) -> None:
     """The unified kernel image (signed for Secure Boot if asked) and the ESP that boots it."""
     config, log = context.config, context.log
-    kernel = find_kernel(context.root)
+    kernel = find_kernel(context.root, config.distribution.installer().initrd_paths)
     uki = context.workspace / UKI
     found = root_hash(context)
     await build_uki(context, kernel, uki, [f"roothash={found}"] if found else [])

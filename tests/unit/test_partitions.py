@@ -26,6 +26,7 @@ from mkosi.disk.partitions import (
     partition_type,
     place,
 )
+from mkosi.distributions import Distribution
 from mkosi.errors import MkosiError
 
 pytestmark = pytest.mark.anyio
@@ -145,14 +146,17 @@ def test_minimum_size_grows_with_content(tmp_path: Path) -> None:
     assert filesystems.default_size(tmp_path, writable=True) > filesystems.default_size(tmp_path, writable=False)
 
 
+DEBIAN_HOOKS = Distribution.debian.installer().initrd_paths
+
+
 def test_a_tree_without_a_kernel_is_reported_clearly(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
     with pytest.raises(MkosiError, match="has no kernel in /usr/lib/modules"):
-        find_kernel(tmp_path)
+        find_kernel(tmp_path, DEBIAN_HOOKS)
     (tmp_path / "boot/vmlinuz-6.1.0-1-amd64").write_bytes(b"k")
     with pytest.raises(MkosiError, match=r"no initrd for kernel 6\.1\.0-1-amd64"):
-        find_kernel(tmp_path)
+        find_kernel(tmp_path, DEBIAN_HOOKS)
     (tmp_path / "boot/initrd.img-6.1.0-1-amd64").write_bytes(b"i")
     (tmp_path / "boot/vmlinuz-6.1.0-10-amd64").write_bytes(b"k")
     (tmp_path / "boot/initrd.img-6.1.0-10-amd64").write_bytes(b"i")
-    assert find_kernel(tmp_path).version == "6.1.0-10-amd64"  # the newest, by version, not by name
+    assert find_kernel(tmp_path, DEBIAN_HOOKS).version == "6.1.0-10-amd64"  # the newest, by version, not by name

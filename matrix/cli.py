@@ -7,11 +7,13 @@ is handled below, every other command line goes to mkosi.cli unchanged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,10 +23,12 @@ from rich.console import Console
 
 from matrix import release as rel
 from matrix.command import arguments_after
+from matrix.fragments import check_fragments, collect, read_fragment
 from matrix.progress import LiveProgress, LogProgress, summary_table
 from matrix.runner import CACHE_PREFIX, Run, listing, plan
 from matrix.scheduler import Observer, Status
-from matrix.spec import load_matrix, select
+from matrix.shards import parse_shard, plan_shards, render, shard_cells, stage_costs
+from matrix.spec import Cell, Matrix, load_matrix, select
 from matrix.verify import SCRATCH, Rebuild, Verdict, table
 from mkosi import log
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
@@ -118,12 +122,108 @@ async def _main(args: argparse.Namespace, run: Run, console: Console, live: bool
 
 
 def main(argv: Sequence[str]) -> int:
+    """`mkosi matrix [options]`: every cell (or those --cell picks), published as a release."""
     args = parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    return _build(args, matrix, select(matrix.cells, args.cell), shard=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser()
+    p.prog = "mkosi matrix build"
+    p.description = "Build one shard's cells (--shard I/N as `mkosi matrix plan` splits them, or --cell) and " \
+        "publish them as a fragment for `mkosi matrix collect`: never signed, never a release."  # fmt: skip
+    p.add_argument("--shard", metavar="I/N", help="the I-th of N shards (the same split as `mkosi matrix plan`)")
+    p.add_argument("--manifest", type=Path, metavar="FILE", help="an earlier release's manifest.json: stage costs")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="the fragment directory (default: fragment-I)")
+    return p
+
+
+def build_main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    if args.shard is None and not args.cell:
+        raise ConfigError("mkosi matrix build: --shard I/N or --cell NAME: which cells this shard builds")
+    if args.shard is not None:
+        index, total = parse_shard(args.shard)
+        planned = plan(matrix, directory, matrix.cells, directory / "cells")
+        names = set(shard_cells(planned, index, total, stage_costs(_read_json(args.manifest))))
+        cells = [c for c in select(matrix.cells, args.cell) if c.name in names]
+        label = f"{index}/{total}"
+    else:
+        cells, label = select(matrix.cells, args.cell), "cells"
+    output = (args.output or Path(f"fragment-{label.split('/')[0]}")).absolute()
+    release = dataclasses.replace(matrix.release, directory=output, sign=False)
+    return _build(args, dataclasses.replace(matrix, release=release), cells, shard=label)
+
+
+def plan_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mkosi matrix plan", description="Split the matrix's cells into shards for a CI fleet.")
+    p.add_argument("-C", "--directory", type=Path, default=Path.cwd(), metavar="DIR", help="project directory")
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file (default: DIR/mkosi.matrix)")
+    p.add_argument("--shards", type=int, required=True, metavar="N", help="how many shards")
+    p.add_argument("--format", choices=("text", "json", "github"), default="text", help="json: a CI job's matrix")
+    p.add_argument("--manifest", type=Path, metavar="FILE", help="an earlier release's manifest.json: stage costs")
+    return p
+
+
+def plan_main(argv: Sequence[str]) -> int:
+    args = plan_parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    planned = plan(matrix, directory, matrix.cells, directory / "cells")
+    print(render(plan_shards(planned, args.shards, stage_costs(_read_json(args.manifest))), args.format))
+    return 0
+
+
+def collect_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mkosi matrix collect", description="Check the shards' fragments and publish one release.")
+    p.add_argument("fragments", type=Path, nargs="+", metavar="FRAGMENT_DIR")
+    p.add_argument("-C", "--directory", type=Path, default=Path.cwd(), metavar="DIR", help="project directory")
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file (default: DIR/mkosi.matrix)")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="the release directory (default: the matrix's)")
+    p.add_argument("--allow-missing", action="store_true", help="publish the cells that succeeded, list the others")
+    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    return p
+
+
+def collect_main(argv: Sequence[str]) -> int:
+    args = collect_parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
+    if args.output is not None:
+        matrix = dataclasses.replace(
+            matrix, release=dataclasses.replace(matrix.release, directory=args.output.absolute())
+        )
+    fragments = [read_fragment(f.absolute()) for f in args.fragments]
+    missing = check_fragments(fragments, matrix, args.allow_missing)
+    log.setup(json={"json": True, "console": False}.get(args.log_format), verbose=0)
+    collect_log = structlog.get_logger("mkosi.matrix")
+    anyio.run(collect, fragments, matrix, collect_log)
+    collect_log.info("release published", directory=str(matrix.release.directory), fragments=len(fragments))
+    for name in missing:
+        collect_log.warning(f"not in the release: {name}")
+    return 0
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read a release manifest: {e}", origin=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("not a release manifest", origin=str(path))
+    return data
+
+
+def _build(args: argparse.Namespace, matrix: Matrix, cells: list[Cell], shard: str | None) -> int:
     if args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     directory = args.directory.resolve()
-    matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
-    cells = select(matrix.cells, args.cell)
     release_dir = matrix.release.directory
     if args.list:
         # Where the cells would be built does not change their stages.
@@ -147,7 +247,7 @@ def main(argv: Sequence[str]) -> int:
         os.rmdir(work)  # still empty
         os.close(owner)
         raise
-    run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going)
+    run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going, shard=shard)
     status = anyio.run(_main, args, run, console, live, owner)
     if status:
         return status
@@ -210,11 +310,23 @@ async def _verify_with_signals(
     return await cancelled_by_signals(verify), result
 
 
+VERBS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plan": plan_main,
+    "build": build_main,
+    "collect": collect_main,
+    "verify": verify_main,
+}
+
+
 def run(arguments: list[str]) -> NoReturn:
     """`mkosi matrix ARGUMENTS`: exits with the matrix's status."""
     try:
-        verify_arguments = arguments_after(arguments, "verify")
-        status = main(arguments) if verify_arguments is None else verify_main(verify_arguments)
+        status = next(
+            (verb(rest) for name, verb in VERBS.items() if (rest := arguments_after(arguments, name)) is not None),
+            None,
+        )
+        if status is None:
+            status = main(arguments)
     except MkosiError as error:
         print(f"mkosi matrix: {error}", file=sys.stderr)
         sys.exit(error.exit_status)

@@ -102,9 +102,16 @@ async def tool_versions(package_managers: Iterable[str], log: Any) -> dict[str, 
 
 
 def write_manifest(
-    path: Path, matrix_file: Mapping[str, str], cells: Sequence[Mapping[str, Any]], tools: Mapping[str, str]
+    path: Path,
+    matrix_file: Mapping[str, str],
+    cells: Sequence[Mapping[str, Any]],
+    tools: Mapping[str, str],
+    shards: Sequence[Mapping[str, Any]] = (),
 ) -> None:
+    """The release's manifest.json; `shards` lists the fragments a fleet's release was collected from."""
     manifest = {"matrix": dict(matrix_file), "cells": list(cells), "tools": dict(tools)}
+    if shards:
+        manifest["shards"] = list(shards)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -13,6 +13,7 @@ import anyio
 import structlog
 
 from matrix import release as rel
+from matrix.fragments import write_fragment
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
 from matrix.spec import Cell, Matrix, ini_value
 from mkosi import checksums, naming
@@ -163,6 +164,9 @@ class Run:
     work: Path  # next to the release directory: the release being assembled and the cells' outputs
     max_jobs: int
     keep_going: bool = True
+    # Set for a shard of a fleet's run: the run publishes a fragment (matrix/fragments.py) to the
+    # release directory's place instead of a release.
+    shard: str | None = None
     results: dict[str, CellResult] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     log: Any = field(default_factory=lambda: structlog.get_logger("mkosi.matrix"))
@@ -228,6 +232,7 @@ class Run:
         result = self.results.get(p.name, CellResult())
         return {
             "name": p.name,
+            **({"shard": self.shard} if self.shard is not None else {}),
             "status": outcome.status.value,
             "error": outcome.error,
             "started": outcome.started.isoformat() if outcome.started else None,
@@ -256,16 +261,21 @@ class Run:
 
     async def _finish(self, outcomes: Sequence[Outcome]) -> None:
         share = sharers(self.planned)
+        cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
+        used = [tool for p in self.planned for tool in p.config.distribution.installer().package_manager_tools]
+        tools = await rel.tool_versions(used, self.log)
+        matrix_file = {"name": self.matrix.path.name, "sha256": self.matrix.digest}
+        if self.shard is not None:
+            write_fragment(self.assembled, self.shard, matrix_file, cells, tools)
+            await rel.publish(self.assembled, self.matrix.release.directory)
+            self.log.info("fragment published", directory=str(self.matrix.release.directory), shard=self.shard)
+            return
         succeeded = [o.name for o in outcomes if o.status is Status.success]
         artifacts = [a for name in succeeded for a in self.results[name].artifacts]
         sums = self.assembled / naming.SUMS
         sums.write_text(checksums.checksums(artifacts))
         if self.matrix.release.sign:
             await checksums.sign(sums, self.matrix.release.key, self.log, epoch=self.matrix.release.source_date_epoch)
-        cells = [self._cell_json(p, o, share) for p, o in zip(self.planned, outcomes, strict=True)]
-        used = [tool for p in self.planned for tool in p.config.distribution.installer().package_manager_tools]
-        tools = await rel.tool_versions(used, self.log)
-        matrix_file = {"name": self.matrix.path.name, "sha256": self.matrix.digest}
         rel.write_manifest(self.assembled / rel.MANIFEST, matrix_file, cells, tools)
         await rel.publish(self.assembled, self.matrix.release.directory)
         self.log.info("release published", directory=str(self.matrix.release.directory))

@@ -115,7 +115,7 @@ async def ensure_initrd(context: Context) -> None:
     """
     root = context.root
     version, _ = boot.newest_kernel(root)
-    if any(p.exists() for p in boot.initrd_candidates(root, version)):
+    if any(p.is_file() for p in boot.initrd_candidates(root, version)):
         return
     if not any((root / directory / "dracut").exists() for directory in ("usr/bin", "usr/sbin")):
         raise MkosiError(f"Bootable=yes: kernel {version} has no initrd and the image has no dracut to build one")

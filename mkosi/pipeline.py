@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class StageCache(Protocol):
 
 
 def hash_tree(paths: Iterable[Path]) -> str:
-    """A digest of the names, modes, link targets and contents of every file under `paths`."""
+    """A digest of the names, modes, link targets, device numbers and contents of every file under `paths`."""
     digest = hashlib.sha256()
     for top in paths:
         digest.update(os.fsencode(top) + b"\0")
@@ -72,6 +73,8 @@ def hash_tree(paths: Iterable[Path]) -> str:
             digest.update(os.fsencode(path.relative_to(top.parent)) + f"\0{st.st_mode}\0".encode())
             if path.is_symlink():
                 digest.update(os.fsencode(os.readlink(path)))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                digest.update(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}".encode())
             elif path.is_file():
                 with path.open("rb") as f:
                     digest.update(hashlib.file_digest(f, "sha256").digest())

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mkosi.build import STAGES
 from mkosi.config import parse_args
@@ -81,3 +84,12 @@ def test_hash_tree_sees_modes_and_links(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("file")
     after_link = hash_tree([tmp_path])
     assert len({before, after_chmod, after_link}) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes needs root")
+def test_hash_tree_sees_which_device_a_node_is(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    null = hash_tree([tmp_path])
+    (tmp_path / "node").unlink()
+    os.mknod(tmp_path / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    assert hash_tree([tmp_path]) != null

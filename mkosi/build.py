@@ -98,7 +98,12 @@ STAGES: list[Stage] = [
     Stage(
         "build-image",
         buildscript.make_build_image,
-        inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
+        # mkosi.postinst runs in the build image too, online only with WithNetwork=.
+        inputs=lambda c: {
+            "build_packages": c.build_packages,
+            "postinst": hash_tree(_paths(c.postinst_script)),
+            "with_network": c.with_network,
+        },
         enabled=lambda c: c.build_script is not None,
         checkpoint=True,
     ),

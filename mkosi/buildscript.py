@@ -54,6 +54,11 @@ def nspawn_command(
         f"--directory={root}",
         f"--machine=mkosi-{os.getpid()}",
         *([] if config.with_network else ["--private-network"]),
+        # nspawn keeps both by default, and root in the same user namespace as the host's with them
+        # reaches outside: CAP_SYS_ADMIN mounts a fresh /proc whose /proc/sys is writable (the host's
+        # kernel.core_pattern runs a program of the script's choice on the host), CAP_MKNOD makes
+        # nodes of the host's loop devices and terminals that no device policy guards here.
+        "--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD",
         *(f"--bind={host}:{inside}" for host, inside in (binds or {}).items()),
         *(f"--setenv={key}={value}" for key, value in env.items()),
         # Scripts that honour the reproducible-builds convention stamp their outputs with it.
@@ -181,17 +186,17 @@ async def build(context: Context) -> None:
         config.build_dir.mkdir(parents=True, exist_ok=True)
         binds[config.build_dir] = BUILDDIR
     await run_script(context, root, config.build_script, [], env=env, binds=binds)
-    os.rename(installed_files(root), context.workspace / BUILD_OUTPUT)
+    os.rename(installed_files(root, config.build_script), context.workspace / BUILD_OUTPUT)
     # The build image has served its purpose; nothing of it may reach the final image.
     await run(["rm", "-rf", "--one-file-system", "--", root], log=context.log)
 
 
-def installed_files(root: Path) -> Path:
+def installed_files(root: Path, script: Path) -> Path:
     """$DESTDIR as the build script left it: a directory of the build image, never a link (whose
     target, outside the build image, mkosi would otherwise move or copy into the image)."""
     destination = intree.resolve(root, DESTDIR, follow_last=False)
     if not destination.is_dir() or destination.is_symlink():
-        raise MkosiError(f"mkosi.build replaced $DESTDIR ({DESTDIR}) with something that is not a directory")
+        raise MkosiError(f"{script.name} replaced $DESTDIR ({DESTDIR}) with something that is not a directory")
     return destination
 
 

@@ -8,6 +8,7 @@ distribution is installed once and each build after it takes seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import socketserver
 import stat
@@ -73,7 +74,10 @@ class Built:
 
 def _build(project: Path, cache: Path, *args: str, secrets: Sequence[str] = (), check: bool = True) -> Built:
     """mkosi with `args`, every process watched for `secrets` while it runs."""
-    argv = [sys.executable, "-m", "mkosi", f"--cache={cache}", *BASE, *args]
+    return _watched([sys.executable, "-m", "mkosi", f"--cache={cache}", *BASE, *args], project, secrets, check)
+
+
+def _watched(argv: list[str], project: Path, secrets: Sequence[str], check: bool) -> Built:
     with Watch([s.encode() for s in secrets]) as watch:
         process = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stdout, stderr = process.communicate()
@@ -84,7 +88,7 @@ def _build(project: Path, cache: Path, *args: str, secrets: Sequence[str] = (), 
     leaks = {pid: cmdline for pid, cmdline in watch.leaks.items() if pid not in own}
     built = Built(Result(process.returncode, stdout, stderr), leaks, process.pid in own, watch.commands)
     if check and process.returncode != 0:
-        raise AssertionError(f"mkosi {args} failed with {process.returncode}:\n{stderr[-4000:]}")
+        raise AssertionError(f"{argv[3:]} failed with {process.returncode}:\n{stderr[-4000:]}")
     return built
 
 
@@ -211,6 +215,36 @@ def test_tar_members_stay_inside_and_are_what_the_tree_held(tar_build: Path) -> 
     assert tar_build.stat().st_size < 1024**3  # not 2 GiB of zeros
 
 
+RELEASE_MATRIX = """
+[matrix]
+Format = ["directory"]
+[defaults]
+Distribution = "debian"
+Release = "bookworm"
+Packages = ["less"]
+Cache = "@CACHE@"
+ExtraTrees = "planting"
+Password = "@PASSWORD@"
+"""
+
+
+@pytest.fixture(scope="module")
+def release(extra_project: Path, cache: Path, tar_build: Path) -> tuple[Path, Built]:
+    """The hostile project as a one-cell release: its tree packed into the release as a tarball."""
+    matrix = RELEASE_MATRIX.replace("@CACHE@", str(cache)).replace("@PASSWORD@", PASSWORD)
+    (extra_project / "mkosi.matrix").write_text(matrix)
+    argv = [sys.executable, "-m", "mkosi", "matrix", "-C", str(extra_project), "--jobs", "1"]
+    return extra_project / "release", _watched(argv, extra_project, [PASSWORD], check=True)
+
+
+def test_a_release_tar_has_no_member_that_leaves_its_directory(release: tuple[Path, Built]) -> None:
+    tarball = release[0] / "directory.tar"
+    assert _member_problems(tarball, kept_as_given={"./a"}) == []
+    with tarfile.open(tarball) as tar:
+        assert tar.getmember("./a").linkname == "../../.."  # kept as the user made it
+        assert tar.getmember("./srv/sparse").sparse
+
+
 # ---- secrets ----
 
 
@@ -224,6 +258,18 @@ def test_the_root_password_shows_nowhere(directory_build: tuple[Path, Built], ex
     assert "Password:" in summary and PASSWORD not in summary
     assert (tree / "etc/shadow").read_text().startswith("root:$6$")
     assert _files_holding(tree, PASSWORD.encode(), skip={tree / "srv/sparse"}) == []
+
+
+def test_the_release_holds_no_secret(release: tuple[Path, Built]) -> None:
+    directory, built = release
+    assert built.leaks == {} and not built.mkosi_had_it  # the password came from the matrix file
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["cells"][0]["status"] == "success"
+    assert manifest["cells"][0]["settings"]["Password"] == "(set)"
+    logs = directory.with_name("release.logs")
+    for path in [*directory.iterdir(), *logs.iterdir()]:
+        assert PASSWORD.encode() not in path.read_bytes(), path
+    assert sorted(p.name for p in logs.iterdir()) == ["directory.log"]
 
 
 def _files_holding(tree: Path, needle: bytes, skip: set[Path]) -> list[Path]:

@@ -83,7 +83,8 @@ def set_shadow_password(root: Path, user: str, hashed: str) -> None:
     text = intree.read_bytes(root, SHADOW)
     if text is None:
         raise MkosiError(f"the image has no /{SHADOW} (a regular file): cannot set {user}'s password")
-    intree.write_bytes(root, SHADOW, with_password(text.decode(), user, hashed).encode(), mode=0o640)
+    shadow = with_password(text.decode(errors="surrogateescape"), user, hashed)
+    intree.write_bytes(root, SHADOW, shadow.encode(errors="surrogateescape"), mode=0o640)
 
 
 def root_password(config: Config) -> str | None:
@@ -159,7 +160,8 @@ def with_change_dates(shadow: str, epoch: int) -> str:
 def normalise_shadow_dates(root: Path, path: str, epoch: int) -> None:
     text = intree.read_bytes(root, path)
     if text is not None:
-        intree.write_bytes(root, path, with_change_dates(text.decode(), epoch).encode(), mode=0o640)
+        shadow = with_change_dates(text.decode(errors="surrogateescape"), epoch)
+        intree.write_bytes(root, path, shadow.encode(errors="surrogateescape"), mode=0o640)
 
 
 async def make_reproducible(context: Context) -> None:

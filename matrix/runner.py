@@ -15,7 +15,7 @@ import structlog
 from matrix import release as rel
 from matrix.fragments import write_fragment
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
-from matrix.spec import Cell, Matrix, ini_value
+from matrix.spec import Cell, Matrix, ini_value, shown_value
 from mkosi import checksums, naming
 from mkosi.build import STAGES, build
 from mkosi.concurrency import cpu_limited
@@ -238,8 +238,8 @@ class Run:
             "started": outcome.started.isoformat() if outcome.started else None,
             "finished": outcome.finished.isoformat() if outcome.finished else None,
             "settings": {
-                **{k: ini_value(v) for k, v in self.matrix.defaults.items()},
-                **{k: ini_value(v) for k, v in p.cell.settings.items()},
+                **{k: shown_value(k, v) for k, v in self.matrix.defaults.items()},
+                **{k: shown_value(k, v) for k, v in p.cell.settings.items()},
             },
             "artifacts": [a.as_json() for a in result.artifacts] if outcome.status is Status.success else [],
             # What a rebuild needs besides the matrix file (mkosi matrix verify).

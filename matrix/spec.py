@@ -27,20 +27,29 @@ import fnmatch
 import hashlib
 import itertools
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkosi.checksums import gpg_home_problem
 from mkosi.cli_args import suggest
-from mkosi.config import Compression
+from mkosi.config import HOLDS_PROJECT, Compression, holds_project
 from mkosi.errors import ConfigError
 from mkosi.settings import BY_KEY, parse_epoch
 
 Value = str | bool | int | list[str]
 
 KNOWN_KEYS = {key for (_, key) in BY_KEY}
+# Settings the matrix decides for every cell itself: given in the matrix file, they would be ignored.
+MATRIX_OWNED = {
+    "Output": "the matrix names each cell's output after the cell, in [release] Directory",
+    "Force": "every cell builds into a directory of its own, there is nothing to replace",
+}
+# Never shown: the manifest says they are set, not what they are.
+SECRET_KEYS = {key for (_, key), setting in BY_KEY.items() if setting.secret}
 # Far more than any release builds, and still quick to list and plan: axes that multiply out to more
 # are a mistake (a list pasted into the wrong axis), refused before anything is expanded.
 MAX_CELLS = 10_000
@@ -99,10 +108,21 @@ def _settings_table(where: str, table: object) -> dict[str, Value]:
         raise ConfigError("must be a table of settings", origin=where)
     result = {}
     for key, value in table.items():
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key{suggest(key, KNOWN_KEYS)}", origin=where, setting=key)
+        _check_key(where, key)
         result[key] = _check_value(where, key, value)
     return result
+
+
+def _check_key(where: str, key: str) -> None:
+    if key not in KNOWN_KEYS:
+        raise ConfigError(f"unknown key{suggest(key, KNOWN_KEYS)}", origin=where, setting=key)
+    if key in MATRIX_OWNED:
+        raise ConfigError(f"cannot be set in a matrix: {MATRIX_OWNED[key]}", origin=where, setting=key)
+
+
+def shown_value(key: str, value: Value) -> str:
+    """The value as the manifest records it: secrets only as set."""
+    return "(set)" if key in SECRET_KEYS else ini_value(value)
 
 
 _UNSAFE = re.compile(r"[^a-z0-9_.+]+")
@@ -190,8 +210,15 @@ def _release(where: str, table: object, base: Path) -> ReleaseSettings:
     compress = table.get("Compress", "none")
     if not isinstance(directory, str) or not directory:
         raise ConfigError("must be a path", origin=where, setting="Directory")
+    # Publishing replaces the release directory as a whole (and its ".logs" and work directories
+    # go next to it): over the project, that would replace the project.
+    release_directory = Path(os.path.normpath(base / directory))
+    if holds_project(release_directory, base):
+        raise ConfigError(f"{HOLDS_PROJECT}: {release_directory}", origin=where, setting="Directory")
     if not isinstance(sign, bool):
         raise ConfigError("must be true or false", origin=where, setting="Sign")
+    if sign and (problem := gpg_home_problem()):
+        raise ConfigError(problem, origin=where, setting="Sign")
     if key is not None and not isinstance(key, str):
         raise ConfigError("must be a gpg key id or user id", origin=where, setting="Key")
     try:
@@ -204,7 +231,7 @@ def _release(where: str, table: object, base: Path) -> ReleaseSettings:
         source_date_epoch = None if epoch is None else parse_epoch("" if isinstance(epoch, bool) else str(epoch))
     except ValueError as e:
         raise ConfigError(str(e), origin=where, setting="SourceDateEpoch") from None
-    return ReleaseSettings(base / directory, sign, key, compression, source_date_epoch)
+    return ReleaseSettings(release_directory, sign, key, compression, source_date_epoch)
 
 
 def _tables(where: str, value: object) -> list[dict[str, Value]]:
@@ -229,8 +256,12 @@ def parse_matrix(text: str, path: Path, base: Path) -> Matrix:
         raise ConfigError("[matrix] must be a table of axes", origin=where)
     for key, values in raw_axes.items():
         axis_where = f"{where}: [matrix]"
-        if key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown key{suggest(key, KNOWN_KEYS)}", origin=axis_where, setting=key)
+        _check_key(axis_where, key)
+        if key in SECRET_KEYS:
+            # Axis values name the cells, and cells name the artifacts.
+            raise ConfigError(
+                "a secret cannot be an axis: its values would name the cells", origin=axis_where, setting=key
+            )
         if not isinstance(values, list) or not values:
             raise ConfigError("an axis must be a non-empty list of values", origin=axis_where, setting=key)
         axes[key] = [_check_value(axis_where, key, v) for v in values]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mkosi import naming
+from mkosi import intree, naming
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -84,25 +84,37 @@ def kernel_images(root: Path) -> dict[str, Path]:
     """
     images: dict[str, Path] = {}
     names: set[str] = set()
-    modules = root / "usr/lib/modules"
-    for directory in sorted(modules.iterdir()) if modules.is_dir() else ():
-        pkgbase = directory / "pkgbase"
-        if (directory / "vmlinuz").is_file():
-            images[directory.name] = directory / "vmlinuz"
-        elif pkgbase.is_file() and (image := root / f"boot/vmlinuz-{pkgbase.read_text().strip()}").is_file():
-            images[directory.name] = image
-        if pkgbase.is_file():
-            names.add(f"vmlinuz-{pkgbase.read_text().strip()}")
-    for image in sorted(root.glob("boot/vmlinuz-*")):
-        if image.name not in names:
-            images.setdefault(image.name.removeprefix("vmlinuz-"), image)
+    for version in _names(root, "usr/lib/modules"):
+        pkgbase = intree.read_bytes(root, f"usr/lib/modules/{version}/pkgbase")
+        base = pkgbase.decode(errors="replace").strip() if pkgbase is not None else None
+        # Next to its modules, or in /boot under its package's name (Arch).
+        candidates = [f"usr/lib/modules/{version}/vmlinuz", *([f"boot/vmlinuz-{base}"] if base else [])]
+        if image := next(filter(None, (_regular_file(root, c) for c in candidates)), None):
+            images[version] = image
+        if base is not None:
+            names.add(f"vmlinuz-{base}")
+    for name in _names(root, "boot"):
+        if name.startswith("vmlinuz-") and name not in names and (image := _regular_file(root, f"boot/{name}")):
+            images.setdefault(name.removeprefix("vmlinuz-"), image)
     return images
+
+
+# What mkosi reads from the image for booting is found inside the image: a link there to an
+# absolute path (boot/vmlinuz-6.1 -> /etc/shadow) must not put the host's file into the ESP.
+def _names(root: Path, path: str) -> list[str]:
+    directory = intree.directory(root, path)
+    return sorted(entry.name for entry in directory.iterdir()) if directory is not None else []
+
+
+def _regular_file(root: Path, path: str) -> Path | None:
+    found = intree.resolve(root, path)
+    return found if found.is_file() else None
 
 
 def initrd_candidates(root: Path, version: str, hook_paths: Sequence[str]) -> list[Path]:
     """Where the distribution's kernel hooks leave a kernel's initrd (its installer's
-    `initrd_paths`), then where mkosi builds one."""
-    return [root / path.format(version=version) for path in (*hook_paths, MKOSI_INITRD)]
+    `initrd_paths`), then where mkosi builds one (host paths, found inside the image)."""
+    return [intree.resolve(root, path.format(version=version)) for path in (*hook_paths, MKOSI_INITRD)]
 
 
 # Where mkosi puts the initrd it builds itself: next to the kernel's modules, inside the image, so an
@@ -124,7 +136,7 @@ def newest_kernel(root: Path) -> tuple[str, Path]:
 
 def find_kernel(root: Path, hook_paths: Sequence[str]) -> Kernel:
     version, image = newest_kernel(root)
-    initrd = next((p for p in initrd_candidates(root, version, hook_paths) if p.exists()), None)
+    initrd = next((p for p in initrd_candidates(root, version, hook_paths) if p.is_file()), None)
     if initrd is None:
         raise MkosiError(f"Bootable=yes: no initrd for kernel {version} in /boot")
     return Kernel(version, image, initrd)
@@ -156,9 +168,13 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
     `extra_cmdline` holds what is only known once the filesystems exist (roothash=).
     """
     root, log = context.root, context.log
-    stub = root / context.config.architecture.uki_stub
-    if not stub.exists():
-        raise MkosiError(f"Bootable=yes: the image has no EFI stub at /{stub.relative_to(root)}")
+    stub_path = context.config.architecture.uki_stub
+    stub = _regular_file(root, stub_path)
+    if stub is None:
+        raise MkosiError(f"Bootable=yes: the image has no EFI stub at {intree.shown(stub_path)}")
+    os_release = _regular_file(root, "usr/lib/os-release")
+    if os_release is None:
+        raise MkosiError("Bootable=yes: the image has no /usr/lib/os-release for the unified kernel image")
     cmdline = context.workspace / "cmdline"
     cmdline.write_text(" ".join([kernel_command_line(context.config), *extra_cmdline]) + "\n")
     initrd = kernel.initrd
@@ -170,7 +186,7 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, combined)
     sections = [
-        (".osrel", root / "usr/lib/os-release"),
+        (".osrel", os_release),
         (".cmdline", cmdline),
         (".linux", kernel.image),
         (".initrd", initrd),
@@ -187,9 +203,10 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
 
 def boot_loader(context: Context) -> Path:
     """systemd-boot's EFI binary, from the image."""
-    path = context.root / context.config.architecture.systemd_boot
-    if not path.exists():
-        raise MkosiError(f"Bootable=yes: the image has no systemd-boot at /{path.relative_to(context.root)}")
+    inside = context.config.architecture.systemd_boot
+    path = _regular_file(context.root, inside)
+    if path is None:
+        raise MkosiError(f"Bootable=yes: the image has no systemd-boot at {intree.shown(inside)}")
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -19,7 +20,6 @@ from mkosi.boot import kernel_command_line
 from mkosi.concurrency import claimed, exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
 from mkosi.context import Context, StageRecord
-from mkosi.disk import luks
 from mkosi.disk.layout import checked_filesystems, plan
 from mkosi.errors import MkosiError
 from mkosi.events import ArtifactPublished, BuildFinished, BuildStarted, Monitor
@@ -56,8 +56,14 @@ def _paths(path: Path | None) -> list[Path]:
     return [] if path is None else [path]
 
 
+@functools.lru_cache(maxsize=4)
 def _secret_digest(secret: str | None) -> str | None:
-    return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+    """What stands for a secret in a stage key. Keys are published (a matrix's manifest records
+    them): a plain SHA-256 would let anyone test billions of guesses a second against it, so it is
+    scrypt, memory-hard and slower per guess than the crypt(3) hash the image's /etc/shadow holds."""
+    if secret is None:
+        return None
+    return hashlib.scrypt(secret.encode(), salt=b"mkosi stage key", n=2**15, r=8, p=1, maxmem=64 * 1024**2).hex()
 
 
 def _secure_boot_keys(c: Config) -> str | None:
@@ -99,7 +105,12 @@ STAGES: list[Stage] = [
     Stage(
         "build-image",
         buildscript.make_build_image,
-        inputs=lambda c: {"build_packages": c.build_packages, "postinst": hash_tree(_paths(c.postinst_script))},
+        # mkosi.postinst runs in the build image too, online only with WithNetwork=.
+        inputs=lambda c: {
+            "build_packages": c.build_packages,
+            "postinst": hash_tree(_paths(c.postinst_script)),
+            "with_network": c.with_network,
+        },
         enabled=lambda c: c.build_script is not None,
         checkpoint=True,
     ),
@@ -156,7 +167,9 @@ STAGES: list[Stage] = [
             "partitions": [dataclasses.asdict(p) for p in plan(c)],
             "seed": c.seed,
             "encrypt": c.encrypt,
-            "passphrase": _secret_digest(luks.read_passphrase(c).decode(errors="replace")) if c.encrypt else None,
+            # Never cached (cacheable=False), so the key needs no digest of the passphrase, which a
+            # published key would let anyone test guesses against more cheaply than LUKS itself.
+            "passphrase": c.passphrase is not None if c.encrypt else None,
             "key_derivation": [c.key_derivation, c.key_derivation_time],
         },
         enabled=lambda c: c.format.is_raw,

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from mkosi import naming
+from mkosi import intree, naming, ownership
 from mkosi.config import Config, GitFiles
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN_BUILD, NSPAWN_ENV
 from mkosi.pipeline import hash_tree
 from mkosi.run import CommandError, run
+from mkosi.tree import install_tree
 
 BUILD_ROOT = "build-root"
 BUILD_OUTPUT = "build-output"
@@ -53,6 +54,11 @@ def nspawn_command(
         f"--directory={root}",
         f"--machine=mkosi-{os.getpid()}",
         *([] if config.with_network else ["--private-network"]),
+        # nspawn keeps both by default, and root in the same user namespace as the host's with them
+        # reaches outside: CAP_SYS_ADMIN mounts a fresh /proc whose /proc/sys is writable (the host's
+        # kernel.core_pattern runs a program of the script's choice on the host), CAP_MKNOD makes
+        # nodes of the host's loop devices and terminals that no device policy guards here.
+        "--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD",
         *(f"--bind={host}:{inside}" for host, inside in (binds or {}).items()),
         *(f"--setenv={key}={value}" for key, value in env.items()),
         # Scripts that honour the reproducible-builds convention stamp their outputs with it.
@@ -71,16 +77,17 @@ async def run_script(
     binds: dict[Path, str] | None = None,
 ) -> None:
     """Copy `script` into the tree and run it there; the tree keeps no trace of it."""
-    inside = root / "root" / script.name
-    inside.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(script, inside)
-    command = nspawn_command(context.config, root, [f"/root/{script.name}", *args], env=env, binds=binds)
+    inside = f"/root/{script.name}"
+    # Through intree: the tree's /root may be a link an earlier script or mkosi.extra made.
+    intree.make_directories(root, "/root")
+    intree.write_bytes(root, inside, script.read_bytes(), mode=0o755)
+    command = nspawn_command(context.config, root, [inside, *args], env=env, binds=binds)
     try:
         await run(command, env=NSPAWN_ENV, log=context.log)
     except CommandError as error:
         raise ScriptError(script, error) from None
     finally:
-        inside.unlink(missing_ok=True)
+        intree.remove(root, inside)
 
 
 def _excluded(config: Config) -> set[str]:
@@ -155,9 +162,14 @@ async def build(context: Context) -> None:
     config = context.config
     assert config.build_script is not None
     root = context.workspace / BUILD_ROOT
-    await copy_sources(context, root / SRCDIR.lstrip("/"))
+    # mkosi.postinst ran in the build image before: its links are followed inside the image.
+    sources = intree.resolve(root, SRCDIR)
+    if ownership.exists(sources):
+        raise MkosiError(f"{SRCDIR} already exists in the build image (made by mkosi.postinst?): the sources go there")
+    intree.make_directories(root, str(PurePosixPath(SRCDIR).parent))
+    await copy_sources(context, sources)
     for directory in (DESTDIR, BUILDDIR):
-        (root / directory.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        intree.make_directories(root, directory)
     env = {
         "SRCDIR": SRCDIR,
         "DESTDIR": DESTDIR,
@@ -174,14 +186,24 @@ async def build(context: Context) -> None:
         config.build_dir.mkdir(parents=True, exist_ok=True)
         binds[config.build_dir] = BUILDDIR
     await run_script(context, root, config.build_script, [], env=env, binds=binds)
-    os.rename(root / DESTDIR.lstrip("/"), context.workspace / BUILD_OUTPUT)
+    os.rename(installed_files(root, config.build_script), context.workspace / BUILD_OUTPUT)
     # The build image has served its purpose; nothing of it may reach the final image.
     await run(["rm", "-rf", "--one-file-system", "--", root], log=context.log)
 
 
+def installed_files(root: Path, script: Path) -> Path:
+    """$DESTDIR as the build script left it: a directory of the build image, never a link (whose
+    target, outside the build image, mkosi would otherwise move or copy into the image)."""
+    destination = intree.resolve(root, DESTDIR, follow_last=False)
+    if not destination.is_dir() or destination.is_symlink():
+        raise MkosiError(f"{script.name} replaced $DESTDIR ({DESTDIR}) with something that is not a directory")
+    return destination
+
+
 async def install_build_output(context: Context) -> None:
+    """What the build script installed, copied into the image as extra trees are."""
     output = context.workspace / BUILD_OUTPUT
-    await run(["cp", "-a", "--reflink=auto", f"{output}/.", context.root], log=context.log)
+    await install_tree(context, output)
     await run(["rm", "-rf", "--one-file-system", "--", output], log=context.log)
 
 

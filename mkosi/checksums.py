@@ -6,7 +6,9 @@ Shared by single builds (--checksum, --sign) and by release matrices (matrix/rel
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,27 @@ async def _agent_running(log: Any) -> bool:
         except OSError:
             return False
     return True
+
+
+def gpg_home() -> Path:
+    """Where gpg keeps the keys it signs with: $GNUPGHOME, else ~/.gnupg."""
+    return Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+
+
+def gpg_home_problem() -> str | None:
+    """Why the gpg home must not be signed from, or None. gpg itself only warns ("unsafe
+    permissions on homedir") and signs: whoever else can read it can sign as the release."""
+    home = gpg_home()
+    try:
+        st = home.stat()
+    except OSError:
+        return None  # gpg says itself that it has no key
+    if st.st_uid != os.geteuid():
+        return f"the gpg home {home} belongs to another user (uid {st.st_uid}), who can read its secret keys"
+    if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        return f"the gpg home {home} is accessible by group or others (mode {mode:04o}) (chmod 700 it)"
+    return None
 
 
 def signing_time(colons: str, epoch: int) -> int:

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from mkosi import ini
 from mkosi.architecture import Architecture
+from mkosi.checksums import gpg_home_problem
 from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
@@ -62,6 +63,7 @@ __all__ = [
     "format_help",
     "format_summary",
     "help_requested",
+    "holds_project",
     "parse_args",
 ]
 
@@ -402,11 +404,25 @@ def _validate(c: Config, r: _Resolver) -> None:
         if not c.distribution.installer().locks_packages:
             fail("package_lock", f"{c.distribution} builds do not record or lock their packages yet")
         load_lock(c.package_lock)
+    if c.sign and (problem := gpg_home_problem()):
+        fail("sign", problem)
     if c.reproducible and (reasons := obstacles(c)):
         fail("reproducible", "a rebuild would not give the same bytes: " + "; ".join(reasons))
     for s in PRIMARY.values():
         if s.path is not None and (s.only_with is None or _is_on(getattr(c, s.only_with))):
             _check_paths(c, r, s)
+        if s.written and (path := getattr(c, s.dest)) is not None and holds_project(path, c.directory):
+            fail(s.dest, f"{HOLDS_PROJECT}: {path}")
+
+
+HOLDS_PROJECT = "must not be the project directory or a directory above it (/ included)"
+
+
+def holds_project(path: Path, directory: Path) -> bool:
+    """Whether `path` is the project `directory` or one of the directories it lies in, links
+    resolved: no place mkosi writes to, and -f, clean or -ff replace, remove or empty, may be."""
+    real, project = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return project.is_relative_to(real)
 
 
 def _check_paths(c: Config, r: _Resolver, s: Setting) -> None:

@@ -7,10 +7,12 @@ before it would produce something different.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ class StageCache(Protocol):
 
 
 def hash_tree(paths: Iterable[Path]) -> str:
-    """A digest of the names, modes, link targets and contents of every file under `paths`."""
+    """A digest of the names, modes, link targets, device numbers and contents of every file under `paths`."""
     digest = hashlib.sha256()
     for top in paths:
         digest.update(os.fsencode(top) + b"\0")
@@ -72,10 +74,39 @@ def hash_tree(paths: Iterable[Path]) -> str:
             digest.update(os.fsencode(path.relative_to(top.parent)) + f"\0{st.st_mode}\0".encode())
             if path.is_symlink():
                 digest.update(os.fsencode(os.readlink(path)))
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                digest.update(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}".encode())
             elif path.is_file():
-                with path.open("rb") as f:
-                    digest.update(hashlib.file_digest(f, "sha256").digest())
+                digest.update(_content_digest(path, st))
     return digest.hexdigest()
+
+
+def _content_digest(path: Path, st: os.stat_result) -> bytes:
+    with path.open("rb") as f:
+        if st.st_blocks * 512 >= st.st_size:
+            return hashlib.file_digest(f, "sha256").digest()
+        # A file with holes (a sparse disk image): each run of data with where it lies, instead of
+        # the gigabytes of zeros its holes would read as. Only the same bytes give the same digest.
+        digest = hashlib.sha256(f"sparse {st.st_size}\0".encode())
+        fd, offset = f.fileno(), 0
+        while (start := _next_data(fd, offset)) is not None:
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            digest.update(f"{start}:{offset}\0".encode())
+            os.lseek(fd, start, os.SEEK_SET)
+            remaining = offset - start
+            while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 20))):
+                digest.update(chunk)
+                remaining -= len(chunk)
+        return digest.digest()
+
+
+def _next_data(fd: int, offset: int) -> int | None:
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # nothing but a hole after offset
+            return None
+        raise
 
 
 def _encode(value: object) -> object:

@@ -140,6 +140,9 @@ class Setting:
     path: PathKind | None = None
     # The path may be missing (the build creates it); only something else in its way is an error.
     created: bool = False
+    # mkosi writes there, and -f, clean or -ff replace, remove or empty it: never /, the project
+    # directory or a directory above it.
+    written: bool = False
     # The setting is only used (so its path only checked) when this other setting is on.
     only_with: str | None = None
     # Only raw disk formats have partitions, a kernel to boot or a root to protect.
@@ -491,6 +494,7 @@ SETTINGS: tuple[Setting, ...] = (
         default_factory=_default_output,
         metavar="PATH",
         help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)",
+        written=True,
     ),
     Setting(
         "force",
@@ -770,6 +774,7 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="PATH",
         help="package cache directory (default: mkosi.cache/ if it exists)",
         created=True,
+        written=True,
     ),
     Setting(
         "extra_trees",
@@ -818,6 +823,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="directory kept between builds as the build script's $BUILDDIR, for incremental compiles "
         "(default: mkosi.builddir/ if it exists)",
         created=True,
+        written=True,
     ),
     Setting(
         "build_packages",

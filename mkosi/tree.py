@@ -10,17 +10,36 @@ from pathlib import Path
 
 import anyio
 
+from mkosi import intree
 from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.errors import MkosiError
 from mkosi.run import run
+from mkosi.workspace import remove_tree
 
 # Left out of images built without WithDocs=.
 DOCUMENTATION = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/lintian/*")
 
 
 async def install_extra_trees(context: Context) -> None:
+    """Each extra tree over the image, copied as it is: links stay links (whatever they point to),
+    device nodes, set-id bits, hard links, sparse files and any file name survive."""
     for tree in context.config.extra_trees:
-        await run(["cp", "-a", "--reflink=auto", f"{tree}/.", context.root], log=context.log)
+        await install_tree(context, tree)
+
+
+async def install_tree(context: Context, tree: Path) -> None:
+    # cp -a straight into the image would write through the image's links to the host (a file of
+    # the tree over etc/localtime -> /usr/share/zoneinfo/UTC overwrote the host's zone file). cp -a
+    # into an empty directory next to the image has no link to write through; that copy is then
+    # moved into the image with its links followed inside it.
+    incoming = context.root.with_name(f"{context.root.name}.incoming")
+    try:
+        await run(["cp", "-a", "--reflink=auto", "--no-target-directory", f"{tree}/.", incoming], log=context.log)
+        await anyio.to_thread.run_sync(intree.merge, incoming, context.root)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await remove_tree(incoming)
 
 
 def reproducible_salt(config: Config) -> list[str]:
@@ -44,18 +63,28 @@ async def hash_password(password: str, context: Context) -> str:
     return result.stdout.strip()
 
 
-def set_shadow_password(shadow: Path, user: str, hashed: str) -> None:
-    lines = shadow.read_text().splitlines()
+SHADOW = "etc/shadow"
+
+
+def with_password(shadow: str, user: str, hashed: str) -> str:
+    """The shadow file's text with `user`'s password hash replaced by `hashed`."""
+    lines = shadow.splitlines()
     pattern = re.compile(rf"^{re.escape(user)}:[^:]*:")
     for i, line in enumerate(lines):
         if pattern.match(line):
             fields = line.split(":")
             fields[1] = hashed
             lines[i] = ":".join(fields)
-            break
-    else:
-        raise ValueError(f"{shadow} has no entry for {user}")
-    shadow.write_text("\n".join(lines) + "\n")
+            return "\n".join(lines) + "\n"
+    raise MkosiError(f"/{SHADOW} in the image has no entry for {user}: cannot set its password")
+
+
+def set_shadow_password(root: Path, user: str, hashed: str) -> None:
+    text = intree.read_bytes(root, SHADOW)
+    if text is None:
+        raise MkosiError(f"the image has no /{SHADOW} (a regular file): cannot set {user}'s password")
+    shadow = with_password(text.decode(errors="surrogateescape"), user, hashed)
+    intree.write_bytes(root, SHADOW, shadow.encode(errors="surrogateescape"), mode=0o640)
 
 
 def root_password(config: Config) -> str | None:
@@ -66,32 +95,41 @@ def root_password(config: Config) -> str | None:
 
 
 async def configure_system(context: Context) -> None:
+    # Every path through intree: mkosi.extra, the build's output and mkosi.postinst may have put
+    # links at any of these paths, pointing at the host's files.
     config, root = context.config, context.root
-    etc = root / "etc"
     if config.hostname:
-        (etc / "hostname").write_text(config.hostname + "\n")
+        intree.write_bytes(root, "etc/hostname", f"{config.hostname}\n".encode())
     else:
         # The bootstrap copies the build host's name; the image should not carry it.
-        (etc / "hostname").unlink(missing_ok=True)
+        intree.remove(root, "etc/hostname")
     if (password := root_password(config)) is not None:
         hashed = await hash_password(password, context) if password else ""
-        set_shadow_password(etc / "shadow", "root", hashed)
+        set_shadow_password(root, "root", hashed)
     # Every machine made from the image gets its own identity on first boot.
-    (etc / "machine-id").write_text("")
-    dbus_id = root / "var/lib/dbus/machine-id"
-    if dbus_id.is_file() and not dbus_id.is_symlink():
-        dbus_id.unlink()
-    (root / "var/lib/systemd/random-seed").unlink(missing_ok=True)
+    intree.write_bytes(root, "etc/machine-id", b"")
+    # Debian links it to /etc/machine-id; only a file of its own is an identity.
+    if intree.is_regular_file(root, "var/lib/dbus/machine-id"):
+        intree.remove(root, "var/lib/dbus/machine-id")
+    intree.remove(root, "var/lib/systemd/random-seed")
+
+
+def documentation(root: Path) -> list[Path]:
+    """What WithDocs=no leaves out, found in the image's own directories (a link to elsewhere,
+    such as the host's /usr/share/doc, is followed inside the image)."""
+    found = []
+    for pattern in DOCUMENTATION:
+        parent = intree.directory(root, pattern.removesuffix("/*"))
+        found += sorted(parent.iterdir()) if parent is not None else []
+    return found
 
 
 async def clean_tree(context: Context) -> None:
     root = context.root
     # The bootstrap's copy of the build host's resolver configuration.
-    (root / "etc/resolv.conf").unlink(missing_ok=True)
-    if not context.config.with_docs:
-        leftovers = [p for pattern in DOCUMENTATION for p in root.glob(pattern.lstrip("/"))]
-        if leftovers:
-            await run(["rm", "-rf", "--", *leftovers], log=context.log)
+    intree.remove(root, "etc/resolv.conf")
+    if not context.config.with_docs and (leftovers := documentation(root)):
+        await run(["rm", "-rf", "--", *leftovers], log=context.log)
 
 
 def clamp_mtimes(root: Path, epoch: int) -> int:
@@ -107,18 +145,23 @@ def clamp_mtimes(root: Path, epoch: int) -> int:
     return clamped
 
 
-def normalise_shadow_dates(shadow: Path, epoch: int) -> None:
+def with_change_dates(shadow: str, epoch: int) -> str:
     """The day of each password's last change (field 3), which the tools write as today, as the epoch's."""
-    if not shadow.is_file():
-        return
     day = str(epoch // 86400)
     lines = []
-    for line in shadow.read_text().splitlines():
+    for line in shadow.splitlines():
         fields = line.split(":")
         if len(fields) > 2 and fields[2]:
             fields[2] = day
         lines.append(":".join(fields))
-    shadow.write_text("".join(f"{line}\n" for line in lines))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def normalise_shadow_dates(root: Path, path: str, epoch: int) -> None:
+    text = intree.read_bytes(root, path)
+    if text is not None:
+        shadow = with_change_dates(text.decode(errors="surrogateescape"), epoch)
+        intree.write_bytes(root, path, shadow.encode(errors="surrogateescape"), mode=0o640)
 
 
 # openssh-server's postinst generates host keys: random, and the same on every machine made from
@@ -129,18 +172,20 @@ SSH_KEYGEN_DROP_IN = "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n"
 
 
 def regenerate_ssh_host_keys(root: Path) -> list[str]:
-    """Remove the tree's ssh host keys; returns the units given a drop-in that makes new ones."""
-    keys = list(root.glob(SSH_HOST_KEYS))
+    """Remove the tree's ssh host keys; returns the units given a drop-in that makes new ones.
+    Found inside the image (intree): an etc/ssh linked to the host's must not cost the host its keys."""
+    ssh = intree.directory(root, "etc/ssh")
+    keys = [k for k in ssh.glob(SSH_HOST_KEYS.removeprefix("etc/ssh/"))] if ssh is not None else []
     for key in keys:
-        key.unlink()
+        key.unlink()  # a link itself, never what it points to
     if not keys:
         return []
-    units = [u for u in SSH_UNITS for d in ("usr/lib/systemd/system", "etc/systemd/system") if (root / d / u).exists()]
-    for unit in dict.fromkeys(units):
-        drop_in = root / "etc/systemd/system" / f"{unit}.d" / "mkosi-host-keys.conf"
-        drop_in.parent.mkdir(parents=True, exist_ok=True)
-        drop_in.write_text(SSH_KEYGEN_DROP_IN)
-    return list(dict.fromkeys(units))
+    places = ("usr/lib/systemd/system", "etc/systemd/system")
+    units = list(dict.fromkeys(u for u in SSH_UNITS for d in places if intree.resolve(root, f"{d}/{u}").exists()))
+    for unit in units:
+        intree.make_directories(root, f"etc/systemd/system/{unit}.d")
+        intree.write_bytes(root, f"etc/systemd/system/{unit}.d/mkosi-host-keys.conf", SSH_KEYGEN_DROP_IN.encode())
+    return units
 
 
 async def make_reproducible(context: Context) -> None:
@@ -148,10 +193,10 @@ async def make_reproducible(context: Context) -> None:
     epoch = context.config.source_date_epoch
     assert epoch is not None
     root = context.root
-    for shadow in ("etc/shadow", "etc/shadow-"):  # the tools' backup copy too
-        normalise_shadow_dates(root / shadow, epoch)
+    for shadow in (SHADOW, f"{SHADOW}-"):  # the tools' backup copy too
+        normalise_shadow_dates(root, shadow, epoch)
     # ldconfig's aux-cache records the mtimes and inode numbers of the libraries it read.
-    (root / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
+    intree.remove(root, "var/cache/ldconfig/aux-cache")
     regenerate_ssh_host_keys(root)
     # Thousands of system calls: in a thread, so that the other builds of a matrix and Ctrl-C go on.
     clamped = await anyio.to_thread.run_sync(clamp_mtimes, root, epoch)

@@ -118,7 +118,7 @@ async def ensure_initrd(context: Context) -> None:
     root = context.root
     version, _ = boot.newest_kernel(root)
     hooks = context.config.distribution.installer().initrd_paths
-    if any(p.exists() for p in boot.initrd_candidates(root, version, hooks)):
+    if any(p.is_file() for p in boot.initrd_candidates(root, version, hooks)):
         return
     if not any((root / directory / "dracut").exists() for directory in ("usr/bin", "usr/sbin")):
         raise MkosiError(f"Bootable=yes: kernel {version} has no initrd and the image has no dracut to build one")

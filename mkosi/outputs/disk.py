@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 
 import anyio
 
-from mkosi import naming, secure_boot
+from mkosi import naming, ownership, secure_boot
 from mkosi.boot import boot_loader, build_uki, esp_files, find_kernel
 from mkosi.config import Compression
 from mkosi.context import Context
@@ -39,12 +40,15 @@ def _split_off(context: Context, role: Role) -> Path:
     """Move /home or /srv out of the root tree; the root keeps an empty mount point."""
     inside = context.root / str(role)
     tree = context.workspace / f"{role}-tree"
-    if inside.is_dir():
-        mode = inside.stat().st_mode
-        os.rename(inside, tree)
-        inside.mkdir(mode=mode & 0o7777)
-    else:
+    st = inside.lstat() if ownership.exists(inside) else None
+    if st is None:
         tree.mkdir()
+    elif stat.S_ISDIR(st.st_mode):
+        os.rename(inside, tree)
+        inside.mkdir(mode=stat.S_IMODE(st.st_mode))
+    else:
+        # Never followed: a link to the host's /home would put the host's files into the partition.
+        raise MkosiError(f"/{role} in the image is not a directory, so it cannot become the {role} partition")
     return tree
 
 

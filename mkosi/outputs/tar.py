@@ -43,6 +43,9 @@ async def tar_tree(tree: Path, destination: Path, compression: Compression, log:
                 # mkosi's mark of what it published belongs to the published tree, not to its contents.
                 f"--xattrs-exclude={ownership.ATTRIBUTE}",
                 "--acls",
+                # A sparse file stays sparse (a 2 GiB file with a few bytes of data is a few KiB of
+                # archive, not 2 GiB of zeros), and GNU tar and Python's tarfile extract it so.
+                "--sparse",
                 "--sort=name",
                 *reproducible_options(epoch),
                 *([f"--use-compress-program={shlex.join(compressor)}"] if compressor else []),

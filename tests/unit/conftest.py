@@ -18,3 +18,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(settings, "detect_host", lambda: (Distribution.debian, "bookworm"))
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def private_gnupg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def no_gnupg_home_of_the_caller(monkeypatch: pytest.MonkeyPatch, private_gnupg_home: Path) -> None:
+    """Signing refuses a gpg home others can read: the caller's own ~/.gnupg must not decide tests."""
+    monkeypatch.setenv("GNUPGHOME", str(private_gnupg_home))

@@ -4,6 +4,8 @@ outputs are replaced only when mkosi published them, and put back when a build f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,22 @@ def test_only_an_incremental_directory_with_an_installed_tree_in_the_cache_is_sp
 
 def _incremental_config(tmp_path: Path, *argv: str) -> Config:
     return parse_args(["-C", str(tmp_path), "-d", "debian", "-r", "bookworm", *argv])[1]
+
+
+def test_stage_keys_hold_no_fast_digest_of_a_secret(tmp_path: Path) -> None:
+    # Keys are published in a matrix's manifest: a SHA-256 of the password would be a fast verifier.
+    configure = next(stage for stage in STAGES if stage.name == "configure")
+
+    def password_input(*argv: str) -> Any:
+        return configure.inputs(parse_args(["-C", str(tmp_path), *argv])[1])["password"]
+
+    digest = password_input("--password=hunter2")
+    assert digest != hashlib.sha256(b"hunter2").hexdigest() and "hunter2" not in digest
+    assert digest == password_input("--password=hunter2") != password_input("--password=hunter3")
+    assert password_input() is None
+    (tmp_path / "mkosi.passphrase").write_text("luks secret")
+    (tmp_path / "mkosi.passphrase").chmod(0o600)
+    filesystems = next(stage for stage in STAGES if stage.name == "filesystems")
+    inputs = filesystems.inputs(parse_args(["-C", str(tmp_path), "-t", "raw_gpt", "--encrypt=all"])[1])
+    assert "luks secret" not in json.dumps(inputs, default=str)
+    assert hashlib.sha256(b"luks secret").hexdigest() not in json.dumps(inputs, default=str)

@@ -96,6 +96,26 @@ def test_clean_refuses_to_remove_what_mkosi_did_not_publish(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
 
 
+def test_an_output_naming_a_file_outside_the_project_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    # Output=../../etc/passwd, with a stand-in for the host's file.
+    project = tmp_path / "a/b"
+    project.mkdir(parents=True)
+    (project / "mkosi.default").write_text(
+        "[Distribution]\nDistribution=debian\nRelease=bookworm\n[Output]\nFormat=tar\nOutput=../../passwd\n"
+    )
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    for force in ([], ["-f"], ["-ff"]):
+        result = mkosi(project, *force, "build")
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"mkosi: {tmp_path}/passwd was not made by mkosi (it has no {ownership.ATTRIBUTE} attribute): "
+            "remove it yourself or choose another output\n"
+        )
+    assert (tmp_path / "passwd").read_text() == "root:x:0:0::/root:/bin/sh\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "passwd"]
+    assert sorted(p.name for p in project.iterdir()) == ["mkosi.default"]
+
+
 def test_build_log_file_and_json_console(tmp_path: Path, capsys: object) -> None:
     log.setup(json=True, verbose=0)
     with log.build_log("demo", tmp_path / "demo.log") as logger:

@@ -963,3 +963,53 @@ def test_the_root_password_comes_from_mkosi_rootpw_never_shown(project: Path) ->
     assert root_password(load()) == "s3cret"
     assert root_password(load("--password=other")) == "other"
     assert "s3cret" not in format_summary(load())
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("Output", "Output", "/"),
+        ("Output", "Output", "."),
+        ("Output", "Output", "../.."),
+        ("Packages", "BuildDirectory", "/"),
+        ("Packages", "BuildDirectory", ".."),
+        ("Packages", "Cache", "/"),
+    ],
+)
+def test_nothing_mkosi_writes_or_empties_may_hold_the_project(
+    project: Path, section: str, key: str, value: str
+) -> None:
+    # -ff would empty such a build directory, a build would put its outputs over the project.
+    shown = os.path.normpath(project / value)
+    write(project / "mkosi.default", f"[{section}]\n{key}={value}\n")
+    problem = f"must not be the project directory or a directory above it (/ included): {shown}"
+    assert error() == f"mkosi.default:2: [{section}] {key}: {problem}"
+
+
+def test_an_output_or_build_directory_that_holds_the_project_is_refused_on_the_command_line_too(
+    project: Path,
+) -> None:
+    (project / "sub").mkdir()
+    (project / "link").symlink_to("sub")
+    assert error("-C", "sub", "-o", "/").startswith("-o: must not be the project directory")
+    assert error("-C", "sub", "--build-dir", "../link").startswith("--build-dir: must not be the project directory")
+    # Below the project, beside it, or anywhere else, is where outputs go.
+    assert load("-C", "sub", "-o", "out/image").output == project / "sub/out/image"
+    assert load("-C", "sub", "-o", "../elsewhere").output == project / "elsewhere"
+
+
+def test_signing_refuses_a_gpg_home_others_can_read(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = project / "gnupg"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    assert load("--sign").sign
+    home.chmod(0o750)
+    assert error("--sign") == f"--sign: the gpg home {home} is accessible by group or others (mode 0750) (chmod 700 it)"
+    write(project / "mkosi.default", "[Validation]\nSign=yes\n")
+    assert error().startswith("mkosi.default:2: [Validation] Sign: the gpg home")
+    monkeypatch.delenv("GNUPGHOME")
+    monkeypatch.setenv("HOME", str(project))
+    (project / ".gnupg").mkdir(mode=0o755)
+    assert error().endswith(
+        f"the gpg home {project / '.gnupg'} is accessible by group or others (mode 0755) (chmod 700 it)"
+    )

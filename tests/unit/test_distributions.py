@@ -261,6 +261,19 @@ def test_kernel_layouts(tmp_path: Path) -> None:
         find_kernel(tmp_path / "empty", ())
 
 
+def test_kernel_files_are_found_inside_the_image_never_through_a_link_to_the_host(tmp_path: Path) -> None:
+    root, host = tmp_path / "root", _touch(tmp_path / "host/vmlinuz-6.1.0-10-amd64", "the host's kernel")
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/vmlinuz-6.1.0-10-amd64").symlink_to(host)
+    (root / "boot/initrd.img-6.1.0-10-amd64").symlink_to(tmp_path / "host/initrd")
+    with pytest.raises(MkosiError, match="no kernel"):
+        find_kernel(root, Distribution.debian.installer().initrd_paths)
+    # The same absolute link, to where the image itself has the kernel, is the image's kernel.
+    inside = _touch(root.joinpath(*host.parts[1:]), "the image's kernel")
+    _touch(root.joinpath(*host.parts[1:-1], "initrd"))
+    assert find_kernel(root, Distribution.debian.installer().initrd_paths).image == inside
+
+
 def test_dracut_configuration_goes_into_bootable_trees_only(project: Path, tmp_path: Path) -> None:
     write_dracut_config(tmp_path / "plain", load("-d", "fedora"))
     assert not (tmp_path / "plain").exists()

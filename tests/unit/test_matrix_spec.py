@@ -213,3 +213,50 @@ def test_a_matrix_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> No
 def test_cell_names_never_escape_the_release_directory() -> None:
     cells = expand({"Hostname": ["..", "../../etc/passwd", ".hidden"]}, [], [])
     assert [c.name for c in cells] == ["hostname", "etc_passwd", "hidden"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '[defaults]\nOutput = "../../etc/passwd"\n',
+            "[defaults]: Output: cannot be set in a matrix: the matrix names",
+        ),
+        ("[[include]]\nForce = 2\n", "[[include]][0]: Force: cannot be set in a matrix: every cell builds"),
+        ('[matrix]\nOutput = ["a", "b"]\n', "[matrix]: Output: cannot be set in a matrix"),
+        ('[matrix]\nPassword = ["a", "b"]\n', "[matrix]: Password: a secret cannot be an axis: its values would name"),
+    ],
+)
+def test_settings_the_matrix_decides_or_that_would_name_cells_are_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        _matrix(tmp_path, text)
+    assert str(error.value).startswith(f"{tmp_path / 'mkosi.matrix'}: {problem}")
+
+
+@pytest.mark.parametrize("directory", ["/", ".", "..", "sub/../..", "{project}", "{parent}"])
+def test_a_release_directory_that_holds_the_project_is_refused(tmp_path: Path, directory: str) -> None:
+    project = tmp_path / "project"
+    value = directory.format(project=project, parent=tmp_path)
+    text = f'[matrix]\nFormat = ["tar"]\n[release]\nDirectory = "{value}"\n'
+    with pytest.raises(ConfigError) as error:
+        parse_matrix(text, project / "mkosi.matrix", project)
+    assert str(error.value).startswith(
+        f"{project / 'mkosi.matrix'}: [release]: Directory: must not be the project directory or a directory above it"
+    )
+    beside = parse_matrix(text.replace(value, "../releases"), project / "mkosi.matrix", project)
+    assert beside.release.directory == tmp_path / "releases"
+
+
+def test_a_signed_release_refuses_a_gpg_home_others_can_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o755)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    with pytest.raises(ConfigError) as error:
+        _matrix(tmp_path, '[matrix]\nFormat = ["tar"]\n[release]\nSign = true\n')
+    assert str(error.value) == (
+        f"{tmp_path / 'mkosi.matrix'}: [release]: Sign: the gpg home {home} is accessible by group or others "
+        "(mode 0755) (chmod 700 it)"
+    )
+    assert not _matrix(tmp_path, '[matrix]\nFormat = ["tar"]\n').release.sign  # only signing reads it

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from mkosi.build import STAGES
 from mkosi.config import parse_args
@@ -81,3 +84,28 @@ def test_hash_tree_sees_modes_and_links(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("file")
     after_link = hash_tree([tmp_path])
     assert len({before, after_chmod, after_link}) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes needs root")
+def test_hash_tree_sees_which_device_a_node_is(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    null = hash_tree([tmp_path])
+    (tmp_path / "node").unlink()
+    os.mknod(tmp_path / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    assert hash_tree([tmp_path]) != null
+
+
+def test_hash_tree_sees_every_byte_of_a_sparse_file_without_reading_its_holes(tmp_path: Path) -> None:
+    sparse = tmp_path / "disk.img"
+    with sparse.open("wb") as f:
+        f.write(b"head")
+        f.truncate(1024**3)  # 1 GiB, nearly all hole: hashed in far less than reading it takes
+    digests = [hash_tree([tmp_path])]
+    for offset, byte in ((2, b"x"), (512 * 1024**2, b"\0"), (512 * 1024**2, b"y")):
+        with sparse.open("r+b") as f:
+            f.seek(offset)
+            f.write(byte)
+        digests.append(hash_tree([tmp_path]))
+    # A zero written into a hole is the same bytes but another layout: a new digest is only a rebuild.
+    assert len(set(digests)) == len(digests)
+    assert hash_tree([tmp_path]) == digests[-1]

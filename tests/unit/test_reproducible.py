@@ -42,9 +42,10 @@ def test_only_mtimes_later_than_the_epoch_are_clamped(tmp_path: Path) -> None:
 
 
 def test_password_change_days_become_the_epochs(tmp_path: Path) -> None:
-    shadow = tmp_path / "shadow"
+    shadow = tmp_path / "etc/shadow"
+    shadow.parent.mkdir()
     shadow.write_text("root:*:20424:0:99999:7:::\nnobody:*::0:99999:7:::\n")
-    normalise_shadow_dates(shadow, EPOCH)
+    normalise_shadow_dates(tmp_path, "etc/shadow", EPOCH)
     assert shadow.read_text() == f"root:*:{EPOCH // 86400}:0:99999:7:::\nnobody:*::0:99999:7:::\n"
 
 

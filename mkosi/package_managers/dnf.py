@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import contained, no_stray_copies, raise_missing, raise_untrusted
+from mkosi.package_managers import RETRIES, contained, no_stray_copies, raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
@@ -37,6 +37,10 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
         "install_weak_deps=0",
         f"gpgcheck={int(config.repository_key_check)}",
         "skip_if_unavailable=0",
+        # A mirror that sends less than minrate (1000 bytes/s) for this long is given up on, and a
+        # download tried again RETRIES times in all (0 would mean forever).
+        f"timeout={config.mirror_timeout}",
+        f"retries={RETRIES}",
     ]
     if not config.with_docs:
         main.append("tsflags=nodocs")

@@ -19,6 +19,7 @@ from mkosi.distributions import Distribution, arch, debian, fedora, opensuse, ub
 from mkosi.distributions.installer import DistributionInstaller, InitrdByMkosi, PackageNames, ensure_initrd
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.package_managers import (
+    RETRIES,
     NoSuchPackage,
     UntrustedRepository,
     apt_bootstrap,
@@ -345,6 +346,8 @@ def test_dnf_configuration_is_isolated_from_the_host(project: Path, tmp_path: Pa
     text = dnf.config_text(ctx, fedora.repositories(config), workspace=tmp_path / "ws/dnf")
     assert f"reposdir={tmp_path}/ws/dnf/repos.d" in text and f"varsdir={tmp_path}/ws/dnf/vars" in text
     assert "gpgcheck=1" in text and "tsflags=nodocs" in text and "keepcache=1" in text
+    # A stalled mirror is given up on after MirrorTimeout=, and dnf's retries are bounded (0 is forever).
+    assert "\ntimeout=60\n" in text and f"\nretries={RETRIES}\n" in text and RETRIES > 0
     packages = fedora.PACKAGES.image(bootable=False, extra=("vim",))
     argv = dnf.command(ctx, ctx.root, tmp_path / "ws/dnf/dnf.conf", packages)
     # No host plugins, no host configuration.
@@ -420,6 +423,9 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     refresh = zypper.commands(keyed, tmp_path, tmp_path, ())[0]
     assert "--gpg-auto-import-keys" not in refresh and "--no-gpg-checks" not in refresh
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
+    stalling = context(load("-d", "opensuse", "--mirror-timeout=9"), tmp_path)
+    assert "\ndownload.transfer_timeout = 9\n" in zypper.zypp_conf(stalling)
+    assert f"\ndownload.max_silent_tries = {1 + RETRIES}\n" in zypper.zypp_conf(stalling)
 
 
 # ---- pacman: Arch ----

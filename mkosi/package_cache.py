@@ -3,7 +3,8 @@
 Bind-mounting one apt archive into two builds collides on apt's lock, so each build gets its own
 archive directory: pool files are linked (or copied across filesystems) into it before the package
 manager runs, and new downloads are linked back afterwards. Files only ever enter the pool by an
-atomic rename, so a concurrent reader never sees half a package.
+atomic rename, so a concurrent reader never sees half a package. A pool file found damaged (by the
+caller, which knows the checksums its package manager was given) is replaced by the same rename.
 """
 
 from __future__ import annotations
@@ -58,12 +59,18 @@ def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None) -> in
     return count
 
 
-def link_out(archive: Path, pool: Path) -> int:
+def link_out(archive: Path, pool: Path, replacing: Iterable[str] = ()) -> int:
+    """Put the packages of `archive` that the pool lacks into it; returns how many.
+
+    The pool's copies of the packages named in `replacing`, found damaged, are replaced by the
+    archive's (fresh downloads): by a rename, so that a reader sees the damaged file or the good one,
+    never half of either. Everything else in the pool is kept as it is."""
+    damaged = set(replacing)
     count = 0
     with locked(pool):
         for package in _packages(archive):
             target = pool / package.name
-            if not target.exists():
+            if not target.exists() or (package.name in damaged and not os.path.samefile(package, target)):
                 _place(package, target)
                 count += 1
     return count

@@ -24,7 +24,6 @@ about two thirds of the time (README, Benchmarks).
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import shutil
@@ -357,16 +356,21 @@ async def _download_only(context: Context, env: dict[str, str], request: list[st
             raise again.tried(2) from again
 
 
-def _verified(path: Path, sha256: str) -> bool:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest() == sha256
-
-
-def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> None:
+def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> dict[str, str]:
     """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
-    whose contents are what the index says: the pool is shared by every mirror of the release."""
-    verified = [n for n, sha256 in wanted.items() if sha256 and (pool / n).is_file() and _verified(pool / n, sha256)]
+    whose contents are what the index says: the pool is shared by every mirror of the release, and
+    a disk may damage what it holds. Returns the SHA-256 of each copy found damaged, by name."""
+    verified: list[str] = []
+    damaged: dict[str, str] = {}
+    for name, sha256 in wanted.items():
+        if sha256 and (pool / name).is_file():
+            digest = sha256_file(pool / name)
+            if digest == sha256:
+                verified.append(name)
+            else:
+                damaged[name] = digest
     package_cache.link_in(pool, archives, verified)
+    return damaged
 
 
 def parse_print_uris(listing: str, archives: Path) -> tuple[list[Path], dict[str, str]]:
@@ -411,12 +415,18 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
         context, env, ["install", "--print-uris", "-qq", "-o", "Acquire::ForceHash=SHA256", *request], capture=True
     )
     files, wanted = parse_print_uris(listing, archives)
+    damaged: dict[str, str] = {}
     if pool is not None:
-        await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+        damaged = await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+        for name, digest in damaged.items():
+            context.log.warning(
+                f"package pool file {pool / name} is damaged: its SHA-256 is {digest}, "
+                f"the signed index names {wanted[name]}; downloading it again"
+            )
     if not all((archives / name).exists() for name in wanted):
         await _download_only(context, env, request)
         if pool is not None:
-            await anyio.to_thread.run_sync(package_cache.link_out, archives, pool)
+            await anyio.to_thread.run_sync(package_cache.link_out, archives, pool, damaged)
     return sorted(files, key=lambda path: path.name), wanted
 
 

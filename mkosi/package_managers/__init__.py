@@ -53,7 +53,7 @@ class DownloadFailed(MkosiError):
 
 
 class DamagedDownload(DownloadFailed):
-    """The mirror sent the whole answer, but not the file its signed index names (truncated, changed)."""
+    """The mirror sent the whole answer, but not the file its package index names (truncated, changed)."""
 
 
 def missing_packages(error: CommandError, patterns: Iterable[str]) -> list[str]:

@@ -28,9 +28,10 @@ import platform
 import re
 import shutil
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -70,6 +71,7 @@ MISSING_VERSION = r"Version '([^']+)' for '([^']+)' was not found"
 # apt's wording for an archive whose Release file is unsigned, signed by an unknown key, or changed.
 UNTRUSTED = (r"NO_PUBKEY", r"BADSIG", r"is not signed", r"signatures were invalid")
 ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+T = TypeVar("T")
 # apt's words for a file it could not fetch: "E: Failed to fetch URL  REASON [IP: ADDRESS PORT]" (W:
 # for a package list that `update` could not fetch).
 FETCH_FAILED = r"^[EW]: Failed to fetch (\S+)\s+(.*?)(?:\s+\[IP: [^]]*\])?\s*$"
@@ -92,7 +94,7 @@ FETCH_FAILURES = (
     FetchFailure(r"Remote end closed connection", "the mirror closed the connection before the end of the file"),
     FetchFailure(r"Could not connect|Connection failed|Connection refused", "could not connect to the mirror"),
     FetchFailure(r"File has unexpected size \((\d+) != (\d+)\)", "the mirror sent {0} bytes of {1}", retried=False),
-    FetchFailure(r"Hash Sum mismatch", "the file has another SHA-256 than the signed index names", retried=False),
+    FetchFailure(r"Hash Sum mismatch", "the file has another SHA-256 than the package index names", retried=False),
 )
 
 ARCHIVES = "var/cache/apt/archives"
@@ -341,25 +343,25 @@ async def _apt_get(context: Context, env: dict[str, str], arguments: list[str], 
     return result.stdout
 
 
-async def _download_only(context: Context, env: dict[str, str], request: list[str]) -> None:
-    """apt's download of the package set, and once more if the mirror sent a damaged file: apt gives
-    up on such a file at once, where the next request may get it whole (from another node of a
-    content delivery network, or once the mirror's sync is done). apt downloads only what it lacks."""
-    arguments = ["install", "--download-only", *request]
+async def once_more_if_damaged(context: Context, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt`, and once more if the mirror sent a damaged file: apt gives up on such a file at
+    once, where the next request may get it whole (from another node of a content delivery network,
+    or once the mirror's sync is done). apt downloads only what it still lacks."""
     try:
-        await _apt_get(context, env, arguments)
+        return await attempt()
     except DamagedDownload as error:
         context.log.warning(f"the mirror sent {error.url} damaged: {error.what}; downloading it once more")
         try:
-            await _apt_get(context, env, arguments)
+            return await attempt()
         except DamagedDownload as again:
             raise again.tried(2) from again
 
 
+async def _download_only(context: Context, env: dict[str, str], request: list[str]) -> None:
+    await once_more_if_damaged(context, lambda: _apt_get(context, env, ["install", "--download-only", *request]))
+
+
 def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> dict[str, str]:
-    """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
-    whose contents are what the index says: the pool is shared by every mirror of the release, and
-    a disk may damage what it holds. Returns the SHA-256 of each copy found damaged, by name."""
     verified: list[str] = []
     damaged: dict[str, str] = {}
     for name, sha256 in wanted.items():
@@ -370,6 +372,20 @@ def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> dic
             else:
                 damaged[name] = digest
     package_cache.link_in(pool, archives, verified)
+    return damaged
+
+
+async def link_in_verified(context: Context, pool: Path, archives: Path, wanted: dict[str, str]) -> dict[str, str]:
+    """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
+    whose contents are what the index says: apt takes a file of the right size in its archive
+    without checking it, the pool is shared by every mirror of the release, and a disk may damage
+    what it holds. Each damaged copy gets a warning; returns their SHA-256, by name."""
+    damaged = await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+    for name, digest in damaged.items():
+        context.log.warning(
+            f"package pool file {pool / name} is damaged: its SHA-256 is {digest}, "
+            f"the package index names {wanted[name]}; downloading it again"
+        )
     return damaged
 
 
@@ -415,14 +431,7 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
         context, env, ["install", "--print-uris", "-qq", "-o", "Acquire::ForceHash=SHA256", *request], capture=True
     )
     files, wanted = parse_print_uris(listing, archives)
-    damaged: dict[str, str] = {}
-    if pool is not None:
-        damaged = await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
-        for name, digest in damaged.items():
-            context.log.warning(
-                f"package pool file {pool / name} is damaged: its SHA-256 is {digest}, "
-                f"the signed index names {wanted[name]}; downloading it again"
-            )
+    damaged = await link_in_verified(context, pool, archives, wanted) if pool is not None else {}
     if not all((archives / name).exists() for name in wanted):
         await _download_only(context, env, request)
         if pool is not None:

@@ -71,7 +71,7 @@ def _what_is_said(fault: Fault, mirror: FaultyMirror) -> tuple[str, int]:
         return "the mirror closed the connection before the end of the file", 1 + RETRIES
     if fault is Fault.truncated:
         return f"the mirror sent {mirror.size // 2} bytes of {mirror.size}", 2
-    return "the file has another SHA-256 than the signed index names", 2
+    return "the file has another SHA-256 than the package index names", 2
 
 
 @pytest.mark.parametrize("fault", list(Fault), ids=[f.value for f in Fault])
@@ -168,7 +168,7 @@ def test_a_damaged_pool_file_is_reported_once_and_replaced_by_a_good_download(
     warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
     assert warnings == [
         f"package pool file {damaged} is damaged: its SHA-256 is {bad}, "
-        f"the signed index names {_digest(good)}; downloading it again"
+        f"the package index names {_digest(good)}; downloading it again"
     ]
     # Replaced by the download, by a rename (another inode), not rewritten where readers may see half.
     assert _digest(damaged) == _digest(good)

@@ -36,9 +36,9 @@ def test_host_apt_gives_up_on_a_stalled_mirror_and_retries_a_few_times(tmp_path:
     # A package list that did not come is an error, not a warning followed by "no package apt".
     assert 'APT::Update::Error-Mode "any";' in lines
     # apt in an existing tree gets the same limits on its command line.
-    script = apt.script(7)
-    assert script.count("-o Acquire::http::Timeout=7 -o Acquire::https::Timeout=7") == 2
-    assert script.count(f"-o Acquire::Retries={RETRIES}") == 2
+    command = apt.apt_get(7)
+    assert "-o Acquire::http::Timeout=7 -o Acquire::https::Timeout=7" in command
+    assert f"-o Acquire::Retries={RETRIES} -o APT::Update::Error-Mode=any" in command
 
 
 LESS = "http://127.0.0.1:8000/debian/pool/main/l/less/less_590-2.1%7edeb12u2_amd64.deb"
@@ -70,7 +70,7 @@ def _fetch_error(*lines: str) -> CommandError:
             "the mirror sent 66022 bytes of 132044",
             1,
         ),
-        ("Hash Sum mismatch", "the file has another SHA-256 than the signed index names", 1),
+        ("Hash Sum mismatch", "the file has another SHA-256 than the package index names", 1),
         ("Something new", "apt could not fetch it", 1),
     ],
 )

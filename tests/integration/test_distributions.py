@@ -598,3 +598,25 @@ def test_a_damaged_pool_file_of_a_build_package_is_reported_and_replaced(tmp_pat
     ]
     assert hashlib.sha256(damaged.read_bytes()).hexdigest() == good_digest
     assert (tmp_path / "tree/hello-output").read_text().strip() == HELLO_OUTPUT
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+def test_a_damaged_pool_file_is_reported_and_replaced(distribution: str, tmp_path: Path, served: str) -> None:
+    # A pool of its own, filled by a first build, then the base package's file damaged there.
+    cache = tmp_path / "cache"
+    mirror = CASES[distribution].mirror()
+    (tmp_path / "1").mkdir()
+    build(distribution, mirror, served, tmp_path / "1", "--repository-key-check=no", f"--cache={cache}")
+    (pooled,) = (p for p in cache.rglob(f"{BASE}-1-1*") if p.is_file())
+    good = pooled.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    pooled.unlink()  # a hard link into the first build's tree: replace, do not write through
+    pooled.write_bytes(bytes(damaged))
+    (tmp_path / "2").mkdir()
+    result = build(distribution, mirror, served, tmp_path / "2", "--repository-key-check=no", f"--cache={cache}")
+    warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"package pool file {pooled} is damaged"), warnings
+    assert pooled.read_bytes() == good
+    query = subprocess.run(CASES[distribution].query(tmp_path / "2/image"), capture_output=True, text=True)
+    assert re.search(rf"^{BASE}", query.stdout, re.MULTILINE), query.stdout

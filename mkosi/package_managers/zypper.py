@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import RETRIES, contained, raise_missing, raise_untrusted
+from mkosi.package_managers import contained, raise_missing, raise_untrusted
 from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
@@ -31,10 +31,9 @@ def zypp_conf(context: Context) -> str:
     lines = [
         "[main]",
         "solver.onlyRequires = true",
-        # libzypp gives up on a transfer that received nothing for this long, and tries each file
-        # this many times before zypper reports it (which --non-interactive answers with abort).
+        # libzypp gives up on a transfer that received nothing for this long; zypper then tries the
+        # file three times more, 30 seconds apart, and has no setting for that.
         f"download.transfer_timeout = {context.config.mirror_timeout}",
-        f"download.max_silent_tries = {1 + RETRIES}",
     ]
     if not context.config.with_docs:
         lines.append("rpm.install.excludedocs = yes")

@@ -351,10 +351,11 @@ def reproducible_environment(config: Config) -> dict[str, str]:
 
 # The settings that never change an image, so no stage's key includes them: how a build runs and
 # reports (force, verbosity, the workspace's place), where its settings came from (their values are
-# inputs themselves), and the package cache, which changes how fast packages come, never which
-# (they are pinned by the mirror's signed index).
+# inputs themselves), and the package cache and the mirror's timeout, which change how fast packages
+# come or how long a build waits for them, never which (they are pinned by the mirror's signed index).
 NOT_IMAGE_INPUTS = frozenset(
     {"directory", "default_path", "force", "incremental", "verbose", "log_format", "workspace", "cache_path"}
+    | {"mirror_timeout"}
     # Checks before the build: they refuse a configuration, they never change what it makes.
     | {"reproducible", "deterministic_scripts"}
 )

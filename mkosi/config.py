@@ -75,6 +75,7 @@ class Config:
     distribution: Distribution
     release: str
     mirror: str | None
+    mirror_timeout: int
     repositories: tuple[str, ...]
     repository_key_check: bool
     repository_keys: tuple[Path, ...]

@@ -3,7 +3,8 @@
 Bind-mounting one apt archive into two builds collides on apt's lock, so each build gets its own
 archive directory: pool files are linked (or copied across filesystems) into it before the package
 manager runs, and new downloads are linked back afterwards. Files only ever enter the pool by an
-atomic rename, so a concurrent reader never sees half a package.
+atomic rename, so a concurrent reader never sees half a package. A pool file found damaged (by the
+caller, which knows the checksums its package manager was given) is replaced by the same rename.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from mkosi.checksums import sha256_file
+
 PACKAGE_SUFFIXES = (".deb", ".rpm", ".pkg.tar.zst", ".pkg.tar.xz")
+# A file as it is now: inode, size and modification time.
+Stamp = tuple[int, int, int]
 
 
 def _packages(directory: Path) -> list[Path]:
@@ -58,15 +63,52 @@ def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None) -> in
     return count
 
 
-def link_out(archive: Path, pool: Path) -> int:
+def link_out(archive: Path, pool: Path, replacing: Iterable[str] = ()) -> int:
+    """Put the packages of `archive` that the pool lacks into it; returns how many.
+
+    The pool's copies of the packages named in `replacing`, found damaged, are replaced by the
+    archive's (fresh downloads): by a rename, so that a reader sees the damaged file or the good one,
+    never half of either. Everything else in the pool is kept as it is."""
+    damaged = set(replacing)
     count = 0
     with locked(pool):
         for package in _packages(archive):
             target = pool / package.name
-            if not target.exists():
+            if not target.exists() or (package.name in damaged and not os.path.samefile(package, target)):
                 _place(package, target)
                 count += 1
     return count
+
+
+def _stamp(path: Path) -> Stamp:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def stamps(archive: Path) -> dict[str, Stamp]:
+    """Each package file of `archive` as it is now (after link_in), to tell afterwards which ones
+    the package manager wrote again: dnf and zypper check every file they are given against the
+    repository's checksum, and download one that does not match again, without a word."""
+    return {package.name: _stamp(package) for package in _packages(archive)}
+
+
+def rejected(archive: Path, pool: Path, before: Mapping[str, Stamp]) -> list[str]:
+    """The pool's packages that the package manager downloaded again: those whose file in
+    `archive` is another than `before` says, with other contents than the pool's copy."""
+    names = []
+    for name, stamp in before.items():
+        path = archive / name
+        written = path.is_file() and _stamp(path) != stamp and (pool / name).is_file()
+        if written and sha256_file(path) != sha256_file(pool / name):
+            names.append(name)
+    return names
+
+
+def drop(pool: Path, names: Iterable[str]) -> None:
+    """Remove the pool's copies of `names` (found damaged, and no good copy at hand)."""
+    with locked(pool):
+        for name in names:
+            (pool / name).unlink(missing_ok=True)
 
 
 def pool_for(cache: Path, distribution: str, release: str, architecture: str) -> Path:

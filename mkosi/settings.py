@@ -286,6 +286,13 @@ def parse_milliseconds(value: str) -> int:
     return int(word)
 
 
+def parse_seconds(value: str) -> int:
+    word = value.strip()
+    if not word.isascii() or not word.isdigit() or not 0 < int(word) <= 3600:
+        raise ValueError(f"invalid time {word!r} (seconds, from 1 to 3600)")
+    return int(word)
+
+
 def parse_epoch(value: str) -> int:
     """Seconds since 1970-01-01 UTC, as SOURCE_DATE_EPOCH is written."""
     word = value.strip()
@@ -424,6 +431,17 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_string,
         metavar="URL",
         help="distribution mirror to use",
+    ),
+    Setting(
+        "mirror_timeout",
+        "--mirror-timeout",
+        "Distribution",
+        "MirrorTimeout",
+        parse=parse_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="seconds a mirror may take to connect or to send more of a file before the package manager "
+        "gives up on that attempt (apt, dnf, zypper; each file is tried a few times; default: 60)",
     ),
     Setting(
         "repositories",

@@ -3,7 +3,8 @@ install root: configuration, caches, keyrings and logs live in the build's works
 never on the build host.
 
 A distribution module picks one of these and hands it its mirror, repositories, release and package
-names. What the modules share lives here: reporting a package that does not exist by name.
+names. What the modules share lives here: reporting a package that does not exist by name, or a
+file the mirror did not deliver.
 """
 
 from __future__ import annotations
@@ -24,6 +25,35 @@ class NoSuchPackage(MkosiError):
 
 class UntrustedRepository(MkosiError):
     """Signature checking is on and what the repository serves is not signed by a trusted key."""
+
+
+# How many more times a package manager tries a file that did not come: a mirror that failed three
+# times in a row is broken, and each try of a stalled one costs MirrorTimeout=.
+RETRIES = 2
+
+
+class DownloadFailed(MkosiError):
+    """A file did not come from the mirror: `what` happened on the last of `tries` tries, which the
+    package manager `tool` put in its own words as `reason`; `others` more files failed too."""
+
+    def __init__(self, url: str, what: str, *, tool: str, reason: str, tries: int = 1, others: int = 0) -> None:
+        self.url = url
+        self.what = what
+        self.tool = tool
+        self.reason = reason
+        self.tries = tries
+        self.others = others
+        tried = f", after {tries} tries" if tries > 1 else ""
+        more = f", and {others} more file{'s' if others > 1 else ''} (see the log)" if others else ""
+        super().__init__(f"could not download {url}: {what}{tried}{more} ({tool}: {reason})")
+
+    def tried(self, tries: int) -> DownloadFailed:
+        """The same failure after `tries` tries."""
+        return type(self)(self.url, self.what, tool=self.tool, reason=self.reason, tries=tries, others=self.others)
+
+
+class DamagedDownload(DownloadFailed):
+    """The mirror sent the whole answer, but not the file its package index names (truncated, changed)."""
 
 
 def missing_packages(error: CommandError, patterns: Iterable[str]) -> list[str]:

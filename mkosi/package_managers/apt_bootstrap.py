@@ -24,14 +24,14 @@ about two thirds of the time (README, Benchmarks).
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import shutil
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -42,7 +42,16 @@ from mkosi.concurrency import cpu_heavy, on_all_cores, side_tasks
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.package_lock import PackageRecord, check_locked, write_records
-from mkosi.package_managers import NoSuchPackage, deb, dpkg_order, raise_missing, raise_untrusted
+from mkosi.package_managers import (
+    RETRIES,
+    DamagedDownload,
+    DownloadFailed,
+    NoSuchPackage,
+    deb,
+    dpkg_order,
+    raise_missing,
+    raise_untrusted,
+)
 from mkosi.run import CommandError, run
 
 # Maintainer scripts run inside the tree: for another architecture than the host's, through the
@@ -62,6 +71,31 @@ MISSING_VERSION = r"Version '([^']+)' for '([^']+)' was not found"
 # apt's wording for an archive whose Release file is unsigned, signed by an unknown key, or changed.
 UNTRUSTED = (r"NO_PUBKEY", r"BADSIG", r"is not signed", r"signatures were invalid")
 ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+T = TypeVar("T")
+# apt's words for a file it could not fetch: "E: Failed to fetch URL  REASON [IP: ADDRESS PORT]" (W:
+# for a package list that `update` could not fetch).
+FETCH_FAILED = r"^[EW]: Failed to fetch (\S+)\s+(.*?)(?:\s+\[IP: [^]]*\])?\s*$"
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    """One way a fetch fails, in apt's words, and what that means for the user."""
+
+    pattern: str
+    # Formatted with the pattern's groups and the timeout.
+    what: str
+    # apt tries again after a network failure, never after a file that came whole but damaged.
+    retried: bool = True
+
+
+FETCH_FAILURES = (
+    FetchFailure(r"timed out", "the mirror sent nothing for {timeout} s (MirrorTimeout={timeout})"),
+    FetchFailure(r"Connection reset by peer", "the mirror reset the connection"),
+    FetchFailure(r"Remote end closed connection", "the mirror closed the connection before the end of the file"),
+    FetchFailure(r"Could not connect|Connection failed|Connection refused", "could not connect to the mirror"),
+    FetchFailure(r"File has unexpected size \((\d+) != (\d+)\)", "the mirror sent {0} bytes of {1}", retried=False),
+    FetchFailure(r"Hash Sum mismatch", "the file has another SHA-256 than the package index names", retried=False),
+)
 
 ARCHIVES = "var/cache/apt/archives"
 # The uncompressed copies of the packages, where dpkg in the tree finds them; gone afterwards.
@@ -204,11 +238,13 @@ def make_skeleton(root: Path, bootstrap: Bootstrap, architecture: Architecture) 
         (root / path).write_text(content)
 
 
-def host_apt_config(root: Path, scratch: Path, architecture: str) -> str:
-    """The build host's apt pointed at the tree, trusting only the keys in `scratch`/trusted.gpg.d."""
+def host_apt_config(root: Path, scratch: Path, architecture: str, timeout: int) -> str:
+    """The build host's apt pointed at the tree, trusting only the keys in `scratch`/trusted.gpg.d,
+    giving up on a mirror that sends nothing for `timeout` seconds (MirrorTimeout=)."""
     return "".join(
         f"{line}\n"
         for line in (
+            *(f'{name} "{value}";' for name, value in mirror_options(timeout).items()),
             f'Dir "{root}/";',
             f'Dir::State::Status "{root}/var/lib/dpkg/status";',
             f'Dir::Etc::Trusted "{scratch}/trusted.gpg";',  # never created: no key but ours
@@ -225,6 +261,20 @@ def host_apt_config(root: Path, scratch: Path, architecture: str) -> str:
             f'Dir::Cache::srcpkgcache "{scratch}/srcpkgcache.bin";',
         )
     )
+
+
+def mirror_options(timeout: int) -> dict[str, str]:
+    """apt's limits for a mirror that stalls or fails: each wait for a connection or for more data
+    ends after `timeout` seconds, and a file that failed to come for a network failure is tried
+    RETRIES more times (apt waits 1, then 2 seconds in between) before apt gives up. A package list
+    that did not come fails `update` (else apt only warns, and what the lists lack looks like
+    packages that do not exist)."""
+    return {
+        "Acquire::http::Timeout": str(timeout),
+        "Acquire::https::Timeout": str(timeout),
+        "Acquire::Retries": str(RETRIES),
+        "APT::Update::Error-Mode": "any",
+    }
 
 
 def requested_names(packages: Iterable[str]) -> set[str]:
@@ -253,12 +303,38 @@ def remove_bootstrap_leftovers(root: Path) -> None:
             _remove(item)
 
 
+def download_failure(error: CommandError, timeout: int) -> DownloadFailed | None:
+    """What apt says it could not fetch, as one error naming the first file (unquoted, as apt asked
+    for it) and what went wrong; None if apt failed at something else."""
+    failed: dict[str, str] = {}
+    for line in error.tail:
+        if match := re.match(FETCH_FAILED, line):
+            failed.setdefault(urllib.parse.unquote(match[1]), match[2])
+    if not failed:
+        return None
+    url, reason = next(iter(failed.items()))
+    others = len(failed) - 1
+    for failure in FETCH_FAILURES:
+        if match := re.search(failure.pattern, reason):
+            what = failure.what.format(*match.groups(), timeout=timeout)
+            if failure.retried:
+                return DownloadFailed(url, what, tool="apt", reason=reason, tries=1 + RETRIES, others=others)
+            return DamagedDownload(url, what, tool="apt", reason=reason, others=others)
+    return DownloadFailed(url, "apt could not fetch it", tool="apt", reason=reason, others=others)
+
+
+def raise_download_failure(error: CommandError, timeout: int) -> None:
+    if failure := download_failure(error, timeout):
+        raise failure from error
+
+
 async def _apt_get(context: Context, env: dict[str, str], arguments: list[str], capture: bool = False) -> str:
     config = context.config
     try:
         result = await run(["apt-get", "-q", *arguments], env=env, capture_stdout=capture, log=context.log)
     except CommandError as error:
         raise_untrusted(error, UNTRUSTED, f"the archives of {config.distribution} {config.release}")
+        raise_download_failure(error, config.mirror_timeout)
         where = f"{config.distribution} {config.release}"
         if versions := [f"{m[2]}={m[1]}" for line in error.tail if (m := re.search(MISSING_VERSION, line))]:
             raise NoSuchPackage(f"no {', '.join(versions)} in {where} (a version PackageLock= asks for)") from error
@@ -267,16 +343,50 @@ async def _apt_get(context: Context, env: dict[str, str], arguments: list[str], 
     return result.stdout
 
 
-def _verified(path: Path, sha256: str) -> bool:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+async def once_more_if_damaged(context: Context, attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt`, and once more if the mirror sent a damaged file: apt gives up on such a file at
+    once, where the next request may get it whole (from another node of a content delivery network,
+    or once the mirror's sync is done). apt downloads only what it still lacks."""
+    try:
+        return await attempt()
+    except DamagedDownload as error:
+        context.log.warning(f"the mirror sent {error.url} damaged: {error.what}; downloading it once more")
+        try:
+            return await attempt()
+        except DamagedDownload as again:
+            raise again.tried(2) from again
 
 
-def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> None:
-    """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
-    whose contents are what the index says: the pool is shared by every mirror of the release."""
-    verified = [n for n, sha256 in wanted.items() if sha256 and (pool / n).is_file() and _verified(pool / n, sha256)]
+async def _download_only(context: Context, env: dict[str, str], request: list[str]) -> None:
+    await once_more_if_damaged(context, lambda: _apt_get(context, env, ["install", "--download-only", *request]))
+
+
+def _link_in_verified(pool: Path, archives: Path, wanted: dict[str, str]) -> dict[str, str]:
+    verified: list[str] = []
+    damaged: dict[str, str] = {}
+    for name, sha256 in wanted.items():
+        if sha256 and (pool / name).is_file():
+            digest = sha256_file(pool / name)
+            if digest == sha256:
+                verified.append(name)
+            else:
+                damaged[name] = digest
     package_cache.link_in(pool, archives, verified)
+    return damaged
+
+
+async def link_in_verified(context: Context, pool: Path, archives: Path, wanted: dict[str, str]) -> dict[str, str]:
+    """Link in the pool's copies of the `wanted` files (name -> SHA-256 from the signed index)
+    whose contents are what the index says: apt takes a file of the right size in its archive
+    without checking it, the pool is shared by every mirror of the release, and a disk may damage
+    what it holds. Each damaged copy gets a warning; returns their SHA-256, by name."""
+    damaged = await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+    for name, digest in damaged.items():
+        context.log.warning(
+            f"package pool file {pool / name} is damaged: its SHA-256 is {digest}, "
+            f"the package index names {wanted[name]}; downloading it again"
+        )
+    return damaged
 
 
 def parse_print_uris(listing: str, archives: Path) -> tuple[list[Path], dict[str, str]]:
@@ -312,7 +422,7 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
     if pool is None and not any(source.uri.startswith("file:") for source in bootstrap.sources):
-        await _apt_get(context, env, ["install", "--download-only", *request])
+        await _download_only(context, env, request)
         return sorted(archives.glob("*.deb")), {}
 
     # ForceHash: apt would print the MD5 sum where the index has one, and nothing where it has not
@@ -321,12 +431,11 @@ async def download(context: Context, env: dict[str, str], bootstrap: Bootstrap) 
         context, env, ["install", "--print-uris", "-qq", "-o", "Acquire::ForceHash=SHA256", *request], capture=True
     )
     files, wanted = parse_print_uris(listing, archives)
-    if pool is not None:
-        await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
+    damaged = await link_in_verified(context, pool, archives, wanted) if pool is not None else {}
     if not all((archives / name).exists() for name in wanted):
-        await _apt_get(context, env, ["install", "--download-only", *request])
+        await _download_only(context, env, request)
         if pool is not None:
-            await anyio.to_thread.run_sync(package_cache.link_out, archives, pool)
+            await anyio.to_thread.run_sync(package_cache.link_out, archives, pool, damaged)
     return sorted(files, key=lambda path: path.name), wanted
 
 
@@ -429,7 +538,8 @@ async def install(context: Context, bootstrap: Bootstrap) -> None:
     policy_rc_d = root / POLICY_RC_D
     try:
         make_skeleton(root, bootstrap, architecture)
-        (scratch / "apt.conf").write_text(host_apt_config(root, scratch, architecture.debian))
+        apt_conf = host_apt_config(root, scratch, architecture.debian, context.config.mirror_timeout)
+        (scratch / "apt.conf").write_text(apt_conf)
         install_keys(bootstrap.keyrings, scratch / "trusted.gpg.d")
         env = {"APT_CONFIG": str(scratch / "apt.conf"), "LC_ALL": "C.UTF-8"}
 

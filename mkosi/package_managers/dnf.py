@@ -18,8 +18,8 @@ from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import contained, no_stray_copies, raise_missing, raise_untrusted
-from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
+from mkosi.package_managers import RETRIES, contained, no_stray_copies, raise_missing, raise_untrusted
+from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
 MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
@@ -37,6 +37,10 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
         "install_weak_deps=0",
         f"gpgcheck={int(config.repository_key_check)}",
         "skip_if_unavailable=0",
+        # A mirror that sends less than minrate (1000 bytes/s) for this long is given up on, and a
+        # download tried again RETRIES times in all (0 would mean forever).
+        f"timeout={config.mirror_timeout}",
+        f"retries={RETRIES}",
     ]
     if not config.with_docs:
         main.append("tsflags=nodocs")
@@ -76,9 +80,10 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     configuration = workspace / "dnf.conf"
     configuration.write_text(config_text(context, repositories, workspace=workspace))
     pool = None
+    seeded: Seeded = {}
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
-        await link_in(pool, workspace / "cache")
+        seeded = await link_in(pool, workspace / "cache")
     argv = command(context, root, configuration, packages)
     strays = [p for p in host_paths(root, workspace).values() if not p.is_relative_to(root)]
     try:
@@ -90,4 +95,4 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
         raise_missing(error, MISSING, where)
         raise
     if pool is not None:
-        await link_out(workspace / "cache", pool)
+        await link_out(context, workspace / "cache", pool, seeded)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ UNTRUSTED = (
 )
 # Packages must be signed by a trusted key; databases are signed by few mirrors, so optional.
 SIGNED = "Required DatabaseOptional"
+# pacman's words for a package file that is not what the database names (checksum, signature);
+# --noconfirm answers yes to deleting it, and the transaction fails.
+CORRUPTED = r"File (\S+) is corrupted \((.*)\)\.$"
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,31 @@ async def prepare_keyring(context: Context, configuration: Path, gnupg: Path, ke
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def corrupted_files(error: CommandError) -> dict[str, str]:
+    """The package files pacman found corrupted, by name, each with what pacman found wrong."""
+    return {Path(m[1]).name: m[2] for line in error.tail if (m := re.search(CORRUPTED, line.strip()))}
+
+
+async def _install(context: Context, configuration: Path, packages: Sequence[str], pool: Path | None) -> None:
+    """pacman's install, and once more after it refused a corrupted package file: the pool's copy,
+    damaged on the disk (left in the pool, it would fail every later build), or what the mirror
+    sent. pacman has deleted its copy, so the second run downloads it again."""
+    try:
+        await run(contained(command(configuration, packages)), log=context.log)
+    except CommandError as error:
+        corrupted = corrupted_files(error)
+        if not corrupted:
+            raise
+        for name, why in corrupted.items():
+            if pool is not None and (pool / name).is_file():
+                context.log.warning(f"package pool file {pool / name} is damaged ({why}); downloading it again")
+            else:
+                context.log.warning(f"the mirror sent {name} damaged ({why}); downloading it once more")
+        if pool is not None:
+            await anyio.to_thread.run_sync(package_cache.drop, pool, corrupted)
+        await run(contained(command(configuration, packages)), log=context.log)
+
+
 async def install(
     context: Context, root: Path, repositories: Sequence[Repository], packages: Sequence[str], *, keyring: str
 ) -> None:
@@ -167,7 +196,7 @@ async def install(
     try:
         if config.repository_key_check:
             await prepare_keyring(context, configuration, gnupg, keyring)
-        await run(contained(command(configuration, packages)), log=context.log)
+        await _install(context, configuration, packages, pool)
     except CommandError as error:
         where = f"the repositories of {config.distribution}"
         raise_untrusted(error, UNTRUSTED, where)

@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
+from mkosi.context import Context
 
 # Where Fedora and openSUSE keep the rpm database. Debian's rpm defaults to ~/.rpmdb, which would put
 # the image's package database in the build host's home directory.
@@ -51,26 +52,45 @@ def rpm_environment(workspace: Path) -> dict[str, str]:
     return {"HOME": str(home)}
 
 
-def _link_in(pool: Path, cache: Path, packages: str) -> None:
+# Each repository's package files as link_in left them, by repository.
+Seeded = dict[str, dict[str, package_cache.Stamp]]
+
+
+def _link_in(pool: Path, cache: Path, packages: str) -> Seeded:
+    seeded: Seeded = {}
     for repository in pool.iterdir() if pool.is_dir() else ():
         if repository.is_dir():
-            package_cache.link_in(repository, cache / repository.name / packages)
+            directory = cache / repository.name / packages
+            package_cache.link_in(repository, directory)
+            seeded[repository.name] = package_cache.stamps(directory)
+    return seeded
 
 
-def _link_out(cache: Path, pool: Path, packages: str) -> None:
+def _link_out(cache: Path, pool: Path, packages: str, seeded: Seeded) -> list[Path]:
+    replaced: list[Path] = []
     for repository in cache.iterdir() if cache.is_dir() else ():
-        if (repository / packages).is_dir():
-            package_cache.link_out(repository / packages, pool / repository.name)
+        directory, pooled = repository / packages, pool / repository.name
+        if directory.is_dir():
+            rejected = package_cache.rejected(directory, pooled, seeded.get(repository.name, {}))
+            package_cache.link_out(directory, pooled, rejected)
+            replaced += [pooled / name for name in rejected]
+    return replaced
 
 
-async def link_in(pool: Path, cache: Path, packages: str = "packages") -> None:
+async def link_in(pool: Path, cache: Path, packages: str = "packages") -> Seeded:
     """Seed a package manager's per-repository package directories from the shared pool.
 
     The pool mirrors the cache's layout one level deep (a directory per repository, named as the
     package manager names it), so packages of different mirrors never mix.
     """
-    await anyio.to_thread.run_sync(_link_in, pool, cache, packages)
+    return await anyio.to_thread.run_sync(_link_in, pool, cache, packages)
 
 
-async def link_out(cache: Path, pool: Path, packages: str = "packages") -> None:
-    await anyio.to_thread.run_sync(_link_out, cache, pool, packages)
+async def link_out(context: Context, cache: Path, pool: Path, seeded: Seeded, packages: str = "packages") -> None:
+    """Put new downloads into the pool, and the package manager's downloads of pool files it refused
+    (not the repository's checksum) in place of those, each with a warning."""
+    for path in await anyio.to_thread.run_sync(_link_out, cache, pool, packages, seeded):
+        context.log.warning(
+            f"package pool file {path} is damaged: it has another checksum than the repository's metadata "
+            "names; replaced by the package manager's download"
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 from mkosi import package_cache
 from mkosi.context import Context
 from mkosi.package_managers import contained, raise_missing, raise_untrusted
-from mkosi.package_managers.rpm import Repository, link_in, link_out, rpm_environment
+from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
@@ -28,7 +28,13 @@ CACHE = "var/cache/zypp"
 
 
 def zypp_conf(context: Context) -> str:
-    lines = ["[main]", "solver.onlyRequires = true"]
+    lines = [
+        "[main]",
+        "solver.onlyRequires = true",
+        # libzypp gives up on a transfer that received nothing for this long; zypper then tries the
+        # file three times more, 30 seconds apart, and has no setting for that.
+        f"download.transfer_timeout = {context.config.mirror_timeout}",
+    ]
     if not context.config.with_docs:
         lines.append("rpm.install.excludedocs = yes")
     return "\n".join(lines) + "\n"
@@ -112,9 +118,10 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     (workspace / "tmp").mkdir(exist_ok=True)
     cache = root / CACHE / "packages"
     pool = None
+    seeded: Seeded = {}
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
-        await link_in(pool, cache, packages="")
+        seeded = await link_in(pool, cache, packages="")
     if config.repository_key_check and config.repository_keys:
         await import_keys(context, root, config.repository_keys, env)
     refresh, install_packages = commands(context, root, repos_dir, packages)
@@ -127,6 +134,6 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
             raise_missing(error, MISSING, where)
             raise
     if pool is not None:
-        await link_out(cache, pool, packages="")
+        await link_out(context, cache, pool, seeded, packages="")
     await remove_tree(root / CACHE)
     (root / "run/zypp.pid").unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,19 +33,26 @@ class Result:
     stderr: str
 
 
-def mkosi(*args: str | Path, cwd: Path, check: bool = True) -> Result:
-    """Run our real command line, as a user would."""
+def mkosi(*args: str | Path, cwd: Path, check: bool = True, timeout: float | None = None) -> Result:
+    """Run our real command line, as a user would (killed after `timeout` seconds, if given; its
+    commands die with it)."""
     process = subprocess.run(
         [sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        timeout=timeout,
     )
     result = Result(process.returncode, process.stdout, process.stderr)
     if check and process.returncode != 0:
         raise AssertionError(f"mkosi {args} failed with {process.returncode}:\n{process.stderr[-4000:]}")
     return result
+
+
+def log_events(stderr: str) -> list[dict[str, object]]:
+    """The build's JSON log lines (its console is not a terminal here)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 def boot(

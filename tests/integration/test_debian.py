@@ -17,7 +17,7 @@ import pytest
 
 from mkosi import ownership
 from mkosi.package_managers import apt_bootstrap
-from tests.integration.support import CACHE, mkosi
+from tests.integration.support import CACHE, log_events, mkosi
 
 
 def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -225,11 +225,6 @@ def test_a_workspace_on_disk_gives_the_same_tree_as_on_tmpfs(debian_project: Pat
         subprocess.run(["rm", "-rf", "--one-file-system", str(on_disk)], check=True)
 
 
-def _events(stderr: str) -> list[dict[str, object]]:
-    """The build's JSON log lines (its console is not a terminal here)."""
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-
-
 def _stage_fates(events: list[dict[str, object]]) -> dict[str, tuple[str, bool]]:
     """Each stage's key and whether it was restored from the stage cache."""
     finished = [e for e in events if e.get("type") == "stage-finished"]
@@ -257,7 +252,7 @@ def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path
     output = debian_project / "damaged-cache-image"
     build = ("-t", "directory", "-i", f"--cache={cache}", "-o", output.name, "-f", "build")
     try:
-        first = _stage_fates(_events(mkosi(*build, cwd=debian_project).stderr))
+        first = _stage_fates(log_events(mkosi(*build, cwd=debian_project).stderr))
         assert not any(reused for _, reused in first.values())
         bootstrap, last = first["bootstrap"][0], first["clean"][0]
         assert sorted(p.name for p in stages.iterdir() if not p.name.startswith(".")) == sorted(
@@ -272,7 +267,7 @@ def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path
         # come back with a byte flipped.
         _flip_a_byte_of(stages / last / "root.tar", b"from mkosi.extra")
 
-        events = _events(mkosi(*build, cwd=debian_project).stderr)
+        events = log_events(mkosi(*build, cwd=debian_project).stderr)
         warnings = [str(e["event"]) for e in events if e.get("level") == "warning"]
         assert len(warnings) == 2, warnings
         assert warnings[0].startswith(f"stage-cache entry {stages / last} is damaged: root.tar has SHA-256 ")
@@ -297,7 +292,7 @@ def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path
             }
         assert not list(debian_project.glob(".mkosi-*"))
         # And they are trusted: the next build restores the last one without a word.
-        events = _events(mkosi(*build, cwd=debian_project).stderr)
+        events = log_events(mkosi(*build, cwd=debian_project).stderr)
         assert [e for e in events if e.get("level") == "warning"] == []
         assert _stage_fates(events)["clean"] == (last, True)
         assert (output / "etc/mkosi-test-marker").read_text() == "from mkosi.extra\n"

@@ -8,6 +8,7 @@ they do not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from mkosi.distributions.debian import host_mirrors
 from mkosi.package_managers.rpm import RPMDB
 from tests.integration import repositories
 from tests.integration.repositories import BASE, HELLO, HELLO_DOC, HELLO_OUTPUT
-from tests.integration.support import CACHE, Result, mkosi
+from tests.integration.support import CACHE, Result, log_events, mkosi
 
 # Only the Ubuntu mirror is made of Debian's packages; it checks for Debian's mirror itself.
 NEEDS_DEBIAN_MIRROR = False
@@ -572,3 +573,50 @@ def test_a_pool_package_not_matching_the_index_is_downloaded_again(tmp_path: Pat
             hello.write_bytes(bytes(data))
     result = subprocess.run(["chroot", tmp_path / "2/tree", "/usr/bin/mkosi-hello"], capture_output=True, text=True)
     assert result.stdout.strip() == HELLO_OUTPUT, result.stderr
+
+
+def test_a_damaged_pool_file_of_a_build_package_is_reported_and_replaced(tmp_path: Path, served: str) -> None:
+    # apt in the build image would take a pool file of the right size without checking it.
+    mirror = ubuntu_mirror()
+    script = tmp_path / "mkosi.build"
+    script.write_text(BUILD_SCRIPT)
+    script.chmod(0o755)
+    good = mirror / "pool/main" / f"{HELLO}_1_all.deb"
+    damaged = tmp_path / "cache" / "ubuntu~resolute~x86-64" / good.name
+    damaged.parent.mkdir(parents=True)
+    data = bytearray(good.read_bytes())
+    data[-100] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    bad, good_digest = hashlib.sha256(data).hexdigest(), hashlib.sha256(good.read_bytes()).hexdigest()
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
+    result = mkosi("-d", "ubuntu", f"--mirror={url}", f"--cache={tmp_path / 'cache'}", "--repository-key-check=no",
+                   f"--build-package={HELLO}", "-o", "tree", "build", cwd=tmp_path)  # fmt: skip
+    warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
+    assert warnings == [
+        f"package pool file {damaged} is damaged: its SHA-256 is {bad}, "
+        f"the package index names {good_digest}; downloading it again"
+    ]
+    assert hashlib.sha256(damaged.read_bytes()).hexdigest() == good_digest
+    assert (tmp_path / "tree/hello-output").read_text().strip() == HELLO_OUTPUT
+
+
+@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
+def test_a_damaged_pool_file_is_reported_and_replaced(distribution: str, tmp_path: Path, served: str) -> None:
+    # A pool of its own, filled by a first build, then the base package's file damaged there.
+    cache = tmp_path / "cache"
+    mirror = CASES[distribution].mirror()
+    (tmp_path / "1").mkdir()
+    build(distribution, mirror, served, tmp_path / "1", "--repository-key-check=no", f"--cache={cache}")
+    (pooled,) = (p for p in cache.rglob(f"{BASE}-1-1*") if p.is_file())
+    good = pooled.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    pooled.unlink()  # a hard link into the first build's tree: replace, do not write through
+    pooled.write_bytes(bytes(damaged))
+    (tmp_path / "2").mkdir()
+    result = build(distribution, mirror, served, tmp_path / "2", "--repository-key-check=no", f"--cache={cache}")
+    warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"package pool file {pooled} is damaged"), warnings
+    assert pooled.read_bytes() == good
+    query = subprocess.run(CASES[distribution].query(tmp_path / "2/image"), capture_output=True, text=True)
+    assert re.search(rf"^{BASE}", query.stdout, re.MULTILINE), query.stdout

@@ -14,19 +14,99 @@ import pytest
 
 from mkosi.architecture import Architecture
 from mkosi.errors import MkosiError
-from mkosi.package_managers import apt_bootstrap, deb, dpkg_order
+from mkosi.package_managers import RETRIES, DamagedDownload, apt, apt_bootstrap, deb, dpkg_order
 from mkosi.package_managers.apt_bootstrap import Bootstrap, Source
 from mkosi.run import CommandError
 
 
 def test_host_apt_sees_only_the_tree_and_our_keys(tmp_path: Path) -> None:
-    config = apt_bootstrap.host_apt_config(tmp_path / "root", tmp_path / "scratch", "amd64")
+    config = apt_bootstrap.host_apt_config(tmp_path / "root", tmp_path / "scratch", "amd64", 60)
     assert f'Dir "{tmp_path}/root/";' in config.splitlines()
     assert f'Dir::State::Status "{tmp_path}/root/var/lib/dpkg/status";' in config.splitlines()
     assert f'Dir::Etc::TrustedParts "{tmp_path}/scratch/trusted.gpg.d";' in config.splitlines()
     assert 'APT::Architectures "amd64";' in config.splitlines()
     # apt's binary caches are the build's, shared by its apt-get runs, never the image's.
     assert f'Dir::Cache::pkgcache "{tmp_path}/scratch/pkgcache.bin";' in config.splitlines()
+
+
+def test_host_apt_gives_up_on_a_stalled_mirror_and_retries_a_few_times(tmp_path: Path) -> None:
+    lines = apt_bootstrap.host_apt_config(tmp_path / "root", tmp_path / "scratch", "amd64", 7).splitlines()
+    assert 'Acquire::http::Timeout "7";' in lines and 'Acquire::https::Timeout "7";' in lines
+    assert f'Acquire::Retries "{RETRIES}";' in lines and 0 < RETRIES <= 3
+    # A package list that did not come is an error, not a warning followed by "no package apt".
+    assert 'APT::Update::Error-Mode "any";' in lines
+    # apt in an existing tree gets the same limits on its command line.
+    command = apt.apt_get(7)
+    assert "-o Acquire::http::Timeout=7 -o Acquire::https::Timeout=7" in command
+    assert f"-o Acquire::Retries={RETRIES} -o APT::Update::Error-Mode=any" in command
+
+
+LESS = "http://127.0.0.1:8000/debian/pool/main/l/less/less_590-2.1%7edeb12u2_amd64.deb"
+UNQUOTED = "http://127.0.0.1:8000/debian/pool/main/l/less/less_590-2.1~deb12u2_amd64.deb"
+
+
+def _fetch_error(*lines: str) -> CommandError:
+    return CommandError(["apt-get", "install"], 100, ["Get:15 http://127.0.0.1:8000/debian less", *lines])
+
+
+@pytest.mark.parametrize(
+    ("reason", "what", "tries"),
+    [
+        ("Connection timed out", "the mirror sent nothing for 7 s (MirrorTimeout=7)", 3),
+        ("Could not connect to 127.0.0.1:8000 (127.0.0.1), connection timed out", "the mirror sent nothing for 7 s", 3),
+        ("Error reading from server - read (104: Connection reset by peer)", "the mirror reset the connection", 3),
+        (
+            "Error reading from server. Remote end closed connection",
+            "the mirror closed the connection before the end of the file",
+            3,
+        ),
+        (
+            "Could not connect to 127.0.0.1:8000 (127.0.0.1). - connect (111: Connection refused)",
+            "could not connect to the mirror",
+            3,
+        ),
+        (
+            "File has unexpected size (66022 != 132044). Mirror sync in progress?",
+            "the mirror sent 66022 bytes of 132044",
+            1,
+        ),
+        ("Hash Sum mismatch", "the file has another SHA-256 than the package index names", 1),
+        ("Something new", "apt could not fetch it", 1),
+    ],
+)
+def test_a_failed_fetch_is_one_line_naming_the_file_and_what_happened(reason: str, what: str, tries: int) -> None:
+    failure = apt_bootstrap.download_failure(
+        _fetch_error(f"E: Failed to fetch {LESS}  {reason} [IP: 127.0.0.1 8000]", "   Hashes of expected file:"), 7
+    )
+    assert failure is not None
+    assert str(failure).startswith(f"could not download {UNQUOTED}: {what}")
+    assert str(failure).endswith(f" (apt: {reason})")
+    assert ("after 3 tries" in str(failure)) == (tries == 3)
+    assert "\n" not in str(failure)
+    # A file that came whole but damaged is worth another request; apt has retried the others.
+    assert isinstance(failure, DamagedDownload) == ("bytes of" in what or "SHA-256" in what)
+
+
+def test_a_failed_fetch_names_the_first_file_and_counts_the_others() -> None:
+    other = "http://127.0.0.1:8000/debian/pool/main/g/gzip/gzip_1.12-1_amd64.deb"
+    failure = apt_bootstrap.download_failure(
+        _fetch_error(
+            f"E: Failed to fetch {LESS}  Hash Sum mismatch",
+            f"E: Failed to fetch {other}  Hash Sum mismatch",
+            f"E: Failed to fetch {other}  Hash Sum mismatch",
+            "E: Some files failed to download",
+        ),
+        60,
+    )
+    assert failure is not None and failure.url == UNQUOTED and failure.others == 1
+    assert ", and 1 more file (see the log) (apt: Hash Sum mismatch)" in str(failure)
+    # The package lists `update` fetches fail with a warning.
+    lists = apt_bootstrap.download_failure(
+        _fetch_error("W: Failed to fetch http://m/debian/dists/bookworm/InRelease  Connection timed out"), 60
+    )
+    assert lists is not None and lists.url == "http://m/debian/dists/bookworm/InRelease"
+    # Anything else apt fails at is left to the other checks.
+    assert apt_bootstrap.download_failure(_fetch_error("E: Unable to locate package nothing"), 60) is None
 
 
 def test_skeleton_merges_usr_and_writes_sources(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
         "",
     ),
     ("Distribution", "Repositories"): ("main contrib", ["--repositories=main,contrib"], ("main", "contrib"), ""),
+    ("Distribution", "MirrorTimeout"): ("5", ["--mirror-timeout=5"], 5, ""),
     ("Distribution", "RepositoryKeyCheck"): ("no", ["--repository-key-check=no"], False, ""),
     ("Distribution", "RepositoryKey"): ("sb.crt", ["--repository-key=sb.crt"], lambda p: (p / "sb.crt",), ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
@@ -456,6 +457,7 @@ def test_defaults(project: Path) -> None:
     assert config.use_git_files is False
     assert config.git_files is GitFiles.cached
     assert (config.force, config.verbose, config.log_format) == (0, 0, LogFormat.auto)
+    assert config.mirror_timeout == 60
 
 
 @pytest.mark.parametrize(
@@ -669,6 +671,8 @@ def test_bad_value_in_dropin(project: Path) -> None:
         (["--encrypt=some"], "--encrypt: invalid value 'some' (choose from all, data)"),
         (["--workspace=ram"], "--workspace: invalid value 'ram' (choose from auto, tmpfs, disk)"),
         (["--bootable=maybe"], "--bootable: invalid boolean 'maybe' (use yes/no, true/false, 1/0, on/off)"),
+        (["--mirror-timeout=0"], "--mirror-timeout: invalid time '0' (seconds, from 1 to 3600)"),
+        (["--mirror-timeout=1m"], "--mirror-timeout: invalid time '1m' (seconds, from 1 to 3600)"),
     ],
 )
 def test_bad_values_on_the_command_line(project: Path, argv: list[str], message: str) -> None:

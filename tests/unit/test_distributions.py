@@ -19,6 +19,7 @@ from mkosi.distributions import Distribution, arch, debian, fedora, opensuse, ub
 from mkosi.distributions.installer import DistributionInstaller, InitrdByMkosi, PackageNames, ensure_initrd
 from mkosi.errors import ConfigError, MkosiError
 from mkosi.package_managers import (
+    RETRIES,
     NoSuchPackage,
     UntrustedRepository,
     apt_bootstrap,
@@ -364,6 +365,8 @@ def test_dnf_configuration_is_isolated_from_the_host(project: Path, tmp_path: Pa
     text = dnf.config_text(ctx, fedora.repositories(config), workspace=tmp_path / "ws/dnf")
     assert f"reposdir={tmp_path}/ws/dnf/repos.d" in text and f"varsdir={tmp_path}/ws/dnf/vars" in text
     assert "gpgcheck=1" in text and "tsflags=nodocs" in text and "keepcache=1" in text
+    # A stalled mirror is given up on after MirrorTimeout=, and dnf's retries are bounded (0 is forever).
+    assert "\ntimeout=60\n" in text and f"\nretries={RETRIES}\n" in text and RETRIES > 0
     packages = fedora.PACKAGES.image(bootable=False, extra=("vim",))
     argv = dnf.command(ctx, ctx.root, tmp_path / "ws/dnf/dnf.conf", packages)
     # No host plugins, no host configuration.
@@ -439,6 +442,8 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     refresh = zypper.commands(keyed, tmp_path, tmp_path, ())[0]
     assert "--gpg-auto-import-keys" not in refresh and "--no-gpg-checks" not in refresh
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
+    stalling = context(load("-d", "opensuse", "--mirror-timeout=9"), tmp_path)
+    assert "\ndownload.transfer_timeout = 9\n" in zypper.zypp_conf(stalling)
 
 
 # ---- pacman: Arch ----
@@ -464,7 +469,7 @@ def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
     (cache / "fedora-1234/packages").mkdir(parents=True)
     (cache / "fedora-1234/packages/a-1.rpm").write_text("a")
     (cache / "fedora-1234/repodata").mkdir()
-    anyio.run(rpm_link_out, cache, pool)
+    anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, {})
     assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.rpm")) == ["fedora-1234/a-1.rpm"]
     fresh = tmp_path / "fresh"
     anyio.run(rpm_link_in, pool, fresh)
@@ -472,6 +477,42 @@ def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
     # zypper keeps packages directly in a directory per repository.
     anyio.run(rpm_link_in, pool, tmp_path / "zypp", "")
     assert (tmp_path / "zypp/fedora-1234/a-1.rpm").exists()
+
+
+def test_a_pool_file_the_package_manager_downloaded_again_is_replaced_with_a_warning(
+    project: Path, tmp_path: Path
+) -> None:
+    pool, cache = tmp_path / "pool", tmp_path / "cache"
+    (pool / "fedora-1234").mkdir(parents=True)
+    for name in ("a-1.rpm", "b-1.rpm", "c-1.rpm"):
+        (pool / "fedora-1234" / name).write_text(f"{name} as the pool has it")
+    seeded = anyio.run(rpm_link_in, pool, cache)
+    packages = cache / "fedora-1234/packages"
+    # As dnf does with a file that has not the metadata's checksum: a new file in its place.
+    (packages / "a-1.rpm").unlink()
+    (packages / "a-1.rpm").write_text("a-1.rpm as the mirror has it")
+    # Written again with the same contents, or left alone: the pool's copy was good.
+    (packages / "b-1.rpm").unlink()
+    (packages / "b-1.rpm").write_text("b-1.rpm as the pool has it")
+    with structlog.testing.capture_logs() as logs:
+        anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, seeded)
+    assert [entry["event"] for entry in logs] == [
+        f"package pool file {pool / 'fedora-1234/a-1.rpm'} is damaged: it has another checksum than the "
+        "repository's metadata names; replaced by the package manager's download"
+    ]
+    assert (pool / "fedora-1234/a-1.rpm").read_text() == "a-1.rpm as the mirror has it"
+    assert (pool / "fedora-1234/c-1.rpm").read_text() == "c-1.rpm as the pool has it"
+
+
+def test_pacman_names_the_corrupted_files_it_deleted() -> None:
+    error = CommandError(["pacman"], 1, [
+        "checking package integrity...",
+        ":: File /ws/pacman/cache/base-1-1-x86_64.pkg.tar.zst is corrupted (invalid or corrupted package (checksum)).",
+        "Do you want to delete it? [Y/n] ",
+        "error: failed to commit transaction (invalid or corrupted package (checksum))",
+    ])  # fmt: skip
+    assert pacman.corrupted_files(error) == {"base-1-1-x86_64.pkg.tar.zst": "invalid or corrupted package (checksum)"}
+    assert pacman.corrupted_files(CommandError(["pacman"], 1, ["error: target not found: x"])) == {}
 
 
 def test_pacman_keyring_cache_is_named_after_the_keyring_files(tmp_path: Path) -> None:

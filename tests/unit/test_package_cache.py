@@ -54,3 +54,22 @@ def test_link_in_only_the_named_packages(tmp_path: Path) -> None:
         (pool / name).write_bytes(b"x")
     assert package_cache.link_in(pool, archive, ["a_2_amd64.deb", "b_1_all.deb"]) == 1
     assert [p.name for p in archive.iterdir()] == ["a_2_amd64.deb"]
+
+
+def test_a_damaged_pool_file_is_replaced_by_a_rename_and_nothing_else_is(tmp_path: Path) -> None:
+    pool, archive = tmp_path / "pool", tmp_path / "archive"
+    pool.mkdir()
+    archive.mkdir()
+    for name, content in (("a_1_amd64.deb", b"damaged"), ("b_1_amd64.deb", b"pool's")):
+        (pool / name).write_bytes(content)
+        (archive / name).write_bytes(b"downloaded")
+    damaged = (pool / "a_1_amd64.deb").stat().st_ino
+    assert package_cache.link_out(archive, pool) == 0  # the pool keeps what it has
+    assert package_cache.link_out(archive, pool, replacing=["a_1_amd64.deb"]) == 1
+    assert (pool / "a_1_amd64.deb").read_bytes() == b"downloaded"
+    # A new file put in place, not the old one rewritten where a concurrent reader would see half.
+    assert (pool / "a_1_amd64.deb").stat().st_ino != damaged
+    assert (pool / "b_1_amd64.deb").read_bytes() == b"pool's"
+    # Once the pool's copy is the archive's (linked in), there is nothing to replace.
+    assert package_cache.link_out(archive, pool, replacing=["a_1_amd64.deb"]) == 0
+    assert sorted(p.name for p in pool.iterdir()) == [".lock", "a_1_amd64.deb", "b_1_amd64.deb"]

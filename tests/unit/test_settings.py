@@ -28,6 +28,7 @@ from mkosi.settings import (
     parse_items,
     parse_path,
     parse_paths,
+    parse_seconds,
     parse_size,
     parse_words,
     parse_xz,
@@ -235,6 +236,14 @@ def test_parse_counter() -> None:
     for bad in ("-1", "many", "1000", "²"):
         with pytest.raises(ValueError):
             parse_counter(bad)
+
+
+def test_parse_seconds() -> None:
+    assert [parse_seconds(v) for v in ("1", " 60 ", "3600")] == [1, 60, 3600]
+    # 0 would mean no timeout to apt and dnf; units and fractions are not what apt reads.
+    for bad in ("0", "3601", "-5", "1.5", "5s", "٣", ""):
+        with pytest.raises(ValueError, match="seconds, from 1 to 3600"):
+            parse_seconds(bad)
 
 
 @given(st.text())

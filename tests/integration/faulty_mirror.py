@@ -1,0 +1,138 @@
+"""A Debian mirror on 127.0.0.1 that passes everything through from a real one, except one package
+file, which it damages on the way in one of the ways real mirrors and networks fail."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import http.server
+import shutil
+import socket
+import struct
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+# Headers of the real mirror's answer that apt reads; the others describe its connection, not the file.
+PASSED_HEADERS = ("Content-Type", "Content-Length", "Last-Modified", "ETag")
+CHUNK = 64 * 1024
+# How long a stalled answer waits at most if nobody stops the mirror.
+STALL_LIMIT = 600.0
+
+
+class Fault(enum.Enum):
+    stall = "stall"  # half the file, then silence on an open connection
+    reset = "reset"  # half the file, then a TCP reset
+    cut = "cut"  # half the file, then the connection closed, short of the Content-Length announced
+    truncated = "truncated"  # half the file, with a Content-Length that says it is all of it
+    corrupted = "corrupted"  # the whole file with one byte changed
+
+
+@dataclass
+class FaultyMirror:
+    """What the tests see of the mirror: its URL, and the damaged file's requests and size."""
+
+    url: str
+    # The damaged file's path below the mirror, as apt asked for it, once for every request.
+    requests: list[str] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def target_url(self) -> str:
+        """The damaged file's URL, as apt names it in its errors (unquoted: ~ where it sent %7e)."""
+        return urllib.parse.unquote(f"{self.url}{self.requests[0]}")
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    upstream: str
+    # The start of the damaged file's path below the mirror, e.g. "/pool/main/l/less/less_".
+    target: str
+    fault: Fault
+    # How many requests for the target get a damaged answer; the later ones pass through.
+    faulty_answers: int
+    mirror: FaultyMirror
+    stopped: threading.Event
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # pytest would show every request of a failing test
+
+    def do_GET(self) -> None:
+        server = self.server
+        path = self.path.removeprefix("/debian")
+        if path.startswith(server.target) and path.endswith(".deb"):
+            server.mirror.requests.append(path)
+            if len(server.mirror.requests) <= server.faulty_answers:
+                self._damaged(f"{server.upstream}{path}")
+                return
+        self._pass_through(f"{server.upstream}{path}")
+
+    def _pass_through(self, url: str) -> None:
+        try:
+            upstream = urllib.request.urlopen(url, timeout=30)
+        except urllib.error.HTTPError as error:
+            self.send_response(error.code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with upstream:
+            self.send_response(200)
+            for name in PASSED_HEADERS:
+                if value := upstream.headers.get(name):
+                    self.send_header(name, value)
+            self.end_headers()
+            shutil.copyfileobj(upstream, self.wfile, CHUNK)
+
+    def _damaged(self, url: str) -> None:
+        with urllib.request.urlopen(url, timeout=30) as upstream:
+            body = upstream.read()
+        self.server.mirror.size = len(body)
+        fault = self.server.fault
+        sent = body[: len(body) // 2]
+        if fault is Fault.corrupted:
+            middle = len(body) // 2
+            sent = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.debian.binary-package")
+        self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(body)))
+        self.end_headers()
+        self.wfile.write(sent)
+        self.wfile.flush()
+        if fault is Fault.stall:
+            self.server.stopped.wait(STALL_LIMIT)
+        elif fault is Fault.reset:
+            # Closing with a zero linger time sends RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def faulty_mirror(upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000) -> Iterator[FaultyMirror]:
+    """Serve `upstream` (a Debian mirror's URL, ending in /debian) on 127.0.0.1 as .../debian, with
+    the first `faulty_answers` answers for the .deb files whose path starts with `target` damaged
+    by `fault`. Stopped, stalled answers included, when the context ends."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.upstream = upstream.rstrip("/")
+    server.target = target
+    server.fault = fault
+    server.faulty_answers = faulty_answers
+    server.stopped = threading.Event()
+    server.mirror = FaultyMirror(f"http://127.0.0.1:{server.server_address[1]}/debian")
+    thread = threading.Thread(target=server.serve_forever, name="faulty-mirror", daemon=True)
+    thread.start()
+    try:
+        yield server.mirror
+    finally:
+        server.stopped.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()

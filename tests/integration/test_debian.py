@@ -17,7 +17,7 @@ import pytest
 
 from mkosi import ownership
 from mkosi.package_managers import apt_bootstrap
-from tests.integration.support import CACHE, log_events, mkosi
+from tests.integration.support import CACHE, log_events, mkosi, own_cache
 
 
 def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -243,11 +243,7 @@ def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path
     """An -i rebuild after one entry's archive was truncated and another's had a byte flipped: one
     warning for each, the stages built again, the whole tree published, intact entries stored."""
     # This test's own stage cache (it damages entries), packages from the shared pool (no downloads).
-    cache = tmp_path / "cache"
-    pool = CACHE / "packages" / "debian~bookworm~x86-64"
-    pool.mkdir(parents=True, exist_ok=True)
-    cache.mkdir()
-    (cache / pool.name).symlink_to(pool)
+    cache = own_cache(tmp_path / "cache")
     stages = cache / "stages"
     output = debian_project / "damaged-cache-image"
     build = ("-t", "directory", "-i", f"--cache={cache}", "-o", output.name, "-f", "build")
@@ -286,9 +282,12 @@ def test_a_damaged_stage_cache_entry_is_dropped_and_rebuilt(debian_project: Path
         )
         for key in (bootstrap, last):
             manifest = json.loads((stages / key / "manifest.json").read_text())
-            sums = subprocess.run(["sha256sum", "root.tar"], cwd=stages / key, capture_output=True, text=True)
+            # The tree, and the record of the packages the bootstrap installed.
+            archives = ["packages.json.tar", "root.tar"]
+            sums = subprocess.run(["sha256sum", *archives], cwd=stages / key, capture_output=True, text=True)
+            digests = dict(reversed(line.split()) for line in sums.stdout.splitlines())
             assert manifest["archives"] == {
-                "root.tar": {"size": (stages / key / "root.tar").stat().st_size, "sha256": sums.stdout.split()[0]}
+                name: {"size": (stages / key / name).stat().st_size, "sha256": digests[name]} for name in archives
             }
         assert not list(debian_project.glob(".mkosi-*"))
         # And they are trusted: the next build restores the last one without a word.

@@ -83,6 +83,9 @@ def test_directories_of_the_same_inputs_list_the_same(tmp_path: Path) -> None:
     listing = _listing(first / "image")
     assert " 1700000000.0000000000 " in listing and "usr/bin/less" in listing
     assert listing == _listing(second / "image")
+    # Another epoch: the same files, other times.
+    mkosi(*DEBIAN[:-1], "--source-date-epoch=1700086400", "-p", "less", "-t", "directory", "-f", "build", cwd=second)
+    assert listing != _listing(second / "image")
     subprocess.run(["rm", "-rf", "--one-file-system", str(first / "image"), str(second / "image")], check=True)
 
 
@@ -137,3 +140,8 @@ def test_a_signed_bootable_disk_rebuilds_to_the_same_bytes_cold_incremental_and_
     stages = _stages(_in_project(second, "-i", "-f", "--log-format=json", "build"))
     assert stages["bootstrap"] == "reused"
     assert _same(image, second / "image.raw"), "an -i rebuild from the stage cache differs from a cold build"
+    # One extra file changed: other bytes, and another root hash.
+    (second / "mkosi.extra/etc/release-note").write_text("built to be rebuilt, once more\n")
+    _in_project(second, "-i", "-f", "build")
+    assert not _same(image, second / "image.raw")
+    assert (first / "image.roothash").read_text() != (second / "image.roothash").read_text()

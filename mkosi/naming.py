@@ -22,6 +22,7 @@ SIGNATURE = "SHA256SUMS.gpg"
 # The suffixes of outputs, by format and by compression (OutputFormat.suffix and Compression.suffix).
 RAW_SUFFIX = ".raw"
 TAR_SUFFIX = ".tar"
+CPIO_SUFFIX = ".cpio"
 COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst"}
 # What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash;
 # .gz too, which mkosi never writes but systemd's importer reads.
@@ -33,7 +34,7 @@ _ASIDE = ".mkosi-old."
 
 
 def image_file_name(stem: str, format: OutputFormat, compress: Compression) -> str:
-    """`stem` as an output of `format`: a tree keeps it, files get `.raw`/`.tar` and `.xz`/`.zst`."""
+    """`stem` as an output of `format`: a tree keeps it, files get `.raw`/`.tar`/`.cpio` and `.xz`/`.zst`."""
     if format.is_tree:
         return stem
     return stem + format.suffix + compress.suffix
@@ -44,7 +45,7 @@ def image_stem(output: Path) -> str:
     name = output.name
     for suffix in _STRIPPED:
         name = name.removesuffix(suffix)
-    for suffix in (RAW_SUFFIX, TAR_SUFFIX):
+    for suffix in (RAW_SUFFIX, TAR_SUFFIX, CPIO_SUFFIX):
         name = name.removesuffix(suffix)
     return name
 

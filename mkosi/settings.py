@@ -34,6 +34,7 @@ class OutputFormat(enum.StrEnum):
     directory = "directory"
     subvolume = "subvolume"
     tar = "tar"
+    cpio = "cpio"
 
     @property
     def is_raw(self) -> bool:
@@ -48,7 +49,8 @@ class OutputFormat(enum.StrEnum):
     @property
     def suffix(self) -> str:
         """The file name suffix of an output in this format, before any compression suffix."""
-        return naming.RAW_SUFFIX if self.is_raw else naming.TAR_SUFFIX if self is OutputFormat.tar else ""
+        archives = {OutputFormat.tar: naming.TAR_SUFFIX, OutputFormat.cpio: naming.CPIO_SUFFIX}
+        return naming.RAW_SUFFIX if self.is_raw else archives.get(self, "")
 
 
 class Encrypt(enum.StrEnum):

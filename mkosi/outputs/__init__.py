@@ -7,7 +7,7 @@ from typing import Any
 
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.outputs import directory, disk, subvolume, tar
+from mkosi.outputs import cpio, directory, disk, subvolume, tar
 
 Writer = Callable[[Context], Awaitable[None]]
 Check = Callable[[Config, Any], Awaitable[None]]
@@ -16,6 +16,7 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.directory: directory.write,
     OutputFormat.subvolume: subvolume.write,
     OutputFormat.tar: tar.write,
+    OutputFormat.cpio: cpio.write,
     OutputFormat.raw_gpt: disk.write,
     OutputFormat.raw_btrfs: disk.write,
     OutputFormat.raw_squashfs: disk.write,

@@ -15,9 +15,15 @@ COMMANDS = {
 }
 
 
-def command(compression: Compression) -> list[str] | None:
-    """The compressor as a filter (stdin to stdout), or None for no compression."""
-    return COMMANDS.get(compression)
+# What the kernel's decompressors read: its xz decoder knows only CRC32 checks (xz's default is CRC64).
+KERNEL_OPTIONS = {Compression.xz: ["--check=crc32"]}
+
+
+def command(compression: Compression, for_kernel: bool = False) -> list[str] | None:
+    """The compressor as a filter (stdin to stdout), or None for no compression; `for_kernel`: in a
+    form the kernel unpacks itself (an initrd)."""
+    found = COMMANDS.get(compression)
+    return None if found is None else [*found, *(KERNEL_OPTIONS.get(compression, []) if for_kernel else [])]
 
 
 async def compress_file(compression: Compression, source: Path, destination: Path, log: Any) -> None:

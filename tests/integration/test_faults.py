@@ -31,19 +31,32 @@ def _matrix_project(directory: Path, hostname: str, formats: str = '"tar"') -> P
 
 
 def _matrix(project: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "matrix", *args, "-C", str(project), "--log-format=json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """`mkosi matrix` running; its JSON log goes to a file (a pipe nobody reads yet would fill up
+    and stop it), read by _finished()."""
+    with _log_of(project).open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "matrix", *args, "-C", str(project), "--log-format=json"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+
+
+def _log_of(project: Path) -> Path:
+    return project.parent / f"{project.name}.stderr"
+
+
+def _finished(process: subprocess.Popen[str], project: Path, timeout: float = 600) -> tuple[str, str]:
+    """Its standard output and log, once it ended."""
+    stdout, _ = process.communicate(timeout=timeout)
+    return stdout, _log_of(project).read_text()
 
 
 def test_two_matrices_on_one_package_cache_at_once_both_publish_releases_that_verify(tmp_path: Path) -> None:
     projects = [_matrix_project(tmp_path / name, name) for name in ("first", "second")]
     running = [_matrix(project) for project in projects]
-    for process in running:
-        _, stderr = process.communicate(timeout=600)
+    for process, project in zip(running, projects, strict=True):
+        _, stderr = _finished(process, project)
         assert process.returncode == 0, stderr[-3000:]
     for project in projects:
         release = project / "release"
@@ -52,7 +65,7 @@ def test_two_matrices_on_one_package_cache_at_once_both_publish_releases_that_ve
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
         verified = _matrix(project, "verify", str(release))
-        stdout, stderr = verified.communicate(timeout=600)
+        stdout, stderr = _finished(verified, project)
         assert verified.returncode == 0, stdout + stderr[-3000:]
         assert [line.split() for line in stdout.splitlines()] == [["tar.tar", "identical"], ["SHA256SUMS", "identical"]]
 
@@ -93,12 +106,13 @@ def test_eight_builds_of_four_configurations_on_one_cache_build_each_stage_once(
             "less",
         ]
         argv += ["-t", "tar", f"--hostname=config-{i % 4}", "-i", "--log-format=json", "build"]
-        builds.append(
-            subprocess.Popen(argv, cwd=directory, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        )
+        # Logs to files: a build stopped on a full pipe while holding a stage's lock would stop the rest.
+        with (tmp_path / f"build-{i}.stderr").open("w") as log:
+            builds.append(subprocess.Popen(argv, cwd=directory, stderr=log, stdout=subprocess.DEVNULL, text=True))
     runs: Counter[tuple[str, str]] = Counter()
-    for process in builds:
-        _, stderr = process.communicate(timeout=900)
+    for i, process in enumerate(builds):
+        process.wait(timeout=900)
+        stderr = (tmp_path / f"build-{i}.stderr").read_text()
         assert process.returncode == 0, stderr[-3000:]
         runs.update(r for r in _stage_runs(stderr) if r[0] != "output")
     # One bootstrap for all eight, and each configuration's own stages once, by one of its two builds.
@@ -121,8 +135,11 @@ def test_kill_9_of_a_matrix_leaves_nothing_the_next_run_needs_cleaned(tmp_path: 
     before = _shm()
     process = _matrix(project)
     deadline = time.monotonic() + 240
-    # Both cells under way, their trees being installed in workspaces of theirs.
-    while len(list(Path("/dev/shm").glob(".mkosi-workspace.*/root/usr"))) < 2:
+    # The cells under way: a tree being installed in a workspace of this run's (the other cell may
+    # still be waiting for the bootstrap they share).
+    while not [p for p in Path("/dev/shm").glob(".mkosi-workspace.*/root/usr") if p.parents[1] not in before]:
+        if process.poll() is not None:
+            raise AssertionError(f"the matrix ended before it was killed:\n{_finished(process, project)[1][-3000:]}")
         assert time.monotonic() < deadline, "the cells did not start"
         time.sleep(0.2)
     time.sleep(2)
@@ -137,7 +154,7 @@ def test_kill_9_of_a_matrix_leaves_nothing_the_next_run_needs_cleaned(tmp_path: 
     assert not (project / "release").exists()
     # The next run succeeds without anyone cleaning up, and removes what the killed one left.
     again = _matrix(project)
-    _, stderr = again.communicate(timeout=600)
+    _, stderr = _finished(again, project)
     assert again.returncode == 0, stderr[-3000:]
     assert sorted(p.name for p in project.iterdir()) == ["mkosi.default", "mkosi.matrix", "release", "release.logs"]
     assert not [p for p in left if p.exists()]

@@ -58,14 +58,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shards = json.loads(plan.stdout)["include"]
     assert [s["shard"] for s in shards] == ["1/2", "2/2"]
     # The shards side by side, each in its own checkout, as two CI jobs would.
-    running = [
-        subprocess.Popen([sys.executable, "-m", "matrix", "build", "--shard", s["shard"], "-o", "fragment"],
-                         cwd=base / f"runner-{i}", stderr=subprocess.PIPE, text=True)
-        for i, s in zip((1, 2), shards, strict=True)
-    ]  # fmt: skip
-    for process in running:
-        _, stderr = process.communicate(timeout=900)
-        assert process.returncode == 0, stderr[-3000:]
+    running = []
+    for i, s in zip((1, 2), shards, strict=True):
+        # The log to a file: a pipe read only at the end could fill up and stop the shard.
+        with (base / f"runner-{i}.stderr").open("w") as log:
+            argv = [sys.executable, "-m", "matrix", "build", "--shard", s["shard"], "-o", "fragment"]
+            running.append(subprocess.Popen(argv, cwd=base / f"runner-{i}", stderr=log))
+    for i, process in zip((1, 2), running, strict=True):
+        assert process.wait(timeout=900) == 0, (base / f"runner-{i}.stderr").read_text()[-3000:]
     for i in (1, 2):
         shutil.move(base / f"runner-{i}/fragment", base / f"collector/fragment-{i}")
     collected = _mkosi_matrix(base / "collector", "collect", "fragment-1", "fragment-2", home=home)

@@ -149,19 +149,18 @@ def test_a_signed_bootable_disk_rebuilds_to_the_same_bytes_cold_incremental_and_
 
 def test_a_cpio_initrd_rebuilds_to_the_same_bytes_and_the_kernel_can_read_it(tmp_path: Path) -> None:
     first, second = _project(tmp_path / "first"), _project(tmp_path / "second", tmp_path / "first")
-    options = (*DEBIAN, "-p", "less", "-t", "cpio", "--compress=xz", "build")
+    options = (*DEBIAN, "-p", "less", "-t", "cpio", "--compress=zstd", "build")
     mkosi(*options, cwd=first)
     time.sleep(2)
     subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", *options],
                    cwd=second, check=True, capture_output=True)  # fmt: skip
-    archive = first / "image.cpio.xz"
-    assert _same(archive, second / "image.cpio.xz")
-    # The kernel's xz decoder knows CRC32 checks only.
-    listed = subprocess.run(["xz", "--robot", "--list", str(archive)], capture_output=True, text=True, check=True)
-    assert "\tCRC32\t" in listed.stdout and "CRC64" not in listed.stdout
-    members = subprocess.run(f"xz -dc {archive} | cpio -itv --quiet", shell=True, capture_output=True, text=True,
+    archive = first / "image.cpio.zst"
+    assert _same(archive, second / "image.cpio.zst")
+    members = subprocess.run(f"zstd -dc {archive} | cpio -itv --quiet", shell=True, capture_output=True, text=True,
                              check=True).stdout.splitlines()  # fmt: skip
     init = next(line for line in members if line.split()[8:9] == ["init"])
     assert init.startswith("l") and init.endswith("init -> usr/lib/systemd/systemd")
     assert any(line.endswith(" usr/bin/less") for line in members)
-    assert [line.split()[8] for line in members] == sorted(line.split()[8] for line in members)
+    # In name order, but for files with several hard links: cpio writes them with their last link.
+    single = [line.split()[8] for line in members if not (line.startswith("-") and line.split()[1] != "1")]
+    assert single == sorted(single)

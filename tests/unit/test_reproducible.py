@@ -272,3 +272,17 @@ def test_ssh_host_keys_go_and_sshd_makes_its_own_on_first_start(tmp_path: Path) 
     # A tree without openssh-server gets nothing.
     assert regenerate_ssh_host_keys(tmp_path / "empty") == []
     assert not (tmp_path / "empty").exists()
+
+
+async def test_an_xz_initrd_has_the_crc32_checks_the_kernels_decoder_knows(tmp_path: Path) -> None:
+    from mkosi.outputs.compress import command
+
+    (tmp_path / "data").write_bytes(b"initrd " * 10000)
+    for kernel, check in ((True, "CRC32"), (False, "CRC64")):
+        compressor = command(Compression.xz, for_kernel=kernel)
+        assert compressor is not None
+        with (tmp_path / "data").open("rb") as source, (tmp_path / "data.xz").open("wb") as target:
+            subprocess.run(compressor, stdin=source, stdout=target, check=True)
+        listed = subprocess.run(["xz", "--robot", "--list", str(tmp_path / "data.xz")], capture_output=True, text=True)
+        assert f"\t{check}\t" in listed.stdout
+    assert command(Compression.none, for_kernel=True) is None

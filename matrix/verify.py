@@ -61,7 +61,7 @@ def read_manifest(release: Path) -> dict[str, Any]:
 def rebuild_settings(manifest: dict[str, Any], locks: Path) -> dict[str, list[Setting]]:
     """For each cell the release published: its recorded epoch and seed, and a lock file of its
     recorded packages written under `locks`."""
-    origin = f"{rel.MANIFEST}"
+    origin = rel.MANIFEST
     overrides: dict[str, list[Setting]] = {}
     for cell in manifest["cells"]:
         if cell.get("status") != Status.success.value:

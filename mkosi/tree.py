@@ -175,7 +175,7 @@ def regenerate_ssh_host_keys(root: Path) -> list[str]:
     """Remove the tree's ssh host keys; returns the units given a drop-in that makes new ones.
     Found inside the image (intree): an etc/ssh linked to the host's must not cost the host its keys."""
     ssh = intree.directory(root, "etc/ssh")
-    keys = [k for k in ssh.glob(SSH_HOST_KEYS.removeprefix("etc/ssh/"))] if ssh is not None else []
+    keys = list(ssh.glob(SSH_HOST_KEYS.removeprefix("etc/ssh/"))) if ssh is not None else []
     for key in keys:
         key.unlink()  # a link itself, never what it points to
     if not keys:

@@ -30,7 +30,7 @@ HOST_PACKAGES=(
     qemu-system-x86 ovmf                     # booting images under UEFI
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
-    procps file                              # tests: pgrep finds what outlives a killed build; file names ELF types
+    procps                                   # tests: pgrep finds what outlives a killed build
 )
 
 missing=()

@@ -27,7 +27,7 @@ from mkosi.workspace import remove_tree
 
 # Tools whose versions go into the manifest besides the cells' package managers, when installed:
 # they determine the artifacts' bytes.
-TOOLS = ("tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk")
+TOOLS = ("tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk", "openssl", "objcopy", "sbsign")
 
 MANIFEST = "manifest.json"
 

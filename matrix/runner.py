@@ -91,7 +91,7 @@ def plan(
             # A tree is published as a tarball: written straight from the build's workspace, instead
             # of creating every file of the tree on disk first and packing them from there.
             config = dataclasses.replace(config, format=OutputFormat.tar)
-        compressible = config.format in (OutputFormat.tar, OutputFormat.cpio) or config.format.is_raw
+        compressible = not config.format.is_tree
         if config.compress is Compression.none and compressible:
             config = dataclasses.replace(config, compress=matrix.release.compress)
         output = build_root / cell.name / naming.image_file_name(cell.name, config.format, config.compress)

@@ -23,8 +23,10 @@ class _Facts:
     # Discoverable Partitions Specification type UUIDs.
     root_type: uuid.UUID
     root_verity_type: uuid.UUID
+    root_verity_sig_type: uuid.UUID
     usr_type: uuid.UUID
     usr_verity_type: uuid.UUID
+    usr_verity_sig_type: uuid.UUID
     # The directories a merged-/usr tree links into /usr (lib64 is only x86-64's dynamic loader's).
     merged_usr: tuple[str, ...]
 
@@ -90,12 +92,20 @@ class Architecture(enum.StrEnum):
         return self._facts.root_verity_type
 
     @property
+    def root_verity_sig_type(self) -> uuid.UUID:
+        return self._facts.root_verity_sig_type
+
+    @property
     def usr_type(self) -> uuid.UUID:
         return self._facts.usr_type
 
     @property
     def usr_verity_type(self) -> uuid.UUID:
         return self._facts.usr_verity_type
+
+    @property
+    def usr_verity_sig_type(self) -> uuid.UUID:
+        return self._facts.usr_verity_sig_type
 
     @property
     def merged_usr(self) -> tuple[str, ...]:
@@ -126,8 +136,10 @@ _FACTS = {
         qemu_machine="q35",
         root_type=uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
         root_verity_type=uuid.UUID("2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"),
+        root_verity_sig_type=uuid.UUID("41092b05-9fc8-4523-994f-2def0408b176"),
         usr_type=uuid.UUID("8484680c-9521-48c6-9c11-b0720656f69e"),
         usr_verity_type=uuid.UUID("77ff5f63-e7b6-4633-acf4-1565b864c0e6"),
+        usr_verity_sig_type=uuid.UUID("e7bb33fb-06cf-4e81-8273-e543b413e2e2"),
         merged_usr=("bin", "sbin", "lib", "lib64"),
     ),
     Architecture.arm64: _Facts(
@@ -138,8 +150,10 @@ _FACTS = {
         qemu_machine="virt",
         root_type=uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
         root_verity_type=uuid.UUID("df3300ce-d69f-4c92-978c-9bfb0f38d820"),
+        root_verity_sig_type=uuid.UUID("6db69de6-29f4-4758-a7a5-962190f00ce3"),
         usr_type=uuid.UUID("b0e01050-ee5f-4390-949a-9101b17104e9"),
         usr_verity_type=uuid.UUID("6e11a4e7-fbca-4ded-b9e9-e1a512bb664e"),
+        usr_verity_sig_type=uuid.UUID("c23ce4ff-44bd-4b00-b2d4-b41b3419e02a"),
         merged_usr=("bin", "sbin", "lib"),
     ),
 }

@@ -38,7 +38,7 @@ DRACUT_CONFIG_PATH = "etc/dracut.conf.d/50-mkosi.conf"
 
 def opens_protected_root(config: Config) -> bool:
     """Whether the initrd must open a verity or LUKS root (or /home, /srv: same modules)."""
-    return config.verity or config.encrypt is not None
+    return bool(config.verity) or config.encrypt is not None
 
 
 # dracut then sorts the initrd's files and stamps them with SOURCE_DATE_EPOCH, which every

@@ -71,6 +71,11 @@ def _secure_boot_keys(c: Config) -> str | None:
     return hash_tree(p for p in paths if p is not None) if c.secure_boot else None
 
 
+def _verity_signing_keys(c: Config) -> str:
+    assert c.verity_key is not None and c.verity_certificate is not None
+    return hash_tree([c.verity_key, c.verity_certificate])
+
+
 # Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
 # left in a stage cache are not taken for this one's. 2: Debian and Ubuntu without mmdebstrap.
 # 3: their kernel installed after everything else, its initrd built once. 4: the packages recorded.
@@ -171,6 +176,8 @@ STAGES: list[Stage] = [
             # published key would let anyone test guesses against more cheaply than LUKS itself.
             "passphrase": c.passphrase is not None if c.encrypt else None,
             "key_derivation": [c.key_derivation, c.key_derivation_time],
+            # Only when signed: the keys of unsigned builds stay what they were.
+            **({"verity_signing": _verity_signing_keys(c)} if c.signed_verity else {}),
         },
         enabled=lambda c: c.format.is_raw,
         # Making the file systems again costs about as much as storing and restoring a copy of the
@@ -358,6 +365,8 @@ NOT_IMAGE_INPUTS = frozenset(
     | {"mirror_timeout"}
     # Checks before the build: they refuse a configuration, they never change what it makes.
     | {"reproducible", "deterministic_scripts"}
+    # Only what mkosi genkey writes.
+    | {"secure_boot_common_name", "secure_boot_valid_days"}
 )
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import structlog
 
-from mkosi import log, machine
+from mkosi import log, machine, secure_boot
 from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir, written_paths
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, help_requested, parse_args
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
 from mkosi.reproducibility import obstacles
+from mkosi.settings import PRIMARY
 from mkosi.stage_cache import cached_keys
 
 
@@ -40,6 +42,21 @@ async def clean(config: Config) -> None:
         await remove_caches(config)
 
 
+def _discovered(config: Config, dest: str) -> Path:
+    """The file a path setting finds in the project directory when it is not set."""
+    name = PRIMARY[dest].discover
+    assert name is not None
+    return config.directory / name
+
+
+async def genkey(config: Config) -> None:
+    """Where the Secure Boot settings say, else where they would find the key and certificate."""
+    key = config.secure_boot_key or _discovered(config, "secure_boot_key")
+    certificate = config.secure_boot_certificate or _discovered(config, "secure_boot_certificate")
+    log = structlog.get_logger("mkosi")
+    await secure_boot.generate_key(key, certificate, config.secure_boot_common_name, config.secure_boot_valid_days, log)
+
+
 def _leaves(group: BaseExceptionGroup[MkosiError]) -> list[MkosiError]:
     leaves: list[MkosiError] = []
     for error in group.exceptions:
@@ -61,6 +78,8 @@ async def run_verb(verb: Verb, config: Config, args: Sequence[str] = ()) -> int:
             status = await machine.shell(config, args, boot=verb is Verb.boot)
         elif verb is Verb.qemu:
             status = await machine.qemu(config, args)
+        elif verb is Verb.genkey:
+            await genkey(config)
 
     failures: list[MkosiError] = []
     stopped_by = None

@@ -25,6 +25,7 @@ class Verb(enum.StrEnum):
     shell = "shell"
     boot = "boot"
     qemu = "qemu"
+    genkey = "genkey"
 
 
 # Verbs that pass the arguments after them on: the command to run in the image, or qemu's options.

@@ -39,6 +39,7 @@ from mkosi.settings import (
     OutputFormat,
     PathKind,
     Setting,
+    Verity,
     WorkspaceMode,
     format_size,
     parse_size,
@@ -58,6 +59,7 @@ __all__ = [
     "LogFormat",
     "OutputFormat",
     "Verb",
+    "Verity",
     "WorkspaceMode",
     "config_from_settings",
     "format_help",
@@ -87,9 +89,13 @@ class Config:
     secure_boot: bool
     secure_boot_key: Path | None
     secure_boot_certificate: Path | None
+    secure_boot_common_name: str
+    secure_boot_valid_days: int
     read_only: bool
     encrypt: Encrypt | None
-    verity: bool
+    verity: Verity
+    verity_key: Path | None
+    verity_certificate: Path | None
     key_derivation: KeyDerivation
     key_derivation_time: int | None
     initrds: tuple[Path, ...]
@@ -130,6 +136,10 @@ class Config:
     passphrase: Path | None
     verbose: int
     log_format: LogFormat
+
+    @property
+    def signed_verity(self) -> bool:
+        return self.verity is Verity.signed
 
 
 # ---- files ----
@@ -364,7 +374,7 @@ def _problem(path: Path, want: PathKind, directory: Path) -> str | None:
 
 
 def _is_on(value: Any) -> bool:
-    return value not in (None, False, ())
+    return value not in (None, False, ()) and value is not Verity.no
 
 
 def _needs(target: Setting, why: str) -> str:
@@ -388,10 +398,15 @@ def _validate(c: Config, r: _Resolver) -> None:
     except ValueError as e:
         fail("release", str(e))
     raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
+    booting = ", ".join(f.value for f in OutputFormat if f.boots)
     for s in PRIMARY.values():
         # A value defaulted from others (ReadOnly= from Verity=) is the others' problem.
         if s.raw_only and not c.format.is_raw and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
             fail(s.dest, f"only supported with raw formats ({raw}), not {c.format}")
+        if s.boot_only and not c.format.boots and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
+            fail(s.dest, f"only supported with formats that boot ({booting}), not {c.format}")
+    if c.format.is_boot_only and not c.bootable:
+        fail("bootable", f"cannot be no with Format={c.format}: its whole content is what boots")
     if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
     for s in PRIMARY.values():
@@ -399,6 +414,11 @@ def _validate(c: Config, r: _Resolver) -> None:
             for dest, why in s.requires:
                 if not _is_on(getattr(c, dest)):
                     fail(s.dest, _needs(PRIMARY[dest], why))
+    if c.signed_verity and (c.verity_key is None or c.verity_certificate is None):
+        fail(
+            "verity",
+            "signed needs VerityKey= and VerityCertificate= (or mkosi.secure-boot.key and .crt: mkosi genkey)",
+        )
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
     if c.package_lock is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from mkosi import loopdev, secure_boot
-from mkosi.config import Architecture, Compression, Config
+from mkosi.config import Architecture, Compression, Config, OutputFormat
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN
@@ -90,6 +90,14 @@ async def kvm_usable(log: Any) -> bool:
     return probe.returncode == 124 and "KVM internal error" not in probe.stdout
 
 
+def _boot_medium(config: Config) -> list[str]:
+    """A disk (raw formats, esp) is the first drive; a UKI is handed to the firmware, which runs it
+    as an EFI program. The root of a uki or esp image comes from a further drive in `args`."""
+    if config.format is OutputFormat.uki:
+        return ["-kernel", str(config.output)]
+    return ["-drive", f"if=virtio,format=raw,file={config.output}"]
+
+
 def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str]) -> list[str]:
     # Secure Boot: firmware that enforces it, whose variable store only SMM code may write.
     secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if config.secure_boot else []
@@ -102,7 +110,7 @@ def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str
         *secure,
         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_SECURE_CODE if config.secure_boot else OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,file={variables}",
-        "-drive", f"if=virtio,format=raw,file={config.output}",
+        *_boot_medium(config),
         "-nographic", "-nodefaults", "-serial", "mon:stdio",
         *args,
     ]  # fmt: skip
@@ -111,8 +119,10 @@ def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str
 async def qemu(config: Config, args: Sequence[str]) -> int:
     log = structlog.get_logger("mkosi")
     _require_output(config)
-    if not (config.format.is_raw and config.bootable):
-        raise MkosiError("qemu needs a bootable raw image: build with --bootable and a raw format")
+    if not (config.format.boots and config.bootable):
+        raise MkosiError("qemu needs a bootable image: a raw format built with --bootable, or uki or esp")
+    if config.compress is not Compression.none:
+        raise MkosiError(f"{config.output} is compressed: decompress it to boot it")
     # The firmware (OVMF) and machine type below are x86-64's.
     if config.architecture is not Architecture.x86_64:
         raise MkosiError(f"qemu: booting {config.architecture} images is not supported yet")

@@ -23,6 +23,7 @@ SIGNATURE = "SHA256SUMS.gpg"
 RAW_SUFFIX = ".raw"
 TAR_SUFFIX = ".tar"
 CPIO_SUFFIX = ".cpio"
+EFI_SUFFIX = ".efi"
 COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst"}
 # What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash;
 # .gz too, which mkosi never writes but systemd's importer reads.
@@ -34,7 +35,7 @@ _ASIDE = ".mkosi-old."
 
 
 def image_file_name(stem: str, format: OutputFormat, compress: Compression) -> str:
-    """`stem` as an output of `format`: a tree keeps it, files get `.raw`/`.tar`/`.cpio` and `.xz`/`.zst`."""
+    """`stem` as an output of `format`: a tree keeps it, files get `.raw`/`.tar`/`.cpio`/`.efi` and `.xz`/`.zst`."""
     if format.is_tree:
         return stem
     return stem + format.suffix + compress.suffix
@@ -45,7 +46,7 @@ def image_stem(output: Path) -> str:
     name = output.name
     for suffix in _STRIPPED:
         name = name.removesuffix(suffix)
-    for suffix in (RAW_SUFFIX, TAR_SUFFIX, CPIO_SUFFIX):
+    for suffix in (RAW_SUFFIX, TAR_SUFFIX, CPIO_SUFFIX, EFI_SUFFIX):
         name = name.removesuffix(suffix)
     return name
 
@@ -74,7 +75,7 @@ def release_files(config: Config) -> dict[Path, bool]:
     this configuration writes it."""
     return {
         sidecar(config.output, NSPAWN_SUFFIX): config.nspawn_settings is not None,
-        sidecar(config.output, ROOT_HASH_SUFFIX): config.verity,
+        sidecar(config.output, ROOT_HASH_SUFFIX): bool(config.verity),
         config.output.parent / SUMS: config.checksum,
         config.output.parent / SIGNATURE: config.sign,
     }

@@ -6,8 +6,10 @@ a key that group or others may read.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,32 @@ OWNER = "5c1e11a4-61c1-4a6e-a2b4-6d6b6f736921"
 async def sign(source: Path, output: Path, key: Path, certificate: Path, log: Any, epoch: int | None = None) -> None:
     prefix, env = frozen_clock(epoch)
     await run([*prefix, "sbsign", "--key", key, "--cert", certificate, "--output", output, source], env=env, log=log)
+
+
+async def generate_key(key: Path, certificate: Path, common_name: str, days: int, log: Any) -> None:
+    """`mkosi genkey`: a new RSA key (mode 0600) and its self-signed certificate, for Secure Boot
+    and verity signatures. Never replaces either file: a lost key cannot sign updates any more."""
+    for path in (key, certificate):
+        if os.path.lexists(path):
+            raise MkosiError(f"{path} already exists: mkosi genkey never replaces a key or certificate")
+    # Written in a private directory next to them, then linked into place: link fails instead of
+    # replacing a file that appeared meanwhile, and nobody sees a half-written key.
+    with tempfile.TemporaryDirectory(dir=key.parent, prefix=".mkosi-genkey.") as scratch:
+        new_key, new_certificate = Path(scratch) / "key", Path(scratch) / "crt"
+        await run(
+            ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+             "-days", str(days), "-subj", f"/CN={common_name}", "-keyout", new_key, "-out", new_certificate],
+            log=log,
+        )  # fmt: skip
+        new_key.chmod(0o600)
+        new_certificate.chmod(0o644)
+        os.link(new_key, key)
+        try:
+            os.link(new_certificate, certificate)
+        except OSError:
+            key.unlink()
+            raise
+    log.info("wrote a key and certificate", key=str(key), certificate=str(certificate))
 
 
 def _virt_fw_vars() -> str:

@@ -35,11 +35,28 @@ class OutputFormat(enum.StrEnum):
     subvolume = "subvolume"
     tar = "tar"
     cpio = "cpio"
+    uki = "uki"
+    esp = "esp"
 
     @property
     def is_raw(self) -> bool:
-        """A GPT disk image, as opposed to a tree or an archive."""
+        """A GPT disk image with a root file system, as opposed to a tree or an archive."""
         return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs)
+
+    @property
+    def is_disk(self) -> bool:
+        """A GPT disk image: one with a root, or the ESP alone."""
+        return self.is_raw or self is OutputFormat.esp
+
+    @property
+    def boots(self) -> bool:
+        """Whether images of this format can carry a kernel to boot."""
+        return self.is_disk or self is OutputFormat.uki
+
+    @property
+    def is_boot_only(self) -> bool:
+        """The boot files alone (a UKI, an ESP): always bootable, the root comes from elsewhere."""
+        return self in (OutputFormat.uki, OutputFormat.esp)
 
     @property
     def is_tree(self) -> bool:
@@ -49,8 +66,24 @@ class OutputFormat(enum.StrEnum):
     @property
     def suffix(self) -> str:
         """The file name suffix of an output in this format, before any compression suffix."""
-        archives = {OutputFormat.tar: naming.TAR_SUFFIX, OutputFormat.cpio: naming.CPIO_SUFFIX}
-        return naming.RAW_SUFFIX if self.is_raw else archives.get(self, "")
+        files = {
+            OutputFormat.tar: naming.TAR_SUFFIX,
+            OutputFormat.cpio: naming.CPIO_SUFFIX,
+            OutputFormat.uki: naming.EFI_SUFFIX,
+        }
+        return naming.RAW_SUFFIX if self.is_disk else files.get(self, "")
+
+
+class Verity(enum.StrEnum):
+    """Whether the root gets a dm-verity hash tree, and whether its root hash is signed too."""
+
+    no = "no"
+    yes = "yes"
+    signed = "signed"
+
+    def __bool__(self) -> bool:
+        # `if config.verity:` asks whether there is a hash tree at all.
+        return self is not Verity.no
 
 
 class Encrypt(enum.StrEnum):
@@ -147,8 +180,10 @@ class Setting:
     written: bool = False
     # The setting is only used (so its path only checked) when this other setting is on.
     only_with: str | None = None
-    # Only raw disk formats have partitions, a kernel to boot or a root to protect.
+    # Only raw disk formats have partitions or a root to protect.
     raw_only: bool = False
+    # Only formats that carry a kernel (raw disks, uki, esp) have one to boot.
+    boot_only: bool = False
     # Settings this one needs set (a boolean on, a path given or discovered), each with why.
     requires: tuple[tuple[str, str], ...] = ()
     # Boolean settings this one turns on.
@@ -271,6 +306,17 @@ def parse_xz(value: str) -> Compression:
     return Compression.xz if parse_boolean(value) else Compression.none
 
 
+def parse_verity(value: str) -> Verity:
+    """A boolean (a hash tree or none), or "signed": a hash tree whose root hash is signed too."""
+    word = value.strip().lower()
+    if word == Verity.signed:
+        return Verity.signed
+    try:
+        return Verity.yes if parse_boolean(word) else Verity.no
+    except ValueError:
+        raise ValueError(f"invalid value {value.strip()!r} (use yes, no or signed)") from None
+
+
 def parse_counter(value: str) -> int:
     """A count (Force=2) or a boolean (Force=yes is one -f)."""
     word = value.strip().lower()
@@ -292,6 +338,24 @@ def parse_seconds(value: str) -> int:
     word = value.strip()
     if not word.isascii() or not word.isdigit() or not 0 < int(word) <= 3600:
         raise ValueError(f"invalid time {word!r} (seconds, from 1 to 3600)")
+    return int(word)
+
+
+_COMMON_NAME = re.compile(r"[^/\\=+,\x00-\x1f\x7f]{1,64}")
+
+
+def parse_common_name(value: str) -> str:
+    """An X.509 common name: at most 64 characters, none that openssl's -subj would split on."""
+    name = value.strip()
+    if not _COMMON_NAME.fullmatch(name):
+        raise ValueError(f"invalid common name {name!r} (1 to 64 characters, no / \\ = + , or control characters)")
+    return name
+
+
+def parse_days(value: str) -> int:
+    word = value.strip()
+    if not word.isascii() or not word.isdigit() or not 0 < int(word) <= 36500:
+        raise ValueError(f"invalid number of days {word!r} (from 1 to 36500)")
     return int(word)
 
 
@@ -398,6 +462,7 @@ SECTIONS = ("Distribution", "Output", "Packages", "Partitions", "Validation")
 _FORMAT_ALIASES = {"raw_ext4": OutputFormat.raw_gpt}
 _DISTRIBUTION_ALIASES = {"archlinux": Distribution.arch}
 _RAW = "raw formats only"
+_BOOT = "raw formats, uki and esp"
 
 SETTINGS: tuple[Setting, ...] = (
     # [Distribution]
@@ -535,9 +600,9 @@ SETTINGS: tuple[Setting, ...] = (
         short="-b",
         parse=parse_boolean,
         kind=Kind.boolean,
-        default=False,
-        help=f"make the image bootable on EFI ({_RAW})",
-        raw_only=True,
+        default_factory=lambda r: r["format"].is_boot_only,
+        help=f"make the image bootable on EFI ({_BOOT}; always for uki and esp)",
+        boot_only=True,
     ),
     Setting(
         "secure_boot",
@@ -575,6 +640,26 @@ SETTINGS: tuple[Setting, ...] = (
         only_with="secure_boot",
     ),
     Setting(
+        "secure_boot_common_name",
+        "--secure-boot-common-name",
+        "Output",
+        "SecureBootCommonName",
+        parse=parse_common_name,
+        default_factory=lambda r: f"mkosi of {r.directory.name or 'a project'}",
+        metavar="NAME",
+        help="the certificate's common name (CN) that mkosi genkey writes (default: mkosi of PROJECT)",
+    ),
+    Setting(
+        "secure_boot_valid_days",
+        "--secure-boot-valid-days",
+        "Output",
+        "SecureBootValidDays",
+        parse=parse_days,
+        default=3650,
+        metavar="DAYS",
+        help="how long the certificate that mkosi genkey writes is valid (default: 3650 days)",
+    ),
+    Setting(
         "read_only",
         "--read-only",
         "Output",
@@ -602,12 +687,40 @@ SETTINGS: tuple[Setting, ...] = (
         "--verity",
         "Output",
         "Verity",
-        parse=parse_boolean,
+        parse=parse_verity,
         kind=Kind.boolean,
-        default=False,
-        help=f"add a dm-verity partition for the root file system ({_RAW})",
+        default=Verity.no,
+        choices=_values(Verity),
+        metavar="yes|no|signed",
+        help=f"add a dm-verity partition for the root file system, signed: and its root hash signed ({_RAW})",
         raw_only=True,
         requires=(("read_only", "a hash tree only protects a root that never changes"),),
+    ),
+    Setting(
+        "verity_key",
+        "--verity-key",
+        "Output",
+        "VerityKey",
+        parse=parse_path,
+        path=PathKind.private,
+        # The Secure Boot key signs the boot chain; the same key vouching for the root is what a
+        # machine that trusts one trusts the other with.
+        default_factory=lambda r: r["secure_boot_key"],
+        metavar="PATH",
+        help="private key (PEM) that signs the verity root hash (default: the Secure Boot key)",
+        only_with="signed_verity",
+    ),
+    Setting(
+        "verity_certificate",
+        "--verity-certificate",
+        "Output",
+        "VerityCertificate",
+        parse=parse_path,
+        path=PathKind.file,
+        default_factory=lambda r: r["secure_boot_certificate"],
+        metavar="PATH",
+        help="X.509 certificate (PEM) of the verity key (default: the Secure Boot certificate)",
+        only_with="signed_verity",
     ),
     Setting(
         "key_derivation",
@@ -640,7 +753,7 @@ SETTINGS: tuple[Setting, ...] = (
         default=(),
         metavar="PATH",
         help="extra initrd (cpio archive) appended to the unified kernel image's (repeatable; bootable images)",
-        raw_only=True,
+        boot_only=True,
         requires=(("bootable", ""),),
     ),
     Setting(
@@ -937,8 +1050,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ESPSize",
         parse=parse_size,
         metavar="BYTES",
-        help=f"size of the EFI system partition ({_RAW})",
-        raw_only=True,
+        help="size of the EFI system partition (raw formats and esp)",
+        boot_only=True,
     ),
     Setting(
         "swap_size",

@@ -15,7 +15,7 @@ class PartitionPlan:
     """A partition before its filesystem exists: the size may still be unknown (None: from content)."""
 
     role: Role
-    filesystem: str  # ext4, btrfs, squashfs, swap, vfat, verity
+    filesystem: str  # ext4, btrfs, squashfs, swap, vfat, verity, verity-signature
     size: int | None
     read_only: bool = False
 
@@ -38,13 +38,17 @@ def checked_filesystems(config: Config) -> tuple[str, ...]:
 
 def plan(config: Config) -> list[PartitionPlan]:
     plans = []
-    if config.bootable:
+    if config.bootable and config.format.is_disk:
         plans.append(PartitionPlan(Role.esp, "vfat", align(config.esp_size or DEFAULT_ESP_SIZE)))
+    if config.format is OutputFormat.esp:
+        return plans
     root_size = align(config.root_size) if config.root_size else None
     plans.append(PartitionPlan(Role.root, root_filesystem(config), root_size, read_only=config.read_only))
     if config.verity:
         # Sized by the root's content: veritysetup writes the hash tree of whatever the root holds.
         plans.append(PartitionPlan(Role.root_verity, "verity", None, read_only=True))
+    if config.signed_verity:
+        plans.append(PartitionPlan(Role.root_verity_sig, "verity-signature", None, read_only=True))
     if config.swap_size:
         plans.append(PartitionPlan(Role.swap, "swap", align(config.swap_size)))
     if config.home_size:

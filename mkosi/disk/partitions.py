@@ -29,6 +29,7 @@ class Role(enum.StrEnum):
     esp = "esp"
     root = "root"
     root_verity = "root-verity"
+    root_verity_sig = "root-verity-sig"
     swap = "swap"
     home = "home"
     srv = "srv"
@@ -49,15 +50,19 @@ def partition_type(role: Role, architecture: Architecture) -> uuid.UUID:
         return architecture.root_type
     if role is Role.root_verity:
         return architecture.root_verity_type
+    if role is Role.root_verity_sig:
+        return architecture.root_verity_sig_type
     return uuid.UUID(_COMMON_TYPES[role])
 
 
 def partition_label(role: Role, architecture: Architecture) -> str:
-    """systemd-repart's naming: root-x86-64, root-x86-64-verity, esp, swap, home, srv."""
+    """systemd-repart's naming: root-x86-64, root-x86-64-verity(-sig), esp, swap, home, srv."""
     if role is Role.root:
         return f"root-{architecture}"
     if role is Role.root_verity:
         return f"root-{architecture}-verity"
+    if role is Role.root_verity_sig:
+        return f"root-{architecture}-verity-sig"
     return str(role)
 
 

@@ -8,6 +8,9 @@ initrd finds both from `roothash=` alone.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import uuid
 from pathlib import Path
@@ -59,3 +62,36 @@ async def format_hash_tree(data: Path, hashes: Path, seed: uuid.UUID, log: Any) 
         raise MkosiError(f"veritysetup format printed no root hash:\n{result.stdout}")
     pad(hashes)
     return match[1]
+
+
+# The Discoverable Partitions Specification's verity signature partition: a JSON object padded
+# with NUL bytes to a multiple of 4 KiB.
+SIGNATURE_ALIGNMENT = 4096
+
+
+async def certificate_fingerprint(certificate: Path, scratch: Path, log: Any) -> str:
+    """SHA-256 of the certificate's DER encoding: how systemd names the certificate a signature needs."""
+    der = scratch / "certificate.der"
+    await run(["openssl", "x509", "-in", certificate, "-outform", "DER", "-out", der], log=log)
+    return hashlib.sha256(der.read_bytes()).hexdigest()
+
+
+async def sign_root_hash(root_hash: str, key: Path, certificate: Path, scratch: Path, log: Any) -> bytes:
+    """The signature partition's content for `root_hash`: a detached PKCS#7 signature of the root
+    hash as hex text (what the kernel's dm-verity checks against its keyring, and what systemd
+    passes to it), with the signer's certificate left out (the verifier has it) and no signed
+    attributes (no signing time: RSA keys then give the same bytes every time)."""
+    text, signature = scratch / "roothash.txt", scratch / "roothash.p7s"
+    text.write_text(root_hash)
+    await run(
+        ["openssl", "smime", "-sign", "-binary", "-noattr", "-nocerts", "-in", text, "-inkey", key,
+         "-signer", certificate, "-outform", "DER", "-out", signature],
+        log=log,
+    )  # fmt: skip
+    document = {
+        "rootHash": root_hash,
+        "certificateFingerprint": await certificate_fingerprint(certificate, scratch, log),
+        "signature": base64.b64encode(signature.read_bytes()).decode(),
+    }
+    content = json.dumps(document, separators=(",", ":")).encode()
+    return content + b"\0" * (-len(content) % SIGNATURE_ALIGNMENT)

@@ -20,6 +20,8 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.raw_gpt: disk.write,
     OutputFormat.raw_btrfs: disk.write,
     OutputFormat.raw_squashfs: disk.write,
+    OutputFormat.esp: disk.write,
+    OutputFormat.uki: disk.write_uki,
 }
 
 # Checks that must pass before a build of the format starts.

@@ -1,10 +1,11 @@
-"""Raw GPT disk images (raw_gpt, raw_btrfs, raw_squashfs): the boot, filesystems and disk stages."""
+"""GPT disk images (raw_gpt, raw_btrfs, raw_squashfs, esp) and the UKI: the boot, filesystems and disk stages."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -12,8 +13,8 @@ from pathlib import Path
 import anyio
 
 from mkosi import naming, ownership, secure_boot
-from mkosi.boot import boot_loader, build_uki, esp_files, find_kernel
-from mkosi.config import Compression
+from mkosi.boot import Kernel, boot_loader, build_uki, esp_files, find_kernel
+from mkosi.config import Compression, Config
 from mkosi.context import Context
 from mkosi.disk import filesystems as fs
 from mkosi.disk import luks, verity
@@ -107,7 +108,8 @@ async def make_filesystems(context: Context) -> None:
 
     The ESP comes later (boot-files): the kernel command line it carries needs the root hash.
     """
-    plans = [p for p in plan(context.config) if p.role not in (Role.esp, Role.root_verity)]
+    later = (Role.esp, Role.root_verity, Role.root_verity_sig)
+    plans = [p for p in plan(context.config) if p.role not in later]
     (context.workspace / FILESYSTEMS).mkdir()
     trees = {Role.root: context.root}
     for item in plans:
@@ -134,18 +136,32 @@ async def _add_verity(context: Context, root: Partition) -> dict[Role, Partition
     root_hash = await verity.format_hash_tree(root.image, hashes, config.seed, context.log)
     (context.workspace / ROOT_HASH).write_text(root_hash + "\n")
     data_uuid, hash_uuid = verity.partition_uuids(root_hash)
-    return {
+    added = {
         Role.root: dataclasses.replace(root, uuid=data_uuid, read_only=True),
-        Role.root_verity: Partition(
-            role=Role.root_verity,
-            label=partition_label(Role.root_verity, config.architecture),
-            type=partition_type(Role.root_verity, config.architecture),
-            uuid=hash_uuid,
-            size=hashes.stat().st_size,
-            image=hashes,
-            read_only=True,
-        ),
+        Role.root_verity: _read_only_partition(config, Role.root_verity, hash_uuid, hashes),
     }
+    if config.signed_verity:
+        assert config.verity_key is not None and config.verity_certificate is not None
+        signature = context.workspace / FILESYSTEMS / f"{Role.root_verity_sig}.img"
+        content = await verity.sign_root_hash(
+            root_hash, config.verity_key, config.verity_certificate, context.workspace, context.log
+        )
+        signature.write_bytes(content)
+        sig_uuid = derive_uuid(config.seed, f"{Role.root_verity_sig}-partition")
+        added[Role.root_verity_sig] = _read_only_partition(config, Role.root_verity_sig, sig_uuid, signature)
+    return added
+
+
+def _read_only_partition(config: Config, role: Role, partition_uuid: uuid.UUID, image: Path) -> Partition:
+    return Partition(
+        role=role,
+        label=partition_label(role, config.architecture),
+        type=partition_type(role, config.architecture),
+        uuid=partition_uuid,
+        size=align(image.stat().st_size),
+        image=image,
+        read_only=True,
+    )
 
 
 def root_hash(context: Context) -> str | None:
@@ -154,27 +170,40 @@ def root_hash(context: Context) -> str | None:
 
 
 async def build_boot_files(context: Context) -> None:
-    """The unified kernel image (signed for Secure Boot if asked) and the ESP that boots it."""
-    config, log = context.config, context.log
+    """The unified kernel image (signed for Secure Boot if asked) and, for a disk, the ESP that boots it."""
+    config = context.config
     kernel = find_kernel(context.root, config.distribution.installer().initrd_paths)
-    uki = context.workspace / UKI
     found = root_hash(context)
-    await build_uki(context, kernel, uki, [f"roothash={found}"] if found else [])
-    loader = boot_loader(context)
-    if config.secure_boot:
-        assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
-        signed_uki, signed_loader = uki.with_suffix(".signed.efi"), context.workspace / "systemd-boot.signed.efi"
-        for source, signed in ((uki, signed_uki), (loader, signed_loader)):
-            await secure_boot.sign(
-                source, signed, config.secure_boot_key, config.secure_boot_certificate, log, config.source_date_epoch
-            )
-        uki, loader = signed_uki, signed_loader
+    unsigned = context.workspace / "uki.unsigned.efi"
+    await build_uki(context, kernel, unsigned, [f"roothash={found}"] if found else [])
+    # Where the ESP and the `uki` output take it from, signed or not.
+    os.rename(await _signed(context, unsigned, context.workspace / "uki.signed.efi"), context.workspace / UKI)
+    if config.format.is_disk:
+        await _make_esp(context, context.workspace / UKI, kernel)
+
+
+async def _signed(context: Context, source: Path, signed: Path) -> Path:
+    """`source`, or `signed`, its copy signed for Secure Boot, when that is asked for."""
+    config = context.config
+    if not config.secure_boot:
+        return source
+    assert config.secure_boot_key is not None and config.secure_boot_certificate is not None
+    await secure_boot.sign(
+        source, signed, config.secure_boot_key, config.secure_boot_certificate, context.log, config.source_date_epoch
+    )
+    return signed
+
+
+async def _make_esp(context: Context, uki: Path, kernel: Kernel) -> None:
+    config = context.config
+    loader = await _signed(context, boot_loader(context), context.workspace / "systemd-boot.signed.efi")
     esp = next(p for p in plan(config) if p.role is Role.esp)
     assert esp.size is not None
     image = context.workspace / FILESYSTEMS / f"{Role.esp}.img"
+    image.parent.mkdir(exist_ok=True)
     fs_uuid = derive_uuid(config.seed, f"{Role.esp}-filesystem")
     files = esp_files(context, uki, kernel, loader)
-    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, files, log, context.config.source_date_epoch)
+    await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, files, context.log, config.source_date_epoch)
     partition = Partition(
         role=Role.esp,
         label=partition_label(Role.esp, config.architecture),
@@ -191,7 +220,9 @@ def _save(context: Context, partitions: list[Partition]) -> None:
 
 
 def _load(context: Context) -> list[Partition]:
-    records = json.loads((context.workspace / PARTITIONS).read_text())
+    """The partitions made so far: none before the ESP of an `esp` image, which has no root."""
+    path = context.workspace / PARTITIONS
+    records = json.loads(path.read_text()) if path.exists() else []
     return [_decode(p, context.workspace / FILESYSTEMS) for p in records]
 
 
@@ -218,6 +249,17 @@ def _decode(data: dict[str, object], directory: Path) -> Partition:
         image=directory / str(data["image"]) if data["image"] else None,
         read_only=bool(data["read_only"]),
     )
+
+
+async def write_uki(context: Context) -> None:
+    """The `uki` output: the unified kernel image that a bootable disk's ESP would hold."""
+    config = context.config
+    staged = context.stage_output(config.output)
+    uki = context.workspace / UKI
+    if config.compress is Compression.none:
+        shutil.copyfile(uki, staged)
+    else:
+        await compress_file(config.compress, uki, staged, context.log)
 
 
 async def write(context: Context) -> None:

@@ -61,12 +61,13 @@ def boot(
     until: Sequence[str],
     timeout: float,
     answers: Mapping[str, bytes] | None = None,
+    qemu_args: Sequence[str] = (),
 ) -> str:
-    """Boot an image with `mkosi [options] qemu -snapshot` until the console shows one of `until`
-    (or qemu exits, or time is up); return the console. `answers` maps a prompt to what is typed
-    on the serial console each time the prompt appears."""
+    """Boot an image with `mkosi [options] qemu -snapshot [qemu_args]` until the console shows one
+    of `until` (or qemu exits, or time is up); return the console. `answers` maps a prompt to what
+    is typed on the serial console each time the prompt appears."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mkosi", *options, "qemu", "-snapshot"],
+        [sys.executable, "-m", "mkosi", *options, "qemu", "-snapshot", *qemu_args],
         cwd=project,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

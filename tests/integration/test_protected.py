@@ -7,6 +7,8 @@ Boots are slow on two shared cores: each image is built once and booted at most 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ from tests.integration.support import boot, mkosi
 from tests.integration.test_disk import ESP_TYPE, ROOT_TYPE, _by_type, _extract
 
 VERITY_TYPE = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+VERITY_SIG_TYPE = "41092b05-9fc8-4523-994f-2def0408b176"
 MARKER = "MKOSI-PROTECTED-OK"
 BOOT_TIMEOUT = 300
 MARKER_UNIT = f"""\
@@ -63,7 +66,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def verity_image(project: Path) -> Path:
-    mkosi("-d", "debian", "-r", "bookworm", "-t", "raw_squashfs", "--bootable", "--verity", "--secure-boot",
+    # Signed by default with the Secure Boot key: the boots below prove a signature partition harms nothing.
+    mkosi("-d", "debian", "-r", "bookworm", "-t", "raw_squashfs", "--bootable", "--verity=signed", "--secure-boot",
           "-o", "verity.raw", "-f", "build", cwd=project)  # fmt: skip
     return project / "verity.raw"
 
@@ -91,7 +95,8 @@ def test_verity_partitions_are_named_by_the_root_hash(verity_image: Path) -> Non
     root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
     assert len(root_hash) == 64
     parts = _by_type(verity_image)
-    assert set(parts) == {ESP_TYPE, ROOT_TYPE, VERITY_TYPE}
+    assert set(parts) == {ESP_TYPE, ROOT_TYPE, VERITY_TYPE, VERITY_SIG_TYPE}
+    assert parts[VERITY_SIG_TYPE]["name"] == "root-x86-64-verity-sig"
     assert uuid.UUID(str(parts[ROOT_TYPE]["uuid"])) == uuid.UUID(root_hash[:32])
     assert uuid.UUID(str(parts[VERITY_TYPE]["uuid"])) == uuid.UUID(root_hash[32:])
     assert "GUID:60" in str(parts[ROOT_TYPE].get("attrs", ""))
@@ -106,6 +111,46 @@ def test_veritysetup_verifies_and_notices_one_flipped_byte(verity_image: Path, t
     assert subprocess.run(verify, capture_output=True).returncode == 0
     _flip(data, data.stat().st_size // 2)
     assert subprocess.run(verify, capture_output=True).returncode != 0
+
+
+def _signature(image: Path, tmp_path: Path) -> dict[str, str]:
+    content = _extract(image, _by_type(image)[VERITY_SIG_TYPE], tmp_path / "signature.img").read_bytes()
+    document = content.rstrip(b"\0")
+    # A JSON object padded with NUL bytes, as the Discoverable Partitions Specification says.
+    assert len(document) < len(content) and set(content[len(document) :]) == {0}
+    found: dict[str, str] = json.loads(document)
+    return found
+
+
+def _smime_verify(signature: Path, content: Path, certificate: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["openssl", "smime", "-verify", "-binary", "-inform", "DER", "-in", str(signature), "-content", str(content),
+         "-certfile", str(certificate), "-nointern", "-CAfile", str(certificate), "-out", "/dev/null"],
+        capture_output=True,
+    )  # fmt: skip
+
+
+def test_root_hash_signature_verifies_against_the_certificate_only(verity_image: Path, tmp_path: Path) -> None:
+    root_hash = (verity_image.parent / "verity.roothash").read_text().strip()
+    document = _signature(verity_image, tmp_path)
+    assert set(document) == {"rootHash", "certificateFingerprint", "signature"}
+    assert document["rootHash"] == root_hash
+    certificate = verity_image.parent / "mkosi.secure-boot.crt"
+    fingerprint = subprocess.run(
+        ["openssl", "x509", "-in", str(certificate), "-noout", "-fingerprint", "-sha256"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().split("=", 1)[1]  # fmt: skip
+    assert document["certificateFingerprint"] == fingerprint.replace(":", "").lower()
+    signature, signed = tmp_path / "roothash.p7s", tmp_path / "roothash.txt"
+    signature.write_bytes(base64.b64decode(document["signature"]))
+    # What the kernel checks: the root hash as hex text, nothing else.
+    signed.write_text(root_hash)
+    assert _smime_verify(signature, signed, certificate).returncode == 0, _smime_verify(signature, signed, certificate)
+    _, other = _certificate(tmp_path, "other")
+    assert _smime_verify(signature, signed, other).returncode != 0
+    tampered = tmp_path / "tampered.txt"
+    tampered.write_text(root_hash[::-1])
+    assert _smime_verify(signature, tampered, certificate).returncode != 0
 
 
 @pytest.mark.parametrize(("fmt", "fstype"), [("raw_gpt", "ext4"), ("raw_btrfs", "btrfs")])

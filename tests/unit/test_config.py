@@ -25,6 +25,7 @@ from mkosi.config import (
     LogFormat,
     OutputFormat,
     Verb,
+    Verity,
     WorkspaceMode,
     format_help,
     format_summary,
@@ -115,9 +116,18 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
         lambda p: p / "sb.crt",
         "",
     ),
+    ("Output", "SecureBootCommonName"): (
+        "Example OS 2026",
+        ["--secure-boot-common-name=Example OS 2026"],
+        "Example OS 2026",
+        "",
+    ),
+    ("Output", "SecureBootValidDays"): ("365", ["--secure-boot-valid-days", "365"], 365, ""),
     ("Output", "ReadOnly"): ("yes", ["--read-only"], True, RAW),
     ("Output", "Encrypt"): ("data", ["--encrypt=data"], Encrypt.data, RAW),
-    ("Output", "Verity"): ("yes", ["--verity=yes"], True, RAW),
+    ("Output", "Verity"): ("yes", ["--verity"], Verity.yes, RAW),
+    ("Output", "VerityKey"): ("sb.key", ["--verity-key=sb.key"], lambda p: p / "sb.key", ""),
+    ("Output", "VerityCertificate"): ("sb.crt", ["--verity-certificate", "sb.crt"], lambda p: p / "sb.crt", ""),
     ("Output", "KeyDerivation"): ("pbkdf2", ["--key-derivation=pbkdf2"], KeyDerivation.pbkdf2, ""),
     ("Output", "KeyDerivationTime"): ("10", ["--key-derivation-time=10"], 10, ""),
     ("Output", "Initrds"): ("keys.cpio", ["--initrd=keys.cpio"], lambda p: (p / "keys.cpio",), RAW + "Bootable=yes\n"),
@@ -641,7 +651,7 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\n\nFormat=raw_xfs\n")
     assert error() == (
         "mkosi.default:3: [Output] Format: invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp)"
     )
     write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
     assert error() == (
@@ -742,7 +752,10 @@ def test_nspawn_settings_missing(project: Path) -> None:
             ["-t", "directory", "--verity"],
             "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
         ),
-        (["-t", "tar", "-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar"),
+        (
+            ["-t", "tar", "-b"],
+            "-b: only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, uki, esp), not tar",
+        ),
         (
             ["-t", "subvolume", "--encrypt=all"],
             "--encrypt: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not subvolume",
@@ -759,7 +772,10 @@ def test_nspawn_settings_missing(project: Path) -> None:
         (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
         # The default format is directory: raw-only settings need a raw format stated.
         (["--verity"], "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
-        (["-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
+        (
+            ["-b"],
+            "-b: only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, uki, esp), not directory",
+        ),
         (
             ["--root-size=1G"],
             "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
@@ -792,7 +808,7 @@ def test_conflict_named_by_file_line(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\nFormat=tar\nBootable=yes\n")
     assert error() == (
         "mkosi.default:3: [Output] Bootable: "
-        "only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar"
+        "only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, uki, esp), not tar"
     )
     assert load("--bootable=no").bootable is False
 
@@ -804,7 +820,7 @@ def test_passphrase_must_be_private(project: Path) -> None:
     )
     (project / "mkosi.passphrase").chmod(0o600)
     config = load("-t", "raw_gpt", "--encrypt=data", "--verity")  # a verity root with encrypted /home, /srv
-    assert (config.encrypt, config.verity) == (Encrypt.data, True)
+    assert (config.encrypt, config.verity) == (Encrypt.data, Verity.yes)
 
 
 def test_secure_boot_key_must_be_private(project: Path) -> None:
@@ -826,7 +842,8 @@ def test_secure_boot_key_must_be_private(project: Path) -> None:
         (["-d"], "--distribution: expected one argument"),
         (
             ["biuld"],
-            "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu), did you mean build?",
+            "unknown verb 'biuld' (choose from build, summary, clean, help, shell, boot, qemu, genkey), "
+            "did you mean build?",
         ),
         (["summary", "extra"], "summary takes no arguments, got 'extra'"),
         (["-C", "nowhere"], "-C: no such directory: {project}/nowhere"),
@@ -1016,4 +1033,48 @@ def test_signing_refuses_a_gpg_home_others_can_read(project: Path, monkeypatch: 
     (project / ".gnupg").mkdir(mode=0o755)
     assert error().endswith(
         f"the gpg home {project / '.gnupg'} is accessible by group or others (mode 0755) (chmod 700 it)"
+    )
+
+
+def test_verity_takes_a_boolean_or_signed(project: Path) -> None:
+    assert load("-t", "raw_squashfs").verity is Verity.no
+    assert load("-t", "raw_squashfs", "--verity").verity is Verity.yes
+    assert load("-t", "raw_squashfs", "--verity=off").verity is Verity.no
+    assert error("-t", "raw_squashfs", "--verity=maybe") == "--verity: invalid value 'maybe' (use yes, no or signed)"
+
+
+def test_signed_verity_uses_the_secure_boot_key_unless_told_otherwise(project: Path) -> None:
+    assert error("-t", "raw_squashfs", "--verity=signed") == (
+        "--verity: signed needs VerityKey= and VerityCertificate= (or mkosi.secure-boot.key and .crt: mkosi genkey)"
+    )
+    write(project / "mkosi.secure-boot.key", "key", 0o600)
+    write(project / "mkosi.secure-boot.crt", "crt")
+    config = load("-t", "raw_squashfs", "--verity=signed")
+    assert (config.verity_key, config.verity_certificate) == (
+        project / "mkosi.secure-boot.key",
+        project / "mkosi.secure-boot.crt",
+    )
+    write(project / "other.key", "key", 0o644)
+    assert error("-t", "raw_squashfs", "--verity=signed", "--verity-key=other.key") == (
+        "--verity-key: accessible by group or others (mode 0644): other.key (chmod 600 it)"
+    )
+    # Unsigned, the keys are not used, so not checked.
+    assert load("-t", "raw_squashfs", "--verity", "--verity-key=other.key").verity is Verity.yes
+
+
+def test_uki_and_esp_are_always_bootable(project: Path) -> None:
+    assert load("-t", "uki").bootable and load("-t", "esp").bootable
+    assert load("-t", "uki").output.name == "image.efi"
+    assert load("-t", "esp", "--xz").output.name == "image.raw.xz"
+    assert error("-t", "esp", "--bootable=no") == (
+        "--bootable: cannot be no with Format=esp: its whole content is what boots"
+    )
+    assert error("-t", "uki", "--root-size=1G").startswith("--root-size: only supported with raw formats")
+
+
+def test_genkey_settings_are_checked(project: Path) -> None:
+    assert load().secure_boot_common_name == f"mkosi of {project.name}"
+    assert error("--secure-boot-common-name=a/b").startswith("--secure-boot-common-name: invalid common name 'a/b'")
+    assert error("--secure-boot-valid-days=0") == (
+        "--secure-boot-valid-days: invalid number of days '0' (from 1 to 36500)"
     )

@@ -31,6 +31,8 @@ HOST_PACKAGES=(
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build
+    skopeo                                   # RemoteCache=: pushing and pulling stage-cache entries to an OCI registry
+    docker-registry apache2-utils            # tests: a real OCI registry on 127.0.0.1, with htpasswd basic auth
 )
 
 missing=()

@@ -25,14 +25,15 @@ from matrix import release as rel
 from matrix.command import arguments_after
 from matrix.fragments import check_fragments, collect, read_fragment
 from matrix.progress import LiveProgress, LogProgress, summary_table
-from matrix.runner import CACHE_PREFIX, Run, listing, plan
+from matrix.runner import CACHE_PREFIX, PlannedCell, Run, keys_to_keep, listing, plan
 from matrix.scheduler import Observer, Status
 from matrix.shards import parse_shard, plan_shards, render, shard_cells, stage_costs
-from matrix.spec import Cell, Matrix, load_matrix, select
+from matrix.spec import Cell, Matrix, ReleaseSettings, load_matrix, select
 from matrix.verify import SCRATCH, Rebuild, Verdict, table
 from mkosi import log
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals
 from mkosi.errors import ConfigError, MkosiError
+from mkosi.registry import Registry, parse_registry
 from mkosi.workspace import TMPFS_DIR, claim_directory, release_directory, remove_abandoned
 
 
@@ -83,9 +84,35 @@ def parser() -> argparse.ArgumentParser:
     failure.add_argument(
         "--fail-fast", dest="keep_going", action="store_false", help="start no new cell after a failure"
     )
+    p.add_argument(
+        "--remote-cache",
+        type=_registry,
+        metavar="oci://HOST[:PORT]/REPOSITORY",
+        help="share stage-cache entries through this OCI registry (default: [release] RemoteCache)",
+    )
+    p.add_argument(
+        "--remote-cache-insecure",
+        action="store_true",
+        default=None,
+        help="talk to the remote cache over plain HTTP or without verifying its TLS certificate",
+    )
     p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
+
+
+def _registry(value: str) -> Registry:
+    try:
+        return parse_registry(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _with_remote_cache(args: argparse.Namespace, release: ReleaseSettings) -> ReleaseSettings:
+    """The command line's remote cache over the matrix file's."""
+    registry = args.remote_cache or release.remote_cache
+    insecure = release.remote_cache_insecure if args.remote_cache_insecure is None else args.remote_cache_insecure
+    return dataclasses.replace(release, remote_cache=registry, remote_cache_insecure=insecure)
 
 
 async def _run_with_signals(run: Run, observer: Observer) -> int | None:
@@ -146,17 +173,18 @@ def build_main(argv: Sequence[str]) -> int:
     matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
     if args.shard is None and not args.cell:
         raise ConfigError("mkosi matrix build: --shard I/N or --cell NAME: which cells this shard builds")
+    # The whole matrix's cells: which stages are worth sharing with the other shards.
+    everything = plan(matrix, directory, matrix.cells, directory / "cells")
     if args.shard is not None:
         index, total = parse_shard(args.shard)
-        planned = plan(matrix, directory, matrix.cells, directory / "cells")
-        names = set(shard_cells(planned, index, total, stage_costs(_read_json(args.manifest))))
+        names = set(shard_cells(everything, index, total, stage_costs(_read_json(args.manifest))))
         cells = [c for c in select(matrix.cells, args.cell) if c.name in names]
         label = f"{index}/{total}"
     else:
         cells, label = select(matrix.cells, args.cell), "cells"
     output = (args.output or Path(f"fragment-{label.split('/')[0]}")).absolute()
     release = dataclasses.replace(matrix.release, directory=output, sign=False)
-    return _build(args, dataclasses.replace(matrix, release=release), cells, shard=label)
+    return _build(args, dataclasses.replace(matrix, release=release), cells, shard=label, fleet=everything)
 
 
 def plan_parser() -> argparse.ArgumentParser:
@@ -220,9 +248,16 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
-def _build(args: argparse.Namespace, matrix: Matrix, cells: list[Cell], shard: str | None) -> int:
+def _build(
+    args: argparse.Namespace,
+    matrix: Matrix,
+    cells: list[Cell],
+    shard: str | None,
+    fleet: list[PlannedCell] | None = None,
+) -> int:
     if args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
+    matrix = dataclasses.replace(matrix, release=_with_remote_cache(args, matrix.release))
     directory = args.directory.resolve()
     release_dir = matrix.release.directory
     if args.list:
@@ -247,7 +282,9 @@ def _build(args: argparse.Namespace, matrix: Matrix, cells: list[Cell], shard: s
         os.rmdir(work)  # still empty
         os.close(owner)
         raise
-    run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going, shard=shard)
+    # With a registry, a shard keeps (and pushes) what any cell of the fleet asks for, not only its own.
+    keep = keys_to_keep(fleet) if fleet is not None and matrix.release.remote_cache is not None else None
+    run = Run(matrix, planned, work, max_jobs=args.jobs, keep_going=args.keep_going, shard=shard, keep=keep)
     status = anyio.run(_main, args, run, console, live, owner)
     if status:
         return status

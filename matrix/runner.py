@@ -25,6 +25,7 @@ from mkosi.errors import ConfigError
 from mkosi.events import Event, Monitor, StageStarted
 from mkosi.package_lock import Installed
 from mkosi.pipeline import stage_keys
+from mkosi.remote_cache import remote_cache
 from mkosi.stage_cache import SnapshotCache
 from mkosi.workspace import choose_base, owned_directory, remove_tree
 
@@ -167,6 +168,9 @@ class Run:
     # Set for a shard of a fleet's run: the run publishes a fragment (matrix/fragments.py) to the
     # release directory's place instead of a release.
     shard: str | None = None
+    # The stage keys worth storing, when not those the planned cells share among themselves (a
+    # shard of a fleet with a registry shares with the other shards' cells too).
+    keep: set[str] | None = None
     results: dict[str, CellResult] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     log: Any = field(default_factory=lambda: structlog.get_logger("mkosi.matrix"))
@@ -208,9 +212,13 @@ class Run:
         """Build every cell; publish the release unless cancelled. Returns the cells' outcomes."""
         self.assembled.mkdir(parents=True)
         base = choose_base(WorkspaceMode.auto, self.work)
-        async with owned_directory(base, CACHE_PREFIX, self.log) as cache_dir:
-            keep = keys_to_keep(self.planned)
-            cache = SnapshotCache(cache_dir, keep=keep.__contains__)
+        release = self.matrix.release
+        async with (
+            owned_directory(base, CACHE_PREFIX, self.log) as cache_dir,
+            remote_cache(release.remote_cache, release.remote_cache_insecure, self.log) as remote,
+        ):
+            keep = keys_to_keep(self.planned) if self.keep is None else self.keep
+            cache = SnapshotCache(cache_dir, keep=keep.__contains__, remote=remote)
 
             def job(p: PlannedCell) -> Job:
                 return Job(p.name, lambda report: self._cell(p, cache, report))
@@ -252,6 +260,8 @@ class Run:
                     "name": r.name,
                     "key": r.key,
                     "cached": r.reused,
+                    # Built by another machine of the fleet and pulled from the registry.
+                    "pulled": r.pulled,
                     "shared_with": [n for n in share.get(r.key, []) if n != p.name],
                     "duration_s": round(r.seconds, 3),
                 }

@@ -38,6 +38,7 @@ from mkosi.checksums import gpg_home_problem
 from mkosi.cli_args import suggest
 from mkosi.config import HOLDS_PROJECT, Compression, holds_project
 from mkosi.errors import ConfigError
+from mkosi.registry import Registry, parse_registry
 from mkosi.settings import BY_KEY, parse_epoch
 
 Value = str | bool | int | list[str]
@@ -53,7 +54,7 @@ SECRET_KEYS = {key for (_, key), setting in BY_KEY.items() if setting.secret}
 # Far more than any release builds, and still quick to list and plan: axes that multiply out to more
 # are a mistake (a list pasted into the wrong axis), refused before anything is expanded.
 MAX_CELLS = 10_000
-RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress", "SourceDateEpoch"}
+RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress", "SourceDateEpoch", "RemoteCache", "RemoteCacheInsecure"}
 TOP_LEVEL = {"matrix", "include", "exclude", "defaults", "release"}
 
 
@@ -64,6 +65,9 @@ class ReleaseSettings:
     key: str | None = None
     compress: Compression = Compression.none
     source_date_epoch: int | None = None
+    # The stage cache the cells share with other machines (a CI fleet's shards).
+    remote_cache: Registry | None = None
+    remote_cache_insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,14 @@ def _release(where: str, table: object, base: Path) -> ReleaseSettings:
         source_date_epoch = None if epoch is None else parse_epoch("" if isinstance(epoch, bool) else str(epoch))
     except ValueError as e:
         raise ConfigError(str(e), origin=where, setting="SourceDateEpoch") from None
-    return ReleaseSettings(release_directory, sign, key, compression, source_date_epoch)
+    remote, insecure = table.get("RemoteCache"), table.get("RemoteCacheInsecure", False)
+    try:
+        registry = None if remote is None else parse_registry(remote if isinstance(remote, str) else repr(remote))
+    except ValueError as e:
+        raise ConfigError(str(e), origin=where, setting="RemoteCache") from None
+    if not isinstance(insecure, bool):
+        raise ConfigError("must be true or false", origin=where, setting="RemoteCacheInsecure")
+    return ReleaseSettings(release_directory, sign, key, compression, source_date_epoch, registry, insecure)
 
 
 def _tables(where: str, value: object) -> list[dict[str, Value]]:

@@ -27,6 +27,7 @@ from mkosi.log import build_log
 from mkosi.outputs import CHECKS, WRITERS, disk, sidecars
 from mkosi.package_lock import Installed, read_records
 from mkosi.pipeline import Stage, StageCache, hash_tree, run_stages, stage_keys
+from mkosi.remote_cache import remote_cache
 from mkosi.run import SubprocessClock, build_environment, subprocess_clock
 from mkosi.space import out_of_space, out_of_space_error
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
@@ -362,6 +363,8 @@ def reproducible_environment(config: Config) -> dict[str, str]:
 # come or how long a build waits for them, never which (they are pinned by the mirror's signed index).
 NOT_IMAGE_INPUTS = frozenset(
     {"directory", "default_path", "force", "incremental", "verbose", "log_format", "workspace", "cache_path"}
+    # Where else stage results come from: each entry is its stage's key, whoever built it.
+    | {"remote_cache", "remote_cache_insecure"}
     | {"mirror_timeout"}
     # Checks before the build: they refuse a configuration, they never change what it makes.
     | {"reproducible", "deterministic_scripts"}
@@ -457,10 +460,14 @@ class Built:
 async def build(config: Config, cache: StageCache | None = None, monitor: Monitor | None = None) -> Built:
     """Build and publish one image; returns what each stage did. `monitor` hears of every event."""
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
-    if cache is None and config.incremental:
-        cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__)
-    with claimed(written_paths(config)):
-        return await _build(config, cache, monitor, checkpoints)
+    log = structlog.get_logger("mkosi")
+    async with remote_cache(
+        config.remote_cache if config.incremental else None, config.remote_cache_insecure, log
+    ) as remote:
+        if cache is None and config.incremental:
+            cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__, remote=remote)
+        with claimed(written_paths(config)):
+            return await _build(config, cache, monitor, checkpoints)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, 
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
 from mkosi.package_lock import load_lock
+from mkosi.registry import Registry
 from mkosi.reproducibility import obstacles
 from mkosi.settings import (
     BY_KEY,
@@ -111,6 +112,8 @@ class Config:
     package_lock: Path | None
     with_docs: bool
     with_tests: bool
+    remote_cache: Registry | None
+    remote_cache_insecure: bool
     cache_path: Path | None
     extra_trees: tuple[Path, ...]
     build_script: Path | None

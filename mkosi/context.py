@@ -19,6 +19,8 @@ class StageRecord:
     key: str
     reused: bool
     seconds: float
+    # Reused from a remote cache: built by another machine.
+    pulled: bool = False
 
 
 @dataclass

@@ -48,7 +48,7 @@ class Steps(Protocol):
 
     async def run(self, stage: Stage, key: str) -> None: ...
 
-    def reused(self, stage: Stage, key: str, seconds: float) -> None: ...
+    def reused(self, stage: Stage, key: str, seconds: float, pulled: bool = False) -> None: ...
 
 
 class StageCache(Protocol):
@@ -148,12 +148,12 @@ class _Steps:
         await stage.run(self.context)
         self._finished(stage, key, False, time.monotonic() - start)
 
-    def reused(self, stage: Stage, key: str, seconds: float) -> None:
+    def reused(self, stage: Stage, key: str, seconds: float, pulled: bool = False) -> None:
         self.context.emit(StageStarted(stage.name, key))
-        self._finished(stage, key, True, seconds)
+        self._finished(stage, key, True, seconds, pulled)
 
-    def _finished(self, stage: Stage, key: str, reused: bool, seconds: float) -> None:
-        self.context.stages.append(StageRecord(stage.name, key, reused, seconds))
+    def _finished(self, stage: Stage, key: str, reused: bool, seconds: float, pulled: bool = False) -> None:
+        self.context.stages.append(StageRecord(stage.name, key, reused, seconds, pulled))
         self.context.emit(StageFinished(stage.name, key, reused, round(seconds, 1)))
 
 

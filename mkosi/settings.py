@@ -25,6 +25,7 @@ from mkosi import naming
 from mkosi.architecture import Architecture
 from mkosi.distributions import Distribution, detect_host
 from mkosi.errors import ConfigError
+from mkosi.registry import parse_registry
 
 
 class OutputFormat(enum.StrEnum):
@@ -895,6 +896,25 @@ SETTINGS: tuple[Setting, ...] = (
         default=True,
         negation="--without-tests",
         help="run tests in the build script (default: yes)",
+    ),
+    Setting(
+        "remote_cache",
+        "--remote-cache",
+        "Packages",
+        "RemoteCache",
+        parse=parse_registry,
+        metavar="oci://HOST[:PORT]/REPOSITORY",
+        help="an OCI registry that shares stage-cache entries between machines (with -i and in matrices)",
+    ),
+    Setting(
+        "remote_cache_insecure",
+        "--remote-cache-insecure",
+        "Packages",
+        "RemoteCacheInsecure",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help="talk to the remote cache over plain HTTP or without verifying its TLS certificate",
     ),
     Setting(
         "cache_path",

@@ -54,6 +54,7 @@ import anyio
 from mkosi import concurrency
 from mkosi.context import Context
 from mkosi.pipeline import Stage, Steps
+from mkosi.remote_cache import RemoteCache
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree, remove_trees
 
@@ -313,8 +314,11 @@ async def drop_entry(entry: Path) -> None:
 class SnapshotCache:
     directory: Path
     keep: Callable[[str], bool] = _keep_all
+    # Shared with other machines: entries worth keeping are pulled from it and pushed to it.
+    remote: RemoteCache | None = None
     # Counters, for reports and tests.
     built: list[str] = field(default_factory=list)
+    pulled: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     stored: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
@@ -363,11 +367,15 @@ class SnapshotCache:
         """Restore the deepest stored entry of `rest`; how many of its stages that covers (0: none).
         A damaged entry is dropped and the next one back tried, as if it had never been there."""
         for hit in reversed(range(len(rest))):
-            if self.has(rest[hit][1]) and await self._restore_to(context, rest[: hit + 1], steps):
+            key = rest[hit][1]
+            pulled = not self.has(key) and await self._pull(key)
+            if (pulled or self.has(key)) and await self._restore_to(context, rest[: hit + 1], steps, pulled):
                 return hit + 1
         return 0
 
-    async def _restore_to(self, context: Context, stages: Sequence[tuple[Stage, str]], steps: Steps) -> bool:
+    async def _restore_to(
+        self, context: Context, stages: Sequence[tuple[Stage, str]], steps: Steps, pulled: bool
+    ) -> bool:
         """Only the last of `stages` is restored: the others' results are part of it (keys are chained).
         None of them is reported reused before the entry proved intact."""
         stage, key = stages[-1]
@@ -375,9 +383,45 @@ class SnapshotCache:
         if not await self.restore(key, context):
             return False
         for earlier, earlier_key in stages[:-1]:
-            steps.reused(earlier, earlier_key, 0.0)
-        steps.reused(stage, key, time.monotonic() - started)
+            steps.reused(earlier, earlier_key, 0.0, pulled)
+        steps.reused(stage, key, time.monotonic() - started, pulled)
+        if not pulled:
+            # Stored here by an earlier build: the registry may still lack it.
+            await self._push(key, context)
         return True
+
+    async def _pull(self, key: str) -> bool:
+        """The remote cache's entry of `key` into this cache, complete or not at all."""
+        if self.remote is None or not self.keep(key):
+            return False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
+        try:
+            records = await self.remote.pull(key, temporary / key)
+            if records is None:
+                return False
+            write_manifest(temporary / key, key, {name: ArchiveRecord(*record) for name, record in records.items()})
+            with contextlib.suppress(OSError):  # another build stored or pulled it meanwhile: that copy stays
+                os.rename(temporary / key, self.entry(key))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await remove_tree(temporary)
+        self.pulled.append(key)
+        return self.has(key)
+
+    async def _push(self, key: str, context: Context) -> None:
+        if self.remote is None or not self.keep(key):
+            return
+        try:
+            records = read_manifest(self.entry(key))
+        except DamagedEntry:
+            return  # dropped by another build meanwhile: nothing to share
+        await self.remote.push(
+            key,
+            self.entry(key),
+            {name: (r.size, r.sha256) for name, r in records.items()},
+            context.config.architecture.debian,
+        )
 
     async def restore(self, key: str, context: Context) -> bool:
         """Replace the workspace's items with the entry of `key`, once it proved intact. A damaged
@@ -415,6 +459,7 @@ class SnapshotCache:
             await remove_tree(temporary)
         self.stored.append(key)
         context.log.info("stored in the stage cache", key=key[:12])
+        await self._push(key, context)
 
 
 async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) -> None:

@@ -34,6 +34,7 @@ from mkosi.config import (
 )
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
+from mkosi.registry import Registry
 from mkosi.settings import BY_KEY, SETTINGS
 from mkosi.tree import root_password
 
@@ -167,6 +168,13 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Partitions", "HomeSize"): ("512", ["--home-size=512"], 512, RAW),
     ("Partitions", "SrvSize"): ("1T", ["--srv-size=1T"], 1024**4, RAW),
     ("Validation", "CheckSum"): ("yes", ["--checksum"], True, ""),
+    ("Packages", "RemoteCache"): (
+        "oci://127.0.0.1:5000/mkosi/cache",
+        ["--remote-cache", "oci://127.0.0.1:5000/mkosi/cache"],
+        Registry("127.0.0.1:5000", "mkosi/cache"),
+        "",
+    ),
+    ("Packages", "RemoteCacheInsecure"): ("yes", ["--remote-cache-insecure"], True, ""),
     ("Validation", "Sign"): ("yes", ["--sign"], True, ""),
     ("Validation", "Key"): ("0xABCDEF", ["--key=0xABCDEF"], "0xABCDEF", ""),
     ("Validation", "Password"): ("hunter2", ["--password=hunter2"], "hunter2", ""),
@@ -1078,3 +1086,16 @@ def test_genkey_settings_are_checked(project: Path) -> None:
     assert error("--secure-boot-valid-days=0") == (
         "--secure-boot-valid-days: invalid number of days '0' (from 1 to 36500)"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("https://ghcr.io/x", "invalid remote cache 'https://ghcr.io/x' (use oci://HOST[:PORT]/REPOSITORY)"),
+        ("oci://ghcr.io/", "invalid repository '' in 'oci://ghcr.io/' (lowercase letters, digits, . _ - and /)"),
+        ("oci://ghcr.io/Org/Cache", "invalid repository 'Org/Cache' in 'oci://ghcr.io/Org/Cache'"),
+        ("oci://bad host/x", "invalid registry host 'bad host' in 'oci://bad host/x'"),
+    ],
+)
+def test_remote_cache_is_an_oci_reference(project: Path, value: str, problem: str) -> None:
+    assert error(f"--remote-cache={value}").startswith(f"--remote-cache: {problem}")

@@ -91,7 +91,8 @@ def plan(
             # A tree is published as a tarball: written straight from the build's workspace, instead
             # of creating every file of the tree on disk first and packing them from there.
             config = dataclasses.replace(config, format=OutputFormat.tar)
-        compressible = config.format in (OutputFormat.tar, OutputFormat.cpio) or config.format.is_raw
+        archive = config.format in (OutputFormat.tar, OutputFormat.cpio)
+        compressible = archive or config.format.is_raw or config.format.is_ddi
         if config.compress is Compression.none and compressible:
             config = dataclasses.replace(config, compress=matrix.release.compress)
         output = build_root / cell.name / naming.image_file_name(cell.name, config.format, config.compress)

@@ -35,11 +35,26 @@ class OutputFormat(enum.StrEnum):
     subvolume = "subvolume"
     tar = "tar"
     cpio = "cpio"
+    sysext = "sysext"
+    confext = "confext"
+    portable = "portable"
 
     @property
     def is_raw(self) -> bool:
         """A GPT disk image, as opposed to a tree or an archive."""
         return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs)
+
+    @property
+    def is_extension(self) -> bool:
+        """An extension image: what the build adds to its base (BaseImage=), as a DDI systemd-sysext
+        (sysext: /usr and /opt) or systemd-confext (confext: /etc) overlays on the base."""
+        return self in (OutputFormat.sysext, OutputFormat.confext)
+
+    @property
+    def is_ddi(self) -> bool:
+        """A Discoverable Disk Image that is not booted as a whole: an extension or a portable service,
+        a read-only file system with verity."""
+        return self.is_extension or self is OutputFormat.portable
 
     @property
     def is_tree(self) -> bool:
@@ -50,7 +65,7 @@ class OutputFormat(enum.StrEnum):
     def suffix(self) -> str:
         """The file name suffix of an output in this format, before any compression suffix."""
         archives = {OutputFormat.tar: naming.TAR_SUFFIX, OutputFormat.cpio: naming.CPIO_SUFFIX}
-        return naming.RAW_SUFFIX if self.is_raw else archives.get(self, "")
+        return naming.RAW_SUFFIX if self.is_raw or self.is_ddi else archives.get(self, "")
 
 
 class Encrypt(enum.StrEnum):
@@ -149,6 +164,12 @@ class Setting:
     only_with: str | None = None
     # Only raw disk formats have partitions, a kernel to boot or a root to protect.
     raw_only: bool = False
+    # A raw_only setting that applies to the DDI formats too (sysext, confext, portable): their one
+    # file system is read-only and protected by verity.
+    ddi_too: bool = False
+    # In a matrix, the value may name another cell as `cell:NAME`: that cell is built first, and
+    # the value becomes the path of its published image.
+    cell_reference: bool = False
     # Settings this one needs set (a boolean on, a path given or discovered), each with why.
     requires: tuple[tuple[str, str], ...] = ()
     # Boolean settings this one turns on.
@@ -382,7 +403,12 @@ def parse_uuid(value: str) -> uuid.UUID:
 
 def _default_read_only(r: Resolved) -> bool:
     # squashfs cannot be written to, and verity data is only valid for a root that never changes.
-    return bool(r["format"] is OutputFormat.raw_squashfs or r["verity"])
+    return bool(r["format"] is OutputFormat.raw_squashfs or r["format"].is_ddi or r["verity"])
+
+
+def _default_verity(r: Resolved) -> bool:
+    # systemd verifies an extension or portable image it is given with its root hash.
+    return bool(r["format"].is_ddi)
 
 
 def _default_use_git_files(r: Resolved) -> bool:
@@ -504,6 +530,21 @@ SETTINGS: tuple[Setting, ...] = (
         help="output format (default: directory; raw_ext4 means raw_gpt)",
     ),
     Setting(
+        "base_image",
+        "--base-image",
+        "Output",
+        "BaseImage",
+        parse=parse_path,
+        # Checked before the build starts (mkosi.outputs.extension.check): in a matrix it may be
+        # another cell's image, which only exists once that cell is built.
+        path=PathKind.unchecked,
+        metavar="PATH",
+        help="the image an extension extends and its tree starts from instead of a bootstrap: a directory, a tar "
+        "archive (compressed or not) or a raw disk with an ext4 or squashfs root (needed by sysext and confext; "
+        "a portable service may start from one; in a matrix also cell:NAME)",
+        cell_reference=True,
+    ),
+    Setting(
         "output",
         "--output",
         "Output",
@@ -584,6 +625,7 @@ SETTINGS: tuple[Setting, ...] = (
         default_factory=_default_read_only,
         help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs and --verity)",
         raw_only=True,
+        ddi_too=True,
     ),
     Setting(
         "encrypt",
@@ -604,9 +646,10 @@ SETTINGS: tuple[Setting, ...] = (
         "Verity",
         parse=parse_boolean,
         kind=Kind.boolean,
-        default=False,
-        help=f"add a dm-verity partition for the root file system ({_RAW})",
+        default_factory=_default_verity,
+        help=f"add a dm-verity partition for the root file system ({_RAW}; always for sysext, confext and portable)",
         raw_only=True,
+        ddi_too=True,
         requires=(("read_only", "a hash tree only protects a root that never changes"),),
     ),
     Setting(

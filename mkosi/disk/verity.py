@@ -8,12 +8,14 @@ initrd finds both from `roothash=` alone.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-from mkosi.disk.partitions import align, derive_uuid
+from mkosi.architecture import Architecture
+from mkosi.disk.partitions import Partition, Role, align, derive_uuid, partition_label, partition_type
 from mkosi.errors import MkosiError
 from mkosi.run import run
 
@@ -59,3 +61,30 @@ async def format_hash_tree(data: Path, hashes: Path, seed: uuid.UUID, log: Any) 
         raise MkosiError(f"veritysetup format printed no root hash:\n{result.stdout}")
     pad(hashes)
     return match[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Protected:
+    """A data partition behind verity: the partition named by its root hash, and its hash partition."""
+
+    data: Partition
+    hashes: Partition
+    root_hash: str
+
+
+async def protect(data: Partition, hashes: Path, seed: uuid.UUID, architecture: Architecture, log: Any) -> Protected:
+    """The hash tree of the data partition's image, written into `hashes`, as a root-verity partition.
+    Every image with verity (raw disks, extensions, portable services) goes through here."""
+    assert data.image is not None
+    root_hash = await format_hash_tree(data.image, hashes, seed, log)
+    data_uuid, hash_uuid = partition_uuids(root_hash)
+    hash_partition = Partition(
+        role=Role.root_verity,
+        label=partition_label(Role.root_verity, architecture),
+        type=partition_type(Role.root_verity, architecture),
+        uuid=hash_uuid,
+        size=hashes.stat().st_size,
+        image=hashes,
+        read_only=True,
+    )
+    return Protected(dataclasses.replace(data, uuid=data_uuid, read_only=True), hash_partition, root_hash)

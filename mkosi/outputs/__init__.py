@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mkosi import base_image
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.outputs import cpio, directory, disk, subvolume, tar
+from mkosi.outputs import cpio, directory, disk, extension, portable, subvolume, tar
 
 Writer = Callable[[Context], Awaitable[None]]
 Check = Callable[[Config, Any], Awaitable[None]]
@@ -20,9 +21,15 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.raw_gpt: disk.write,
     OutputFormat.raw_btrfs: disk.write,
     OutputFormat.raw_squashfs: disk.write,
+    OutputFormat.sysext: extension.write,
+    OutputFormat.confext: extension.write,
+    OutputFormat.portable: portable.write,
 }
 
 # Checks that must pass before a build of the format starts.
 CHECKS: dict[OutputFormat, Check] = {
     OutputFormat.subvolume: subvolume.check,
+    OutputFormat.sysext: base_image.check,
+    OutputFormat.confext: base_image.check,
+    OutputFormat.portable: base_image.check,
 }

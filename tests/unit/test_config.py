@@ -99,6 +99,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Distribution", "RepositoryKey"): ("sb.crt", ["--repository-key=sb.crt"], lambda p: (p / "sb.crt",), ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
+    ("Output", "BaseImage"): ("tree", ["--base-image=tree"], lambda p: p / "tree", "[Output]\nFormat=sysext\n"),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
     ("Output", "Force"): ("2", ["-f", "--force"], 2, ""),
     ("Output", "Bootable"): ("yes", ["--bootable"], True, RAW),
@@ -641,7 +642,7 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\n\nFormat=raw_xfs\n")
     assert error() == (
         "mkosi.default:3: [Output] Format: invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, sysext, confext, portable)"
     )
     write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
     assert error() == (

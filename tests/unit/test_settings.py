@@ -210,7 +210,8 @@ def test_enum_parser_with_aliases() -> None:
     with pytest.raises(ValueError) as error:
         parse("raw_xfs")
     assert str(error.value) == (
-        "invalid value 'raw_xfs' (choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio)"
+        "invalid value 'raw_xfs' (choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, "
+        "sysext, confext, portable)"
     )
     assert enum_parser(Distribution, {"archlinux": Distribution.arch})("archlinux") is Distribution.arch
 

@@ -1018,3 +1018,30 @@ def test_signing_refuses_a_gpg_home_others_can_read(project: Path, monkeypatch: 
     assert error().endswith(
         f"the gpg home {project / '.gnupg'} is accessible by group or others (mode 0755) (chmod 700 it)"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["-t", "sysext"], "-t: sysext needs BaseImage= (--base-image): an extension holds what the build adds"),
+        (["-t", "confext"], "-t: confext needs BaseImage="),
+        (
+            ["-t", "tar", "--base-image=base"],
+            "--base-image: only sysext, confext and portable images start from a base",
+        ),
+        (["-t", "portable", "--verity=no"], "--verity: portable images always carry verity"),
+        (["-t", "sysext", "--base-image=base", "--hostname=h"], "--hostname: not for sysext images"),
+    ],
+)
+def test_extension_and_portable_rules_are_one_line_each(project: Path, argv: list[str], problem: str) -> None:
+    message = error(*argv)
+    assert problem in message and "\n" not in message
+    assert list(project.iterdir()) == []
+
+
+def test_extension_and_portable_images_are_ddis_with_verity(project: Path) -> None:
+    config = load("-t", "sysext", "--base-image=base")
+    assert config.verity and config.read_only
+    assert config.base_image == project / "base"
+    assert config.output == project / "image.raw"
+    assert load("-t", "portable", "-o", "svc_1.raw", "--verity=yes").verity

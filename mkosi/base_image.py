@@ -10,6 +10,7 @@ the output keeps exactly what differs from the base.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import hashlib
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkosi import ownership
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
 from mkosi.disk.partitions import Role, find_partition
@@ -127,6 +129,9 @@ async def unpack(context: Context) -> None:
     log = context.log
     if kind is BaseKind.directory:
         await run(["cp", "-a", "--reflink=auto", "--no-target-directory", base, context.root], log=log)
+        # mkosi's mark of what it published belongs to the published tree, not to this image's root.
+        with contextlib.suppress(OSError):
+            os.removexattr(context.root, ownership.ATTRIBUTE)
     elif kind is BaseKind.tar:
         context.root.mkdir()
         options = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--same-permissions"]

@@ -426,6 +426,8 @@ def _validate_ddi(c: Config, fail: Any) -> None:
         fail("format", f"{c.format} needs BaseImage= (--base-image): {problem}")
     if c.base_image is not None and not (c.format.is_extension or c.format is OutputFormat.portable):
         fail("base_image", f"only sysext, confext and portable images start from a base, not {c.format}")
+    if c.base_image is not None and c.package_lock is not None:
+        fail("package_lock", "a build from BaseImage= installs Packages= with the base's apt, which locks nothing yet")
     if c.format.is_ddi and not c.verity:
         fail("verity", f"{c.format} images always carry verity: systemd checks them against their root hash")
     if c.format.is_extension:

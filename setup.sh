@@ -20,7 +20,7 @@ HOST_PACKAGES=(
     pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys
     createrepo-c makepkg libarchive-tools apt-utils busybox-static  # local test mirrors
     systemd systemd-container bubblewrap     # running commands and scripts inside image trees; systemd-id128 (tests)
-    e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
+    e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables; debugfs, unsquashfs read raw base images
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
     faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
     diffoscope-minimal                       # mkosi matrix verify: what differs in an artifact that did not rebuild

@@ -15,7 +15,7 @@ import structlog
 from matrix import release as rel
 from matrix.fragments import write_fragment
 from matrix.scheduler import Job, Observer, Outcome, Report, Status, schedule
-from matrix.spec import Cell, Matrix, ini_value, shown_value
+from matrix.spec import Cell, Matrix, ini_value, referenced_cell, shown_value
 from mkosi import checksums, naming
 from mkosi.build import STAGES, build
 from mkosi.concurrency import cpu_limited
@@ -59,6 +59,8 @@ class CellResult:
 
 
 Setting = tuple[str, str, str]  # where it comes from, its key, its value
+# Where a run assembles its release, next to the cells' build directories (Run.work / "cells").
+ASSEMBLED = "release"
 # The stages a matrix run shares between its cells, on tmpfs when memory allows: a directory of
 # the run's own, removed with it, and by the next run when the run was killed.
 CACHE_PREFIX = ".mkosi-matrix-cache."
@@ -73,16 +75,35 @@ def plan(
 ) -> list[PlannedCell]:
     """Every cell's Config, or a ConfigError listing every invalid cell; nothing is built here.
     `overrides` adds settings to cells by name, after their own (a rebuild's package locks)."""
-    planned: list[PlannedCell] = []
+    planned: dict[str, PlannedCell] = {}
     problems: list[str] = []
     origin = matrix.path.name
-    for cell in cells:
+    selected = {cell.name for cell in cells}
+    for cell in dependencies_first(cells):
+        missing = [name for name in cell.needs if name not in selected]
+        if missing:
+            problems.append(f"cell {cell.name} is built from cell {missing[0]}: select that cell too")
+            continue
+        if any(name not in planned for name in cell.needs):
+            continue  # a cell it is built from is invalid, and reported
         # The release's epoch first: [defaults] and the cell may still set their own.
         epoch = matrix.release.source_date_epoch
         settings = [] if epoch is None else [(f"{origin}: [release]", "SourceDateEpoch", str(epoch))]
         settings += [(f"{origin}: [defaults]", k, ini_value(v)) for k, v in matrix.defaults.items()]
         settings += [(f"{origin}: cell {cell.name}", k, ini_value(v)) for k, v in cell.settings.items()]
         settings += (overrides or {}).get(cell.name, [])
+        # A cell another one names is read from the release being assembled, where it is published.
+        assembled = build_root.parent / ASSEMBLED
+        settings = [
+            (
+                where,
+                key,
+                value
+                if (name := referenced_cell(key, value)) is None
+                else str(assembled / planned[name].config.output.name),
+            )
+            for where, key, value in settings
+        ]
         try:
             config = config_from_settings(directory, settings)
         except ConfigError as e:
@@ -98,10 +119,27 @@ def plan(
         output = build_root / cell.name / naming.image_file_name(cell.name, config.format, config.compress)
         config = dataclasses.replace(config, output=output, force=0)
         keys = [(stage.name, key, stage.cacheable) for stage, key in stage_keys(config, STAGES)]
-        planned.append(PlannedCell(cell, config, keys))
+        planned[cell.name] = PlannedCell(cell, config, keys)
     if problems:
         raise ConfigError("invalid cells:\n" + "\n".join(f"  {p}" for p in problems))
-    return planned
+    return [planned[cell.name] for cell in cells]
+
+
+def dependencies_first(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells in an order where every cell comes after the cells it names (the matrix file
+    refuses circles)."""
+    by_name = {cell.name: cell for cell in cells}
+    ordered: dict[str, Cell] = {}
+
+    def add(cell: Cell) -> None:
+        for name in cell.needs:
+            if name in by_name and name not in ordered:
+                add(by_name[name])
+        ordered.setdefault(cell.name, cell)
+
+    for cell in cells:
+        add(cell)
+    return list(ordered.values())
 
 
 def sharers(planned: Sequence[PlannedCell]) -> dict[str, list[str]]:
@@ -177,7 +215,7 @@ class Run:
 
     @property
     def assembled(self) -> Path:
-        return self.work / "release"
+        return self.work / ASSEMBLED
 
     @property
     def logs(self) -> Path:
@@ -221,7 +259,7 @@ class Run:
             cache = SnapshotCache(cache_dir, keep=keep.__contains__, remote=remote)
 
             def job(p: PlannedCell) -> Job:
-                return Job(p.name, lambda report: self._cell(p, cache, report))
+                return Job(p.name, lambda report: self._cell(p, cache, report), after=p.cell.needs)
 
             with cpu_limited(os.cpu_count() or 1):
                 finished = await schedule(

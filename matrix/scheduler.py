@@ -6,6 +6,9 @@ Every job's task starts with a copy of the caller's context, so a context variab
 around schedule() (a limit shared by all jobs, say) is seen by every job. A failing job is recorded
 and, unless fail-fast, the others go on; with fail-fast no new job starts after a failure, while
 running ones finish. Cancelling the caller's scope (Ctrl-C) cancels every job.
+
+A job may name jobs it runs `after`: it starts once they have all finished, without holding a
+slot while it waits, and fails without starting when one of them did not succeed.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Status(enum.StrEnum):
 class Job:
     name: str
     run: Callable[[Report], Awaitable[None]]
+    # The names of the jobs that must succeed before this one starts.
+    after: tuple[str, ...] = ()
 
 
 @dataclass
@@ -76,6 +81,13 @@ async def schedule(
         raise ValueError("max_jobs must be at least 1")
     limiter = anyio.CapacityLimiter(max_jobs)
     outcomes = [Outcome(job.name) for job in jobs]
+    by_name = {outcome.name: outcome for outcome in outcomes}
+    done = {job.name: anyio.Event() for job in jobs}
+    for job in jobs:
+        unknown = [name for name in job.after if name not in done or name == job.name]
+        if unknown:
+            raise ValueError(f"job {job.name} runs after {', '.join(unknown)}, which is not another job")
+    _check_acyclic(jobs)
     stopping = False
 
     def notify(outcome: Outcome) -> None:
@@ -83,6 +95,23 @@ async def schedule(
             observer.changed(outcome)
 
     async def one(job: Job, outcome: Outcome) -> None:
+        try:
+            await waited_for(job, outcome)
+        finally:
+            done[job.name].set()
+
+    async def waited_for(job: Job, outcome: Outcome) -> None:
+        for name in job.after:
+            await done[name].wait()
+        failed = [name for name in job.after if by_name[name].status is not Status.success]
+        if failed:
+            outcome.status = Status.failed
+            outcome.error = f"not started: it runs after {', '.join(failed)}, which did not succeed"
+            notify(outcome)
+            return
+        await started(job, outcome)
+
+    async def started(job: Job, outcome: Outcome) -> None:
         nonlocal stopping
         async with limiter:
             if stopping:
@@ -114,3 +143,21 @@ async def schedule(
         for job, outcome in zip(jobs, outcomes, strict=True):
             tg.start_soon(one, job, outcome, name=f"job {job.name}")
     return outcomes
+
+
+def _check_acyclic(jobs: Sequence[Job]) -> None:
+    after = {job.name: job.after for job in jobs}
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"jobs wait for each other in a circle: {' -> '.join([*path, name])}")
+        state[name] = "visiting"
+        for other in after[name]:
+            visit(other, [*path, name])
+        state[name] = "done"
+
+    for job in jobs:
+        visit(job.name, [])

@@ -63,11 +63,35 @@ def _cost(cells: Sequence[PlannedCell], costs: Mapping[str, float]) -> float:
     return sum(costs.get(key, STAGE_WEIGHTS.get(name, DEFAULT_WEIGHT)) for key, name in stages.items())
 
 
+def _built_from(planned: Sequence[PlannedCell]) -> dict[str, str]:
+    """Each cell's first cell: itself, or the cell its chain of `cell:NAME` settings starts from."""
+    by_name = {p.name: p for p in planned}
+
+    def first(p: PlannedCell) -> str:
+        return first(by_name[p.cell.needs[0]]) if p.cell.needs and p.cell.needs[0] in by_name else p.name
+
+    return {p.name: first(p) for p in planned}
+
+
 def _groups(planned: Sequence[PlannedCell]) -> list[list[PlannedCell]]:
+    """Cells sharing their bootstrap; a cell built from another cell (which has no bootstrap of its
+    own) goes where that one goes."""
+    by_name, origin = {p.name: p for p in planned}, _built_from(planned)
     groups: dict[str, list[PlannedCell]] = {}
     for p in planned:
-        groups.setdefault(p.keys[0][1] if p.keys else p.name, []).append(p)
+        first = by_name[origin[p.name]]
+        groups.setdefault(first.keys[0][1] if first.keys else first.name, []).append(p)
     return list(groups.values())
+
+
+def _units(group: list[PlannedCell]) -> list[list[PlannedCell]]:
+    """A group's cells in the smallest pieces that can build on different runners: a cell with
+    the cells built from it."""
+    origin = _built_from(group)
+    units: dict[str, list[PlannedCell]] = {}
+    for p in group:
+        units.setdefault(origin[p.name], []).append(p)
+    return list(units.values())
 
 
 def plan_shards(planned: Sequence[PlannedCell], count: int, costs: Mapping[str, float] | None = None) -> list[Shard]:
@@ -79,8 +103,8 @@ def plan_shards(planned: Sequence[PlannedCell], count: int, costs: Mapping[str, 
     even = _cost(planned, costs) / count
     units: list[list[PlannedCell]] = []
     for group in groups:
-        # A group that alone would overload a shard is placed cell by cell.
-        units += [[p] for p in group] if len(group) > 1 and _cost(group, costs) > even * IMBALANCE else [group]
+        # A group that alone would overload a shard is placed cell by cell (with the cells built from each).
+        units += _units(group) if len(group) > 1 and _cost(group, costs) > even * IMBALANCE else [group]
     units.sort(key=lambda u: -_cost(u, costs))
     loads: list[list[PlannedCell]] = [[] for _ in range(count)]
     for unit in units:

@@ -15,6 +15,9 @@
     Directory = "release"
     SourceDateEpoch = 1700000000   # one build time for every cell and the signature (reproducible)
 
+A setting that can name another cell (BaseImage=) takes `cell:NAME`: that cell is built first, and
+the value becomes the path of its image in the release being assembled.
+
 Include and exclude behave as in GitHub Actions' matrices: excludes apply to the product, then each
 include either extends every cell whose axis values it matches without changing any of them, or
 becomes a cell of its own. Values are written as in TOML (strings, booleans, integers, lists) and
@@ -23,6 +26,7 @@ parsed by the same table as mkosi.default.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import itertools
@@ -54,6 +58,9 @@ SECRET_KEYS = {key for (_, key), setting in BY_KEY.items() if setting.secret}
 # Far more than any release builds, and still quick to list and plan: axes that multiply out to more
 # are a mistake (a list pasted into the wrong axis), refused before anything is expanded.
 MAX_CELLS = 10_000
+# Settings whose value may be `cell:NAME`, another cell of the matrix.
+REFERENCE_KEYS = {key for (_, key), setting in BY_KEY.items() if setting.cell_reference}
+CELL_REFERENCE = "cell:"
 RELEASE_KEYS = {"Directory", "Sign", "Key", "Compress", "SourceDateEpoch", "RemoteCache", "RemoteCacheInsecure"}
 TOP_LEVEL = {"matrix", "include", "exclude", "defaults", "release"}
 
@@ -75,6 +82,8 @@ class Cell:
     name: str
     # Key → value of the cell's own settings (axes and includes), in the order they were given.
     settings: dict[str, Value]
+    # The cells this one's settings name (`cell:NAME`), built before it.
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,34 @@ def expand(
     return cells
 
 
+def referenced_cell(key: str, value: Value) -> str | None:
+    """The cell a setting's value names, if it names one."""
+    if key in REFERENCE_KEYS and isinstance(value, str) and value.startswith(CELL_REFERENCE):
+        return value.removeprefix(CELL_REFERENCE)
+    return None
+
+
+def with_dependencies(cells: list[Cell], defaults: Mapping[str, Value], where: str) -> list[Cell]:
+    """The cells with the cells they name; unknown names and a cell naming itself (through
+    [defaults]) refused."""
+    names = {cell.name for cell in cells}
+    result = []
+    for cell in cells:
+        settings = {**defaults, **cell.settings}
+        needs = tuple(dict.fromkeys(n for k, v in settings.items() if (n := referenced_cell(k, v)) is not None))
+        for name in needs:
+            if name == cell.name:
+                raise ConfigError(f"cell {cell.name} names itself as {CELL_REFERENCE}{name}", origin=where)
+            if name not in names:
+                hint = suggest(name, names)
+                raise ConfigError(
+                    f"cell {cell.name} names {CELL_REFERENCE}{name}, no cell of this matrix{hint}", origin=where
+                )
+        result.append(dataclasses.replace(cell, needs=needs))
+    # No circles: a cell's name holds the names it refers to (so two cells cannot name each other).
+    return result
+
+
 def _release(where: str, table: object, base: Path) -> ReleaseSettings:
     if not isinstance(table, dict):
         raise ConfigError("must be a table", origin=where)
@@ -280,7 +317,7 @@ def parse_matrix(text: str, path: Path, base: Path) -> Matrix:
     exclude = _tables(f"{where}: [[exclude]]", data.get("exclude", []))
     defaults = _settings_table(f"{where}: [defaults]", data.get("defaults", {}))
     release = _release(f"{where}: [release]", data.get("release", {}), base)
-    cells = expand(axes, include, exclude, where)
+    cells = with_dependencies(expand(axes, include, exclude, where), defaults, where)
     return Matrix(path, axes, cells, defaults, release, hashlib.sha256(text.encode()).hexdigest())
 
 

@@ -58,6 +58,10 @@ def read_manifest(release: Path) -> dict[str, Any]:
     return manifest
 
 
+def _built_from_a_base(cell: dict[str, Any]) -> bool:
+    return not any(stage.get("name") == "bootstrap" for stage in cell.get("stages", []))
+
+
 def rebuild_settings(manifest: dict[str, Any], locks: Path) -> dict[str, list[Setting]]:
     """For each cell the release published: its recorded epoch and seed, and a lock file of its
     recorded packages written under `locks`."""
@@ -67,12 +71,16 @@ def rebuild_settings(manifest: dict[str, Any], locks: Path) -> dict[str, list[Se
         if cell.get("status") != Status.success.value:
             continue
         name = cell["name"]
-        packages = records_from_json(cell.get("packages") or None, f"{origin}: cell {name}: packages")
-        text = json.dumps([p.as_json() for p in packages], indent=1) + "\n"
-        # Named by content: cells that installed the same packages still share their bootstrap.
-        lock = locks / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-        lock.write_text(text)
-        settings = [(origin, "PackageLock", str(lock)), (origin, "Seed", cell["seed"])]
+        settings = [(origin, "Seed", cell["seed"])]
+        # A cell built from another cell's image (BaseImage=) bootstraps nothing: its base is
+        # rebuilt and compared as that cell; what it installs on top is not recorded yet.
+        if not _built_from_a_base(cell):
+            packages = records_from_json(cell.get("packages") or None, f"{origin}: cell {name}: packages")
+            text = json.dumps([p.as_json() for p in packages], indent=1) + "\n"
+            # Named by content: cells that installed the same packages still share their bootstrap.
+            lock = locks / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+            lock.write_text(text)
+            settings.append((origin, "PackageLock", str(lock)))
         if cell.get("source_date_epoch") is not None:
             settings.append((origin, "SourceDateEpoch", str(cell["source_date_epoch"])))
         overrides[name] = settings

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import structlog
 
-from mkosi import boot, buildscript, naming, ownership, package_cache
+from mkosi import base_image, boot, buildscript, naming, ownership, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import claimed, exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
@@ -47,6 +47,17 @@ async def install_distribution(context: Context) -> None:
     pool.mkdir(parents=True, exist_ok=True)
     async with exclusive(pool / ".bootstrap.lock"):
         await installer.install(context)
+
+
+async def start_from_base(context: Context) -> None:
+    """The tree of BaseImage= instead of a bootstrap, recorded for extensions (what they keep is
+    what differs from it), with Packages= installed on top by the distribution's package manager."""
+    config = context.config
+    await base_image.unpack(context)
+    if scope := base_image.SCOPES.get(config.format):
+        base_image.record(context, scope)
+    if config.packages:
+        await config.distribution.installer().install_packages(context, context.root, config.packages)
 
 
 async def write_output(context: Context) -> None:
@@ -106,6 +117,21 @@ STAGES: list[Stage] = [
             # A bootable image gets the fsck of the file systems it mounts: they depend on the format.
             "filesystem_tools": checked_filesystems(c) if c.bootable else (),
         },
+        enabled=lambda c: c.base_image is None,
+        checkpoint=True,
+    ),
+    Stage(
+        "base",
+        start_from_base,
+        inputs=lambda c: {
+            "base": base_image.digest(c.base_image),
+            # What the base's record covers.
+            "scope": base_image.SCOPES.get(c.format),
+            # Installed with the base's own package sources.
+            "packages": c.packages,
+            "architecture": c.architecture,
+        },
+        enabled=lambda c: c.base_image is not None,
         checkpoint=True,
     ),
     Stage(
@@ -158,6 +184,9 @@ STAGES: list[Stage] = [
         "configure",
         configure_system,
         inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(root_password(c))},
+        # An extension's base is configured already; what this stage writes under /etc would be
+        # taken for changes of a confext's.
+        enabled=lambda c: not c.format.is_extension,
     ),
     Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
     Stage(

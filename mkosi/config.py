@@ -84,6 +84,7 @@ class Config:
     repository_keys: tuple[Path, ...]
     architecture: Architecture
     format: OutputFormat
+    base_image: Path | None
     output: Path
     force: int
     bootable: bool
@@ -404,12 +405,14 @@ def _validate(c: Config, r: _Resolver) -> None:
     booting = ", ".join(f.value for f in OutputFormat if f.boots)
     for s in PRIMARY.values():
         # A value defaulted from others (ReadOnly= from Verity=) is the others' problem.
-        if s.raw_only and not c.format.is_raw and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
+        applies = c.format.is_raw or (s.ddi_too and c.format.is_ddi)
+        if s.raw_only and not applies and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
             fail(s.dest, f"only supported with raw formats ({raw}), not {c.format}")
         if s.boot_only and not c.format.boots and r.is_set(s.dest) and _is_on(getattr(c, s.dest)):
             fail(s.dest, f"only supported with formats that boot ({booting}), not {c.format}")
     if c.format.is_boot_only and not c.bootable:
         fail("bootable", f"cannot be no with Format={c.format}: its whole content is what boots")
+    _validate_ddi(c, fail)
     if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
     for s in PRIMARY.values():
@@ -437,6 +440,24 @@ def _validate(c: Config, r: _Resolver) -> None:
             _check_paths(c, r, s)
         if s.written and (path := getattr(c, s.dest)) is not None and holds_project(path, c.directory):
             fail(s.dest, f"{HOLDS_PROJECT}: {path}")
+
+
+def _validate_ddi(c: Config, fail: Any) -> None:
+    """The rules of the extension and portable formats (see mkosi.outputs.extension)."""
+    if c.format.is_extension and c.base_image is None:
+        problem = "an extension holds what the build adds to its base"
+        fail("format", f"{c.format} needs BaseImage= (--base-image): {problem}")
+    if c.base_image is not None and not (c.format.is_extension or c.format is OutputFormat.portable):
+        fail("base_image", f"only sysext, confext and portable images start from a base, not {c.format}")
+    if c.base_image is not None and c.package_lock is not None:
+        fail("package_lock", "a build from BaseImage= installs Packages= with the base's apt, which locks nothing yet")
+    if c.format.is_ddi and not c.verity:
+        fail("verity", f"{c.format} images always carry verity: systemd checks them against their root hash")
+    if c.format.is_extension:
+        # The base is configured already: its host name and passwords are the base's.
+        for dest in ("hostname", "password", "password_file"):
+            if getattr(c, dest) is not None:
+                fail(dest, f"not for {c.format} images: the base's {PRIMARY[dest].name.lower()} stays in force")
 
 
 HOLDS_PROJECT = "must not be the project directory or a directory above it (/ included)"

@@ -38,6 +38,9 @@ class OutputFormat(enum.StrEnum):
     cpio = "cpio"
     uki = "uki"
     esp = "esp"
+    sysext = "sysext"
+    confext = "confext"
+    portable = "portable"
 
     @property
     def is_raw(self) -> bool:
@@ -60,6 +63,18 @@ class OutputFormat(enum.StrEnum):
         return self in (OutputFormat.uki, OutputFormat.esp)
 
     @property
+    def is_extension(self) -> bool:
+        """An extension image: what the build adds to its base (BaseImage=), as a DDI systemd-sysext
+        (sysext: /usr and /opt) or systemd-confext (confext: /etc) overlays on the base."""
+        return self in (OutputFormat.sysext, OutputFormat.confext)
+
+    @property
+    def is_ddi(self) -> bool:
+        """A Discoverable Disk Image that is not booted as a whole: an extension or a portable service,
+        a read-only file system with verity."""
+        return self.is_extension or self is OutputFormat.portable
+
+    @property
     def is_tree(self) -> bool:
         """A directory tree on the host (nothing to compress or checksum), not a file."""
         return self in (OutputFormat.directory, OutputFormat.subvolume)
@@ -72,7 +87,7 @@ class OutputFormat(enum.StrEnum):
             OutputFormat.cpio: naming.CPIO_SUFFIX,
             OutputFormat.uki: naming.EFI_SUFFIX,
         }
-        return naming.RAW_SUFFIX if self.is_disk else files.get(self, "")
+        return naming.RAW_SUFFIX if self.is_disk or self.is_ddi else files.get(self, "")
 
 
 class Verity(enum.StrEnum):
@@ -185,6 +200,12 @@ class Setting:
     raw_only: bool = False
     # Only formats that carry a kernel (raw disks, uki, esp) have one to boot.
     boot_only: bool = False
+    # A raw_only setting that applies to the DDI formats too (sysext, confext, portable): their one
+    # file system is read-only and protected by verity.
+    ddi_too: bool = False
+    # In a matrix, the value may name another cell as `cell:NAME`: that cell is built first, and
+    # the value becomes the path of its published image.
+    cell_reference: bool = False
     # Settings this one needs set (a boolean on, a path given or discovered), each with why.
     requires: tuple[tuple[str, str], ...] = ()
     # Boolean settings this one turns on.
@@ -447,7 +468,12 @@ def parse_uuid(value: str) -> uuid.UUID:
 
 def _default_read_only(r: Resolved) -> bool:
     # squashfs cannot be written to, and verity data is only valid for a root that never changes.
-    return bool(r["format"] is OutputFormat.raw_squashfs or r["verity"])
+    return bool(r["format"] is OutputFormat.raw_squashfs or r["format"].is_ddi or r["verity"])
+
+
+def _default_verity(r: Resolved) -> Verity:
+    # systemd verifies an extension or portable image it is given with its root hash.
+    return Verity.yes if r["format"].is_ddi else Verity.no
 
 
 def _default_use_git_files(r: Resolved) -> bool:
@@ -570,6 +596,21 @@ SETTINGS: tuple[Setting, ...] = (
         help="output format (default: directory; raw_ext4 means raw_gpt)",
     ),
     Setting(
+        "base_image",
+        "--base-image",
+        "Output",
+        "BaseImage",
+        parse=parse_path,
+        # Checked before the build starts (mkosi.outputs.extension.check): in a matrix it may be
+        # another cell's image, which only exists once that cell is built.
+        path=PathKind.unchecked,
+        metavar="PATH",
+        help="the image an extension extends and its tree starts from instead of a bootstrap: a directory, a tar "
+        "archive (compressed or not) or a raw disk with an ext4 or squashfs root (needed by sysext and confext; "
+        "a portable service may start from one; in a matrix also cell:NAME)",
+        cell_reference=True,
+    ),
+    Setting(
         "output",
         "--output",
         "Output",
@@ -670,6 +711,7 @@ SETTINGS: tuple[Setting, ...] = (
         default_factory=_default_read_only,
         help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs and --verity)",
         raw_only=True,
+        ddi_too=True,
     ),
     Setting(
         "encrypt",
@@ -690,11 +732,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Verity",
         parse=parse_verity,
         kind=Kind.boolean,
-        default=Verity.no,
+        default_factory=_default_verity,
         choices=_values(Verity),
         metavar="yes|no|signed",
-        help=f"add a dm-verity partition for the root file system, signed: and its root hash signed ({_RAW})",
+        help="add a dm-verity partition for the root file system, signed: and its root hash signed "
+        f"({_RAW}; always for sysext, confext and portable)",
         raw_only=True,
+        ddi_too=True,
         requires=(("read_only", "a hash tree only protects a root that never changes"),),
     ),
     Setting(

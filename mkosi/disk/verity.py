@@ -9,6 +9,7 @@ initrd finds both from `roothash=` alone.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -16,7 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mkosi.disk.partitions import align, derive_uuid
+from mkosi.architecture import Architecture
+from mkosi.disk.partitions import Partition, Role, align, derive_uuid, partition_label, partition_type
 from mkosi.errors import MkosiError
 from mkosi.run import run
 
@@ -95,3 +97,57 @@ async def sign_root_hash(root_hash: str, key: Path, certificate: Path, scratch: 
     }
     content = json.dumps(document, separators=(",", ":")).encode()
     return content + b"\0" * (-len(content) % SIGNATURE_ALIGNMENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protected:
+    """A data partition behind verity: the partition named by its root hash, and its hash partition."""
+
+    data: Partition
+    hashes: Partition
+    root_hash: str
+    # The root-verity-signature partition, when signed.
+    signature: Partition | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Signer:
+    """The key and certificate that sign a root hash (VerityKey=, VerityCertificate=)."""
+
+    key: Path
+    certificate: Path
+
+
+async def protect(
+    data: Partition, hashes: Path, seed: uuid.UUID, architecture: Architecture, log: Any, signer: Signer | None = None
+) -> Protected:
+    """The hash tree of the data partition's image, written into `hashes`, as a root-verity partition,
+    and with `signer` its root hash signed in a root-verity-signature partition. Every image with
+    verity (raw disks, extensions, portable services) goes through here."""
+    assert data.image is not None
+    root_hash = await format_hash_tree(data.image, hashes, seed, log)
+    data_uuid, hash_uuid = partition_uuids(root_hash)
+    hash_partition = Partition(
+        role=Role.root_verity,
+        label=partition_label(Role.root_verity, architecture),
+        type=partition_type(Role.root_verity, architecture),
+        uuid=hash_uuid,
+        size=hashes.stat().st_size,
+        image=hashes,
+        read_only=True,
+    )
+    protected = Protected(dataclasses.replace(data, uuid=data_uuid, read_only=True), hash_partition, root_hash)
+    if signer is None:
+        return protected
+    image = hashes.with_name(f"{Role.root_verity_sig}.img")
+    image.write_bytes(await sign_root_hash(root_hash, signer.key, signer.certificate, hashes.parent, log))
+    signature = Partition(
+        role=Role.root_verity_sig,
+        label=partition_label(Role.root_verity_sig, architecture),
+        type=partition_type(Role.root_verity_sig, architecture),
+        uuid=derive_uuid(seed, f"{Role.root_verity_sig}-partition"),
+        size=align(image.stat().st_size),
+        image=image,
+        read_only=True,
+    )
+    return dataclasses.replace(protected, signature=signature)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -131,37 +130,21 @@ async def make_filesystems(context: Context) -> None:
 
 async def _add_verity(context: Context, root: Partition) -> dict[Role, Partition]:
     config = context.config
-    assert root.image is not None
     hashes = context.workspace / FILESYSTEMS / f"{Role.root_verity}.img"
-    root_hash = await verity.format_hash_tree(root.image, hashes, config.seed, context.log)
-    (context.workspace / ROOT_HASH).write_text(root_hash + "\n")
-    data_uuid, hash_uuid = verity.partition_uuids(root_hash)
-    added = {
-        Role.root: dataclasses.replace(root, uuid=data_uuid, read_only=True),
-        Role.root_verity: _read_only_partition(config, Role.root_verity, hash_uuid, hashes),
-    }
-    if config.signed_verity:
-        assert config.verity_key is not None and config.verity_certificate is not None
-        signature = context.workspace / FILESYSTEMS / f"{Role.root_verity_sig}.img"
-        content = await verity.sign_root_hash(
-            root_hash, config.verity_key, config.verity_certificate, context.workspace, context.log
-        )
-        signature.write_bytes(content)
-        sig_uuid = derive_uuid(config.seed, f"{Role.root_verity_sig}-partition")
-        added[Role.root_verity_sig] = _read_only_partition(config, Role.root_verity_sig, sig_uuid, signature)
+    protected = await verity.protect(root, hashes, config.seed, config.architecture, context.log, signer(config))
+    (context.workspace / ROOT_HASH).write_text(protected.root_hash + "\n")
+    added = {Role.root: protected.data, Role.root_verity: protected.hashes}
+    if protected.signature is not None:
+        added[Role.root_verity_sig] = protected.signature
     return added
 
 
-def _read_only_partition(config: Config, role: Role, partition_uuid: uuid.UUID, image: Path) -> Partition:
-    return Partition(
-        role=role,
-        label=partition_label(role, config.architecture),
-        type=partition_type(role, config.architecture),
-        uuid=partition_uuid,
-        size=align(image.stat().st_size),
-        image=image,
-        read_only=True,
-    )
+def signer(config: Config) -> verity.Signer | None:
+    """Who signs the root hash: nobody, unless Verity=signed."""
+    if not config.signed_verity:
+        return None
+    assert config.verity_key is not None and config.verity_certificate is not None
+    return verity.Signer(config.verity_key, config.verity_certificate)
 
 
 def root_hash(context: Context) -> str | None:
@@ -267,10 +250,17 @@ async def write(context: Context) -> None:
     # In the plan's order (ESP, root, root-verity, swap, home, srv), whichever stage made them.
     order = [item.role for item in plan(config)]
     partitions = sorted(_load(context), key=lambda p: order.index(p.role))
+    await publish_disk(context, partitions, root_hash(context))
+
+
+async def publish_disk(context: Context, partitions: list[Partition], found_root_hash: str | None) -> None:
+    """The GPT disk of `partitions` staged as the output (compressed per Compress=), with the root
+    hash as `<image>.roothash` next to it."""
+    config = context.config
     staged = context.stage_output(config.output)
     disk = staged if config.compress is Compression.none else context.workspace / "disk.raw"
     await assemble(disk, partitions, derive_uuid(config.seed, "disk"), context.log)
     if config.compress is not Compression.none:
         await compress_file(config.compress, disk, staged, context.log)
-    if (found := root_hash(context)) is not None:
-        context.stage_output(naming.sidecar(config.output, naming.ROOT_HASH_SUFFIX)).write_text(found + "\n")
+    if found_root_hash is not None:
+        context.stage_output(naming.sidecar(config.output, naming.ROOT_HASH_SUFFIX)).write_text(found_root_hash + "\n")

@@ -38,6 +38,15 @@ Distribution = "debian"
 Release = "bookworm"
 Format = "subvolume"
 
+# Built from the trixie tarball as published in the release, after it: what tree adds to it.
+[[include]]
+Distribution = "debian"
+Release = "trixie"
+Format = "sysext"
+BaseImage = "cell:debian-trixie-tar"
+Packages = ["tree"]
+Hostname = ""  # the base's stays: an extension refuses one of its own
+
 [defaults]
 Hostname = "matrix-test"
 
@@ -53,8 +62,10 @@ GOOD = [
     "debian-bookworm-raw_squashfs",
     "debian-bookworm-raw_squashfs-verity",
     "debian-trixie-tar",
+    "debian-trixie-sysext-cell_debian_trixie_tar-hostname-tree",
 ]
-VERITY = [name for name in GOOD if name.endswith("-verity")]
+SYSEXT = GOOD[-1]
+VERITY = [name for name in GOOD if name.endswith("-verity")] + [SYSEXT]
 BAD = "debian-bookworm-subvolume"
 
 
@@ -134,7 +145,7 @@ def test_release_holds_exactly_the_successful_artifacts(
     directory, _ = release
     names = {p.name for p in directory.iterdir()}
     images = {name for name in names if name.endswith(".zst")}
-    assert images == {"debian-trixie-tar.tar.zst"} | {f"{name}.raw.zst" for name in GOOD[:4]}
+    assert images == {"debian-trixie-tar.tar.zst"} | {f"{name}.raw.zst" for name in [*GOOD[:4], SYSEXT]}
     roothashes = {name for name in names if name.endswith(".roothash")}
     assert roothashes == {f"{name}.roothash" for name in VERITY}
     for roothash in roothashes:
@@ -155,7 +166,7 @@ def test_manifest_matches_the_files(release: tuple[Path, subprocess.CompletedPro
     listed = {}
     for name in GOOD:
         assert cells[name]["status"] == "success"
-        assert cells[name]["settings"]["Format"] in ("raw_gpt", "raw_squashfs", "tar")
+        assert cells[name]["settings"]["Format"] in ("raw_gpt", "raw_squashfs", "tar", "sysext")
         for artifact in cells[name]["artifacts"]:
             path = directory / artifact["name"]
             assert path.stat().st_size == artifact["size"]
@@ -169,7 +180,7 @@ def test_bootstrap_ran_once_per_release(release: tuple[Path, subprocess.Complete
     manifest = json.loads((directory / "manifest.json").read_text())
     built: dict[str, int] = {}
     for cell in manifest["cells"]:
-        if cell["name"] == BAD:
+        if cell["name"] in (BAD, SYSEXT):
             continue
         bootstrap = next(s for s in cell["stages"] if s["name"] == "bootstrap")
         if not bootstrap["cached"]:
@@ -177,7 +188,10 @@ def test_bootstrap_ran_once_per_release(release: tuple[Path, subprocess.Complete
         if cell["settings"]["Release"] == "bookworm":
             assert len(bootstrap["shared_with"]) >= 1
     assert built == {"bookworm": 1, "trixie": 1}
-    # The four bookworm cells share one bootstrap; the trixie cell has its own.
+    # The four bookworm cells share one bootstrap; the trixie cell has its own, and the sysext none.
+    sysext = next(c for c in manifest["cells"] if c["name"] == SYSEXT)
+    assert [s["name"] for s in sysext["stages"]][:1] == ["base"]
+    assert sysext["settings"]["BaseImage"] == "cell:debian-trixie-tar"
 
 
 def _verify(project: Path, release: Path) -> subprocess.CompletedProcess[str]:
@@ -207,7 +221,7 @@ def test_the_manifest_records_what_a_rebuild_needs(release: tuple[Path, subproce
         == hashlib.sha256((directory.parent.parent / "mkosi.matrix").read_bytes()).hexdigest()
     )
     for cell in manifest["cells"]:
-        if cell["name"] == BAD:
+        if cell["name"] in (BAD, SYSEXT):  # the sysext installs on its base's packages, recorded there
             continue
         assert cell["source_date_epoch"] == 1700000000 and cell["seed"]
         assert any(" bookworm main" in s or " trixie main" in s for s in cell["sources"])
@@ -286,6 +300,23 @@ def test_tar_cell_is_an_image(release: tuple[Path, subprocess.CompletedProcess[s
     ).stdout.splitlines()
     assert "./usr/lib/os-release" in listing
     assert "./etc/hostname" in listing
+
+
+def test_sysext_cell_extends_the_tar_cell(
+    release: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    directory, _ = release
+    image = tmp_path / f"{SYSEXT}.raw"  # systemd matches extension-release.NAME with the file name
+    subprocess.run(["zstd", "-dq", str(directory / f"{SYSEXT}.raw.zst"), "-o", str(image)], check=True)
+    dissected = subprocess.run(["systemd-dissect", str(image)], capture_output=True, text=True, check=True).stdout
+    assert "ID=debian" in dissected and "VERSION_ID=13" in dissected and "✓ extension for system" in dissected
+    start = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, check=True).stdout)
+    first = start["partitiontable"]["partitions"][0]
+    data = tmp_path / "data.img"
+    window = [f"skip={first['start']}", f"count={first['size']}"]
+    subprocess.run(["dd", f"if={image}", f"of={data}", "bs=512", *window, "status=none"], check=True)
+    listing = subprocess.run(["unsquashfs", "-l", str(data)], capture_output=True, text=True, check=True).stdout
+    assert "squashfs-root/usr/bin/tree" in listing and "squashfs-root/etc" not in listing
 
 
 def test_sigint_cancels_every_cell_and_publishes_nothing(tmp_path: Path) -> None:

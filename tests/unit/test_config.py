@@ -101,6 +101,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Distribution", "RepositoryKey"): ("sb.crt", ["--repository-key=sb.crt"], lambda p: (p / "sb.crt",), ""),
     ("Distribution", "Architecture"): ("arm64", ["--architecture", "aarch64"], "arm64", ""),
     ("Output", "Format"): ("tar", ["-t", "tar"], OutputFormat.tar, ""),
+    ("Output", "BaseImage"): ("tree", ["--base-image=tree"], lambda p: p / "tree", "[Output]\nFormat=sysext\n"),
     ("Output", "Output"): ("out/x.raw", ["-o", "out/x.raw"], lambda p: p / "out/x.raw", ""),
     ("Output", "Force"): ("2", ["-f", "--force"], 2, ""),
     ("Output", "Bootable"): ("yes", ["--bootable"], True, RAW),
@@ -659,7 +660,8 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\n\nFormat=raw_xfs\n")
     assert error() == (
         "mkosi.default:3: [Output] Format: invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp, "
+        "sysext, confext, portable)"
     )
     write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
     assert error() == (
@@ -1099,3 +1101,30 @@ def test_genkey_settings_are_checked(project: Path) -> None:
 )
 def test_remote_cache_is_an_oci_reference(project: Path, value: str, problem: str) -> None:
     assert error(f"--remote-cache={value}").startswith(f"--remote-cache: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["-t", "sysext"], "-t: sysext needs BaseImage= (--base-image): an extension holds what the build adds"),
+        (["-t", "confext"], "-t: confext needs BaseImage="),
+        (
+            ["-t", "tar", "--base-image=base"],
+            "--base-image: only sysext, confext and portable images start from a base",
+        ),
+        (["-t", "portable", "--verity=no"], "--verity: portable images always carry verity"),
+        (["-t", "sysext", "--base-image=base", "--hostname=h"], "--hostname: not for sysext images"),
+    ],
+)
+def test_extension_and_portable_rules_are_one_line_each(project: Path, argv: list[str], problem: str) -> None:
+    message = error(*argv)
+    assert problem in message and "\n" not in message
+    assert list(project.iterdir()) == []
+
+
+def test_extension_and_portable_images_are_ddis_with_verity(project: Path) -> None:
+    config = load("-t", "sysext", "--base-image=base")
+    assert config.verity and config.read_only
+    assert config.base_image == project / "base"
+    assert config.output == project / "image.raw"
+    assert load("-t", "portable", "-o", "svc_1.raw", "--verity=yes").verity

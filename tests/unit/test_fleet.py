@@ -34,6 +34,18 @@ def test_every_cell_is_in_exactly_one_shard_and_a_release_stays_together_when_th
     assert [s.label for s in shards] == ["1/2", "2/2"]
 
 
+def test_a_cell_built_from_another_stays_on_its_shard_even_when_a_group_is_split(tmp_path: Path) -> None:
+    m = _matrix(
+        tmp_path,
+        '[matrix]\nRelease = ["bookworm"]\nFormat = ["tar", "directory", "raw_gpt", "sysext"]\n'
+        '[[include]]\nFormat = "sysext"\nBaseImage = "cell:bookworm-tar"\n',
+    )
+    planned = plan(m, tmp_path, m.cells, tmp_path / "work/cells")
+    for count in (2, 3, 4):
+        with_base = [s for s in plan_shards(planned, count) if "bookworm-tar" in s.cells]
+        assert len(with_base) == 1 and "bookworm-sysext-cell_bookworm_tar" in with_base[0].cells
+
+
 def test_a_group_that_would_overload_a_shard_is_split(tmp_path: Path) -> None:
     m = _matrix(
         tmp_path, '[matrix]\nRelease = ["bookworm"]\nFormat = ["tar", "directory", "raw_gpt", "raw_squashfs"]\n'

@@ -260,3 +260,42 @@ def test_a_signed_release_refuses_a_gpg_home_others_can_read(tmp_path: Path, mon
         "(mode 0755) (chmod 700 it)"
     )
     assert not _matrix(tmp_path, '[matrix]\nFormat = ["tar"]\n').release.sign  # only signing reads it
+
+
+EXTENSION_MATRIX = """
+[matrix]
+Format = ["tar", "sysext"]
+[[include]]
+Format = "sysext"
+BaseImage = "cell:tar"
+[defaults]
+Distribution = "debian"
+Release = "bookworm"
+[release]
+Compress = "zstd"
+"""
+
+
+def test_a_cell_built_from_another_is_planned_after_it_and_reads_its_published_image(tmp_path: Path) -> None:
+    m = _matrix(tmp_path, EXTENSION_MATRIX)
+    assert {c.name: c.needs for c in m.cells} == {"tar": (), "sysext-cell_tar": ("tar",)}
+    planned = plan(m, tmp_path, m.cells, tmp_path / "work/cells")
+    configs = {p.name: p.config for p in planned}
+    # Published into the release being assembled, compressed as the release says.
+    assert configs["sysext-cell_tar"].base_image == tmp_path / "work/release/tar.tar.zst"
+    assert configs["sysext-cell_tar"].format is OutputFormat.sysext
+    assert configs["sysext-cell_tar"].output.name == "sysext-cell_tar.raw.zst"
+    with pytest.raises(ConfigError, match="cell sysext-cell_tar is built from cell tar: select that cell too"):
+        plan(m, tmp_path, select(m.cells, ["sysext*"]), tmp_path / "work/cells")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[matrix]\nFormat = ["sysext"]\nBaseImage = ["cell:tar"]\n', "names cell:tar, no cell of this matrix"),
+        ('[matrix]\nFormat = ["tar", "sysext"]\n[defaults]\nBaseImage = "cell:tar"\n', "cell tar names itself"),
+    ],
+)
+def test_cell_references_to_no_cell_or_to_itself_are_refused(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        _matrix(tmp_path, text)

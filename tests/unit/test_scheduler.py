@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -119,3 +120,56 @@ async def test_cancellation_reaches_every_running_subprocess(tmp_path: Path) -> 
     with anyio.fail_after(5):
         while any(alive(pid) for pid in found):
             await anyio.sleep(0.05)
+
+
+async def test_a_job_starts_after_the_jobs_it_names_and_holds_no_slot_while_waiting() -> None:
+    events: list[str] = []
+
+    def body(name: str, seconds: float) -> Callable[[Report], Awaitable[None]]:
+        async def run_it(report: Report) -> None:
+            events.append(f"{name} started")
+            await anyio.sleep(seconds)
+            events.append(f"{name} finished")
+
+        return run_it
+
+    # Listed first and waiting, the extension holds no slot: the base and the other job run meanwhile.
+    jobs = [Job("extension", body("extension", 0), after=("base",)), _job("base", body("base", 0.05))]
+    jobs.append(_job("other", body("other", 0)))
+    outcomes = await schedule(jobs, max_jobs=2)
+    assert [o.status for o in outcomes] == [Status.success] * 3
+    assert events.index("extension started") > events.index("base finished")
+    assert events.index("other finished") < events.index("base finished")
+
+
+async def test_a_job_whose_predecessor_failed_fails_without_starting() -> None:
+    started: list[str] = []
+
+    async def fail(report: Report) -> None:
+        raise RuntimeError("base broke")
+
+    async def ok(report: Report) -> None:
+        started.append("extension")
+
+    outcomes = await schedule([_job("base", fail), Job("extension", ok, after=("base",))], max_jobs=2)
+    assert started == []
+    assert outcomes[1].status is Status.failed
+    assert outcomes[1].error == "not started: it runs after base, which did not succeed"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "problem"),
+    [
+        ([("a", ("b",))], "job a runs after b, which is not another job"),
+        ([("a", ("a",))], "job a runs after a, which is not another job"),
+        ([("a", ("b",)), ("b", ("a",))], "jobs wait for each other in a circle: a -> b -> a"),
+    ],
+)
+async def test_unknown_predecessors_and_circles_are_refused(
+    jobs: list[tuple[str, tuple[str, ...]]], problem: str
+) -> None:
+    async def ok(report: Report) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        await schedule([Job(name, ok, after=after) for name, after in jobs], max_jobs=1)

@@ -211,7 +211,8 @@ def test_enum_parser_with_aliases() -> None:
         parse("raw_xfs")
     assert str(error.value) == (
         "invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp, "
+        "sysext, confext, portable)"
     )
     assert enum_parser(Distribution, {"archlinux": Distribution.arch})("archlinux") is Distribution.arch
 

@@ -91,7 +91,8 @@ def _verity_signing_keys(c: Config) -> str:
 # Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
 # left in a stage cache are not taken for this one's. 2: Debian and Ubuntu without mmdebstrap.
 # 3: their kernel installed after everything else, its initrd built once. 4: the packages recorded.
-INSTALLER_REVISION = 4
+# 5: no apt download lock left in the tree.
+INSTALLER_REVISION = 5
 
 STAGES: list[Stage] = [
     Stage(

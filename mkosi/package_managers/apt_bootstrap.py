@@ -110,6 +110,8 @@ BOOTSTRAP_LOGS = (
     "var/log/apt/term.log",
     "var/log/apt/eipp.log.xz",
     "var/cache/ldconfig/aux-cache",
+    # apt creates it only when it downloads: a tree must not depend on what the package pool held.
+    "var/cache/apt/archives/lock",
 )
 FSTAB = "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n"
 

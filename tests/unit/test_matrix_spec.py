@@ -299,3 +299,31 @@ def test_a_cell_built_from_another_is_planned_after_it_and_reads_its_published_i
 def test_cell_references_to_no_cell_or_to_itself_are_refused(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(problem)):
         _matrix(tmp_path, text)
+
+
+def test_signed_verity_and_the_boot_files_formats_are_axis_values(tmp_path: Path) -> None:
+    (tmp_path / "mkosi.secure-boot.key").write_text("key")
+    (tmp_path / "mkosi.secure-boot.key").chmod(0o600)
+    (tmp_path / "mkosi.secure-boot.crt").write_text("crt")
+    verity = '[matrix]\nVerity = ["no", "yes", "signed"]\n[defaults]\nFormat = "raw_squashfs"\n'
+    m = _matrix(tmp_path, verity)
+    configs = {p.name: p.config for p in plan(m, tmp_path, m.cells, tmp_path / "work")}
+    assert [str(c.verity) for c in configs.values()] == ["no", "yes", "signed"]
+    signed = next(c for c in configs.values() if c.signed_verity)
+    assert signed.verity_key == tmp_path / "mkosi.secure-boot.key"
+    m = _matrix(tmp_path, '[matrix]\nFormat = ["uki", "esp"]\n[release]\nCompress = "zstd"\n')
+    boot_files = [p.config for p in plan(m, tmp_path, m.cells, tmp_path / "work")]
+    assert [c.output.name for c in boot_files] == ["uki.efi.zst", "esp.raw.zst"]
+    assert all(c.bootable for c in boot_files)
+
+
+def test_the_remote_cache_comes_from_the_release_table(tmp_path: Path) -> None:
+    cells = '[matrix]\nFormat = ["tar"]\n'
+    m = _matrix(
+        tmp_path, cells + '[release]\nRemoteCache = "oci://ghcr.io/example/stages"\nRemoteCacheInsecure = true\n'
+    )
+    assert str(m.release.remote_cache) == "oci://ghcr.io/example/stages" and m.release.remote_cache_insecure
+    with pytest.raises(ConfigError, match=r"\[release\].*RemoteCache: invalid remote cache 'ghcr.io/x'"):
+        _matrix(tmp_path, cells + '[release]\nRemoteCache = "ghcr.io/x"\n')
+    with pytest.raises(ConfigError, match=r"RemoteCacheInsecure: must be true or false"):
+        _matrix(tmp_path, cells + '[release]\nRemoteCache = "oci://h/x"\nRemoteCacheInsecure = "yes"\n')

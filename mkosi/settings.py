@@ -498,10 +498,10 @@ SETTINGS: tuple[Setting, ...] = (
         "Format",
         short="-t",
         parse=enum_parser(OutputFormat, _FORMAT_ALIASES),
-        default=OutputFormat.directory,
+        default=OutputFormat.raw_gpt,
         choices=_values(OutputFormat),
         metavar="FORMAT",
-        help="output format (default: directory; raw_ext4 means raw_gpt)",
+        help="output format (default: raw_gpt, a GPT disk image; raw_ext4 means raw_gpt)",
     ),
     Setting(
         "output",
@@ -513,7 +513,7 @@ SETTINGS: tuple[Setting, ...] = (
         path=PathKind.unchecked,
         default_factory=_default_output,
         metavar="PATH",
-        help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)",
+        help="output image path (default: image.raw, image.tar ... for the format, or image for a tree, plus .xz/.zst)",
         written=True,
     ),
     Setting(

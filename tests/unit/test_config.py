@@ -341,7 +341,7 @@ def test_empty_value_resets_a_scalar(project: Path) -> None:
     write(project / "mkosi.default.d/a.conf", "[Output]\nFormat=\n")
     config = load("--hostname=")
     assert config.hostname is None
-    assert config.format is OutputFormat.directory
+    assert config.format is OutputFormat.raw_gpt
 
 
 def test_last_of_compress_and_xz_wins(project: Path) -> None:
@@ -369,7 +369,7 @@ def test_default_file_replaces_mkosi_default(project: Path) -> None:
     write(project / "mkosi.default.d/a.conf", "[Output]\nIncremental=yes\n")
     config = load("--default", "ci.conf")
     # The default format, not mkosi.default's tar; the drop-ins are still read.
-    assert (config.format, config.hostname, config.incremental) == (OutputFormat.directory, "ci", True)
+    assert (config.format, config.hostname, config.incremental) == (OutputFormat.raw_gpt, "ci", True)
 
 
 # ---- discovery ----
@@ -447,8 +447,9 @@ def test_defaults(project: Path) -> None:
     assert config.directory == project
     assert (config.distribution, config.release) == (Distribution.debian, "bookworm")
     assert config.architecture == "x86-64"
-    assert config.format is OutputFormat.directory
-    assert config.output == project / "image"
+    # A GPT disk image called image.raw, as every mkosi.default-era mkosi made without configuration.
+    assert config.format is OutputFormat.raw_gpt
+    assert config.output == project / "image.raw"
     assert config.compress is Compression.none
     assert config.workspace is WorkspaceMode.auto
     assert config.with_tests and not config.with_docs
@@ -495,7 +496,7 @@ def test_architecture_default(project: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     ("argv", "name"),
     [
-        ([], "image"),
+        ([], "image.raw"),
         (["-t", "raw_gpt"], "image.raw"),
         (["-t", "raw_btrfs", "--compress"], "image.raw.zst"),
         (["-t", "raw_squashfs", "--xz"], "image.raw.xz"),
@@ -757,14 +758,10 @@ def test_nspawn_settings_missing(project: Path) -> None:
         ),
         (["-t", "directory", "--compress"], "--compress: cannot compress a directory output"),
         (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
-        # The default format is directory: raw-only settings need a raw format stated.
-        (["--verity"], "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
-        (["-b"], "-b: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory"),
         (
-            ["--root-size=1G"],
-            "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
+            ["-t", "cpio", "--root-size=1G"],
+            "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not cpio",
         ),
-        (["--compress"], "--compress: cannot compress a directory output"),
         (
             ["-t", "raw_gpt", "--encrypt=all"],
             "--encrypt: needs a mkosi.passphrase file in the project directory",

@@ -22,7 +22,7 @@ def _keys(directory: Path | str, *argv: str) -> dict[str, str]:
 
 
 # A configuration whose keys do not depend on the host or the project directory (no files in it).
-FIXED = ("--architecture", "x86-64", "-p", "vim,less,zsh,curl", "--hostname", "pinned")
+FIXED = ("-t", "directory", "--architecture", "x86-64", "-p", "vim,less,zsh,curl", "--hostname", "pinned")
 
 
 def test_keys_are_the_same_in_every_interpreter(tmp_path: Path) -> None:

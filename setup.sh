@@ -31,6 +31,7 @@ HOST_PACKAGES=(
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build
+    bmap-tools                               # BMap=: <image>.bmap next to raw images
 )
 
 missing=()

@@ -33,6 +33,7 @@ HOST_PACKAGES=(
     procps                                   # tests: pgrep finds what outlives a killed build
     skopeo                                   # RemoteCache=: pushing and pulling stage-cache entries to an OCI registry
     docker-registry apache2-utils            # tests: a real OCI registry on 127.0.0.1, with htpasswd basic auth
+    bmap-tools                               # BMap=: <image>.bmap next to raw images
 )
 
 missing=()

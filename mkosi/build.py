@@ -31,13 +31,22 @@ from mkosi.remote_cache import remote_cache
 from mkosi.run import SubprocessClock, build_environment, subprocess_clock
 from mkosi.space import out_of_space, out_of_space_error
 from mkosi.stage_cache import SnapshotCache, cached_keys, prune
-from mkosi.tree import clean_tree, configure_system, install_extra_trees, make_reproducible, root_password
+from mkosi.tree import (
+    clean_tree,
+    configure_system,
+    install_extra_trees,
+    install_skeleton_trees,
+    make_reproducible,
+    root_password,
+    tree_digest_paths,
+)
 from mkosi.workspace import TMPFS_DIR, choose_base, remove_abandoned_workspaces, remove_tree, remove_trees, workspace
 
 
 async def install_distribution(context: Context) -> None:
     config = context.config
     installer = config.distribution.installer()
+    await install_skeleton_trees(context)
     if config.cache_path is None:
         await installer.install(context)
         return
@@ -113,6 +122,12 @@ STAGES: list[Stage] = [
             "packages": c.packages,
             **({"package_lock": hash_tree([c.package_lock])} if c.package_lock is not None else {}),
             "with_docs": c.with_docs,
+            # Only when set: the keys of builds without skeleton trees stay what they were.
+            **(
+                {"skeleton": [hash_tree(t.source for t in c.skeleton_trees), tree_digest_paths(c.skeleton_trees)]}
+                if c.skeleton_trees
+                else {}
+            ),
             # The initrd is built while the kernel installs, with this configuration.
             "initrd": boot.dracut_config(c) if c.bootable else None,
             # A bootable image gets the fsck of the file systems it mounts: they depend on the format.
@@ -136,6 +151,12 @@ STAGES: list[Stage] = [
         checkpoint=True,
     ),
     Stage(
+        "prepare",
+        buildscript.prepare,
+        inputs=lambda c: {"script": hash_tree(_paths(c.prepare_script)), "environment": c.environment},
+        enabled=lambda c: c.prepare_script is not None,
+    ),
+    Stage(
         "build-image",
         buildscript.make_build_image,
         # mkosi.postinst runs in the build image too, online only with WithNetwork=.
@@ -143,6 +164,8 @@ STAGES: list[Stage] = [
             "build_packages": c.build_packages,
             "postinst": hash_tree(_paths(c.postinst_script)),
             "with_network": c.with_network,
+            **({"prepare": hash_tree(_paths(c.prepare_script))} if c.prepare_script is not None else {}),
+            **({"environment": c.environment} if c.environment else {}),
         },
         enabled=lambda c: c.build_script is not None,
         checkpoint=True,
@@ -158,6 +181,7 @@ STAGES: list[Stage] = [
             "with_docs": c.with_docs,
             "with_tests": c.with_tests,
             "with_network": c.with_network,
+            **({"environment": c.environment} if c.environment else {}),
         },
         enabled=lambda c: c.build_script is not None,
         # No copy of its own for -i: the stages up to the next copy are quick, so a rebuild after a
@@ -166,7 +190,14 @@ STAGES: list[Stage] = [
     Stage(
         "extra-trees",
         install_extra_trees,
-        inputs=lambda c: {"trees": hash_tree(c.extra_trees)},
+        inputs=lambda c: {
+            "trees": hash_tree(t.source for t in c.extra_trees),
+            **(
+                {"targets": tree_digest_paths(c.extra_trees)}
+                if any(str(t.target) != "/" for t in c.extra_trees)
+                else {}
+            ),
+        },
         enabled=lambda c: bool(c.extra_trees),
     ),
     Stage(
@@ -178,18 +209,42 @@ STAGES: list[Stage] = [
     Stage(
         "postinst",
         buildscript.postinst,
-        inputs=lambda c: {"script": hash_tree(_paths(c.postinst_script)), "with_network": c.with_network},
+        inputs=lambda c: {
+            "script": hash_tree(_paths(c.postinst_script)),
+            "with_network": c.with_network,
+            **({"environment": c.environment} if c.environment else {}),
+        },
         enabled=lambda c: c.postinst_script is not None,
+    ),
+    Stage(
+        "finalize",
+        buildscript.finalize,
+        inputs=lambda c: {"script": hash_tree(_paths(c.finalize_script)), "environment": c.environment},
+        enabled=lambda c: c.finalize_script is not None,
     ),
     Stage(
         "configure",
         configure_system,
-        inputs=lambda c: {"hostname": c.hostname, "password": _secret_digest(root_password(c))},
+        inputs=lambda c: {
+            "hostname": c.hostname,
+            "password": _secret_digest(root_password(c)),
+            **({"password_is_hashed": True} if c.password_is_hashed else {}),
+            **({"autologin": True} if c.autologin else {}),
+            **({"image": [c.image_id, c.image_version]} if c.image_id or c.image_version else {}),
+        },
         # An extension's base is configured already; what this stage writes under /etc would be
         # taken for changes of a confext's.
         enabled=lambda c: not c.format.is_extension,
     ),
-    Stage("clean", clean_tree, inputs=lambda c: {"with_docs": c.with_docs}),
+    Stage(
+        "clean",
+        clean_tree,
+        inputs=lambda c: {
+            "with_docs": c.with_docs,
+            **({"remove_files": c.remove_files} if c.remove_files else {}),
+            **({"package_metadata": c.clean_package_metadata} if c.clean_package_metadata.value != "auto" else {}),
+        },
+    ),
     Stage(
         "reproducible",
         make_reproducible,
@@ -239,8 +294,14 @@ STAGES: list[Stage] = [
     Stage(
         "release-files",
         sidecars.write,
-        inputs=lambda c: {"nspawn": c.nspawn_settings, "checksum": c.checksum, "sign": c.sign, "key": c.key},
-        enabled=lambda c: c.checksum or c.nspawn_settings is not None,
+        inputs=lambda c: {
+            "nspawn": c.nspawn_settings,
+            "checksum": c.checksum,
+            "sign": c.sign,
+            "key": c.key,
+            **({"bmap": True} if c.bmap else {}),
+        },
+        enabled=lambda c: c.checksum or c.nspawn_settings is not None or c.bmap,
         cacheable=False,
     ),
 ]
@@ -396,6 +457,9 @@ NOT_IMAGE_INPUTS = frozenset(
     # Where else stage results come from: each entry is its stage's key, whoever built it.
     | {"remote_cache", "remote_cache_insecure"}
     | {"mirror_timeout"}
+    # Where the default output goes (its name is an input where it matters), where host tools are
+    # found, and what the summary warns of.
+    | {"output_dir", "extra_search_paths", "warnings"}
     # Checks before the build: they refuse a configuration, they never change what it makes.
     | {"reproducible", "deterministic_scripts"}
     # Only what mkosi genkey writes.
@@ -500,13 +564,21 @@ async def build(config: Config, cache: StageCache | None = None, monitor: Monito
             return await _build(config, cache, monitor, checkpoints)
 
 
+def search_path_environment(config: Config) -> dict[str, str]:
+    """ExtraSearchPaths=: host tools found there before $PATH."""
+    if not config.extra_search_paths:
+        return {}
+    return {"PATH": ":".join([*map(str, config.extra_search_paths), os.environ.get("PATH", os.defpath)])}
+
+
 @contextlib.contextmanager
 def subprocesses_of(config: Config) -> Iterator[SubprocessClock]:
     """What every subprocess of this build shares: its clock and its environment. Reset when the
     build ends: later subprocesses of the same task are not this build's."""
     clock = SubprocessClock()
     clock_token = subprocess_clock.set(clock)
-    environment_token = build_environment.set(tuple(reproducible_environment(config).items()))
+    environment = {**reproducible_environment(config), **search_path_environment(config)}
+    environment_token = build_environment.set(tuple(environment.items()))
     try:
         yield clock
     finally:

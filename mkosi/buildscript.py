@@ -77,6 +77,7 @@ async def run_script(
     binds: dict[Path, str] | None = None,
 ) -> None:
     """Copy `script` into the tree and run it there; the tree keeps no trace of it."""
+    env = {**script_environment(context.config), **env}
     inside = f"/root/{script.name}"
     # Through intree: the tree's /root may be a link an earlier script or mkosi.extra made.
     intree.make_directories(root, "/root")
@@ -88,6 +89,11 @@ async def run_script(
         raise ScriptError(script, error) from None
     finally:
         intree.remove(root, inside)
+
+
+def script_environment(config: Config) -> dict[str, str]:
+    """Environment= for every project script."""
+    return dict(word.split("=", 1) for word in config.environment)
 
 
 def _excluded(config: Config) -> set[str]:
@@ -153,6 +159,8 @@ async def make_build_image(context: Context) -> None:
     await run(["cp", "-a", "--reflink=auto", "--no-target-directory", context.root, root], log=context.log)
     if config.build_packages:
         await config.distribution.installer().install_packages(context, root, config.build_packages)
+    if config.prepare_script is not None:
+        await run_script(context, root, config.prepare_script, ["build"], env={})
     if config.postinst_script is not None:
         await run_script(context, root, config.postinst_script, ["build"], env={})
 
@@ -205,6 +213,23 @@ async def install_build_output(context: Context) -> None:
     output = context.workspace / BUILD_OUTPUT
     await install_tree(context, output)
     await run(["rm", "-rf", "--one-file-system", "--", output], log=context.log)
+
+
+async def prepare(context: Context) -> None:
+    """mkosi.prepare in the final image once its packages are installed, told so by its argument."""
+    assert context.config.prepare_script is not None
+    await run_script(context, context.root, context.config.prepare_script, ["final"], env={})
+
+
+async def finalize(context: Context) -> None:
+    """mkosi.finalize on the host, as mkosi v5-v14 ran it: $BUILDROOT is the image's tree."""
+    config = context.config
+    assert config.finalize_script is not None
+    env = {**script_environment(config), "BUILDROOT": str(context.root), "OUTPUTDIR": str(config.output.parent)}
+    try:
+        await run([str(config.finalize_script), "final"], env=env, log=context.log)
+    except CommandError as error:
+        raise ScriptError(config.finalize_script, error) from None
 
 
 async def postinst(context: Context) -> None:

@@ -103,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         verb, config, verb_args = parse_args(args)
+        if verb is not Verb.summary:
+            for warning in config.warnings:
+                print(f"mkosi: warning: {warning}", file=sys.stderr)
         if verb is Verb.summary:
             print(summary(config))
             return

@@ -10,10 +10,11 @@ and line, the flag, or the discovered file it came from. Nothing is written whil
 from __future__ import annotations
 
 import os
+import re
 import stat
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,8 +30,11 @@ from mkosi.reproducibility import obstacles
 from mkosi.settings import (
     BY_KEY,
     PRIMARY,
+    RETIRED_BY_KEY,
     SECTIONS,
     SETTINGS,
+    SPELLINGS,
+    CleanPackageMetadata,
     Compression,
     Encrypt,
     GitFiles,
@@ -40,6 +44,7 @@ from mkosi.settings import (
     OutputFormat,
     PathKind,
     Setting,
+    TreeSource,
     Verity,
     WorkspaceMode,
     format_size,
@@ -51,6 +56,7 @@ from mkosi.settings import (
 # configuration is imported from mkosi.config.
 __all__ = [
     "Architecture",
+    "CleanPackageMetadata",
     "Compression",
     "Config",
     "Distribution",
@@ -59,6 +65,7 @@ __all__ = [
     "KeyDerivation",
     "LogFormat",
     "OutputFormat",
+    "TreeSource",
     "Verb",
     "Verity",
     "WorkspaceMode",
@@ -86,6 +93,9 @@ class Config:
     format: OutputFormat
     base_image: Path | None
     output: Path
+    output_dir: Path | None
+    image_id: str | None
+    image_version: str | None
     force: int
     bootable: bool
     secure_boot: bool
@@ -116,7 +126,14 @@ class Config:
     remote_cache: Registry | None
     remote_cache_insecure: bool
     cache_path: Path | None
-    extra_trees: tuple[Path, ...]
+    extra_trees: tuple[TreeSource, ...]
+    skeleton_trees: tuple[TreeSource, ...]
+    remove_files: tuple[str, ...]
+    clean_package_metadata: CleanPackageMetadata
+    environment: tuple[str, ...]
+    prepare_script: Path | None
+    finalize_script: Path | None
+    autologin: bool
     build_script: Path | None
     build_sources: Path
     build_dir: Path | None
@@ -136,10 +153,15 @@ class Config:
     sign: bool
     key: str | None
     password: str | None
+    password_is_hashed: bool
+    bmap: bool
+    extra_search_paths: tuple[Path, ...]
     password_file: Path | None
     passphrase: Path | None
     verbose: int
     log_format: LogFormat
+    # Not a setting: what `mkosi summary` warns of (an earlier spelling that lost to a later one).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def signed_verity(self) -> bool:
@@ -156,9 +178,19 @@ def _display(path: Path, directory: Path) -> str:
         return str(path)
 
 
-def _file_assignments(path: Path, directory: Path) -> list[Assignment]:
+# configparser, which mkosi v10-v14 read files with, ends a value at " #" (and mkosi.default files
+# of that era comment their package lists so).
+_INLINE_COMMENT = re.compile(r"\s+#.*$", re.MULTILINE)
+
+
+def _value(setting: Setting, value: str) -> str:
+    # A secret may contain " #"; so could a path, but no mkosi of that era kept one there either.
+    return value if setting.secret else _INLINE_COMMENT.sub("", value)
+
+
+def _file_assignments(path: Path, directory: Path, warnings: list[str]) -> list[Assignment]:
     origin = _display(path, directory)
-    sections = {s.section for s in SETTINGS if s.section}
+    sections = {section for section, _ in SPELLINGS} | {section for section, _ in RETIRED_BY_KEY}
     result = []
     for entry in ini.read_ini(path, origin):
         where = f"{origin}:{entry.line}"
@@ -167,14 +199,38 @@ def _file_assignments(path: Path, directory: Path) -> list[Assignment]:
                 hint = suggest(entry.name, sections, "[{}]")
                 raise ConfigError(f"unknown section [{entry.name}]{hint}", origin=where)
             continue
-        setting = BY_KEY.get((entry.section, entry.key))
+        name = f"[{entry.section}] {entry.key}"
+        if (retired := RETIRED_BY_KEY.get((entry.section, entry.key))) is not None:
+            if not retired.accepts(_INLINE_COMMENT.sub("", entry.value)):
+                raise ConfigError(retired.reason, origin=where, setting=name)
+            continue
+        setting = SPELLINGS.get((entry.section, entry.key))
         if setting is None:
-            keys = [key for (section, key) in BY_KEY if section == entry.section]
+            keys = [key for (section, key) in SPELLINGS if section == entry.section]
             elsewhere = [section for (section, key) in BY_KEY if key == entry.key]
             hint = f", it belongs in [{elsewhere[0]}]" if elsewhere else suggest(entry.key, keys)
-            raise ConfigError(f"unknown key{hint}", origin=where, setting=f"[{entry.section}] {entry.key}")
-        result.append(Assignment(setting, entry.value, Where(where, f"[{entry.section}] {entry.key}")))
-    return result
+            raise ConfigError(f"unknown key{hint}", origin=where, setting=name)
+        result.append(Assignment(setting, _value(setting, entry.value), Where(where, name)))
+    return _later_spelling_wins(result, warnings)
+
+
+def _later_spelling_wins(assignments: list[Assignment], warnings: list[str]) -> list[Assignment]:
+    """One file giving one setting under two names ([Packages] and [Content] Packages=): only the
+    assignments of the name used last count, as the later section wins, and a warning says so."""
+    last: dict[str, Assignment] = {}
+    for a in assignments:
+        last[a.setting.dest] = a
+    kept = []
+    for a in assignments:
+        winner = last[a.setting.dest]
+        if a.where.setting == winner.where.setting:
+            kept.append(a)
+            continue
+        warning = (
+            f"{a.where.origin}: {a.where.setting} ignored: {winner.where.origin} sets it as {winner.where.setting}"
+        )
+        warnings.append(warning)
+    return kept
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -198,6 +254,8 @@ def _is_file(path: Path) -> bool:
 def _absolute(directory: Path, value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_absolute(directory, v) for v in value)
+    if isinstance(value, TreeSource):
+        return replace(value, source=_absolute(directory, value.source))
     return Path(os.path.normpath(directory / value))
 
 
@@ -251,7 +309,8 @@ def _config_files(directory: Path, default: Path | None) -> list[Path]:
     files = [default] if default else []
     if _is_dir(dropins):
         try:
-            files += sorted(p for p in dropins.glob("*.conf") if _is_file(p))
+            # Every file, whatever its name, as mkosi v3-v14 read them (not only *.conf).
+            files += sorted(p for p in dropins.iterdir() if _is_file(p))
         except OSError as e:
             origin = _display(dropins, directory)
             raise ConfigError(f"cannot list directory: {e.strerror or e}", origin=origin) from None
@@ -293,9 +352,11 @@ class _Resolver:
             self.assign(dest, self.values[dest] + 1, a.where)
             return
         if not a.raw.strip():
-            # An empty value resets a scalar to its default (so a drop-in can undo mkosi.default);
-            # for a list it adds nothing.
-            if s.kind is not Kind.list:
+            # An empty value resets a scalar to its default (so a drop-in can undo mkosi.default),
+            # unless the setting gives it a meaning of its own; for a list it adds nothing.
+            if s.empty is not None:
+                self.assign(dest, s.empty, a.where)
+            elif s.kind is not Kind.list:
                 self.values.pop(dest, None)
                 self.where.pop(dest, None)
                 self._explicit.discard(dest)
@@ -341,8 +402,8 @@ def _resolve(directory: Path, default: Path | None, assignments: list[Assignment
     for s in SETTINGS:
         if s.kind is Kind.list and s.discover:
             found = _discover(directory, s.discover)
-            if found is not None and found not in r.values[s.dest]:
-                r.values[s.dest] += (found,)
+            if found is not None and s.item(found) not in r.values[s.dest]:
+                r.values[s.dest] += (s.item(found),)
                 r.item_where.setdefault(s.dest, []).append(Where(s.discover.rstrip("/")))
     for s in SETTINGS:
         if r.values[s.dest]:
@@ -401,6 +462,8 @@ def _validate(c: Config, r: _Resolver) -> None:
         c.distribution.installer().check_release(c.release)
     except ValueError as e:
         fail("release", str(e))
+    if problem := c.distribution.installer().archived_problem(c.release, c.mirror):
+        fail("release", problem)
     raw = ", ".join(f.value for f in OutputFormat if f.is_raw)
     booting = ", ".join(f.value for f in OutputFormat if f.boots)
     for s in PRIMARY.values():
@@ -415,6 +478,8 @@ def _validate(c: Config, r: _Resolver) -> None:
     _validate_ddi(c, fail)
     if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
+    if c.bmap and c.compress is not Compression.none:
+        fail("bmap", "needs an uncompressed image: bmaptool maps the blocks of the image file itself")
     for s in PRIMARY.values():
         if _is_on(getattr(c, s.dest)):
             for dest, why in s.requires:
@@ -476,7 +541,8 @@ def _check_paths(c: Config, r: _Resolver, s: Setting) -> None:
         checked = list(zip(value, r.item_where.get(s.dest, []), strict=True))
     else:
         checked = [] if value is None else [(value, r.where.get(s.dest, Where(setting=s.name)))]
-    for path, where in checked:
+    for item, where in checked:
+        path = item.source if isinstance(item, TreeSource) else item
         if s.created and _stat(path) is None:
             continue
         assert s.path is not None
@@ -487,8 +553,9 @@ def _check_paths(c: Config, r: _Resolver, s: Setting) -> None:
 # ---- entry points ----
 
 
-def _config(r: _Resolver) -> Config:
-    return Config(**{f.name: r.values[f.name] for f in fields(Config)})
+def _config(r: _Resolver, warnings: Sequence[str] = ()) -> Config:
+    values = {f.name: r.values[f.name] for f in fields(Config) if f.name != "warnings"}
+    return Config(**values, warnings=tuple(warnings))
 
 
 def _printable(text: str) -> str:
@@ -498,9 +565,10 @@ def _printable(text: str) -> str:
 def _load(directory: Path, default: Path | None, extra: list[Assignment]) -> Config:
     """The one load pipeline: the project's files, then `extra`, resolved and checked."""
     files = _config_files(directory, default)
-    assignments = [a for path in files for a in _file_assignments(path, directory)] + extra
+    warnings: list[str] = []
+    assignments = [a for path in files for a in _file_assignments(path, directory, warnings)] + extra
     resolver = _resolve(directory, default, assignments)
-    config = _config(resolver)
+    config = _config(resolver, warnings)
     _validate(config, resolver)
     return config
 
@@ -573,8 +641,9 @@ def _format_value(s: Setting, value: Any) -> str:
 
 
 def format_summary(config: Config) -> str:
-    """What `mkosi summary` prints: "Key: value" lines grouped by section."""
-    lines: list[str] = []
+    """What `mkosi summary` prints: "Key: value" lines grouped by section, after any warnings."""
+    lines: list[str] = [f"Warning: {warning}" for warning in config.warnings]
+    lines += [""] if lines else []
     for group in (*SECTIONS, PROJECT_GROUP):
         members = [s for s in PRIMARY.values() if (s.section or PROJECT_GROUP) == group]
         width = max(len(s.name) for s in members) + 1

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 LOG_SUFFIX = ".log"
 NSPAWN_SUFFIX = ".nspawn"
 ROOT_HASH_SUFFIX = ".roothash"
+BMAP_SUFFIX = ".bmap"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.gpg"
 
@@ -76,6 +77,7 @@ def release_files(config: Config) -> dict[Path, bool]:
     return {
         sidecar(config.output, NSPAWN_SUFFIX): config.nspawn_settings is not None,
         sidecar(config.output, ROOT_HASH_SUFFIX): bool(config.verity),
+        sidecar(config.output, BMAP_SUFFIX): config.bmap,
         config.output.parent / SUMS: config.checksum,
         config.output.parent / SIGNATURE: config.sign,
     }

@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
 from mkosi import naming
@@ -139,6 +139,12 @@ class WorkspaceMode(enum.StrEnum):
     disk = "disk"
 
 
+class CleanPackageMetadata(enum.StrEnum):
+    yes = "yes"
+    no = "no"
+    auto = "auto"  # only when the image has no package manager that could use it
+
+
 class PathKind(enum.Enum):
     """What a path setting must name; checked before anything runs."""
 
@@ -217,6 +223,13 @@ class Setting:
     discover: str | None = None
     const: str | None = None  # the value of the flag given bare; implies an optional value
     negation: str | None = None  # a flag that sets the boolean to no (--without-tests)
+    # The (section, key) names earlier mkosi versions gave this setting, read as this one. Every key
+    # of [Packages] is also read in [Content], its name since v11, without being listed here.
+    spellings: tuple[tuple[str, str], ...] = ()
+    # What an empty assignment gives; None: it resets the setting to its default.
+    empty: Any = None
+    # How a discovered path (mkosi.extra/) becomes an item of a list setting.
+    item: Callable[[Path], Any] = Path
 
     @property
     def name(self) -> str:
@@ -253,6 +266,64 @@ def parse_path(value: str) -> Path:
 
 def parse_paths(value: str) -> tuple[Path, ...]:
     return tuple(parse_path(word) for word in value.split())
+
+
+IMAGE_TOP = PurePosixPath("/")
+
+
+@dataclass(frozen=True)
+class TreeSource:
+    """A host directory copied into the image at `target` (ExtraTrees=src:dst, since mkosi v10)."""
+
+    source: Path
+    target: PurePosixPath = IMAGE_TOP
+
+    def __str__(self) -> str:
+        return str(self.source) if self.target == PurePosixPath("/") else f"{self.source}:{self.target}"
+
+
+def parse_trees(value: str) -> tuple[TreeSource, ...]:
+    """Directories, each SOURCE or SOURCE:TARGET (TARGET absolute in the image)."""
+    trees = []
+    for word in value.split():
+        source, sep, target = word.partition(":")
+        if sep and not target.startswith("/"):
+            raise ValueError(f"invalid tree {word!r}: the target after ':' must be an absolute path in the image")
+        if ".." in PurePosixPath(target).parts:
+            raise ValueError(f"invalid tree {word!r}: the target must not contain '..'")
+        trees.append(TreeSource(parse_path(source), PurePosixPath(target or "/")))
+    return tuple(trees)
+
+
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_environment(value: str) -> tuple[str, ...]:
+    """NAME=VALUE words for the scripts' environment."""
+    words = value.split()
+    for word in words:
+        name, sep, _ = word.partition("=")
+        if not sep or not _ENVIRONMENT_NAME.fullmatch(name):
+            raise ValueError(f"invalid environment assignment {word!r} (use NAME=VALUE)")
+    return tuple(words)
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def parse_remove_files(value: str) -> tuple[str, ...]:
+    """Absolute paths in the image; the last component may be a glob (/usr/share/locale/*)."""
+    paths = []
+    for word in re.split(r"[\s,]+", value):
+        if not word:
+            continue
+        parts = PurePosixPath("/" + word.lstrip("/")).parts[1:]
+        if not parts or ".." in parts:
+            raise ValueError(f"invalid path {word!r}: name something below / without '..'")
+        if any(_GLOB.search(part) for part in parts[:-1]):
+            raise ValueError(f"invalid path {word!r}: only its last component may be a glob")
+        paths.append("/" + "/".join(parts))
+    return tuple(paths)
 
 
 def parse_words(value: str) -> tuple[str, ...]:
@@ -337,6 +408,16 @@ def parse_verity(value: str) -> Verity:
         return Verity.yes if parse_boolean(word) else Verity.no
     except ValueError:
         raise ValueError(f"invalid value {value.strip()!r} (use yes, no or signed)") from None
+
+
+def parse_source_file_transfer(value: str) -> bool:
+    """mkosi v5-v14's SourceFileTransfer=, as far as this mkosi copies sources the same way."""
+    word = value.strip().lower()
+    if word in ("copy-all", "copy-git-cached"):
+        return word == "copy-git-cached"
+    if word in ("copy-git-others", "copy-git-more", "mount"):
+        raise ValueError(f"{word} is not supported (use copy-all, copy-git-cached, or UseGitFiles= and GitFiles=)")
+    raise ValueError(f"invalid value {value.strip()!r} (choose from copy-all, copy-git-cached)")
 
 
 def parse_counter(value: str) -> int:
@@ -446,7 +527,8 @@ def _default_architecture(r: Resolved) -> Architecture:
 
 
 def _default_output(r: Resolved) -> Path:
-    return r.directory / naming.image_file_name("image", r["format"], r["compress"])
+    directory: Path = r["output_dir"] or r.directory
+    return directory / naming.image_file_name("image", r["format"], r["compress"])
 
 
 # Namespace for seeds derived from output names (a random UUID, fixed once and for all).
@@ -484,10 +566,40 @@ def _default_use_git_files(r: Resolved) -> bool:
         return False
 
 
-SECTIONS = ("Distribution", "Output", "Packages", "Partitions", "Validation")
+SECTIONS = ("Distribution", "Output", "Packages", "Partitions", "Validation", "Host")
 
-_FORMAT_ALIASES = {"raw_ext4": OutputFormat.raw_gpt}
+# The v5-v14 names of the raw formats (gpt_*), and 2017's raw_ext4.
+_FORMAT_ALIASES = {
+    "raw_ext4": OutputFormat.raw_gpt,
+    "gpt_ext4": OutputFormat.raw_gpt,
+    "gpt_btrfs": OutputFormat.raw_btrfs,
+    "gpt_squashfs": OutputFormat.raw_squashfs,
+}
+# What mkosi v3-v14 could build and this one cannot, and why: refused by name rather than as typos.
+_FORMATS_NOT_BUILT = {
+    name: "xfs root file systems are not supported yet (use raw_gpt for ext4 or raw_btrfs)"
+    for name in ("gpt_xfs", "raw_xfs")
+} | {"plain_squashfs": "a bare squashfs file is not supported yet (raw_squashfs puts it in a GPT image)"}
 _DISTRIBUTION_ALIASES = {"archlinux": Distribution.arch}
+_DISTRIBUTIONS_NOT_INSTALLED = {
+    name: f"{name} images are not supported: mkosi has no installer for it (debian, ubuntu, fedora, opensuse, arch)"
+    for name in ("centos", "centos_epel", "mageia", "openmandriva", "rocky", "rocky_epel", "alma", "alma_epel",
+                 "clear", "photon", "gentoo")
+}  # fmt: skip
+
+
+def _refusing(parse: Callable[[str], E], refused: Mapping[str, str]) -> Callable[[str], E]:
+    """`parse`, but values an earlier mkosi knew and this one cannot build are refused with why."""
+
+    def checked(value: str) -> E:
+        word = value.strip().lower()
+        if word in refused:
+            raise ValueError(f"{word}: {refused[word]}")
+        return parse(value)
+
+    return checked
+
+
 _RAW = "raw formats only"
 _BOOT = "raw formats, uki and esp"
 
@@ -499,7 +611,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Distribution",
         "Distribution",
         short="-d",
-        parse=enum_parser(Distribution, _DISTRIBUTION_ALIASES),
+        parse=_refusing(enum_parser(Distribution, _DISTRIBUTION_ALIASES), _DISTRIBUTIONS_NOT_INSTALLED),
         default_factory=_default_distribution,
         choices=_values(Distribution),
         metavar="DISTRIBUTION",
@@ -589,11 +701,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Output",
         "Format",
         short="-t",
-        parse=enum_parser(OutputFormat, _FORMAT_ALIASES),
-        default=OutputFormat.directory,
+        parse=_refusing(enum_parser(OutputFormat, _FORMAT_ALIASES), _FORMATS_NOT_BUILT),
+        default=OutputFormat.raw_gpt,
         choices=_values(OutputFormat),
         metavar="FORMAT",
-        help="output format (default: directory; raw_ext4 means raw_gpt)",
+        help="output format (default: raw_gpt, a GPT disk image; raw_ext4 and gpt_ext4 mean raw_gpt, gpt_btrfs "
+        "raw_btrfs, gpt_squashfs raw_squashfs)",
     ),
     Setting(
         "base_image",
@@ -609,6 +722,8 @@ SETTINGS: tuple[Setting, ...] = (
         "archive (compressed or not) or a raw disk with an ext4 or squashfs root (needed by sysext and confext; "
         "a portable service may start from one; in a matrix also cell:NAME)",
         cell_reference=True,
+        # v13's name: the same thing, an image that holds only the changes from its base.
+        spellings=(("Partitions", "BaseImage"),),
     ),
     Setting(
         "output",
@@ -620,8 +735,40 @@ SETTINGS: tuple[Setting, ...] = (
         path=PathKind.unchecked,
         default_factory=_default_output,
         metavar="PATH",
-        help="output image path (default: image, image.raw or image.tar, plus .xz/.zst)",
+        help="output image path (default: image.raw, image.tar ... for the format, or image for a tree, plus .xz/.zst)",
         written=True,
+    ),
+    Setting(
+        "output_dir",
+        "--output-dir",
+        "Output",
+        "OutputDirectory",
+        short="-O",
+        parse=parse_path,
+        path=PathKind.dir,
+        discover="mkosi.output/",
+        metavar="PATH",
+        help="directory the default output goes to (default: mkosi.output/ if it exists, else the project directory)",
+        created=True,
+        written=True,
+    ),
+    Setting(
+        "image_id",
+        "--image-id",
+        "Output",
+        "ImageId",
+        parse=parse_string,
+        metavar="ID",
+        help="IMAGE_ID= written to the image's os-release",
+    ),
+    Setting(
+        "image_version",
+        "--image-version",
+        "Output",
+        "ImageVersion",
+        parse=parse_string,
+        metavar="VERSION",
+        help="IMAGE_VERSION= written to the image's os-release",
     ),
     Setting(
         "force",
@@ -812,6 +959,7 @@ SETTINGS: tuple[Setting, ...] = (
         choices=_values(Compression),
         metavar="ALGORITHM",
         help="compress the output (bare flag: zstd; not for directory or subvolume)",
+        spellings=(("Output", "CompressOutput"),),
     ),
     Setting(
         "compress",
@@ -978,13 +1126,100 @@ SETTINGS: tuple[Setting, ...] = (
         "--extra-tree",
         "Packages",
         "ExtraTrees",
-        parse=parse_paths,
+        parse=parse_trees,
         path=PathKind.dir,
         kind=Kind.list,
         default=(),
         discover="mkosi.extra/",
+        metavar="PATH[:TARGET]",
+        help="directory copied over the image, at TARGET if given (repeatable; mkosi.extra/ is added if it exists)",
+        spellings=(("Content", "ExtraTree"),),
+        item=TreeSource,
+    ),
+    Setting(
+        "skeleton_trees",
+        "--skeleton-tree",
+        "Packages",
+        "SkeletonTrees",
+        parse=parse_trees,
+        path=PathKind.dir,
+        kind=Kind.list,
+        default=(),
+        discover="mkosi.skeleton/",
+        metavar="PATH[:TARGET]",
+        help="directory copied into the image before any package is installed (repeatable; mkosi.skeleton/ is "
+        "added if it exists)",
+        spellings=(("Content", "SkeletonTree"),),
+        item=TreeSource,
+    ),
+    Setting(
+        "remove_files",
+        "--remove-files",
+        "Packages",
+        "RemoveFiles",
+        parse=parse_remove_files,
+        kind=Kind.list,
+        default=(),
+        metavar="PATHS",
+        help="paths removed from the image after mkosi.postinst, the last component may be a glob (repeatable)",
+    ),
+    Setting(
+        "clean_package_metadata",
+        "--clean-package-metadata",
+        "Packages",
+        "CleanPackageMetadata",
+        parse=enum_parser(CleanPackageMetadata),
+        default=CleanPackageMetadata.auto,
+        choices=_values(CleanPackageMetadata),
+        metavar="WHEN",
+        help="remove the package managers' databases and caches from the image (auto: only when the image has "
+        "no package manager)",
+    ),
+    Setting(
+        "environment",
+        "--environment",
+        "Packages",
+        "Environment",
+        parse=parse_environment,
+        kind=Kind.list,
+        default=(),
+        metavar="NAME=VALUE",
+        help="variables set for mkosi.prepare, mkosi.build, mkosi.postinst and mkosi.finalize (repeatable)",
+        spellings=(("Packages", "BuildEnvironment"), ("Content", "BuildEnvironment")),
+    ),
+    Setting(
+        "prepare_script",
+        "--prepare-script",
+        "Packages",
+        "PrepareScript",
+        parse=parse_path,
+        path=PathKind.executable,
+        discover="mkosi.prepare",
         metavar="PATH",
-        help="directory copied over the image (repeatable; mkosi.extra/ is added if it exists)",
+        help="script run inside the image after the packages are installed, with 'final' (and 'build' in the "
+        "build image) (default: mkosi.prepare)",
+    ),
+    Setting(
+        "finalize_script",
+        "--finalize-script",
+        "Packages",
+        "FinalizeScript",
+        parse=parse_path,
+        path=PathKind.executable,
+        discover="mkosi.finalize",
+        metavar="PATH",
+        help="script run on the host with $BUILDROOT and 'final' before the image is packed (default: mkosi.finalize)",
+    ),
+    Setting(
+        "autologin",
+        "--autologin",
+        "Packages",
+        "Autologin",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help="log root in on the console and serial gettys without a password prompt",
+        spellings=(("Validation", "Autologin"),),
     ),
     Setting(
         "build_script",
@@ -1065,6 +1300,15 @@ SETTINGS: tuple[Setting, ...] = (
         help="copy only the files git knows about (default: yes if the sources are a git checkout)",
     ),
     Setting(
+        "use_git_files",
+        "--source-file-transfer",
+        "Packages",
+        "SourceFileTransfer",
+        parse=parse_source_file_transfer,
+        metavar="HOW",
+        help="v5-v14 spelling: copy-all is --use-git-files=no, copy-git-cached --use-git-files=yes",
+    ),
+    Setting(
         "git_files",
         "--git-files",
         "Packages",
@@ -1095,6 +1339,7 @@ SETTINGS: tuple[Setting, ...] = (
         discover="mkosi.nspawn",
         metavar="PATH",
         help=".nspawn settings file placed next to the image (default: mkosi.nspawn)",
+        spellings=(("Content", "Settings"),),
     ),
     # [Partitions]
     Setting(
@@ -1157,6 +1402,7 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.boolean,
         default=False,
         help="write a SHA256SUMS file",
+        spellings=(("Validation", "Checksum"),),
     ),
     Setting(
         "sign",
@@ -1177,8 +1423,47 @@ SETTINGS: tuple[Setting, ...] = (
         "Password",
         parse=str,
         metavar="PASSWORD",
-        help="root password of the image (visible in the process list: prefer a mkosi.rootpw file)",
+        help="root password of the image (visible in the process list: prefer a mkosi.rootpw file); empty: none",
         secret=True,
+        # Every mkosi of the mkosi.default era read Password= (empty) as "no root password".
+        empty="",
+        spellings=(("Content", "Password"),),
+    ),
+    Setting(
+        "password_is_hashed",
+        "--password-is-hashed",
+        "Validation",
+        "PasswordIsHashed",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help="Password= is already a crypt(3) hash, written to /etc/shadow as it is",
+        spellings=(("Content", "PasswordIsHashed"),),
+    ),
+    Setting(
+        "bmap",
+        "--bmap",
+        "Validation",
+        "BMap",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help=f"write <image>.bmap next to the image with bmaptool, for fast copies to devices ({_RAW}, uncompressed)",
+        raw_only=True,
+        spellings=(("Validation", "Bmap"),),
+    ),
+    # [Host]
+    Setting(
+        "extra_search_paths",
+        "--extra-search-paths",
+        "Host",
+        "ExtraSearchPaths",
+        parse=parse_paths,
+        path=PathKind.dir,
+        kind=Kind.list,
+        default=(),
+        metavar="PATHS",
+        help="directories searched for host tools before $PATH (repeatable)",
     ),
     # Command line only, or discovered only.
     Setting(
@@ -1242,3 +1527,110 @@ for _setting in SETTINGS:
     PRIMARY.setdefault(_setting.dest, _setting)
 
 BY_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS if s.section and s.key}
+
+# Every name a file may give a setting: its own, those of earlier mkosi versions, and [Content] for
+# [Packages] (v11 renamed the section). A name in SPELLINGS but not in BY_KEY is an old one.
+SPELLINGS: dict[tuple[str, str], Setting] = dict(BY_KEY)
+for _setting in SETTINGS:
+    for _spelling in _setting.spellings:
+        SPELLINGS.setdefault(_spelling, _setting)
+for (_section, _key), _setting in BY_KEY.items():
+    if _section == "Packages":
+        SPELLINGS.setdefault(("Content", _key), _setting)
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A key of mkosi v3-v14 that has no setting here. A value asking for what this mkosi does anyway
+    is read and has no further effect; any other is refused with `reason`, never silently dropped."""
+
+    sections: tuple[str, ...]
+    key: str
+    reason: str
+    accepted: frozenset[str] = frozenset()  # lower-case words; booleans as "yes"/"no"
+
+    def accepts(self, value: str) -> bool:
+        words = [w.lower() for w in re.split(r"[\s,]+", value) if w]
+        normal = ["yes" if w in _TRUE else "no" if w in _FALSE else w for w in words]
+        return bool(normal) and all(w in self.accepted for w in normal)
+
+
+_NO, _YES = frozenset({"no"}), frozenset({"yes"})
+_CONTENT = ("Packages", "Content")
+
+
+def _off(sections: tuple[str, ...], key: str, feature: str) -> Retired:
+    return Retired(sections, key, f"{feature} is not supported; only {key}=no is accepted", _NO)
+
+
+RETIRED: tuple[Retired, ...] = (
+    Retired(
+        ("Output",), "BootProtocols", "BIOS boot is not supported: images boot with UEFI only", frozenset({"uefi"})
+    ),
+    Retired(
+        ("Output",),
+        "WithUnifiedKernelImages",
+        "bootable images always boot a unified kernel image (no type 1 entries)",
+        _YES,
+    ),
+    Retired(("Host",), "QemuHeadless", "mkosi qemu always runs headless, on the serial console", _YES),
+    Retired(("Host",), "NspawnKeepUnit", "systemd-nspawn always runs with --keep-unit here", _YES),
+    Retired(("Output",), "HostonlyInitrd", "the initrd is always a generic one (dracut --no-hostonly)", _NO),
+    Retired(
+        _CONTENT,
+        "BasePackages",
+        "BasePackages=no is not supported: every image gets its distribution's base system (systemd)",
+        frozenset({"yes", "conditional"}),
+    ),
+    Retired(("Output",), "QCow2", "qcow2 output is not supported yet: convert with qemu-img convert -O qcow2", _NO),
+    Retired(
+        ("Distribution",),
+        "UseHostRepositories",
+        "the host's repository configuration is not used: give Mirror= and Repositories=",
+        _NO,
+    ),
+    _off(("Output",), "UsrOnly", "a /usr-only image"),
+    _off(("Output",), "SplitArtifacts", "splitting the image into partition files"),
+    _off(("Output",), "OutputSplitRoot", "splitting the image into partition files"),
+    _off(("Output",), "OutputSplitVerity", "splitting the image into partition files"),
+    _off(("Output",), "OutputSplitKernel", "splitting the image into partition files"),
+    _off(("Output",), "Minimize", "shrinking the root file system after the build"),
+    _off(("Output",), "CacheInitrd", "caching the initrd across builds"),
+    _off(("Output",), "NoChown", "handing outputs to the invoking user"),
+    _off(("Output",), "TarStripSELinuxContext", "stripping SELinux labels from tar outputs"),
+    _off(("Output",), "SignExpectedPCR", "signing expected TPM PCR values"),
+    _off(("Host",), "Ssh", "ssh access to booted images"),
+    _off(("Host",), "Ephemeral", "ephemeral boots"),
+    _off(("Host",), "NetworkVeth", "host networking for booted images"),
+    _off(_CONTENT, "SkipFinalPhase", "building only the build image"),
+    _off(_CONTENT, "SourceResolveSymlinks", "resolving symbolic links in the sources"),
+    _off(_CONTENT, "SourceResolveSymlinksFinal", "resolving symbolic links in the sources"),
+    *(
+        Retired(sections, key, f"{what} is not supported")
+        for sections, key, what in (
+            (("Output",), "ManifestFormat", "a per-image manifest (mkosi matrix writes release manifests)"),
+            (("Output",), "GPTFirstLBA", "choosing the first usable LBA of the GPT"),
+            (("Output",), "MachineID", "a fixed machine ID (every image gets its own on first boot)"),
+            (("Output",), "Mksquashfs", "another mksquashfs (put it first on ExtraSearchPaths=)"),
+            (("Output",), "WorkspaceDirectory", "choosing the workspace's directory (Workspace=tmpfs or disk)"),
+            (("Output",), "CompressFs", "compressing the file system (squashfs is always compressed)"),
+            (("Distribution",), "LocalMirror", "a build-time-only mirror (give Mirror=)"),
+            (_CONTENT, "IncludeDirectory", "keeping the build image's /usr/include on the host"),
+            (_CONTENT, "InstallDirectory", "keeping $DESTDIR on the host"),
+            (_CONTENT, "RemovePackages", "removing packages after installation (use RemoveFiles=)"),
+            (_CONTENT, "SourceFileTransferFinal", "copying the sources into the final image"),
+            (("Host",), "SshKey", "ssh access to booted images"),
+            (("Host",), "SshAgent", "ssh access to booted images"),
+            (("Host",), "SshPort", "ssh access to booted images"),
+            (("Host",), "SshTimeout", "ssh access to booted images"),
+            (("Host",), "QemuSmp", "choosing mkosi qemu's CPUs (pass -smp after the verb: mkosi qemu -smp 4)"),
+            (("Host",), "QemuMem", "choosing mkosi qemu's memory (pass -m after the verb: mkosi qemu -m 2G)"),
+            (("Host",), "QemuKvm", "choosing qemu's accelerator (KVM is used when it works)"),
+            (("Host",), "QemuArgs", "qemu arguments in the configuration (pass them after the verb: mkosi qemu ...)"),
+            (("Host",), "QemuBoot", "booting qemu other than through UEFI"),
+            (("Host",), "Netdev", "host networking for booted images"),
+        )
+    ),
+)
+
+RETIRED_BY_KEY: dict[tuple[str, str], Retired] = {(section, r.key): r for r in RETIRED for section in r.sections}

@@ -6,15 +6,16 @@ import base64
 import hashlib
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio
 
 from mkosi import intree
-from mkosi.config import Config
+from mkosi.config import CleanPackageMetadata, Config, TreeSource
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.run import run
+from mkosi.settings import IMAGE_TOP
 from mkosi.workspace import remove_tree
 
 # Left out of images built without WithDocs=.
@@ -25,17 +26,33 @@ async def install_extra_trees(context: Context) -> None:
     """Each extra tree over the image, copied as it is: links stay links (whatever they point to),
     device nodes, set-id bits, hard links, sparse files and any file name survive."""
     for tree in context.config.extra_trees:
-        await install_tree(context, tree)
+        await install_tree(context, tree.source, tree.target)
 
 
-async def install_tree(context: Context, tree: Path) -> None:
+async def install_skeleton_trees(context: Context) -> None:
+    """Each skeleton tree into the still empty image, before the distribution's packages, as
+    mkosi v4-v14 did with mkosi.skeleton/ (package managers' configuration, for instance)."""
+    context.root.mkdir(parents=True, exist_ok=True)
+    for tree in context.config.skeleton_trees:
+        await install_tree(context, tree.source, tree.target)
+
+
+def tree_digest_paths(trees: tuple[TreeSource, ...]) -> list[str]:
+    """What stands for the trees' targets in a stage key (their contents are hashed separately)."""
+    return [str(tree.target) for tree in trees]
+
+
+async def install_tree(context: Context, tree: Path, target: PurePosixPath = IMAGE_TOP) -> None:
     # cp -a straight into the image would write through the image's links to the host (a file of
     # the tree over etc/localtime -> /usr/share/zoneinfo/UTC overwrote the host's zone file). cp -a
     # into an empty directory next to the image has no link to write through; that copy is then
     # moved into the image with its links followed inside it.
     incoming = context.root.with_name(f"{context.root.name}.incoming")
+    # ExtraTrees=SRC:TARGET: the copy goes below TARGET inside `incoming`, which merges like any tree.
+    destination = incoming.joinpath(*target.parts[1:])
     try:
-        await run(["cp", "-a", "--reflink=auto", "--no-target-directory", f"{tree}/.", incoming], log=context.log)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        await run(["cp", "-a", "--reflink=auto", "--no-target-directory", f"{tree}/.", destination], log=context.log)
         await anyio.to_thread.run_sync(intree.merge, incoming, context.root)
     finally:
         with anyio.CancelScope(shield=True):
@@ -87,6 +104,36 @@ def set_shadow_password(root: Path, user: str, hashed: str) -> None:
     intree.write_bytes(root, SHADOW, shadow.encode(errors="surrogateescape"), mode=0o640)
 
 
+# agetty logging root in without asking, for the units a booted image runs on its consoles.
+AUTOLOGIN_UNITS = ("console-getty.service", "getty@.service", "serial-getty@.service")
+AUTOLOGIN_DROP_IN = (
+    "[Service]\nExecStart=\nExecStart=-/sbin/agetty -o '-f -p -- \\\\u' --noclear --autologin root --keep-baud "
+    "- 115200,38400,9600 $TERM\n"
+)
+
+
+def write_autologin(root: Path) -> None:
+    for unit in AUTOLOGIN_UNITS:
+        intree.make_directories(root, f"etc/systemd/system/{unit}.d")
+        intree.write_bytes(root, f"etc/systemd/system/{unit}.d/autologin.conf", AUTOLOGIN_DROP_IN.encode())
+
+
+def with_image_fields(os_release: str, fields: dict[str, str]) -> str:
+    """os-release with IMAGE_ID=/IMAGE_VERSION= set (replacing any the distribution wrote)."""
+    kept = [line for line in os_release.splitlines() if line.partition("=")[0] not in fields]
+    return "".join(f"{line}\n" for line in (*kept, *(f"{k}={v}" for k, v in fields.items())))
+
+
+def write_image_fields(root: Path, config: Config) -> None:
+    fields = {k: v for k, v in (("IMAGE_ID", config.image_id), ("IMAGE_VERSION", config.image_version)) if v}
+    if not fields:
+        return
+    # /etc/os-release is normally a link to ../usr/lib/os-release, followed inside the image.
+    path = "usr/lib/os-release" if intree.is_regular_file(root, "usr/lib/os-release") else "etc/os-release"
+    text = (intree.read_bytes(root, path) or b"").decode(errors="surrogateescape")
+    intree.write_bytes(root, path, with_image_fields(text, fields).encode(errors="surrogateescape"))
+
+
 def root_password(config: Config) -> str | None:
     """Password=, else the content of mkosi.rootpw without its final line break."""
     if config.password is None and config.password_file is not None:
@@ -104,8 +151,14 @@ async def configure_system(context: Context) -> None:
         # The bootstrap copies the build host's name; the image should not carry it.
         intree.remove(root, "etc/hostname")
     if (password := root_password(config)) is not None:
-        hashed = await hash_password(password, context) if password else ""
+        if config.password_is_hashed or not password:
+            hashed = password  # empty: no root password, as in every mkosi of the mkosi.default era
+        else:
+            hashed = await hash_password(password, context)
         set_shadow_password(root, "root", hashed)
+    if config.autologin:
+        write_autologin(root)
+    write_image_fields(root, config)
     # Every machine made from the image gets its own identity on first boot.
     intree.write_bytes(root, "etc/machine-id", b"")
     # Debian links it to /etc/machine-id; only a file of its own is an identity.
@@ -124,11 +177,50 @@ def documentation(root: Path) -> list[Path]:
     return found
 
 
+# The package managers' databases and caches (CleanPackageMetadata=), and the program whose presence
+# makes them worth keeping under "auto".
+PACKAGE_METADATA = {
+    "usr/bin/apt": ("var/lib/apt", "var/cache/apt", "var/log/apt", "var/lib/dpkg", "var/log/dpkg.log"),
+    "usr/bin/dnf": ("var/lib/dnf", "var/cache/dnf", "var/log/dnf.log", "var/lib/rpm", "usr/lib/sysimage/rpm"),
+    "usr/bin/zypper": ("var/lib/zypp", "var/cache/zypp", "var/lib/rpm", "usr/lib/sysimage/rpm"),
+    "usr/bin/pacman": ("var/lib/pacman", "var/cache/pacman"),
+}
+
+
+def package_metadata(root: Path, when: CleanPackageMetadata) -> list[Path]:
+    found = []
+    for manager, paths in PACKAGE_METADATA.items():
+        if when is CleanPackageMetadata.no:
+            break
+        if when is CleanPackageMetadata.auto and intree.resolve(root, manager).exists():
+            continue
+        found += [p for path in paths if _exists(p := intree.resolve(root, path, follow_last=False))]
+    return list(dict.fromkeys(found))
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def removed_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """RemoveFiles=: what each pattern names, its directory found inside the image (never through a
+    link to the host), its last component matched as a glob."""
+    found = []
+    for pattern in patterns:
+        path = PurePosixPath(pattern)
+        parent = intree.directory(root, str(path.parent))
+        if parent is not None:
+            found += sorted(parent.glob(path.name))
+    return found
+
+
 async def clean_tree(context: Context) -> None:
-    root = context.root
+    root, config = context.root, context.config
     # The bootstrap's copy of the build host's resolver configuration.
     intree.remove(root, "etc/resolv.conf")
-    if not context.config.with_docs and (leftovers := documentation(root)):
+    leftovers = [] if config.with_docs else documentation(root)
+    leftovers += removed_files(root, config.remove_files) + package_metadata(root, config.clean_package_metadata)
+    if leftovers:
         await run(["rm", "-rf", "--", *leftovers], log=context.log)
 
 

@@ -19,6 +19,7 @@ from mkosi.tree import DOCUMENTATION
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Only Debian's own keys: the host's apt keyrings may trust any third-party archive.
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+REMOVED_KEYRING = Path("/usr/share/keyrings/debian-archive-removed-keys.gpg")
 PACKAGES = PackageNames(
     base=("systemd", "systemd-sysv", "dbus", "libpam-systemd"),
     kernel=(),  # kernel_package() names each architecture's flavour
@@ -115,11 +116,16 @@ def unpack_excludes(config: Config) -> tuple[str, ...]:
     return () if config.with_docs else tuple(f".{pattern}" for pattern in DOCUMENTATION)
 
 
+def keyrings(release: str) -> tuple[Path, ...]:
+    """Debian's keys; for an archived release also those Debian retired, which signed it."""
+    return (KEYRING, REMOVED_KEYRING) if release in Installer.archived_releases else (KEYRING,)
+
+
 def bootstrap(config: Config) -> apt_bootstrap.Bootstrap:
     return apt_bootstrap.Bootstrap(
         sources=tuple(sources(config.mirror, config.release, config.repositories or ("main",))),
         packages=(*packages(config), *cryptsetup_packages(config)),
-        keyrings=(config.repository_keys or (KEYRING,)) if config.repository_key_check else (),
+        keyrings=(config.repository_keys or keyrings(config.release)) if config.repository_key_check else (),
         image_keys=config.repository_keys if config.repository_key_check else (),
         files=tree_files(config),
         excludes=unpack_excludes(config),
@@ -135,6 +141,9 @@ class Installer(DistributionInstaller, distribution=Distribution.debian):
     package_manager_tools = ("apt", "dpkg")
     initrd_paths = ("boot/initrd.img-{version}",)
     locks_packages = True
+    archived_releases = frozenset({"buzz", "rex", "bo", "hamm", "slink", "potato", "woody", "sarge", "etch", "lenny",
+                                   "squeeze", "wheezy", "jessie", "stretch", "buster", "bullseye"})  # fmt: skip
+    archive = "http://archive.debian.org/debian"
 
     def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
         """What the apt and dpkg bootstrap installs, from where, trusting which keys."""

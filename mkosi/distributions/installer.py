@@ -54,6 +54,10 @@ class DistributionInstaller:
     package_manager_tools: ClassVar[tuple[str, ...]]
     # Whether its install records every package it installs and honours PackageLock=.
     locks_packages: ClassVar[bool] = False
+    # Releases that left the distribution's main mirrors, and where they live now: built only from a
+    # Mirror= given (that archive or a copy of it), never from the default one, which lacks them.
+    archived_releases: ClassVar[frozenset[str]] = frozenset()
+    archive: ClassVar[str | None] = None
     # Where its kernel packages' hooks leave a kernel's initrd ({version} is the kernel's).
     initrd_paths: ClassVar[tuple[str, ...]] = ()
 
@@ -74,9 +78,18 @@ class DistributionInstaller:
 
     def check_release(self, release: str) -> None:
         """Raise ValueError with a readable message if the distribution has no such release."""
-        if self.releases is not None and release not in self.releases:
+        if self.releases is not None and release not in self.releases | self.archived_releases:
             known = ", ".join(sorted(self.releases))
             raise ValueError(f"{self.distribution} has no release {release!r} (known: {known})")
+
+    def archived_problem(self, release: str, mirror: str | None) -> str | None:
+        """Why `release` cannot be built from the default mirror, or None."""
+        if release in self.archived_releases and not mirror:
+            return (
+                f"{self.distribution} {release} is no longer on {self.distribution}'s main mirrors: it lives at "
+                f"{self.archive}; build it with Mirror={self.archive} (or a mirror of that archive)"
+            )
+        return None
 
     async def install(self, context: Context) -> None:
         """Install the image's tree: the base system, what booting needs and the user's packages."""

@@ -76,6 +76,11 @@ class Installer(debian.Installer, distribution=Distribution.ubuntu):
     # 26.04 "resolute" is the LTS of April 2026; 25.10 "questing" is the interim release still supported.
     default_release = "resolute"
     releases = frozenset({"jammy", "noble", "questing", "resolute"})
+    # Past their standard support, moved off the main archive.
+    archived_releases = frozenset({"trusty", "xenial", "bionic", "focal", "utopic", "vivid", "wily", "yakkety",
+                                   "zesty", "artful", "cosmic", "disco", "eoan", "groovy", "hirsute", "impish",
+                                   "kinetic", "lunar", "mantic", "oracular", "plucky"})  # fmt: skip
+    archive = "http://old-releases.ubuntu.com/ubuntu"
 
     def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
         return bootstrap(config)

@@ -11,6 +11,7 @@ import shutil
 
 from mkosi import checksums, naming
 from mkosi.context import Context
+from mkosi.run import run
 
 
 async def write(context: Context) -> None:
@@ -18,6 +19,10 @@ async def write(context: Context) -> None:
     if config.nspawn_settings is not None:
         nspawn = naming.sidecar(config.output, naming.NSPAWN_SUFFIX)
         shutil.copyfile(config.nspawn_settings, context.stage_output(nspawn))
+    if config.bmap:
+        # Which blocks of the image hold data, for bmaptool copy (and the checksums cover it).
+        bmap = context.stage_output(naming.sidecar(config.output, naming.BMAP_SUFFIX))
+        await run(["bmaptool", "create", "-o", str(bmap), str(context.staged[config.output])], log=context.log)
     if not config.checksum:
         return
     # A directory output is a tree, not a file: only the files next to it can be summed.

@@ -123,7 +123,7 @@ def test_incremental_rebuilds_only_what_changed(project: Path, first_build: dict
 def test_failing_script_stops_the_build_with_its_status(tmp_path: Path) -> None:
     (tmp_path / "mkosi.build").write_text("#!/bin/sh\necho about to fail\nexit 7\n")
     (tmp_path / "mkosi.build").chmod(0o755)
-    result = mkosi("-d", "debian", "-r", "bookworm", "build", cwd=tmp_path, check=False)
+    result = mkosi("-d", "debian", "-r", "bookworm", "-t", "directory", "build", cwd=tmp_path, check=False)
     assert result.returncode == 7
     assert "mkosi.build failed with exit status 7" in result.stderr
     assert "about to fail" in result.stderr
@@ -145,7 +145,9 @@ cat "$SRCDIR/version" > "$DESTDIR/usr/share/example/version"
 def test_build_directory_persists_between_builds(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "mkosi.default").write_text("[Distribution]\nDistribution=debian\nRelease=bookworm\n")
+    (project / "mkosi.default").write_text(
+        "[Distribution]\nDistribution=debian\nRelease=bookworm\n[Output]\nFormat=directory\n"
+    )
     (project / "mkosi.build").write_text(COUNTING_SCRIPT)
     (project / "mkosi.build").chmod(0o755)
     (project / "version").write_text("1\n")

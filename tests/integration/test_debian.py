@@ -338,7 +338,19 @@ def test_a_failed_forced_rebuild_keeps_the_earlier_output(debian_project: Path, 
 
 
 def test_missing_package_fails_with_a_clear_error(tmp_path: Path) -> None:
-    result = mkosi("-d", "debian", "-r", "bookworm", "-p", "no-such-package-mkosi", "build", cwd=tmp_path, check=False)
+    result = mkosi(
+        "-d",
+        "debian",
+        "-r",
+        "bookworm",
+        "-t",
+        "directory",
+        "-p",
+        "no-such-package-mkosi",
+        "build",
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode != 0
     assert "no-such-package-mkosi" in result.stderr
     assert not (tmp_path / "image").exists()
@@ -379,7 +391,7 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(
     tmp_path: Path, signum: int, status: int, moment: str
 ) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mkosi", "-d", "debian", "--workspace=disk", "build"],
+        [sys.executable, "-m", "mkosi", "-d", "debian", "-t", "directory", "--workspace=disk", "build"],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
@@ -395,7 +407,7 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(
             time.sleep(1)
             assert _processes_rooted_in(tmp_path), "dpkg should be running in the tree"
             # A second build of the same output meanwhile is refused at once, naming the first.
-            second = mkosi("-d", "debian", "--workspace=disk", "build", cwd=tmp_path, check=False)
+            second = mkosi("-d", "debian", "-t", "directory", "--workspace=disk", "build", cwd=tmp_path, check=False)
             assert second.returncode == 1
             assert f"is being built by another mkosi (pid {process.pid})" in second.stderr
             break
@@ -414,7 +426,17 @@ def test_signal_stops_the_build_and_leaves_nothing_behind(
 
 
 def test_after_kill_9_nothing_runs_on_and_the_next_build_needs_no_cleanup(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", "-d", "debian", "--workspace=disk"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mkosi",
+        f"--cache={CACHE / 'packages'}",
+        "-d",
+        "debian",
+        "-t",
+        "directory",
+        "--workspace=disk",
+    ]
     process = subprocess.Popen([*argv, "build"], cwd=tmp_path, stderr=subprocess.DEVNULL)
     log = tmp_path / "image.log"
     deadline = time.monotonic() + 120
@@ -433,7 +455,7 @@ def test_after_kill_9_nothing_runs_on_and_the_next_build_needs_no_cleanup(tmp_pa
     assert str(tmp_path) not in Path("/proc/mounts").read_text()
     assert list(tmp_path.glob(".mkosi-workspace.*")), "SIGKILL leaves its workspace behind"
     # The next build succeeds as it is, and removes what the killed one left.
-    mkosi("-d", "debian", "--workspace=disk", "build", cwd=tmp_path)
+    mkosi("-d", "debian", "-t", "directory", "--workspace=disk", "build", cwd=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image", "image.log"]
 
 

@@ -150,7 +150,8 @@ def build(distribution: str, mirror: Path, served: str, directory: Path, *args: 
     cache = mirror.with_name(mirror.name + ".packages")
     url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
     return mkosi(
-        "-d", distribution, f"--mirror={url}", f"--cache={cache}", *args, "build", cwd=directory, check=check
+        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={cache}", *args, "build", cwd=directory,
+        check=check,
     )  # fmt: skip
 
 
@@ -241,8 +242,8 @@ def test_package_not_matching_the_signed_index_is_refused(tmp_path: Path, served
     shutil.copytree(signed, tampered)
     hello = next(tampered.rglob(f"{HELLO}-*.rpm"))
     shutil.copy(next(tampered.rglob(f"{BASE}-*.rpm")), hello)
-    result = mkosi("-d", "opensuse", f"--mirror={tampered.as_uri()}", f"--cache={tmp_path / 'cache'}",
-                   "-p", HELLO, "build", cwd=tmp_path, check=False)  # fmt: skip
+    result = mkosi("-d", "opensuse", "-t", "directory", f"--mirror={tampered.as_uri()}",
+                   f"--cache={tmp_path / 'cache'}", "-p", HELLO, "build", cwd=tmp_path, check=False)  # fmt: skip
     assert result.returncode != 0
     assert "corrupted" in result.stderr, result.stderr
     assert not (tmp_path / "image").exists()
@@ -268,7 +269,7 @@ def _resolves(url: str) -> str | None:
 def test_default_mirror(distribution: str, url: str, tmp_path: Path) -> None:
     if reason := _resolves(url):
         pytest.skip(f"needs {distribution}'s real mirror: {reason}")
-    mkosi("-d", distribution, "build", cwd=tmp_path)
+    mkosi("-d", distribution, "-t", "directory", "build", cwd=tmp_path)
     assert (tmp_path / "image/usr/lib/os-release").exists()
 
 
@@ -480,8 +481,8 @@ def _signed_build(distribution: str, mirror: Path, tmp_path: Path, key: Path, se
     # Tampered mirrors are copies outside the served directory: read as files.
     url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}" if mirror.is_relative_to(CACHE) else mirror.as_uri()
     return mkosi(
-        "-d", distribution, f"--mirror={url}", f"--cache={tmp_path / 'cache'}", f"--repository-key={key}",
-        "-p", HELLO, "-o", "tree", "build", cwd=tmp_path, check=False,
+        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={tmp_path / 'cache'}",
+        f"--repository-key={key}", "-p", HELLO, "-o", "tree", "build", cwd=tmp_path, check=False,
     )  # fmt: skip
 
 
@@ -523,8 +524,8 @@ def test_signed_repository_is_refused_when_tampered_with(distribution: str, tmp_
 def test_apt_installs_from_a_local_file_mirror(tmp_path: Path) -> None:
     # apt copies nothing from file: sources into its archive: the bootstrap takes them where they are.
     mirror = ubuntu_mirror()
-    mkosi("-d", "ubuntu", f"--mirror={mirror.as_uri()}", "--repository-key-check=no", "-p", HELLO, "-o", "tree",
-          "build", cwd=tmp_path)  # fmt: skip
+    mkosi("-d", "ubuntu", "-t", "directory", f"--mirror={mirror.as_uri()}", "--repository-key-check=no", "-p", HELLO,
+          "-o", "tree", "build", cwd=tmp_path)  # fmt: skip
     result = subprocess.run(["chroot", tmp_path / "tree", "/usr/bin/mkosi-hello"], capture_output=True, text=True)
     assert result.stdout.strip() == HELLO_OUTPUT, result.stderr
 
@@ -545,7 +546,7 @@ def test_a_failing_maintainer_script_fails_the_bootstrap_clearly(tmp_path: Path)
     repositories.write_apt_indexes(mirror, Distribution.ubuntu.installer().default_release)
     project = tmp_path / "project"
     project.mkdir()
-    result = mkosi("-d", "ubuntu", f"--mirror={mirror.as_uri()}", "--repository-key-check=no",
+    result = mkosi("-d", "ubuntu", "-t", "directory", f"--mirror={mirror.as_uri()}", "--repository-key-check=no",
                    "-p", "mkosi-test-broken", "build", cwd=project, check=False)  # fmt: skip
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -558,7 +559,17 @@ def test_a_failing_maintainer_script_fails_the_bootstrap_clearly(tmp_path: Path)
 def test_a_pool_package_not_matching_the_index_is_downloaded_again(tmp_path: Path, served: str) -> None:
     url = f"{served}/{ubuntu_mirror().relative_to(CACHE / 'repositories')}"
     cache = tmp_path / "packages"
-    args = ("-d", "ubuntu", f"--mirror={url}", f"--cache={cache}", "--repository-key-check=no", "-p", HELLO)
+    args = (
+        "-d",
+        "ubuntu",
+        "-t",
+        "directory",
+        f"--mirror={url}",
+        f"--cache={cache}",
+        "--repository-key-check=no",
+        "-p",
+        HELLO,
+    )
     for build_number in (1, 2):
         directory = tmp_path / str(build_number)
         directory.mkdir()
@@ -589,8 +600,9 @@ def test_a_damaged_pool_file_of_a_build_package_is_reported_and_replaced(tmp_pat
     damaged.write_bytes(bytes(data))
     bad, good_digest = hashlib.sha256(data).hexdigest(), hashlib.sha256(good.read_bytes()).hexdigest()
     url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
-    result = mkosi("-d", "ubuntu", f"--mirror={url}", f"--cache={tmp_path / 'cache'}", "--repository-key-check=no",
-                   f"--build-package={HELLO}", "-o", "tree", "build", cwd=tmp_path)  # fmt: skip
+    result = mkosi("-d", "ubuntu", "-t", "directory", f"--mirror={url}", f"--cache={tmp_path / 'cache'}",
+                   "--repository-key-check=no", f"--build-package={HELLO}", "-o", "tree", "build",
+                   cwd=tmp_path)  # fmt: skip
     warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
     assert warnings == [
         f"package pool file {damaged} is damaged: its SHA-256 is {bad}, "

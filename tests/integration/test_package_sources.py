@@ -129,7 +129,9 @@ def test_an_unreachable_mirror_is_named_not_taken_for_missing_packages(tmp_path:
     with socket.socket() as unreachable:
         unreachable.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{unreachable.getsockname()[1]}/debian"
-        result = mkosi("-d", "debian", "-r", "bookworm", f"--mirror={url}", "build", cwd=tmp_path, check=False)
+        result = mkosi(
+            "-d", "debian", "-r", "bookworm", "-t", "directory", f"--mirror={url}", "build", cwd=tmp_path, check=False
+        )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(
         f"mkosi: could not download {url}/dists/bookworm/InRelease: could not connect to the mirror, "

@@ -58,7 +58,7 @@ async def test_without_git_everything_but_mkosi_outputs_is_copied(tmp_path: Path
     project = _project(tmp_path)
     (project / "image").mkdir()  # a previous build's output
     (project / "image/etc").mkdir()
-    context = _context(project, "--use-git-files=no")
+    context = _context(project, "-t", "directory", "--use-git-files=no")
     destination = tmp_path / "copy"
     await buildscript.copy_sources(context, destination)
     names = {p.name for p in destination.iterdir()}
@@ -68,7 +68,7 @@ async def test_without_git_everything_but_mkosi_outputs_is_copied(tmp_path: Path
 
 def test_sources_digest_follows_content_not_outputs(tmp_path: Path) -> None:
     project = _project(tmp_path)
-    config = _context(project).config
+    config = _context(project, "-t", "directory").config
     before = buildscript.sources_digest(config)
     (project / "image").mkdir()
     (project / "image.log").write_text("log")

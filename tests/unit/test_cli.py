@@ -59,7 +59,7 @@ def test_clean_removes_outputs_and_with_ff_the_package_pool(tmp_path: Path) -> N
     (pool / "a_1_amd64.deb").write_text("")
     (tmp_path / "keep.txt").write_text("not ours")
 
-    result = mkosi(tmp_path, "-d", "debian", "-r", "bookworm", "clean")
+    result = mkosi(tmp_path, "-d", "debian", "-r", "bookworm", "-t", "directory", "clean")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "mkosi.cache"]
     assert pool.exists()

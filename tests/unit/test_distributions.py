@@ -80,7 +80,7 @@ def test_known_releases(distribution: str, release: str) -> None:
     ("argv", "message"),
     [
         (["-d", "fedora", "-r", "bookworm"], "fedora has no release 'bookworm' (use a release number or"),
-        (["-d", "ubuntu", "-r", "focal"], "ubuntu has no release 'focal'"),
+        (["-d", "ubuntu", "-r", "hardy-ng"], "ubuntu has no release 'hardy-ng'"),
         (["-d", "arch", "-r", "2024"], "arch has no release '2024' (known: rolling)"),
         (["-d", "opensuse", "-r", "leap"], "opensuse has no release 'leap' (known: tumbleweed)"),
         (["-d", "slackware"], "-d: invalid value 'slackware'"),

@@ -56,6 +56,7 @@ def test_published_paths_name_what_this_configuration_writes(tmp_path: Path) -> 
         tmp_path / "image.raw.xz.log": True,
         tmp_path / "image.nspawn": False,
         tmp_path / "image.roothash": True,
+        tmp_path / "image.bmap": False,
         tmp_path / "SHA256SUMS": True,
         tmp_path / "SHA256SUMS.gpg": False,
     }

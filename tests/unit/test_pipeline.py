@@ -22,7 +22,7 @@ def _keys(directory: Path | str, *argv: str) -> dict[str, str]:
 
 
 # A configuration whose keys do not depend on the host or the project directory (no files in it).
-FIXED = ("--architecture", "x86-64", "-p", "vim,less,zsh,curl", "--hostname", "pinned")
+FIXED = ("-t", "directory", "--architecture", "x86-64", "-p", "vim,less,zsh,curl", "--hostname", "pinned")
 
 
 def test_keys_are_the_same_in_every_interpreter(tmp_path: Path) -> None:
@@ -45,10 +45,10 @@ def test_keys_of_a_fixed_configuration(tmp_path: Path) -> None:
     # Pinned: these change only when a stage's inputs or the way keys are made deliberately change
     # (which makes every stored stage stale); update them in that commit, and only then.
     assert _keys(tmp_path, *FIXED) == {
-        "bootstrap": "8c9eb9efce94b2f5860bdd73be7ddca4a68457e70de9e812cf5ef00102bd9480",
-        "configure": "8cc395663d5139493ceb36ad3b2e9180c47ab7fd180a61751f233543d11448dc",
-        "clean": "6522bcadcd48a7f7fe9f7724eb9f62fa8c4acc9e5468d0077a2866786fe6e897",
-        "output": "1ae58a88f124248198581317b0dd1759b45015289a5a6e9b5db813a546050754",
+        "bootstrap": "6dadbce2e9107da34d465e5e0b93b90371a3d66c20e09b5313be9313ae41d055",
+        "configure": "069a6dee6ee69464c4d3919c0324a2a145c07c7a86b3e49a9deda043739c509b",
+        "clean": "9f8c50ce702a0eaed7d9cd33778a81ec9c6f375be9d7263f02e511e6d54171f1",
+        "output": "cc3d643d5506838876678b052574b6aea7c74aa620b92fb14c9ea6a9657728ed",
     }
 
 

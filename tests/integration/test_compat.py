@@ -1,0 +1,50 @@
+"""A project of the mkosi.default era (v3-v14), built and booted as it is.
+
+The project (compat-project/) uses the v6+ [Content] section, the gpt_ext4 format name, a
+mkosi.default.d/ drop-in without .conf, mkosi.skeleton/, mkosi.extra/, mkosi.postinst, an empty
+Password= and a mkosi.build that runs make and make install into $DESTDIR. One qemu boot shows
+that all of it reached the image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import boot, mkosi
+
+PROJECT = Path(__file__).parent / "compat-project"
+MARKER = "MKOSI-COMPAT-OK"
+BOOT_TIMEOUT = 240  # TCG on two shared cores
+ESP, ROOT = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("compat") / "project"
+    shutil.copytree(PROJECT, directory, symlinks=True)
+    return directory
+
+
+def test_summary_reads_the_old_layout_without_warnings(project: Path) -> None:
+    summary = mkosi("summary", cwd=project).stdout
+    lines = [line.split() for line in summary.splitlines()]
+    assert ["Format:", "raw_gpt"] in lines and ["Output:", str(project / "image.raw")] in lines
+    assert ["BuildPackages:", "gcc", "make", "libc6-dev"] in lines  # the inline comment is gone
+    assert ["Hostname:", "compat-host"] in lines
+    assert not summary.startswith("Warning")
+
+
+def test_the_installed_program_runs_at_boot(project: Path) -> None:
+    mkosi("build", cwd=project)
+    table = subprocess.run(["sfdisk", "-J", str(project / "image.raw")], capture_output=True, text=True, check=True)
+    types = {p["type"].lower() for p in json.loads(table.stdout)["partitiontable"]["partitions"]}
+    assert types == {ESP, ROOT}
+    console = boot(project, until=[MARKER], timeout=BOOT_TIMEOUT)
+    line = next((line for line in console.splitlines() if MARKER in line), None)
+    assert line is not None, console[-3000:]
+    assert f"{MARKER} compat-era image=compat-14 skeleton=from-skeleton hostname=compat-host password=[]" in line

@@ -6,6 +6,7 @@ the extension has.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.support import boot, mkosi
+from tests.integration.test_protected import VERITY_SIG_TYPE, _certificate, _signature, _smime_verify
 
 ROOT_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 ROOT_VERITY_TYPE = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
@@ -57,12 +59,13 @@ def _table(image: Path) -> list[dict[str, object]]:
     return partitions
 
 
-def _partitions(image: Path, directory: Path) -> tuple[Path, Path]:
+def _partitions(image: Path, directory: Path, signed: bool = False) -> tuple[Path, Path]:
     """The data and hash partitions cut out of the image, after checking their types."""
     table = _table(image)
-    assert [str(p["type"]).lower() for p in table] == [ROOT_TYPE, ROOT_VERITY_TYPE]
+    expected = [ROOT_TYPE, ROOT_VERITY_TYPE, *([VERITY_SIG_TYPE] if signed else [])]
+    assert [str(p["type"]).lower() for p in table] == expected
     files = []
-    for partition, name in zip(table, ("data.img", "hash.img"), strict=True):
+    for partition, name in zip(table[:2], ("data.img", "hash.img"), strict=True):
         start, size = int(str(partition["start"])), int(str(partition["size"]))
         out = directory / name
         command = ["dd", f"if={image}", f"of={out}", "bs=512", f"skip={start}", f"count={size}", "status=none"]
@@ -165,19 +168,30 @@ def test_confext_on_a_compressed_tarball_holds_only_etc(tar_image: Path, tmp_pat
     assert subprocess.run(["veritysetup", "verify", str(data), str(hashes), root_hash]).returncode == 0
 
 
-def test_portable_service_has_its_os_release_and_prefixed_units(directory_image: Path, tmp_path: Path) -> None:
+def test_portable_service_has_its_os_release_prefixed_units_and_signed_verity(
+    directory_image: Path, tmp_path: Path
+) -> None:
     extra = tmp_path / "svc"
     _write(extra / "usr/lib/systemd/system/mkosi-svc.service", "[Service]\nExecStart=/usr/bin/less --version\n")
     base = f"--base-image={directory_image}"
-    mkosi("-t", "portable", base, f"--extra-tree={extra}", "-o", "mkosi-svc_1.0.raw", "build", cwd=tmp_path)
+    # Signed with the project's Secure Boot key, as Verity=signed does by default.
+    _, certificate = _certificate(tmp_path, "mkosi.secure-boot")
+    mkosi("-t", "portable", base, f"--extra-tree={extra}", "--verity=signed", "-o", "mkosi-svc_1.0.raw", "build",
+          cwd=tmp_path)  # fmt: skip
     image = tmp_path / "mkosi-svc_1.0.raw"
     dissected = subprocess.run(["systemd-dissect", str(image)], capture_output=True, text=True, check=True).stdout
     assert "✓ portable service" in dissected and "PORTABLE_PREFIXES=mkosi-svc" in dissected
-    data, hashes = _partitions(image, tmp_path)
+    data, hashes = _partitions(image, tmp_path, signed=True)
+    document = _signature(image, tmp_path)
+    (tmp_path / "roothash.p7s").write_bytes(base64.b64decode(document["signature"]))
+    (tmp_path / "roothash.txt").write_text(document["rootHash"])
+    verified = _smime_verify(tmp_path / "roothash.p7s", tmp_path / "roothash.txt", certificate)
+    assert verified.returncode == 0, verified.stderr
     listing = _listing(data)
     assert "usr/lib/systemd/system/mkosi-svc.service" in listing and "usr/bin/less" in listing
     assert _cat(data, "etc/resolv.conf") == "" and _cat(data, "etc/machine-id") == ""
     root_hash = (tmp_path / "mkosi-svc_1.0.roothash").read_text().strip()
+    assert document["rootHash"] == root_hash
     assert subprocess.run(["veritysetup", "verify", str(data), str(hashes), root_hash]).returncode == 0
 
 

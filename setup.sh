@@ -20,7 +20,7 @@ HOST_PACKAGES=(
     pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys
     createrepo-c makepkg libarchive-tools apt-utils busybox-static  # local test mirrors
     systemd systemd-container bubblewrap     # running commands and scripts inside image trees; systemd-id128 (tests)
-    e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables
+    e2fsprogs btrfs-progs squashfs-tools erofs-utils dosfstools mtools fdisk  # filesystems and partition tables
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
     faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
     diffoscope-minimal                       # mkosi matrix verify: what differs in an artifact that did not rebuild
@@ -31,6 +31,7 @@ HOST_PACKAGES=(
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build
+    skopeo umoci docker-registry             # tests: OCI layouts read, unpacked and pushed to a local registry
 )
 
 missing=()

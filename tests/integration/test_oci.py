@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,40 @@ def test_skopeo_pushes_it_to_a_registry_and_a_tampered_layer_is_refused(
     unpacked = subprocess.run(["umoci", "unpack", "--image", f"{tampered}:latest", str(tmp_path / "bundle")],
                               capture_output=True, text=True)  # fmt: skip
     assert unpacked.returncode != 0, unpacked.stderr
+
+
+MATRIX = """
+[matrix]
+Distribution = ["debian"]
+Release = ["bookworm"]
+Format = ["oci"]
+
+[release]
+Directory = "out/release"
+Compress = "{compress}"
+SourceDateEpoch = 1700000000
+"""
+
+
+def _matrix(project: Path, compress: str) -> subprocess.CompletedProcess[str]:
+    project.mkdir()
+    (project / "mkosi.matrix").write_text(MATRIX.format(compress=compress))
+    return subprocess.run([sys.executable, "-m", "matrix", "--jobs", "2"], cwd=project, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_a_release_publishes_an_oci_archive_skopeo_reads(tmp_path: Path) -> None:
+    built = _matrix(tmp_path / "zstd", "zstd")
+    assert built.returncode == 0, built.stderr[-3000:]
+    release = tmp_path / "zstd/out/release"
+    archive = release / "debian-bookworm-oci.oci.tar"
+    subprocess.run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cwd=release, check=True, capture_output=True)
+    raw = json.loads(_skopeo("inspect", "--raw", f"oci-archive:{archive}").stdout)
+    assert raw["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    inspected = json.loads(_skopeo("inspect", f"oci-archive:{archive}").stdout)
+    assert (inspected["Architecture"], inspected["Created"]) == ("amd64", "2023-11-14T22:13:20Z")
+
+    refused = _matrix(tmp_path / "xz", "xz")
+    assert refused.returncode != 0
+    assert "cell debian-bookworm-oci: Format=oci cannot take the release's Compress=xz" in refused.stderr
+    assert not (tmp_path / "xz/out/release").exists()

@@ -95,7 +95,11 @@ def test_output_format_is_raw() -> None:
         OutputFormat.raw_gpt,
         OutputFormat.raw_btrfs,
         OutputFormat.raw_squashfs,
+        OutputFormat.raw_erofs,
     }
+    assert {f for f in OutputFormat if f.has_read_only_root} == {OutputFormat.raw_squashfs, OutputFormat.raw_erofs}
+    # An OCI layout is a directory on the host, but its layer is compressed: not a tree.
+    assert OutputFormat.oci.is_directory and not OutputFormat.oci.is_tree and not OutputFormat.oci.boots
 
 
 # ---- parsers ----
@@ -211,7 +215,7 @@ def test_enum_parser_with_aliases() -> None:
         parse("raw_xfs")
     assert str(error.value) == (
         "invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, directory, subvolume, tar, cpio, uki, esp, oci)"
     )
     assert enum_parser(Distribution, {"archlinux": Distribution.arch})("archlinux") is Distribution.arch
 

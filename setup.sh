@@ -20,7 +20,7 @@ HOST_PACKAGES=(
     pacman-package-manager archlinux-keyring  # installing Arch trees, checked against Arch's keys
     createrepo-c makepkg libarchive-tools apt-utils busybox-static  # local test mirrors
     systemd systemd-container bubblewrap     # running commands and scripts inside image trees; systemd-id128 (tests)
-    e2fsprogs btrfs-progs squashfs-tools dosfstools mtools fdisk  # filesystems and partition tables; debugfs, unsquashfs read raw base images
+    e2fsprogs btrfs-progs squashfs-tools erofs-utils dosfstools mtools fdisk  # filesystems and partition tables; debugfs, unsquashfs read raw base images
     cryptsetup-bin sbsigntool systemd-boot-efi binutils  # LUKS, Secure Boot, unified kernel images
     faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
     diffoscope-minimal                       # mkosi matrix verify: what differs in an artifact that did not rebuild
@@ -32,7 +32,7 @@ HOST_PACKAGES=(
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build
     skopeo                                   # RemoteCache=: pushing and pulling stage-cache entries to an OCI registry
-    docker-registry apache2-utils            # tests: a real OCI registry on 127.0.0.1, with htpasswd basic auth
+    umoci docker-registry apache2-utils      # tests: OCI layouts unpacked; a real registry on 127.0.0.1, with htpasswd basic auth
     bmap-tools                               # BMap=: <image>.bmap next to raw images
     rsync                                    # tests: gitlab-ci-local copies each job's checkout with it
 )

@@ -27,7 +27,20 @@ from mkosi.workspace import remove_tree
 
 # Tools whose versions go into the manifest besides the cells' package managers, when installed:
 # they determine the artifacts' bytes.
-TOOLS = ("tar", "xz", "zstd", "cp", "gpg", "mksquashfs", "veritysetup", "sfdisk", "openssl", "objcopy", "sbsign")
+TOOLS = (
+    "tar",
+    "xz",
+    "zstd",
+    "cp",
+    "gpg",
+    "mksquashfs",
+    "mkfs.erofs",
+    "veritysetup",
+    "sfdisk",
+    "openssl",
+    "objcopy",
+    "sbsign",
+)
 
 MANIFEST = "manifest.json"
 
@@ -46,7 +59,13 @@ async def collect_artifacts(
     output = config.output
     stem = naming.image_stem(output)
     artifacts: list[Path] = []
-    if output.is_dir() and not output.is_symlink():
+    if output.is_dir() and not output.is_symlink() and config.format is OutputFormat.oci:
+        # One file skopeo reads as it is (oci-archive:), uncompressed: the layer inside already is.
+        packed = release / naming.oci_archive_name(name)
+        await tar_tree(output, packed, Compression.none, log, config.source_date_epoch)
+        await remove_tree(output)
+        artifacts.append(packed)
+    elif output.is_dir() and not output.is_symlink():
         packed = release / naming.image_file_name(name, OutputFormat.tar, compress)
         await tar_tree(output, packed, compress, log, config.source_date_epoch)
         await remove_tree(output)

@@ -115,6 +115,12 @@ def plan(
             config = dataclasses.replace(config, format=OutputFormat.tar)
         compressible = not config.format.is_tree
         if config.compress is Compression.none and compressible:
+            if config.format is OutputFormat.oci and matrix.release.compress.oci_layer_media_type is None:
+                problems.append(
+                    f"cell {cell.name}: Format=oci cannot take the release's Compress={matrix.release.compress}: "
+                    "the OCI image-spec has no media type for it (give the cell Compress=zstd or none)"
+                )
+                continue
             config = dataclasses.replace(config, compress=matrix.release.compress)
         output = build_root / cell.name / naming.image_file_name(cell.name, config.format, config.compress)
         config = dataclasses.replace(config, output=output, force=0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 class _Facts:
     debian: str  # dpkg's name (amd64)
     rpm: str  # rpm's, dnf's and pacman's name: the kernel's (x86_64)
+    go: str  # Go's GOARCH, which OCI image configs and registries use (amd64)
     efi: str  # the suffix of UEFI's removable-media boot loader and systemd-boot's binaries (x64)
     qemu_system: str  # the qemu binary that emulates a whole machine
     qemu_machine: str  # qemu's machine type for UEFI guests
@@ -65,6 +66,11 @@ class Architecture(enum.StrEnum):
     @property
     def pacman(self) -> str:
         return self._facts.rpm
+
+    @property
+    def oci(self) -> str:
+        """The `architecture` of an OCI image config: Go's name."""
+        return self._facts.go
 
     @property
     def efi(self) -> str:
@@ -131,6 +137,7 @@ _FACTS = {
     Architecture.x86_64: _Facts(
         debian="amd64",
         rpm="x86_64",
+        go="amd64",
         efi="x64",
         qemu_system="qemu-system-x86_64",
         qemu_machine="q35",
@@ -145,6 +152,7 @@ _FACTS = {
     Architecture.arm64: _Facts(
         debian="arm64",
         rpm="aarch64",
+        go="arm64",
         efi="aa64",
         qemu_system="qemu-system-aarch64",
         qemu_machine="virt",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mkosi import intree, naming
-from mkosi.config import Config, OutputFormat
+from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.reproducibility import frozen_clock
@@ -58,7 +58,7 @@ def kernel_command_line(config: Config) -> str:
     """No root=: the initrd finds the root partition by its type. Then the user's words."""
     words = [
         "console=ttyS0",
-        "ro" if config.read_only or config.format is OutputFormat.raw_squashfs else "rw",
+        "ro" if config.read_only or config.format.has_read_only_root else "rw",
     ]
     return " ".join([*words, *config.kernel_command_line])
 

@@ -411,7 +411,7 @@ def _resolve(directory: Path, default: Path | None, assignments: list[Assignment
                 r.values[implied] = True
     # Tools that open an image trust its name: an explicit img.raw compressed with xz is img.raw.xz.
     output, suffix = r.values["output"], r.values["compress"].suffix
-    if r.is_set("output") and suffix and not output.name.endswith(suffix):
+    if r.is_set("output") and suffix and not r.values["format"].is_directory and not output.name.endswith(suffix):
         r.values["output"] = output.with_name(output.name + suffix)
     return r
 
@@ -480,6 +480,12 @@ def _validate(c: Config, r: _Resolver) -> None:
         fail("compress", f"cannot compress a {c.format} output")
     if c.bmap and c.compress is not Compression.none:
         fail("bmap", "needs an uncompressed image: bmaptool maps the blocks of the image file itself")
+    if c.format is OutputFormat.oci and c.compress.oci_layer_media_type is None:
+        fail(
+            "compress",
+            f"{c.compress} cannot compress an OCI layer: the OCI image-spec has no media type for it "
+            "(use zstd or none)",
+        )
     for s in PRIMARY.values():
         if _is_on(getattr(c, s.dest)):
             for dest, why in s.requires:

@@ -25,6 +25,8 @@ RAW_SUFFIX = ".raw"
 TAR_SUFFIX = ".tar"
 CPIO_SUFFIX = ".cpio"
 EFI_SUFFIX = ".efi"
+# An OCI image layout packed into one uncompressed tar: what skopeo's oci-archive: transport reads.
+OCI_ARCHIVE_SUFFIX = ".oci.tar"
 COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst"}
 # What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash;
 # .gz too, which mkosi never writes but systemd's importer reads.
@@ -36,15 +38,21 @@ _ASIDE = ".mkosi-old."
 
 
 def image_file_name(stem: str, format: OutputFormat, compress: Compression) -> str:
-    """`stem` as an output of `format`: a tree keeps it, files get `.raw`/`.tar`/`.cpio`/`.efi` and `.xz`/`.zst`."""
-    if format.is_tree:
+    """`stem` as an output of `format`: a directory (a tree, an OCI layout) keeps it, files get
+    `.raw`/`.tar`/`.cpio`/`.efi` and `.xz`/`.zst`."""
+    if format.is_directory:
         return stem
     return stem + format.suffix + compress.suffix
 
 
+def oci_archive_name(stem: str) -> str:
+    """An OCI layout published as one file (a release): `skopeo copy oci-archive:NAME.oci.tar ...`."""
+    return stem + OCI_ARCHIVE_SUFFIX
+
+
 def image_stem(output: Path) -> str:
     """The output's name without its format and compression suffixes."""
-    name = output.name
+    name = output.name.removesuffix(OCI_ARCHIVE_SUFFIX)
     for suffix in _STRIPPED:
         name = name.removesuffix(suffix)
     for suffix in (RAW_SUFFIX, TAR_SUFFIX, CPIO_SUFFIX, EFI_SUFFIX):

@@ -32,6 +32,7 @@ class OutputFormat(enum.StrEnum):
     raw_gpt = "raw_gpt"
     raw_btrfs = "raw_btrfs"
     raw_squashfs = "raw_squashfs"
+    raw_erofs = "raw_erofs"
     directory = "directory"
     subvolume = "subvolume"
     tar = "tar"
@@ -41,11 +42,17 @@ class OutputFormat(enum.StrEnum):
     sysext = "sysext"
     confext = "confext"
     portable = "portable"
+    oci = "oci"
 
     @property
     def is_raw(self) -> bool:
         """A GPT disk image with a root file system, as opposed to a tree or an archive."""
-        return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs)
+        return self in (OutputFormat.raw_gpt, OutputFormat.raw_btrfs, OutputFormat.raw_squashfs, OutputFormat.raw_erofs)
+
+    @property
+    def has_read_only_root(self) -> bool:
+        """A disk whose root file system cannot be written to at all (squashfs, erofs)."""
+        return self in (OutputFormat.raw_squashfs, OutputFormat.raw_erofs)
 
     @property
     def is_disk(self) -> bool:
@@ -78,6 +85,11 @@ class OutputFormat(enum.StrEnum):
     def is_tree(self) -> bool:
         """A directory tree on the host (nothing to compress or checksum), not a file."""
         return self in (OutputFormat.directory, OutputFormat.subvolume)
+
+    @property
+    def is_directory(self) -> bool:
+        """Published as a directory: a tree, or an OCI image layout (whose layer is what Compress= compresses)."""
+        return self.is_tree or self is OutputFormat.oci
 
     @property
     def suffix(self) -> str:
@@ -120,6 +132,14 @@ class Compression(enum.StrEnum):
     @property
     def suffix(self) -> str:
         return naming.COMPRESSION_SUFFIXES[self.value]
+
+    @property
+    def oci_layer_media_type(self) -> str | None:
+        """The OCI image-spec's media type of a tar layer compressed so; None: the spec has none (xz)."""
+        return {
+            Compression.none: "application/vnd.oci.image.layer.v1.tar",
+            Compression.zstd: "application/vnd.oci.image.layer.v1.tar+zstd",
+        }.get(self)
 
 
 class GitFiles(enum.StrEnum):
@@ -549,8 +569,8 @@ def parse_uuid(value: str) -> uuid.UUID:
 
 
 def _default_read_only(r: Resolved) -> bool:
-    # squashfs cannot be written to, and verity data is only valid for a root that never changes.
-    return bool(r["format"] is OutputFormat.raw_squashfs or r["format"].is_ddi or r["verity"])
+    # squashfs and erofs cannot be written to, and verity data is only valid for a root that never changes.
+    return bool(r["format"].has_read_only_root or r["format"].is_ddi or r["verity"])
 
 
 def _default_verity(r: Resolved) -> Verity:
@@ -856,7 +876,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse=parse_boolean,
         kind=Kind.boolean,
         default_factory=_default_read_only,
-        help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs and --verity)",
+        help=f"make the root file system read-only ({_RAW}; implied by raw_squashfs, raw_erofs and --verity)",
         raw_only=True,
         ddi_too=True,
     ),

@@ -15,13 +15,14 @@ class PartitionPlan:
     """A partition before its filesystem exists: the size may still be unknown (None: from content)."""
 
     role: Role
-    filesystem: str  # ext4, btrfs, squashfs, swap, vfat, verity, verity-signature
+    filesystem: str  # ext4, btrfs, squashfs, erofs, swap, vfat, verity, verity-signature
     size: int | None
     read_only: bool = False
 
 
 def root_filesystem(config: Config) -> str:
-    return {OutputFormat.raw_btrfs: "btrfs", OutputFormat.raw_squashfs: "squashfs"}.get(config.format, "ext4")
+    formats = {OutputFormat.raw_btrfs: "btrfs", OutputFormat.raw_squashfs: "squashfs", OutputFormat.raw_erofs: "erofs"}
+    return formats.get(config.format, "ext4")
 
 
 def data_filesystem(config: Config) -> str:

@@ -30,11 +30,15 @@ class Distribution(enum.StrEnum):
 
 
 def parse_os_release(path: Path = Path("/etc/os-release")) -> dict[str, str]:
-    fields: dict[str, str] = {}
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return fields
+        return {}
+    return os_release_fields(text)
+
+
+def os_release_fields(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and not key.startswith("#"):

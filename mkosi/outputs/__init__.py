@@ -8,7 +8,7 @@ from typing import Any
 from mkosi import base_image
 from mkosi.config import Config, OutputFormat
 from mkosi.context import Context
-from mkosi.outputs import cpio, directory, disk, extension, portable, subvolume, tar
+from mkosi.outputs import cpio, directory, disk, extension, oci, portable, subvolume, tar
 
 Writer = Callable[[Context], Awaitable[None]]
 Check = Callable[[Config, Any], Awaitable[None]]
@@ -21,11 +21,13 @@ WRITERS: dict[OutputFormat, Writer] = {
     OutputFormat.raw_gpt: disk.write,
     OutputFormat.raw_btrfs: disk.write,
     OutputFormat.raw_squashfs: disk.write,
+    OutputFormat.raw_erofs: disk.write,
     OutputFormat.esp: disk.write,
     OutputFormat.uki: disk.write_uki,
     OutputFormat.sysext: extension.write,
     OutputFormat.confext: extension.write,
     OutputFormat.portable: portable.write,
+    OutputFormat.oci: oci.write,
 }
 
 # Checks that must pass before a build of the format starts.

@@ -1,4 +1,4 @@
-"""GPT disk images (raw_gpt, raw_btrfs, raw_squashfs, esp) and the UKI: the boot, filesystems and disk stages."""
+"""GPT disk images (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, esp) and the UKI: boot, filesystems, disk."""
 
 from __future__ import annotations
 
@@ -65,8 +65,11 @@ async def _make(context: Context, item: PartitionPlan, trees: dict[Role, Path]) 
     if item.filesystem == "swap":
         assert size is not None
         await fs.make_swap(image, size, fs_uuid, label, log)
-    elif item.filesystem == "squashfs":
-        await fs.make_squashfs(trees[item.role], image, log)
+    elif item.filesystem in ("squashfs", "erofs"):
+        if item.filesystem == "squashfs":
+            await fs.make_squashfs(trees[item.role], image, log)
+        else:
+            await fs.make_erofs(trees[item.role], image, fs_uuid, log, config.source_date_epoch)
         # Padded to the partition's size: a verity hash tree then covers the whole partition.
         size = verity.pad(image) + slack
     else:

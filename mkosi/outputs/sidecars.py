@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 
 from mkosi import checksums, naming
+from mkosi.config import OutputFormat
 from mkosi.context import Context
 from mkosi.run import run
 
@@ -25,12 +26,16 @@ async def write(context: Context) -> None:
         await run(["bmaptool", "create", "-o", str(bmap), str(context.staged[config.output])], log=context.log)
     if not config.checksum:
         return
-    # A directory output is a tree, not a file: only the files next to it can be summed.
-    artifacts = [
-        await checksums.describe_artifact(staged, final.name)
-        for final, staged in sorted(context.staged.items())
-        if staged.is_file()
-    ]
+    # A tree is not a file: only the files next to it can be summed. An OCI layout's files are,
+    # as NAME/index.json, NAME/blobs/sha256/...: `sha256sum -c` in the output's directory checks them.
+    artifacts = []
+    for final, staged in sorted(context.staged.items()):
+        if staged.is_file():
+            artifacts.append(await checksums.describe_artifact(staged, final.name))
+        elif config.format is OutputFormat.oci and final == config.output:
+            for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+                name = f"{final.name}/{path.relative_to(staged).as_posix()}"
+                artifacts.append(await checksums.describe_artifact(path, name))
     sums = context.stage_output(config.output.parent / naming.SUMS)
     sums.write_text(checksums.checksums(artifacts))
     if config.sign:

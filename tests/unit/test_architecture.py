@@ -78,3 +78,7 @@ def test_debians_and_rpms_names_are_theirs() -> None:
     assert asked("dpkg", "--print-architecture") == host.debian
     # The emulator the boot verbs run for the host's images is the one Debian's qemu package installs.
     assert shutil.which(host.qemu_system) is not None
+
+
+def test_oci_names_are_gos() -> None:
+    assert (Architecture.x86_64.oci, Architecture.arm64.oci) == ("amd64", "arm64")

@@ -713,8 +713,8 @@ def test_bad_values_name_file_line_section_and_key(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\n\nFormat=raw_zfs\n")
     assert error() == (
         "mkosi.default:3: [Output] Format: invalid value 'raw_zfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp, "
-        "sysext, confext, portable)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, directory, subvolume, tar, cpio, "
+        "uki, esp, sysext, confext, portable, oci)"
     )
     write(project / "mkosi.default", "[Output]\nBootable=maybe\n")
     assert error() == (
@@ -812,29 +812,30 @@ def test_nspawn_settings_missing(project: Path) -> None:
     [
         (
             ["-t", "directory", "--verity"],
-            "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not directory",
+            "--verity: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs), not directory",
         ),
         (
             ["-t", "tar", "-b"],
-            "-b: only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, uki, esp), not tar",
+            "-b: only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, uki, esp), "
+            "not tar",
         ),
         (
             ["-t", "subvolume", "--encrypt=all"],
-            "--encrypt: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not subvolume",
+            "--encrypt: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs), not subvolume",
         ),
         (
             ["-t", "tar", "--read-only"],
-            "--read-only: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar",
+            "--read-only: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs), not tar",
         ),
         (
             ["-t", "tar", "--home-size=1G"],
-            "--home-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not tar",
+            "--home-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs), not tar",
         ),
         (["-t", "directory", "--compress"], "--compress: cannot compress a directory output"),
         (["-t", "subvolume", "--xz"], "--xz: cannot compress a subvolume output"),
         (
             ["-t", "cpio", "--root-size=1G"],
-            "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs), not cpio",
+            "--root-size: only supported with raw formats (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs), not cpio",
         ),
         (
             ["-t", "raw_gpt", "--encrypt=all"],
@@ -863,7 +864,7 @@ def test_conflict_named_by_file_line(project: Path) -> None:
     write(project / "mkosi.default", "[Output]\nFormat=tar\nBootable=yes\n")
     assert error() == (
         "mkosi.default:3: [Output] Bootable: "
-        "only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, uki, esp), not tar"
+        "only supported with formats that boot (raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, uki, esp), not tar"
     )
     assert load("--bootable=no").bootable is False
 

@@ -19,6 +19,9 @@ from mkosi.config import Compression, OutputFormat, parse_args
         (OutputFormat.tar, Compression.zstd, "image.tar.zst"),
         (OutputFormat.raw_gpt, Compression.xz, "image.raw.xz"),
         (OutputFormat.raw_squashfs, Compression.none, "image.raw"),
+        (OutputFormat.raw_erofs, Compression.zstd, "image.raw.zst"),
+        # An OCI layout is a directory; Compress= compresses its layer, not its name.
+        (OutputFormat.oci, Compression.zstd, "image"),
     ],
 )
 def test_image_file_names(format: OutputFormat, compress: Compression, name: str, tmp_path: Path) -> None:
@@ -38,6 +41,7 @@ def test_image_file_names(format: OutputFormat, compress: Compression, name: str
         ("tree", "tree"),
         ("image.raw.gz", "image"),
         ("x.img", "x.img"),
+        ("debian.oci.tar", "debian"),
     ],
 )
 def test_sidecars_are_named_from_the_stem_as_systemd_looks_for_them(output: str, stem: str) -> None:
@@ -60,3 +64,9 @@ def test_published_paths_name_what_this_configuration_writes(tmp_path: Path) -> 
         tmp_path / "SHA256SUMS": True,
         tmp_path / "SHA256SUMS.gpg": False,
     }
+
+
+def test_an_explicit_oci_output_gets_no_compression_suffix(tmp_path: Path) -> None:
+    argv = ["-C", str(tmp_path), "-t", "oci", "--compress=zstd", "-o", "layout"]
+    assert parse_args(argv)[1].output == tmp_path / "layout"
+    assert naming.oci_archive_name("debian") == "debian.oci.tar"

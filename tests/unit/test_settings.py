@@ -98,7 +98,11 @@ def test_output_format_is_raw() -> None:
         OutputFormat.raw_gpt,
         OutputFormat.raw_btrfs,
         OutputFormat.raw_squashfs,
+        OutputFormat.raw_erofs,
     }
+    assert {f for f in OutputFormat if f.has_read_only_root} == {OutputFormat.raw_squashfs, OutputFormat.raw_erofs}
+    # An OCI layout is a directory on the host, but its layer is compressed: not a tree.
+    assert OutputFormat.oci.is_directory and not OutputFormat.oci.is_tree and not OutputFormat.oci.boots
 
 
 # ---- parsers ----
@@ -214,8 +218,8 @@ def test_enum_parser_with_aliases() -> None:
         parse("raw_xfs")
     assert str(error.value) == (
         "invalid value 'raw_xfs' "
-        "(choose from raw_gpt, raw_btrfs, raw_squashfs, directory, subvolume, tar, cpio, uki, esp, "
-        "sysext, confext, portable)"
+        "(choose from raw_gpt, raw_btrfs, raw_squashfs, raw_erofs, directory, subvolume, tar, cpio, "
+        "uki, esp, sysext, confext, portable, oci)"
     )
     assert enum_parser(Distribution, {"archlinux": Distribution.arch})("archlinux") is Distribution.arch
 

@@ -177,22 +177,24 @@ def documentation(root: Path) -> list[Path]:
     return found
 
 
-# The package managers' databases and caches (CleanPackageMetadata=), and the program whose presence
-# makes them worth keeping under "auto".
+# The package managers' databases and caches (CleanPackageMetadata=), each with the programs whose
+# presence makes it worth keeping under "auto": rpm's database serves rpm, dnf and zypper alike.
 PACKAGE_METADATA = {
-    "usr/bin/apt": ("var/lib/apt", "var/cache/apt", "var/log/apt", "var/lib/dpkg", "var/log/dpkg.log"),
-    "usr/bin/dnf": ("var/lib/dnf", "var/cache/dnf", "var/log/dnf.log", "var/lib/rpm", "usr/lib/sysimage/rpm"),
-    "usr/bin/zypper": ("var/lib/zypp", "var/cache/zypp", "var/lib/rpm", "usr/lib/sysimage/rpm"),
-    "usr/bin/pacman": ("var/lib/pacman", "var/cache/pacman"),
+    ("var/lib/apt", "var/cache/apt", "var/log/apt"): ("usr/bin/apt",),
+    ("var/lib/dpkg", "var/log/dpkg.log"): ("usr/bin/dpkg", "usr/bin/apt"),
+    ("var/lib/dnf", "var/cache/dnf", "var/log/dnf.log"): ("usr/bin/dnf",),
+    ("var/lib/rpm", "usr/lib/sysimage/rpm"): ("usr/bin/rpm", "usr/bin/dnf", "usr/bin/zypper"),
+    ("var/lib/zypp", "var/cache/zypp"): ("usr/bin/zypper",),
+    ("var/lib/pacman", "var/cache/pacman"): ("usr/bin/pacman",),
 }
 
 
 def package_metadata(root: Path, when: CleanPackageMetadata) -> list[Path]:
     found = []
-    for manager, paths in PACKAGE_METADATA.items():
+    for paths, users in PACKAGE_METADATA.items():
         if when is CleanPackageMetadata.no:
             break
-        if when is CleanPackageMetadata.auto and intree.resolve(root, manager).exists():
+        if when is CleanPackageMetadata.auto and any(intree.resolve(root, user).exists() for user in users):
             continue
         found += [p for path in paths if _exists(p := intree.resolve(root, path, follow_last=False))]
     return list(dict.fromkeys(found))

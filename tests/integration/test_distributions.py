@@ -145,13 +145,18 @@ def served() -> Iterator[str]:
         server.wait()
 
 
+# The test packages bring no rpm, dnf, zypper or pacman, so CleanPackageMetadata=auto would remove the
+# databases these tests read to see what the installer installed.
+KEEP_DATABASE = ("--clean-package-metadata=no",)
+
+
 def build(distribution: str, mirror: Path, served: str, directory: Path, *args: str, check: bool = True) -> Result:
     # A package pool per test mirror: test packages of one name and version differ between recipes.
     cache = mirror.with_name(mirror.name + ".packages")
     url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
     return mkosi(
-        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={cache}", *args, "build", cwd=directory,
-        check=check,
+        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={cache}", *KEEP_DATABASE, *args, "build",
+        cwd=directory, check=check,
     )  # fmt: skip
 
 
@@ -481,7 +486,7 @@ def _signed_build(distribution: str, mirror: Path, tmp_path: Path, key: Path, se
     # Tampered mirrors are copies outside the served directory: read as files.
     url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}" if mirror.is_relative_to(CACHE) else mirror.as_uri()
     return mkosi(
-        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={tmp_path / 'cache'}",
+        "-d", distribution, "-t", "directory", f"--mirror={url}", f"--cache={tmp_path / 'cache'}", *KEEP_DATABASE,
         f"--repository-key={key}", "-p", HELLO, "-o", "tree", "build", cwd=tmp_path, check=False,
     )  # fmt: skip
 

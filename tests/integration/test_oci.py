@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.registry import registry
 from tests.integration.support import mkosi
 
 EPOCH = "1700000000"
@@ -107,44 +105,16 @@ def test_xz_is_refused_before_any_work(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry on 127.0.0.1 only, storing into tmp_path, stopped by its pid."""
-    port = _free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'store'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    with (tmp_path / "registry.log").open("w") as log:
-        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
-                time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+def registry_host(tmp_path: Path) -> Iterator[str]:
+    with registry(tmp_path / "registry") as server:
+        yield server.host
 
 
 def test_skopeo_pushes_it_to_a_registry_and_a_tampered_layer_is_refused(
-    layout: Path, registry: str, tmp_path: Path
+    layout: Path, registry_host: str, tmp_path: Path
 ) -> None:
-    target = f"docker://{registry}/mkosi/debian:12"
+    target = f"docker://{registry_host}/mkosi/debian:12"
     # --preserve-digests: the registry gets our manifest's bytes, not skopeo's re-encoding of them.
     pushed = _skopeo("copy", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:latest", target)
     assert pushed.returncode == 0, pushed.stderr

@@ -79,6 +79,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, registry_server: Registry) -
     key = ["--quick-gen-key", "fleet <fleet@mkosi.invalid>", "ed25519", "sign", "never"]
     env = {**os.environ, "GNUPGHOME": str(home)}
     subprocess.run(["gpg", "--batch", "--passphrase", "", *key], env=env, check=True, capture_output=True)
+    # gpg started an agent for the key: it would outlive the test.
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=True)
     fleet_matrix = MATRIX + REMOTE.format(host=registry_server.host)
     for checkout in ("collector", *(f"runner-{i}" for i in SHARDS)):
         _checkout(base, checkout, fleet_matrix)

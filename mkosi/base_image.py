@@ -189,6 +189,14 @@ def record(context: Context, scope: tuple[str, ...]) -> None:
     (context.workspace / MANIFEST).write_text(json.dumps(entries))
 
 
+def recorded(context: Context) -> frozenset[str]:
+    """The base's paths the record covers (none when the build has no base): what the later tree
+    stages leave alone, since the base is configured and cleaned already, and an overlay cannot
+    take away what they would remove from it."""
+    path = context.workspace / MANIFEST
+    return frozenset(json.loads(path.read_text())) if path.exists() else frozenset()
+
+
 def load(context: Context) -> dict[str, Entry]:
     data = json.loads((context.workspace / MANIFEST).read_text())
     return {path: Entry(*fields) for path, fields in data.items()}

@@ -60,14 +60,16 @@ class RemoteCache:
         self.auth_file = auth_file
         self.log = log
         self.reachable = True
+        # Keys the registry is known to hold (found or pushed by this build): entries never change,
+        # so every cell restoring a shared stage does not ask again.
+        self.held: set[str] = set()
 
-    def _options(self, *directions: str) -> list[str]:
-        options = []
-        for direction in directions:
-            if self.insecure:
-                options.append(f"--{direction}tls-verify=false")
-            if self.auth_file is not None:
-                options.append(f"--{direction}authfile={self.auth_file}")
+    def _options(self, direction: str) -> list[str]:
+        """skopeo's TLS and credential options for the source (`src-`), destination (`dest-`) or the
+        only image (``) of a command."""
+        options = [f"--{direction}tls-verify=false"] if self.insecure else []
+        if self.auth_file is not None:
+            options.append(f"--{direction}authfile={self.auth_file}")
         return options
 
     def _unreachable(self, why: str) -> None:
@@ -77,6 +79,8 @@ class RemoteCache:
     async def has(self, key: str) -> bool:
         """Whether the registry holds the entry of `key`. A registry that cannot be reached holds
         nothing for the rest of this build: the build does not wait for its timeout again and again."""
+        if key in self.held:
+            return True
         if not self.reachable:
             return False
         result = await run(
@@ -85,6 +89,7 @@ class RemoteCache:
             capture_stdout=True, merge_stderr=True, check=False, log=self.log,
         )  # fmt: skip
         if result.returncode == 0:
+            self.held.add(key)
             return True
         if "manifest unknown" in result.stdout.lower():
             return False
@@ -139,6 +144,7 @@ class RemoteCache:
             if pushed.returncode != 0:
                 self.log.warning(f"could not push stage {key[:12]} to {self.registry}: {_last_line(pushed.stdout)}")
                 return
+            self.held.add(key)
             self.log.info("pushed to the remote cache", key=key[:12], registry=str(self.registry))
         finally:
             with anyio.CancelScope(shield=True):

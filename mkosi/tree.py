@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 
-from mkosi import intree
+from mkosi import base_image, intree
 from mkosi.config import CleanPackageMetadata, Config, TreeSource
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -218,10 +218,14 @@ def removed_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 async def clean_tree(context: Context) -> None:
     root, config = context.root, context.config
+    base = base_image.recorded(context)
     # The bootstrap's copy of the build host's resolver configuration.
-    intree.remove(root, "etc/resolv.conf")
+    if "etc/resolv.conf" not in base:
+        intree.remove(root, "etc/resolv.conf")
     leftovers = [] if config.with_docs else documentation(root)
     leftovers += removed_files(root, config.remove_files) + package_metadata(root, config.clean_package_metadata)
+    # What the build added goes; the base's own files stay.
+    leftovers = [path for path in leftovers if str(path.relative_to(root)) not in base]
     if leftovers:
         await run(["rm", "-rf", "--", *leftovers], log=context.log)
 
@@ -287,11 +291,15 @@ async def make_reproducible(context: Context) -> None:
     epoch = context.config.source_date_epoch
     assert epoch is not None
     root = context.root
+    # A base's own files are as its build made them reproducible already.
+    base = base_image.recorded(context)
     for shadow in (SHADOW, f"{SHADOW}-"):  # the tools' backup copy too
-        normalise_shadow_dates(root, shadow, epoch)
+        if shadow not in base:
+            normalise_shadow_dates(root, shadow, epoch)
     # ldconfig's aux-cache records the mtimes and inode numbers of the libraries it read.
     intree.remove(root, "var/cache/ldconfig/aux-cache")
-    regenerate_ssh_host_keys(root)
+    if "etc/ssh" not in base:
+        regenerate_ssh_host_keys(root)
     # Thousands of system calls: in a thread, so that the other builds of a matrix and Ctrl-C go on.
     clamped = await anyio.to_thread.run_sync(clamp_mtimes, root, epoch)
     context.log.info("clamped mtimes", files=clamped, epoch=epoch)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from mkosi import base_image
 from mkosi.config import parse_args
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -94,3 +95,24 @@ async def test_clean_and_reproducible_stages_leave_the_hosts_directories_alone(t
     await make_reproducible(context)
     assert _unchanged(host) and host["doc"].exists()
     assert not (root / "usr/share/man/man1").exists()  # the image's own documentation goes
+
+
+async def test_the_tree_stages_leave_a_base_image_s_own_files_alone(tmp_path: Path) -> None:
+    # A confext's base: its documentation, resolver configuration and shadow are the base's, and an
+    # overlay could not take away what cleaning would remove; what the build added is cleaned.
+    context = _context(tmp_path, "--source-date-epoch=1700000000")
+    root = context.root
+    (root / "usr/share/doc/base-package").mkdir(parents=True)
+    (root / "usr/share/doc/base-package/copyright").write_text("text\n")
+    (root / "etc/resolv.conf").write_text("nameserver 192.0.2.1\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    base_image.record(context, ("usr", "etc"))
+    (root / "usr/share/doc/added-package").mkdir()
+    (root / "usr/share/doc/added-package/copyright").write_text("text\n")
+    await clean_tree(context)
+    await make_reproducible(context)
+    assert (root / "usr/share/doc/base-package/copyright").exists()
+    assert not (root / "usr/share/doc/added-package").exists()
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
+    assert (root / "etc/shadow").read_text() == "root:*:19000:0:99999:7:::\n"
+    assert base_image.changed(context, ("usr", "etc")) == []

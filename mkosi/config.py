@@ -452,8 +452,13 @@ def _needs(target: Setting, why: str) -> str:
     return f"needs {wanted}" + (f": {why}" if why else "")
 
 
-def _validate(c: Config, r: _Resolver) -> None:
-    """The rules of the settings table's rows, then the few that relate particular values."""
+# The files `mkosi genkey` writes: a configuration that needs them is checked without them for it.
+GENERATED_KEYS = frozenset({"secure_boot_key", "secure_boot_certificate"})
+
+
+def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
+    """The rules of the settings table's rows, then the few that relate particular values.
+    `keys_to_come`: for `mkosi genkey`, which writes the key and certificate others require."""
 
     def fail(dest: str, problem: str) -> NoReturn:
         raise r.where.get(dest, Where(setting=PRIMARY[dest].name)).error(problem)
@@ -489,9 +494,10 @@ def _validate(c: Config, r: _Resolver) -> None:
     for s in PRIMARY.values():
         if _is_on(getattr(c, s.dest)):
             for dest, why in s.requires:
-                if not _is_on(getattr(c, dest)):
+                if not _is_on(getattr(c, dest)) and not (keys_to_come and dest in GENERATED_KEYS):
                     fail(s.dest, _needs(PRIMARY[dest], why))
-    if c.signed_verity and (c.verity_key is None or c.verity_certificate is None):
+    missing_key = c.verity_key is None or c.verity_certificate is None
+    if c.signed_verity and missing_key and not keys_to_come:
         fail(
             "verity",
             "signed needs VerityKey= and VerityCertificate= (or mkosi.secure-boot.key and .crt: mkosi genkey)",
@@ -568,14 +574,14 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _load(directory: Path, default: Path | None, extra: list[Assignment]) -> Config:
+def _load(directory: Path, default: Path | None, extra: list[Assignment], keys_to_come: bool = False) -> Config:
     """The one load pipeline: the project's files, then `extra`, resolved and checked."""
     files = _config_files(directory, default)
     warnings: list[str] = []
     assignments = [a for path in files for a in _file_assignments(path, directory, warnings)] + extra
     resolver = _resolve(directory, default, assignments)
     config = _config(resolver, warnings)
-    _validate(config, resolver)
+    _validate(config, resolver, keys_to_come)
     return config
 
 
@@ -603,7 +609,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Verb, Config, list[str]]:
             raise ConfigError("help needs no configuration: ask help_requested() first")
         directory, default = _locate(cli)
         located = [a for a in cli if a.setting.dest not in ("directory", "default_path")]
-        return verb, _load(directory, default, located), args
+        return verb, _load(directory, default, located, keys_to_come=verb is Verb.genkey), args
     except ConfigError as e:
         raise _one_printable_line(e) from None
 

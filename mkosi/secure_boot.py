@@ -32,24 +32,37 @@ async def generate_key(key: Path, certificate: Path, common_name: str, days: int
     for path in (key, certificate):
         if os.path.lexists(path):
             raise MkosiError(f"{path} already exists: mkosi genkey never replaces a key or certificate")
-    # Written in a private directory next to them, then linked into place: link fails instead of
-    # replacing a file that appeared meanwhile, and nobody sees a half-written key.
-    with tempfile.TemporaryDirectory(dir=key.parent, prefix=".mkosi-genkey.") as scratch:
+        if not path.parent.is_dir():
+            raise MkosiError(f"{path.parent} is not a directory: mkosi genkey cannot write {path.name} there")
+    with tempfile.TemporaryDirectory(prefix="mkosi-genkey.") as scratch:
         new_key, new_certificate = Path(scratch) / "key", Path(scratch) / "crt"
         await run(
             ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
              "-days", str(days), "-subj", f"/CN={common_name}", "-keyout", new_key, "-out", new_certificate],
             log=log,
         )  # fmt: skip
-        new_key.chmod(0o600)
-        new_certificate.chmod(0o644)
-        os.link(new_key, key)
+        _place(new_key, key, 0o600)
         try:
-            os.link(new_certificate, certificate)
-        except OSError:
+            _place(new_certificate, certificate, 0o644)
+        except BaseException:
             key.unlink()
             raise
     log.info("wrote a key and certificate", key=str(key), certificate=str(certificate))
+
+
+def _place(new: Path, final: Path, mode: int) -> None:
+    """`new` as `final`, whole or not at all: copied next to it, then linked into place, which fails
+    instead of replacing a file that appeared meanwhile."""
+    descriptor, staged = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(new.read_bytes())
+        os.link(staged, final)
+    except OSError as e:
+        raise MkosiError(f"cannot write {final}: {e.strerror or e}") from None
+    finally:
+        os.unlink(staged)
 
 
 def _virt_fw_vars() -> str:

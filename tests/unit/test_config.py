@@ -1174,3 +1174,10 @@ def test_extension_and_portable_images_are_ddis_with_verity(project: Path) -> No
     assert config.base_image == project / "base"
     assert config.output == project / "image.raw"
     assert load("-t", "portable", "-o", "svc_1.raw", "--verity=yes").verity
+
+
+def test_genkey_runs_where_the_keys_it_writes_are_still_missing(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=raw_squashfs\nBootable=yes\nSecureBoot=yes\nVerity=signed\n")
+    assert error().startswith("mkosi.default:4: [Output] SecureBoot: needs SecureBootKey=")
+    verb, config, _ = parse_args(["genkey"])
+    assert verb is Verb.genkey and config.secure_boot and config.signed_verity

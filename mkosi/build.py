@@ -151,12 +151,6 @@ STAGES: list[Stage] = [
         checkpoint=True,
     ),
     Stage(
-        "prepare",
-        buildscript.prepare,
-        inputs=lambda c: {"script": hash_tree(_paths(c.prepare_script)), "environment": c.environment},
-        enabled=lambda c: c.prepare_script is not None,
-    ),
-    Stage(
         "build-image",
         buildscript.make_build_image,
         # mkosi.postinst runs in the build image too, online only with WithNetwork=.
@@ -169,6 +163,13 @@ STAGES: list[Stage] = [
         },
         enabled=lambda c: c.build_script is not None,
         checkpoint=True,
+    ),
+    Stage(
+        "prepare",
+        buildscript.prepare,
+        # After the build image is copied from the tree: the build image runs it once, told "build".
+        inputs=lambda c: {"script": hash_tree(_paths(c.prepare_script)), "environment": c.environment},
+        enabled=lambda c: c.prepare_script is not None,
     ),
     Stage(
         "build-script",
@@ -217,12 +218,6 @@ STAGES: list[Stage] = [
         enabled=lambda c: c.postinst_script is not None,
     ),
     Stage(
-        "finalize",
-        buildscript.finalize,
-        inputs=lambda c: {"script": hash_tree(_paths(c.finalize_script)), "environment": c.environment},
-        enabled=lambda c: c.finalize_script is not None,
-    ),
-    Stage(
         "configure",
         configure_system,
         inputs=lambda c: {
@@ -244,6 +239,13 @@ STAGES: list[Stage] = [
             **({"remove_files": c.remove_files} if c.remove_files else {}),
             **({"package_metadata": c.clean_package_metadata} if c.clean_package_metadata.value != "auto" else {}),
         },
+    ),
+    Stage(
+        "finalize",
+        buildscript.finalize,
+        # Last before the image is packed, as mkosi v14 ran it: nothing mkosi does undoes it.
+        inputs=lambda c: {"script": hash_tree(_paths(c.finalize_script)), "environment": c.environment},
+        enabled=lambda c: c.finalize_script is not None,
     ),
     Stage(
         "reproducible",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness
+from mkosi.registry import parse_registry
 from tests.integration.registry import registry
 
 MATRIX = """
@@ -71,16 +72,12 @@ def pulled_bytes(manifest: dict[str, Any], host: str) -> int:
     total = 0
     for _, key in pulled:
         inspected = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/mkosi/stages:{key}"],
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", parse_registry(f"oci://{host}/mkosi/stages").reference(key)],
             capture_output=True, text=True,
         )  # fmt: skip
         if inspected.returncode == 0:
             total += sum(layer["size"] for layer in json.loads(inspected.stdout)["layers"])
     return total
-
-
-def storage_bytes(storage: Path) -> int:
-    return sum(p.stat().st_size for p in storage.rglob("data") if p.is_file())
 
 
 def fleet(base: Path, shards: int, package_cache: Path | None, results: harness.Results) -> None:
@@ -104,7 +101,7 @@ def fleet(base: Path, shards: int, package_cache: Path | None, results: harness.
         manifest = json.loads((collector / "release/manifest.json").read_text())
         facts: dict[str, Any] = {
             "bootstraps per release": bootstraps_per_release(manifest),
-            "bytes pushed": storage_bytes(server.storage),
+            "bytes pushed": sum(blob.stat().st_size for blob in server.blobs()),
             "bytes pulled": pulled_bytes(manifest, server.host),
             "collect share of shard time": round(collect_seconds / sum(walls), 4),
         }

@@ -18,15 +18,17 @@ from typing import Any
 import yaml
 
 from matrix.shards import Shard
+from mkosi.remote_cache import PASSWORD_VARIABLE, USERNAME_VARIABLE
 
 # The variables a build job is given for the shared stage cache (mkosi.remote_cache reads the last two).
 REMOTE_CACHE = "MKOSI_REMOTE_CACHE"
-REMOTE_CACHE_USERNAME = "MKOSI_REMOTE_CACHE_USERNAME"
-REMOTE_CACHE_PASSWORD = "MKOSI_REMOTE_CACHE_PASSWORD"
+REMOTE_CACHE_USERNAME = USERNAME_VARIABLE
+REMOTE_CACHE_PASSWORD = PASSWORD_VARIABLE
 # The engine's secret holding the ASCII-armoured signing key (GitLab: a variable, file type or not).
 SIGNING_KEY = "MKOSI_SIGNING_KEY"
 GITHUB_REGISTRY = "oci://ghcr.io/${{ github.repository }}/mkosi-cache"
-GITLAB_REGISTRY = "oci://$CI_REGISTRY/$CI_PROJECT_PATH/mkosi-cache"
+# GitLab's image path of the project, lower-cased as registries require.
+GITLAB_REGISTRY = "oci://$CI_REGISTRY_IMAGE/mkosi-cache"
 SHARD_INDEX = "MKOSI_SHARD_INDEX"
 
 
@@ -51,10 +53,11 @@ class Pipeline:
         words = shlex.join([*shlex.split(self.mkosi), "matrix", verb, "--matrix", self.matrix, *args])
         return f"{words} {expanded}" if expanded else words
 
-    @property
-    def remote_cache(self) -> str:
-        """The build command's words for the shared stage cache; the job's shell expands the variable."""
-        return f'--remote-cache "${REMOTE_CACHE}"' + (" --remote-cache-insecure" if self.registry_insecure else "")
+    def remote_cache(self, lowercase: bool = False) -> str:
+        """The build command's words for the shared stage cache; the job's shell expands the variable
+        (lower-cased by bash when asked: registries take lower-case paths, GitHub's names may not be)."""
+        variable = f"${{{REMOTE_CACHE},,}}" if lowercase else f"${REMOTE_CACHE}"
+        return f'--remote-cache "{variable}"' + (" --remote-cache-insecure" if self.registry_insecure else "")
 
 
 def gitlab_parallel(shards: Sequence[Shard]) -> dict[str, Any]:
@@ -101,6 +104,7 @@ def gitlab(pipeline: Pipeline, shards: Sequence[Shard]) -> str:
     if pipeline.tags:
         job["tags"] = list(pipeline.tags)
     fragment = f"fragments/shard-${SHARD_INDEX}"
+    parallel = gitlab_parallel(shards)
     document: dict[str, Any] = {
         "stages": ["plan", "build", "release"],
         "variables": {
@@ -112,7 +116,7 @@ def gitlab(pipeline: Pipeline, shards: Sequence[Shard]) -> str:
             "stage": "plan",
             # The build job's split is fixed in this file: fail early, and say so, when the matrix
             # file no longer splits that way.
-            "variables": {"MKOSI_PLAN": dump(gitlab_parallel(shards)).rstrip()},
+            "variables": {"MKOSI_PLAN": dump(parallel).rstrip()},
             "script": [
                 *setup,
                 pipeline.mkosi_command("plan", "--shards", str(pipeline.shards), "--format", "text"),
@@ -127,14 +131,14 @@ def gitlab(pipeline: Pipeline, shards: Sequence[Shard]) -> str:
             **job,
             "stage": "build",
             "needs": ["plan"],
-            **gitlab_parallel(shards),
+            **parallel,
             # The job token, not a copy of it in the pipeline file.
-            "variables": {**gitlab_parallel(shards)["variables"], REMOTE_CACHE_PASSWORD: "$CI_JOB_TOKEN"},
+            "variables": {**parallel["variables"], REMOTE_CACHE_PASSWORD: "$CI_JOB_TOKEN"},
             "script": [
                 *setup,
                 pipeline.mkosi_command(
                     "build",
-                    expanded=f'--shard "${SHARD_INDEX}/$MKOSI_SHARDS" -o "{fragment}" {pipeline.remote_cache}',
+                    expanded=f'--shard "${SHARD_INDEX}/$MKOSI_SHARDS" -o "{fragment}" {pipeline.remote_cache()}',
                 ),
             ],
             "artifacts": {"paths": [fragment], "expire_in": "1 week"},
@@ -192,7 +196,10 @@ def github(pipeline: Pipeline) -> str:
                         },
                         "run": sudo
                         + pipeline.mkosi_command(
-                            "build", "-o", "fragment", expanded=f'--shard "$SHARD" {pipeline.remote_cache}'
+                            "build",
+                            "-o",
+                            "fragment",
+                            expanded=f'--shard "$SHARD" {pipeline.remote_cache(lowercase=True)}',
                         ),
                     },
                     {

@@ -92,12 +92,16 @@ def _digest(path: Path, signature: tuple[int, int, int, int]) -> str:
 
 def digest(path: Path | None) -> str | None:
     """What stands for the base in stage keys: a digest of its content (hashed once per process for
-    an unchanged file; a base that does not exist yet, another matrix cell's, is "missing")."""
+    an unchanged file, every time for a directory; a base that does not exist yet, another matrix
+    cell's, is "missing")."""
     if path is None:
         return None
     try:
         st = path.stat()
     except OSError:
+        return hash_tree([path])
+    # A file's identity and size stand for its content; a directory's say nothing of the files in it.
+    if not stat.S_ISREG(st.st_mode):
         return hash_tree([path])
     return _digest(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 

@@ -93,8 +93,9 @@ def _secure_boot_keys(c: Config) -> str | None:
 
 
 def _verity_signing_keys(c: Config) -> str:
-    assert c.verity_key is not None and c.verity_certificate is not None
-    return hash_tree([c.verity_key, c.verity_certificate])
+    signer = disk.signer(c)
+    assert signer is not None
+    return hash_tree([signer.key, signer.certificate])
 
 
 # Bumped whenever an installer changes what it puts into the tree, so that trees an older mkosi
@@ -143,8 +144,13 @@ STAGES: list[Stage] = [
             "base": base_image.digest(c.base_image),
             # What the base's record covers.
             "scope": base_image.SCOPES.get(c.format),
-            # Installed with the base's own package sources.
+            # Installed with the base's own package sources, by the distribution's installer, whose
+            # maintainer scripts see the epoch.
+            "installer_revision": INSTALLER_REVISION,
+            "distribution": c.distribution,
+            **({"source_date_epoch": c.source_date_epoch} if c.source_date_epoch is not None else {}),
             "packages": c.packages,
+            "with_docs": c.with_docs,
             "architecture": c.architecture,
         },
         enabled=lambda c: c.base_image is not None,
@@ -267,7 +273,8 @@ STAGES: list[Stage] = [
             # Only when signed: the keys of unsigned builds stay what they were.
             **({"verity_signing": _verity_signing_keys(c)} if c.signed_verity else {}),
         },
-        enabled=lambda c: c.format.is_raw,
+        # An esp image's only partition comes later (boot-files): this stage makes none for it.
+        enabled=lambda c: c.format.is_disk,
         # Making the file systems again costs about as much as storing and restoring a copy of the
         # tree together with its images would, so neither -i nor a matrix keeps one.
         cacheable=False,
@@ -556,10 +563,9 @@ class Built:
 async def build(config: Config, cache: StageCache | None = None, monitor: Monitor | None = None) -> Built:
     """Build and publish one image; returns what each stage did. `monitor` hears of every event."""
     checkpoints = incremental_checkpoints(config) if config.incremental else set()
-    log = structlog.get_logger("mkosi")
-    async with remote_cache(
-        config.remote_cache if config.incremental else None, config.remote_cache_insecure, log
-    ) as remote:
+    # A cache given (a matrix's) brings its own remote side; -i opens this configuration's.
+    registry = config.remote_cache if cache is None and config.incremental else None
+    async with remote_cache(registry, config.remote_cache_insecure, structlog.get_logger("mkosi")) as remote:
         if cache is None and config.incremental:
             cache = SnapshotCache(stage_cache_dir(config), keep=checkpoints.__contains__, remote=remote)
         with claimed(written_paths(config)):

@@ -45,6 +45,7 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 
+MISSING = ("manifest unknown", "name unknown", "not found", "404")
 # A lookup is small; a copy moves archives of hundreds of megabytes.
 LOOKUP_TIMEOUT = "30s"
 COPY_TIMEOUT = "15m"
@@ -91,7 +92,9 @@ class RemoteCache:
         if result.returncode == 0:
             self.held.add(key)
             return True
-        if "manifest unknown" in result.stdout.lower():
+        # No such tag, or no such repository yet (the first push creates it): registries word it
+        # differently.
+        if any(answer in result.stdout.lower() for answer in MISSING):
             return False
         self._unreachable(_last_line(result.stdout))
         return False
@@ -126,8 +129,6 @@ class RemoteCache:
     async def push(self, key: str, entry: Path, records: Mapping[str, tuple[int, str]], architecture: str) -> None:
         """Push the local `entry` of `key` unless the registry has it already (then another shard
         was first, and its copy stays); a failure is a warning."""
-        if not self.reachable:
-            return
         # has() finds out whether the registry can be reached at all, too.
         if await self.has(key) or not self.reachable:
             return

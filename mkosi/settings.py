@@ -570,7 +570,7 @@ def parse_uuid(value: str) -> uuid.UUID:
 
 def _default_read_only(r: Resolved) -> bool:
     # squashfs and erofs cannot be written to, and verity data is only valid for a root that never changes.
-    return bool(r["format"].has_read_only_root or r["format"].is_ddi or r["verity"])
+    return bool(r["format"].has_read_only_root or r["verity"])
 
 
 def _default_verity(r: Resolved) -> Verity:

@@ -401,12 +401,14 @@ class SnapshotCache:
             if records is None:
                 return False
             write_manifest(temporary / key, key, {name: ArchiveRecord(*record) for name, record in records.items()})
-            with contextlib.suppress(OSError):  # another build stored or pulled it meanwhile: that copy stays
+            try:
                 os.rename(temporary / key, self.entry(key))
+                self.pulled.append(key)
+            except OSError:
+                pass  # another build stored or pulled it meanwhile: that copy stays
         finally:
             with anyio.CancelScope(shield=True):
                 await remove_tree(temporary)
-        self.pulled.append(key)
         return self.has(key)
 
     async def _push(self, key: str, context: Context) -> None:
@@ -420,7 +422,7 @@ class SnapshotCache:
             key,
             self.entry(key),
             {name: (r.size, r.sha256) for name, r in records.items()},
-            context.config.architecture.debian,
+            context.config.architecture.oci,
         )
 
     async def restore(self, key: str, context: Context) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import anyio
 
-from mkosi import base_image, intree
+from mkosi import base_image, intree, ownership
 from mkosi.config import CleanPackageMetadata, Config, TreeSource
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -190,18 +190,14 @@ PACKAGE_METADATA = {
 
 
 def package_metadata(root: Path, when: CleanPackageMetadata) -> list[Path]:
+    if when is CleanPackageMetadata.no:
+        return []
     found = []
     for paths, users in PACKAGE_METADATA.items():
-        if when is CleanPackageMetadata.no:
-            break
         if when is CleanPackageMetadata.auto and any(intree.resolve(root, user).exists() for user in users):
             continue
-        found += [p for path in paths if _exists(p := intree.resolve(root, path, follow_last=False))]
-    return list(dict.fromkeys(found))
-
-
-def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
+        found += [p for path in paths if ownership.exists(p := intree.resolve(root, path, follow_last=False))]
+    return found
 
 
 def removed_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:

@@ -186,7 +186,6 @@ async def _make_esp(context: Context, uki: Path, kernel: Kernel) -> None:
     esp = next(p for p in plan(config) if p.role is Role.esp)
     assert esp.size is not None
     image = context.workspace / FILESYSTEMS / f"{Role.esp}.img"
-    image.parent.mkdir(exist_ok=True)
     fs_uuid = derive_uuid(config.seed, f"{Role.esp}-filesystem")
     files = esp_files(context, uki, kernel, loader)
     await fs.make_esp(image, esp.size, fs_uuid.int & 0xFFFFFFFF, files, context.log, config.source_date_epoch)
@@ -206,9 +205,7 @@ def _save(context: Context, partitions: list[Partition]) -> None:
 
 
 def _load(context: Context) -> list[Partition]:
-    """The partitions made so far: none before the ESP of an `esp` image, which has no root."""
-    path = context.workspace / PARTITIONS
-    records = json.loads(path.read_text()) if path.exists() else []
+    records = json.loads((context.workspace / PARTITIONS).read_text())
     return [_decode(p, context.workspace / FILESYSTEMS) for p in records]
 
 

@@ -45,6 +45,10 @@ class Registry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def stop(self) -> None:
+        """Stop serving now, before the block that started it ends (a registry that went down)."""
+        os.kill(self.pid, signal.SIGTERM)
+
     def blobs(self) -> list[Path]:
         """The registry's stored blobs, largest first."""
         found = list((self.storage / "docker/registry/v2/blobs").rglob("data"))

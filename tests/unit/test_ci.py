@@ -47,11 +47,15 @@ def test_gitlab_has_a_build_job_per_shard_with_cells_and_collect_needs_them() ->
 
 def test_gitlab_registry_is_the_projects_unless_overridden() -> None:
     document = yaml.safe_load(ci.gitlab(_pipeline(), SHARDS))
-    assert document["variables"]["MKOSI_REMOTE_CACHE"] == "oci://$CI_REGISTRY/$CI_PROJECT_PATH/mkosi-cache"
+    assert document["variables"]["MKOSI_REMOTE_CACHE"] == "oci://$CI_REGISTRY_IMAGE/mkosi-cache"
     assert document["build"]["variables"]["MKOSI_REMOTE_CACHE_PASSWORD"] == "$CI_JOB_TOKEN"
     other = yaml.safe_load(ci.gitlab(_pipeline(registry="oci://r.example:5000/x", tags=("big",), image="d:12"), SHARDS))
     assert other["variables"]["MKOSI_REMOTE_CACHE"] == "oci://r.example:5000/x"
     assert all(other[j]["tags"] == ["big"] and other[j]["image"] == "d:12" for j in ("plan", "build", "collect"))
+    # The shard jobs share their stages through it.
+    assert document["build"]["script"][-1].endswith(' --remote-cache "$MKOSI_REMOTE_CACHE"')
+    insecure = yaml.safe_load(ci.gitlab(_pipeline(registry_insecure=True), SHARDS))
+    assert insecure["build"]["script"][-1].endswith(' --remote-cache "$MKOSI_REMOTE_CACHE" --remote-cache-insecure')
 
 
 def test_github_builds_the_plans_matrix_and_collect_needs_every_build() -> None:
@@ -63,6 +67,8 @@ def test_github_builds_the_plans_matrix_and_collect_needs_every_build() -> None:
     build_env = jobs["build"]["steps"][2]["env"]
     assert build_env["MKOSI_REMOTE_CACHE"] == "oci://ghcr.io/${{ github.repository }}/mkosi-cache"
     assert build_env["MKOSI_REMOTE_CACHE_PASSWORD"] == "${{ secrets.GITHUB_TOKEN }}"
+    # Lower-cased by bash: a repository called Owner/Name gives a path registries refuse.
+    assert jobs["build"]["steps"][2]["run"].endswith(' --remote-cache "${MKOSI_REMOTE_CACHE,,}"')
     uploads = [s for s in jobs["build"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
     downloads = [s for s in jobs["collect"]["steps"] if s.get("uses", "").startswith("actions/download-artifact")]
     assert uploads[0]["with"]["name"].startswith("fragment-") and downloads[0]["with"]["pattern"] == "fragment-*"

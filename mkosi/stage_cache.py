@@ -469,20 +469,44 @@ async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) ->
 
     Each owner's keys are recorded in DIR/owners/; an entry is removed once no owner records it, so
     an incremental cache holds the latest entries of each image and does not grow with every build.
+    An owner whose directory is gone (a project removed, a CI checkout thrown away) is forgotten: no
+    build of it can come back for its entries. One whose image alone was removed (`mkosi clean`)
+    keeps them.
     """
     owners = directory / OWNERS
     owners.mkdir(parents=True, exist_ok=True)
     async with concurrency.exclusive(directory / ".prune.lock"):
         record = owners / hashlib.sha256(owner.encode()).hexdigest()
-        previous = set(record.read_text().split()) if record.exists() else set()
+        previous = _recorded_keys(record)
         temporary = record.with_suffix(".tmp")
-        temporary.write_text("\n".join(sorted(keys)) + "\n")
+        temporary.write_text(f"{OWNER_LINE}{owner}\n" + "".join(f"{key}\n" for key in sorted(keys)))
         os.replace(temporary, record)
-        still_used = set().union(*(set(r.read_text().split()) for r in owners.iterdir() if r.suffix != ".tmp"))
+        for other in owners.iterdir():
+            if other.suffix != ".tmp" and _owner_gone(other):
+                previous |= _recorded_keys(other)
+                other.unlink()
+        still_used = set().union(*(_recorded_keys(r) for r in owners.iterdir() if r.suffix != ".tmp"))
         for key in sorted(previous - still_used):
             await drop_entry(directory / key)
             if log is not None:
                 log.info("dropped from the stage cache", key=key[:12])
+
+
+# The first line of an owner's record names it; records of older versions have keys alone.
+OWNER_LINE = "# owner: "
+
+
+def _recorded_keys(record: Path) -> set[str]:
+    if not record.exists():
+        return set()
+    return {line for line in record.read_text().split("\n") if line and not line.startswith("#")}
+
+
+def _owner_gone(record: Path) -> bool:
+    first = record.read_text().partition("\n")[0]
+    if not first.startswith(OWNER_LINE):
+        return False
+    return not Path(first.removeprefix(OWNER_LINE)).parent.exists()
 
 
 async def remove_cache(directory: Path) -> None:

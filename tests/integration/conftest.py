@@ -6,13 +6,17 @@ Downloaded packages are kept in a cache directory outside the checkout (see supp
 from __future__ import annotations
 
 import os
+import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mkosi.distributions.debian import DEFAULT_MIRROR, host_mirrors
-from tests.integration.support import mkosi
+from tests.integration.support import ModuleDir, mkosi
+
+FAILED = pytest.StashKey[bool]()
 
 
 def _mirror_reachable() -> str | None:
@@ -35,6 +39,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="integration tests need root"))
             elif unreachable and needs_mirror:
                 item.add_marker(pytest.mark.skip(reason=unreachable))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    module = item.getparent(pytest.Module)
+    if report.failed and module is not None:
+        module.stash[FAILED] = True
+    return report
+
+
+@pytest.fixture(scope="module")
+def module_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleDir]:
+    """Directories that live as long as the module's tests; see support.ModuleDir."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if not request.node.stash.get(FAILED, False):
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

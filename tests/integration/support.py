@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# A module's directory for its fixtures' projects and images: removed once the module's tests are
+# done (kept when one failed), so that a run holds one module's images at a time, not all of them.
+ModuleDir = Callable[[str], Path]
 
 # Outside the checkout, shared by every test and every run, so only the first run downloads.
 CACHE = Path(os.environ.get("MKOSI_TEST_CACHE", "/var/cache/mkosi-tests"))

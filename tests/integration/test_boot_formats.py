@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import boot, mkosi, own_cache
+from tests.integration.support import ModuleDir, boot, mkosi, own_cache
 from tests.integration.test_disk import ESP_TYPE, ROOT_TYPE, _by_type, _extract
 
 MARKER = "MKOSI-ESP-BOOTED"
@@ -34,8 +34,8 @@ ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("boot-formats")
+def project(module_dir: ModuleDir) -> Path:
+    project = module_dir("boot-formats")
     units = project / "mkosi.extra/etc/systemd/system"
     (units / "multi-user.target.wants").mkdir(parents=True)
     (units / "mkosi-marker.service").write_text(MARKER_UNIT)

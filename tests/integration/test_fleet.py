@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.registry import Registry, registry
-from tests.integration.support import CACHE
+from tests.integration.support import CACHE, ModuleDir
 
 MATRIX = """
 [matrix]
@@ -63,16 +63,16 @@ def _checkout(base: Path, name: str, matrix: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with registry(tmp_path_factory.mktemp("registry"), user=USER) as server:
+def registry_server(module_dir: ModuleDir) -> Iterator[Registry]:
+    with registry(module_dir("registry"), user=USER) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, registry_server: Registry) -> Path:
+def fleet(module_dir: ModuleDir, registry_server: Registry) -> Path:
     """A single-host release, and the same matrix as three shards in three other checkouts that
     share nothing but a registry (one after the other, as CI jobs that queue), collected."""
-    base = tmp_path_factory.mktemp("fleet")
+    base = module_dir("fleet")
     home = base / "gnupg"
     home.mkdir(mode=0o700)
     key = ["--quick-gen-key", "fleet <fleet@mkosi.invalid>", "ed25519", "sign", "never"]

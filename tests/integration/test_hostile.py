@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.integration.support import CACHE, Result, mkosi
+from tests.integration.support import CACHE, ModuleDir, Result, mkosi
 from tests.processes import Watch
 
 BASE = ("-d", "debian", "-r", "bookworm", "-p", "less", "-i")
@@ -35,8 +35,8 @@ ODD_NAMES = (b"srv/new\nline", b"srv/\xff\xfe-latin1")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("hostile-cache")
+def cache(module_dir: ModuleDir) -> Path:
+    cache = module_dir("hostile-cache")
     pool = CACHE / "packages" / "debian~bookworm~x86-64"
     pool.mkdir(parents=True, exist_ok=True)
     (cache / pool.name).symlink_to(pool)
@@ -44,9 +44,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def host(module_dir: ModuleDir) -> Path:
     """Files and directories of the build host that the project's links and scripts aim at."""
-    host = tmp_path_factory.mktemp("host")
+    host = module_dir("host")
     for name in ("hostname-target", "machine-id-target", "planted-target", "postinst-target"):
         (host / name).write_text(f"the host's {name}\n")
     (host / "docs").mkdir()
@@ -125,8 +125,8 @@ def _make_extra(extra: Path, host: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def extra_project(tmp_path_factory: pytest.TempPathFactory, host: Path) -> Path:
-    project = tmp_path_factory.mktemp("hostile-extra")
+def extra_project(module_dir: ModuleDir, host: Path) -> Path:
+    project = module_dir("hostile-extra")
     _make_extra(project / "mkosi.extra", host)
     # An extra tree before mkosi.extra plants a link to the host where mkosi.extra has a file.
     (project / "planting/etc").mkdir(parents=True)
@@ -285,8 +285,8 @@ def _files_holding(tree: Path, needle: bytes, skip: set[Path]) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def luks_build(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> tuple[Path, Built]:
-    project = tmp_path_factory.mktemp("hostile-luks")
+def luks_build(module_dir: ModuleDir, cache: Path) -> tuple[Path, Built]:
+    project = module_dir("hostile-luks")
     (project / "mkosi.passphrase").write_text(PASSPHRASE + "\n")
     (project / "mkosi.passphrase").chmod(0o600)
     options = ("-t", "raw_gpt", "--encrypt=all", "--key-derivation=pbkdf2", "--key-derivation-time=10")
@@ -370,8 +370,8 @@ fi
 
 
 @pytest.fixture(scope="module")
-def script_project(tmp_path_factory: pytest.TempPathFactory, host: Path, listener: _Listener) -> Path:
-    project = tmp_path_factory.mktemp("hostile-scripts")
+def script_project(module_dir: ModuleDir, host: Path, listener: _Listener) -> Path:
+    project = module_dir("hostile-scripts")
     probes = PROBES.replace("@PORT@", str(listener.server_address[1]))
     for name, text in (("mkosi.build", BUILD_SCRIPT), ("mkosi.postinst", POSTINST)):
         (project / name).write_text(text.replace("@PROBES@", probes).replace("@HOST@", str(host)))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE
+from tests.integration.support import CACHE, ModuleDir
 
 MATRIX = """
 [matrix]
@@ -70,8 +70,8 @@ BAD = "debian-bookworm-subvolume"
 
 
 @pytest.fixture(scope="module")
-def gnupghome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("gnupg")
+def gnupghome(module_dir: ModuleDir) -> Iterator[Path]:
+    home = module_dir("gnupg")
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
     subprocess.run(
@@ -97,8 +97,8 @@ def gnupghome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory, gnupghome: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    project = tmp_path_factory.mktemp("matrix-project")
+def release(module_dir: ModuleDir, gnupghome: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    project = module_dir("matrix-project")
     (project / "mkosi.default").write_text(f"[Packages]\nCache={CACHE / 'packages'}\n")
     (project / "mkosi.matrix").write_text(MATRIX)
     result = subprocess.run(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.registry import registry
-from tests.integration.support import mkosi
+from tests.integration.support import ModuleDir, mkosi
 
 EPOCH = "1700000000"
 DEBIAN = ("-d", "debian", "-r", "bookworm", f"--source-date-epoch={EPOCH}", "-t", "oci")
@@ -32,9 +32,9 @@ def _project(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def layout(module_dir: ModuleDir) -> Path:
     """An uncompressed-layer layout, with SHA256SUMS."""
-    project = _project(tmp_path_factory.mktemp("oci"))
+    project = _project(module_dir("oci"))
     mkosi(*DEBIAN, "--checksum", "build", cwd=project)
     return project / "image"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import boot, mkosi
+from tests.integration.support import ModuleDir, boot, mkosi
 from tests.integration.test_disk import ESP_TYPE, ROOT_TYPE, _by_type, _extract
 
 VERITY_TYPE = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
@@ -51,8 +51,8 @@ def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("protected-project")
+def project(module_dir: ModuleDir) -> Path:
+    project = module_dir("protected-project")
     units = project / "mkosi.extra/etc/systemd/system"
     (units / "multi-user.target.wants").mkdir(parents=True)
     (units / "mkosi-marker.service").write_text(MARKER_UNIT)
@@ -236,9 +236,9 @@ def luks_image(luks_project: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def unattended_luks_image(luks_project: Path, luks_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unattended_luks_image(luks_project: Path, luks_image: Path, module_dir: ModuleDir) -> Path:
     """The same image with the root's key in an extra initrd, where systemd-cryptsetup looks for it."""
-    keys = tmp_path_factory.mktemp("keys")
+    keys = module_dir("keys")
     (keys / "etc/cryptsetup-keys.d").mkdir(parents=True)
     (keys / "etc/cryptsetup-keys.d/root.key").write_text(PASSPHRASE)
     cpio = subprocess.run(

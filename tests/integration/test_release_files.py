@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import mkosi
+from tests.integration.support import ModuleDir, mkosi
 
 NSPAWN = "[Exec]\nBoot=yes\n\n[Network]\nPrivate=yes\n"
 
@@ -25,8 +25,8 @@ def _agents(home: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def gnupg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("gnupg")
+def gnupg_home(module_dir: ModuleDir) -> Path:
+    home = module_dir("gnupg")
     home.chmod(0o700)
     key = ("mkosi test <test@example.org>", "ed25519", "sign", "never")
     assert _gpg(home, "--passphrase", "", "--quick-gen-key", *key).returncode == 0
@@ -36,8 +36,8 @@ def gnupg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def signed_release(tmp_path_factory: pytest.TempPathFactory, gnupg_home: Path) -> Path:
-    project = tmp_path_factory.mktemp("release-project")
+def signed_release(module_dir: ModuleDir, gnupg_home: Path) -> Path:
+    project = module_dir("release-project")
     (project / "mkosi.nspawn").write_text(NSPAWN)
     # The default key of an isolated GNUPGHOME: no --key.
     with pytest.MonkeyPatch.context() as mp:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.support import CACHE, mkosi, own_cache
+from tests.integration.support import CACHE, ModuleDir, mkosi, own_cache
 from tests.integration.test_buildscript import _stages
 from tests.integration.test_disk import _by_type
 from tests.integration.test_protected import VERITY_TYPE, _certificate
@@ -104,9 +104,9 @@ def test_squashfs_with_verity_rebuilds_to_the_same_bytes_and_a_changed_file_to_o
 
 
 @pytest.fixture(scope="module")
-def bootable_projects(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def bootable_projects(module_dir: ModuleDir) -> tuple[Path, Path]:
     """Two copies of one bootable project with a Secure Boot key, the second with a stage cache."""
-    first = _project(tmp_path_factory.mktemp("reproducible") / "first")
+    first = _project(module_dir("reproducible") / "first")
     _certificate(first, "mkosi.secure-boot")
     second = _project(first.parent / "second", first)
     own_cache(second / "mkosi.cache")

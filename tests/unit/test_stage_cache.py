@@ -460,3 +460,18 @@ async def test_prune_drops_what_no_owner_uses_any_more(tmp_path: Path) -> None:
     await prune(cache, "image-a", {"3" * 64})
     # The first key only image-a used is gone, whole; the one image-b still uses is kept.
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["2" * 64, "3" * 64, "owners"]
+
+
+async def test_prune_forgets_an_owner_whose_directory_is_gone_but_not_one_whose_image_is(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for key in ("1" * 64, "2" * 64, "3" * 64):
+        (cache / key).mkdir(parents=True)
+    kept, removed = tmp_path / "cleaned", tmp_path / "removed"
+    kept.mkdir()
+    removed.mkdir()
+    await prune(cache, str(kept / "image.raw"), {"1" * 64})
+    await prune(cache, str(removed / "image.raw"), {"2" * 64})
+    removed.rmdir()  # the whole project went; `kept` only lost its image (it never had one here)
+    await prune(cache, str(tmp_path / "image.raw"), {"3" * 64})
+    assert sorted(p.name for p in cache.iterdir() if len(p.name) == 64) == ["1" * 64, "3" * 64]
+    assert len(list((cache / "owners").iterdir())) == 2

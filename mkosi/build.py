@@ -422,7 +422,20 @@ def stage_cache_dir(config: Config) -> Path:
     return config.cache_path / "stages"
 
 
+def check_caches_removable(config: Config) -> None:
+    """Refuse `mkosi -ff clean`, in one line and before anything is removed, when the build
+    directory or the stage cache is a directory mkosi did not make: BuildDirectory=$HOME or
+    Cache=/srv (whose stages/ would go) must not be emptied."""
+    advice = "empty it yourself, or name a directory of its own"
+    # The project's own mkosi.builddir/ and mkosi.cache/ are mkosi's by name, marked or not.
+    if config.build_dir is not None and config.build_dir != config.directory / "mkosi.builddir":
+        ownership.check_replaceable(config.build_dir, ownership.BUILD_DIRECTORY, advice)
+    if config.cache_path is not None and config.cache_path != config.directory / "mkosi.cache":
+        ownership.check_replaceable(stage_cache_dir(config), ownership.STAGE_CACHE, advice)
+
+
 async def remove_caches(config: Config) -> None:
+    """What `mkosi -ff clean` removes besides the outputs; check_caches_removable first."""
     if config.build_dir is not None and config.build_dir.is_dir():
         # Emptied, not removed: the directory is what turns persistent build directories on.
         for child in list(config.build_dir.iterdir()):

@@ -191,7 +191,7 @@ async def build(context: Context) -> None:
     # (as make does by timestamps). That is what makes incremental compiles possible.
     binds: dict[Path, str] = {}
     if config.build_dir is not None:
-        config.build_dir.mkdir(parents=True, exist_ok=True)
+        ownership.claim_directory(config.build_dir, ownership.BUILD_DIRECTORY)
         binds[config.build_dir] = BUILDDIR
     await run_script(context, root, config.build_script, [], env=env, binds=binds)
     os.rename(installed_files(root, config.build_script), context.workspace / BUILD_OUTPUT)

@@ -10,7 +10,15 @@ import anyio
 import structlog
 
 from mkosi import log, machine, secure_boot
-from mkosi.build import STAGES, build, remove_caches, remove_outputs, stage_cache_dir, written_paths
+from mkosi.build import (
+    STAGES,
+    build,
+    check_caches_removable,
+    remove_caches,
+    remove_outputs,
+    stage_cache_dir,
+    written_paths,
+)
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
 from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, help_requested, parse_args
 from mkosi.errors import MkosiError
@@ -36,6 +44,8 @@ def summary(config: Config) -> str:
 
 
 async def clean(config: Config) -> None:
+    if config.force >= 2:
+        check_caches_removable(config)
     with claimed(written_paths(config)):
         await remove_outputs(config)
     if config.force >= 2:

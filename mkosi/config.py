@@ -9,9 +9,12 @@ and line, the flag, or the discovered file it came from. Nothing is written whil
 
 from __future__ import annotations
 
+import functools
+import getpass
 import os
 import re
 import stat
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -344,6 +347,8 @@ class _Resolver:
         self._explicit.add(dest)
 
     def apply(self, a: Assignment) -> None:
+        if a.setting.secret and a.where.origin is None and a.raw:
+            a = replace(a, raw=_secret_from_standard_input(a))
         s, dest = a.setting, a.setting.dest
         if a.raw is None:  # a bare counter flag: the command line's count replaces a file's
             if dest not in self._counted:
@@ -390,6 +395,24 @@ class _Resolver:
             self._resolving.discard(dest)
         self.values[dest], self.where[dest] = value, where
         return value
+
+
+def _secret_from_standard_input(a: Assignment) -> str:
+    """A secret flag's value: only "-", read from standard input. Given on the command line itself,
+    it would be readable by every user of the machine in /proc/PID/cmdline for as long as mkosi runs."""
+    if a.raw != "-":
+        raise a.where.error(
+            "a secret on the command line is visible to every user in the process list: "
+            f"give {a.where.setting}=- and type it on standard input, or put it in a file of mode 0600"
+        )
+    return _read_secret(str(a.where.setting))
+
+
+@functools.cache  # asked once, however often the configuration is loaded
+def _read_secret(flag: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{flag}: ")
+    return sys.stdin.readline().removesuffix("\n")
 
 
 def _resolve(directory: Path, default: Path | None, assignments: list[Assignment]) -> _Resolver:

@@ -46,12 +46,11 @@ def exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
-def check_replaceable(path: Path, owner: str) -> None:
+def check_replaceable(path: Path, owner: str, advice: str = "remove it yourself or choose another output") -> None:
     """Refuse, in one line, to replace or remove `path` unless it is absent or mkosi published it
     for `owner`."""
     if not exists(path):
         return
-    advice = "remove it yourself or choose another output"
     shown = str(path) if str(path).isprintable() else repr(str(path))
     if path.is_symlink():
         raise MkosiError(f"{shown} is a symbolic link, not something mkosi published: {advice}")
@@ -60,3 +59,16 @@ def check_replaceable(path: Path, owner: str) -> None:
         raise MkosiError(f"{shown} was not made by mkosi (it has no {ATTRIBUTE} attribute): {advice}")
     if found != owner:
         raise MkosiError(f"{shown} belongs to mkosi's output {found}, not to {owner}: {advice}")
+
+
+# The owners of the directories mkosi keeps between builds and empties on `mkosi -ff clean`.
+BUILD_DIRECTORY = "(build directory)"
+STAGE_CACHE = "(stage cache)"
+
+
+def claim_directory(path: Path, owner: str) -> None:
+    """Create `path`, or take it as it is when empty, as a directory mkosi may empty later: what
+    it holds then was put there by builds. One that held something already is never marked."""
+    path.mkdir(parents=True, exist_ok=True)
+    if owner_of(path) is None and not any(path.iterdir()):
+        mark(path, owner)

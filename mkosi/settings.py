@@ -1443,7 +1443,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Password",
         parse=str,
         metavar="PASSWORD",
-        help="root password of the image (visible in the process list: prefer a mkosi.rootpw file); empty: none",
+        help='root password of the image; on the command line only "-": read from standard input '
+        "(or a mkosi.rootpw file); empty: none",
         secret=True,
         # Every mkosi of the mkosi.default era read Password= (empty) as "no root password".
         empty="",

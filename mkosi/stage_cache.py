@@ -51,7 +51,7 @@ from typing import Any
 
 import anyio
 
-from mkosi import concurrency
+from mkosi import concurrency, ownership
 from mkosi.context import Context
 from mkosi.pipeline import Stage, Steps
 from mkosi.remote_cache import RemoteCache
@@ -359,7 +359,7 @@ class SnapshotCache:
         if key is None:
             yield
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
         async with concurrency.exclusive(self.directory / f".{key}.lock"):
             yield
 
@@ -394,7 +394,7 @@ class SnapshotCache:
         """The remote cache's entry of `key` into this cache, complete or not at all."""
         if self.remote is None or not self.keep(key):
             return False
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             records = await self.remote.pull(key, temporary / key)
@@ -450,7 +450,7 @@ class SnapshotCache:
         """The workspace's items as the entry of `key`, unless there is one: entries never change."""
         if self.has(key):
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             write_manifest(temporary, key, await archive(context, temporary))

@@ -37,9 +37,9 @@ class Result:
     stderr: str
 
 
-def mkosi(*args: str | Path, cwd: Path, check: bool = True, timeout: float | None = None) -> Result:
+def mkosi(*args: str | Path, cwd: Path, check: bool = True, timeout: float | None = None, stdin: str = "") -> Result:
     """Run our real command line, as a user would (killed after `timeout` seconds, if given; its
-    commands die with it)."""
+    commands die with it), with `stdin` as what it reads (a secret given as --password=-)."""
     process = subprocess.run(
         [sys.executable, "-m", "mkosi", f"--cache={CACHE / 'packages'}", *map(str, args)],
         cwd=cwd,
@@ -47,6 +47,7 @@ def mkosi(*args: str | Path, cwd: Path, check: bool = True, timeout: float | Non
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         timeout=timeout,
+        input=stdin,
     )
     result = Result(process.returncode, process.stdout, process.stderr)
     if check and process.returncode != 0:

@@ -18,6 +18,7 @@ from mkosi.build import NOT_IMAGE_INPUTS, STAGES, publish
 from mkosi.config import Config, parse_args
 from mkosi.context import Context
 from mkosi.errors import MkosiError
+from tests.unit.conftest import StandardInput
 
 pytestmark = pytest.mark.anyio
 
@@ -285,16 +286,18 @@ def _incremental_config(tmp_path: Path, *argv: str) -> Config:
     return parse_args(["-C", str(tmp_path), "-d", "debian", "-r", "bookworm", *argv])[1]
 
 
-def test_stage_keys_hold_no_fast_digest_of_a_secret(tmp_path: Path) -> None:
+def test_stage_keys_hold_no_fast_digest_of_a_secret(tmp_path: Path, stdin: StandardInput) -> None:
     # Keys are published in a matrix's manifest: a SHA-256 of the password would be a fast verifier.
     configure = next(stage for stage in STAGES if stage.name == "configure")
 
-    def password_input(*argv: str) -> Any:
+    def password_input(password: str | None = None) -> Any:
+        stdin(f"{password}\n")
+        argv = [] if password is None else ["--password=-"]
         return configure.inputs(parse_args(["-C", str(tmp_path), *argv])[1])["password"]
 
-    digest = password_input("--password=hunter2")
+    digest = password_input("hunter2")
     assert digest != hashlib.sha256(b"hunter2").hexdigest() and "hunter2" not in digest
-    assert digest == password_input("--password=hunter2") != password_input("--password=hunter3")
+    assert digest == password_input("hunter2") != password_input("hunter3")
     assert password_input() is None
     (tmp_path / "mkosi.passphrase").write_text("luks secret")
     (tmp_path / "mkosi.passphrase").chmod(0o600)

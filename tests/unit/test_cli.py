@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,9 @@ from tests.processes import packages_imported_by
 INSTALLED_MKOSI = Path(sys.executable).parent / "mkosi"
 
 
-def mkosi(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def mkosi(tmp_path: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mkosi", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "mkosi", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60, input=stdin
     )
 
 
@@ -33,6 +34,14 @@ def test_config_error_is_one_line_with_status_2_and_writes_nothing(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mkosi.default"]
 
 
+def test_a_password_on_the_command_line_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    result = mkosi(tmp_path, "-d", "debian", "-r", "trixie", "--password=hunter2", "-t", "directory", "build")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("mkosi: --password: a secret on the command line is visible")
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_lists_flags(tmp_path: Path) -> None:
     result = mkosi(tmp_path, "help")
     assert result.returncode == 0
@@ -41,8 +50,9 @@ def test_help_lists_flags(tmp_path: Path) -> None:
 
 
 def test_summary_shows_settings_and_stages(tmp_path: Path) -> None:
-    result = mkosi(tmp_path, "-d", "debian", "-r", "trixie", "--password", "hunter2", "summary")
+    result = mkosi(tmp_path, "-d", "debian", "-r", "trixie", "--password", "-", "summary", stdin="hunter2\n")
     assert result.returncode == 0, result.stderr
+    assert re.search(r"^ *Password: +\(set\)$", result.stdout, re.M)
     assert "trixie" in result.stdout
     assert "hunter2" not in result.stdout
     assert "bootstrap" in result.stdout and "Stages:" in result.stdout
@@ -94,6 +104,33 @@ def test_clean_refuses_to_remove_what_mkosi_did_not_publish(tmp_path: Path) -> N
     result = mkosi(tmp_path, "-o", "mine", "clean")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
+
+
+def test_ff_clean_empties_no_build_directory_or_cache_of_the_users(tmp_path: Path) -> None:
+    # BuildDirectory=$HOME, Cache=/srv: directories that held the user's files before mkosi came.
+    home, srv = tmp_path / "home", tmp_path / "srv"
+    (home / "thesis.tex").parent.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    (srv / "stages").mkdir(parents=True)
+    (srv / "stages/site.html").write_text("the user's")
+    args = ("-d", "debian", "-r", "bookworm", "-t", "directory", "-ff")
+    for flag, directory in ((f"--build-dir={home}", home), (f"--cache={srv}", srv / "stages")):
+        result = mkosi(tmp_path, *args, flag, "clean")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1
+        assert (
+            result.stderr == f"mkosi: {directory} was not made by mkosi (it has no user.mkosi.output attribute): "
+            "empty it yourself, or name a directory of its own\n"
+        )
+    assert (home / "thesis.tex").exists() and (srv / "stages/site.html").exists()
+
+    # One mkosi made (or found empty) is mkosi's to empty.
+    (tmp_path / "builds").mkdir()
+    ownership.claim_directory(tmp_path / "builds", ownership.BUILD_DIRECTORY)
+    (tmp_path / "builds/main.o").write_text("object")
+    assert mkosi(tmp_path, *args, "--build-dir=builds", "clean").returncode == 0
+    assert list((tmp_path / "builds").iterdir()) == []
+    ownership.claim_directory(home, ownership.BUILD_DIRECTORY)  # not empty: stays unmarked
+    assert ownership.owner_of(home) is None
 
 
 def test_an_output_naming_a_file_outside_the_project_is_refused_before_anything_runs(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from mkosi.errors import ConfigError
 from mkosi.registry import Registry
 from mkosi.settings import BY_KEY, SETTINGS, SPELLINGS
 from mkosi.tree import root_password
+from tests.unit.conftest import StandardInput
 
 # The example from the 2016/2017 mkosi README (the configuration the announcement showed),
 # verbatim: old mkosi.default files like this one must keep working unchanged.
@@ -209,7 +210,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "RemoteCacheInsecure"): ("yes", ["--remote-cache-insecure"], True, ""),
     ("Validation", "Sign"): ("yes", ["--sign"], True, ""),
     ("Validation", "Key"): ("0xABCDEF", ["--key=0xABCDEF"], "0xABCDEF", ""),
-    ("Validation", "Password"): ("hunter2", ["--password=hunter2"], "hunter2", ""),
+    ("Validation", "Password"): ("hunter2", ["--password=-"], "hunter2", ""),
 }
 
 
@@ -249,8 +250,9 @@ def test_setting_via_ini(project: Path, section_key: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize("section_key", list(CASES), ids="{0[0]}.{0[1]}".format)
-def test_setting_via_flag(project: Path, section_key: tuple[str, str]) -> None:
-    _, argv, expected, extra = CASES[section_key]
+def test_setting_via_flag(project: Path, section_key: tuple[str, str], stdin: StandardInput) -> None:
+    value, argv, expected, extra = CASES[section_key]
+    stdin(f"{value}\n")  # where a secret flag's value comes from
     support_files(project)
     if extra:
         write(project / "mkosi.default", extra)
@@ -1031,15 +1033,29 @@ def test_source_date_epoch_comes_from_the_environment_the_setting_winning(
     assert error("--source-date-epoch=1700000000000").startswith("--source-date-epoch: invalid epoch '1700000000000'")
 
 
-def test_the_root_password_comes_from_mkosi_rootpw_never_shown(project: Path) -> None:
+def test_the_root_password_comes_from_mkosi_rootpw_never_shown(project: Path, stdin: StandardInput) -> None:
     rootpw = project / "mkosi.rootpw"
     rootpw.write_text("s3cret\n")
     rootpw.chmod(0o644)
     assert error() == "mkosi.rootpw: accessible by group or others (mode 0644): mkosi.rootpw (chmod 600 it)"
     rootpw.chmod(0o600)
     assert root_password(load()) == "s3cret"
-    assert root_password(load("--password=other")) == "other"
+    stdin("other\n")
+    assert root_password(load("--password=-")) == "other"
     assert "s3cret" not in format_summary(load())
+
+
+def test_a_secret_on_the_command_line_is_refused_in_one_line(project: Path, stdin: StandardInput) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load("--password=hunter2")
+    assert str(refused.value) == (
+        "--password: a secret on the command line is visible to every user in the process list: "
+        "give --password=- and type it on standard input, or put it in a file of mode 0600"
+    )
+    assert "hunter2" not in str(refused.value)
+    stdin("hunter2\n")
+    assert root_password(load("--password=-")) == "hunter2"
+    assert root_password(load("--password=")) == ""  # empty: no root password, and nothing leaks
 
 
 @pytest.mark.parametrize(

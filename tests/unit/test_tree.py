@@ -17,6 +17,7 @@ from mkosi.config import parse_args
 from mkosi.context import Context
 from mkosi.errors import MkosiError
 from mkosi.tree import clean_tree, configure_system, make_reproducible
+from tests.unit.conftest import StandardInput
 
 pytestmark = pytest.mark.anyio
 SHADOW = "root:*:20424:0:99999:7:::\n"
@@ -67,9 +68,10 @@ async def test_configure_replaces_links_to_the_host_and_never_writes_through_the
     assert not (root / "var/lib/systemd/random-seed").is_symlink()
 
 
-async def test_a_password_is_never_set_in_a_shadow_file_outside_the_image(tmp_path: Path) -> None:
+async def test_a_password_is_never_set_in_a_shadow_file_outside_the_image(tmp_path: Path, stdin: StandardInput) -> None:
     host = _host(tmp_path)
-    context = _context(tmp_path, "--password=hunter2")
+    stdin("hunter2\n")
+    context = _context(tmp_path, "--password=-")
     _link(context.root, "etc/shadow", host["shadow"])
     with pytest.raises(MkosiError, match=r"the image has no /etc/shadow \(a regular file\)"):
         await configure_system(context)

@@ -297,7 +297,12 @@ STAGES: list[Stage] = [
     Stage(
         "output",
         write_output,
-        inputs=lambda c: {"format": c.format, "compress": c.compress, "seed": c.seed},
+        inputs=lambda c: {
+            "format": c.format,
+            "compress": c.compress,
+            "seed": c.seed,
+            **({"ddi_file_system": c.ddi_file_system} if c.format.is_ddi else {}),
+        },
         cacheable=False,
     ),
     Stage(

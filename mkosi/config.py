@@ -39,6 +39,7 @@ from mkosi.settings import (
     SPELLINGS,
     CleanPackageMetadata,
     Compression,
+    DDIFileSystem,
     Encrypt,
     GitFiles,
     KeyDerivation,
@@ -94,6 +95,7 @@ class Config:
     repository_keys: tuple[Path, ...]
     architecture: Architecture
     format: OutputFormat
+    ddi_file_system: DDIFileSystem
     base_image: Path | None
     output: Path
     output_dir: Path | None
@@ -503,7 +505,7 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
             fail(s.dest, f"only supported with formats that boot ({booting}), not {c.format}")
     if c.format.is_boot_only and not c.bootable:
         fail("bootable", f"cannot be no with Format={c.format}: its whole content is what boots")
-    _validate_ddi(c, fail)
+    _validate_ddi(c, r, fail)
     if c.compress is not Compression.none and c.format.is_tree:
         fail("compress", f"cannot compress a {c.format} output")
     if c.bmap and c.compress is not Compression.none:
@@ -542,7 +544,7 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
             fail(s.dest, f"{HOLDS_PROJECT}: {path}")
 
 
-def _validate_ddi(c: Config, fail: Any) -> None:
+def _validate_ddi(c: Config, r: _Resolver, fail: Any) -> None:
     """The rules of the extension and portable formats (see mkosi.outputs.extension)."""
     if c.format.is_extension and c.base_image is None:
         problem = "an extension holds what the build adds to its base"
@@ -551,6 +553,8 @@ def _validate_ddi(c: Config, fail: Any) -> None:
         fail("base_image", f"only sysext, confext and portable images start from a base, not {c.format}")
     if c.base_image is not None and c.package_lock is not None:
         fail("package_lock", "a build from BaseImage= installs Packages= with the base's apt, which locks nothing yet")
+    if r.is_set("ddi_file_system") and not c.format.is_ddi:
+        fail("ddi_file_system", f"only for sysext, confext and portable images, not {c.format}")
     if c.format.is_ddi and not c.verity:
         fail("verity", f"{c.format} images always carry verity: systemd checks them against their root hash")
     if c.format.is_extension:

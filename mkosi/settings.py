@@ -114,6 +114,13 @@ class Verity(enum.StrEnum):
         return self is not Verity.no
 
 
+class DDIFileSystem(enum.StrEnum):
+    """The read-only file system of a sysext, confext or portable image; systemd-dissect mounts both."""
+
+    squashfs = "squashfs"
+    erofs = "erofs"
+
+
 class Encrypt(enum.StrEnum):
     all = "all"
     data = "data"
@@ -727,6 +734,17 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="FORMAT",
         help="output format (default: raw_gpt, a GPT disk image; raw_ext4 and gpt_ext4 mean raw_gpt, gpt_btrfs "
         "raw_btrfs, gpt_squashfs raw_squashfs)",
+    ),
+    Setting(
+        "ddi_file_system",
+        "--ddi-file-system",
+        "Output",
+        "DDIFileSystem",
+        parse=enum_parser(DDIFileSystem),
+        choices=_values(DDIFileSystem),
+        default=DDIFileSystem.squashfs,
+        metavar="FS",
+        help="file system of sysext, confext and portable images (raw formats name theirs: raw_squashfs, raw_erofs)",
     ),
     Setting(
         "base_image",

@@ -16,17 +16,23 @@ from mkosi.disk import filesystems as fs
 from mkosi.disk import verity
 from mkosi.disk.partitions import Partition, Role, derive_uuid, partition_label, partition_type
 from mkosi.outputs.disk import publish_disk, signer
+from mkosi.settings import DDIFileSystem
 
 DDI = "ddi"
 
 
 async def write(context: Context, tree: Path) -> None:
-    """`tree` as the image's squashfs root with verity, staged as the output with its `.roothash`."""
+    """`tree` as the image's read-only root (DDIFileSystem=) with verity, staged as the output with its
+    `.roothash`."""
     config, log = context.config, context.log
     directory = context.workspace / DDI
     directory.mkdir()
     image = directory / f"{Role.root}.img"
-    await fs.make_squashfs(tree, image, log)
+    if config.ddi_file_system is DDIFileSystem.erofs:
+        fs_uuid = derive_uuid(config.seed, f"{Role.root}-filesystem")
+        await fs.make_erofs(tree, image, fs_uuid, log, config.source_date_epoch)
+    else:
+        await fs.make_squashfs(tree, image, log)
     root = Partition(
         role=Role.root,
         label=partition_label(Role.root, config.architecture),

@@ -1,6 +1,6 @@
-"""A real release matrix: two raw formats by verity on/off of bookworm, a trixie tarball, and a cell
-that fails; signed, with one epoch. `mkosi matrix verify` rebuilds it, and finds a changed byte and a
-package version that no mirror has."""
+"""A real release matrix: two raw formats by verity on/off of bookworm, a trixie tarball, a sysext on
+it and an OCI image of the same tree, and a cell that fails; signed, with one epoch. `mkosi matrix
+verify` rebuilds it, and finds a changed byte and a package version that no mirror has."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ Format = "tar"
 
 [[include]]
 Distribution = "debian"
+Release = "trixie"
+Format = "oci"
+
+[[include]]
+Distribution = "debian"
 Release = "bookworm"
 Format = "subvolume"
 
@@ -62,9 +67,10 @@ GOOD = [
     "debian-bookworm-raw_squashfs",
     "debian-bookworm-raw_squashfs-verity",
     "debian-trixie-tar",
+    "debian-trixie-oci",
     "debian-trixie-sysext-cell_debian_trixie_tar-hostname-tree",
 ]
-SYSEXT = GOOD[-1]
+OCI, SYSEXT = GOOD[-2:]
 VERITY = [name for name in GOOD if name.endswith("-verity")] + [SYSEXT]
 BAD = "debian-bookworm-subvolume"
 
@@ -150,9 +156,24 @@ def test_release_holds_exactly_the_successful_artifacts(
     assert roothashes == {f"{name}.roothash" for name in VERITY}
     for roothash in roothashes:
         assert len(bytes.fromhex((directory / roothash).read_text().strip())) == 32
-    assert names == images | roothashes | {"SHA256SUMS", "SHA256SUMS.gpg", "manifest.json"}
+    # The OCI layout as one archive, uncompressed: its layer is compressed already.
+    assert names == images | roothashes | {f"{OCI}.oci.tar", "SHA256SUMS", "SHA256SUMS.gpg", "manifest.json"}
     # Nothing half-written or temporary next to it.
     assert sorted(p.name for p in directory.parent.iterdir()) == ["release", "release.logs"]
+
+
+def test_the_oci_image_of_the_release_is_what_skopeo_reads(
+    release: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    directory, _ = release
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci-archive:{directory / f'{OCI}.oci.tar'}"], capture_output=True, text=True
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    image = json.loads(inspected.stdout)
+    assert (image["Architecture"], image["Os"]) == ("amd64", "linux")
+    assert image["Created"].startswith("2023-11-14T22:13:20")  # the release's SourceDateEpoch
+    assert len(image["Layers"]) == 1
 
 
 def test_manifest_matches_the_files(release: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -166,7 +187,7 @@ def test_manifest_matches_the_files(release: tuple[Path, subprocess.CompletedPro
     listed = {}
     for name in GOOD:
         assert cells[name]["status"] == "success"
-        assert cells[name]["settings"]["Format"] in ("raw_gpt", "raw_squashfs", "tar", "sysext")
+        assert cells[name]["settings"]["Format"] in ("raw_gpt", "raw_squashfs", "tar", "oci", "sysext")
         for artifact in cells[name]["artifacts"]:
             path = directory / artifact["name"]
             assert path.stat().st_size == artifact["size"]

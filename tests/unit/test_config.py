@@ -37,7 +37,7 @@ from mkosi.config import (
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
 from mkosi.registry import Registry
-from mkosi.settings import BY_KEY, SETTINGS, SPELLINGS
+from mkosi.settings import BY_KEY, SETTINGS, SPELLINGS, DDIFileSystem
 from mkosi.tree import root_password
 from tests.unit.conftest import StandardInput
 
@@ -86,6 +86,7 @@ P = Callable[[Path], Any]
 # directory), or any format that can be compressed.
 RAW = "[Output]\nFormat=raw_gpt\n"
 COMPRESSIBLE = "[Output]\nFormat=tar\n"
+DDI = "[Output]\nFormat=portable\n"
 
 # (section, key): (INI value, equivalent command line, expected value or a function of the project
 # directory computing it, other configuration the setting needs to be valid)
@@ -180,6 +181,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Packages", "SourceFileTransfer"): ("copy-git-cached", ["--source-file-transfer=copy-git-cached"], True, ""),
     ("Output", "OutputDirectory"): ("out", ["-O", "out"], lambda p: p / "out", ""),
     ("Output", "ImageId"): ("my-os", ["--image-id=my-os"], "my-os", ""),
+    ("Output", "DDIFileSystem"): ("erofs", ["--ddi-file-system=erofs"], DDIFileSystem.erofs, DDI),
     ("Output", "ImageVersion"): ("1.2", ["--image-version=1.2"], "1.2", ""),
     ("Validation", "PasswordIsHashed"): ("yes", ["--password-is-hashed"], True, ""),
     ("Validation", "BMap"): ("yes", ["--bmap"], True, RAW),
@@ -1197,3 +1199,12 @@ def test_genkey_runs_where_the_keys_it_writes_are_still_missing(project: Path) -
     assert error().startswith("mkosi.default:4: [Output] SecureBoot: needs SecureBootKey=")
     verb, config, _ = parse_args(["genkey"])
     assert verb is Verb.genkey and config.secure_boot and config.signed_verity
+
+
+def test_a_ddi_file_system_is_refused_for_other_formats(project: Path) -> None:
+    write(project / "mkosi.default", "[Output]\nFormat=raw_gpt\nDDIFileSystem=erofs\n")
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert str(refused.value) == (
+        "mkosi.default:3: [Output] DDIFileSystem: only for sysext, confext and portable images, not raw_gpt"
+    )

@@ -28,6 +28,7 @@ HOST_PACKAGES=(
     tar xz-utils zstd                        # tar outputs and compression
     git                                      # git-aware build sources
     qemu-system-x86 ovmf                     # booting images under UEFI
+    qemu-user-static                         # Architecture=arm64 on x86-64: the tree's programs through binfmt_misc
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build

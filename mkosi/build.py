@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import structlog
 
-from mkosi import base_image, boot, buildscript, naming, ownership, package_cache
+from mkosi import base_image, binfmt, boot, buildscript, naming, ownership, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import claimed, exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode
@@ -616,7 +616,8 @@ async def _build(config: Config, cache: StageCache | None, monitor: Monitor | No
     earlier = await check_before_work(config)
     started = time.monotonic()
     with subprocesses_of(config) as clock:
-        return await _publish_build(config, cache, monitor, checkpoints, earlier, clock, started)
+        async with binfmt.emulation(config.architecture, structlog.get_logger("mkosi")):
+            return await _publish_build(config, cache, monitor, checkpoints, earlier, clock, started)
 
 
 async def _publish_build(

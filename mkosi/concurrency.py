@@ -52,18 +52,24 @@ class Held:
         self._lock.release()
 
 
+async def flock_polled(fd: int, operation: int) -> None:
+    """flock(2) `operation` (LOCK_EX or LOCK_SH) on `fd`, waiting without blocking the event loop."""
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await anyio.sleep(FLOCK_POLL_SECONDS)
+
+
 async def _flock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                await anyio.sleep(FLOCK_POLL_SECONDS)
+        await flock_polled(fd, fcntl.LOCK_EX)
     except BaseException:
         os.close(fd)
         raise
+    return fd
 
 
 async def acquire(path: Path) -> Held:

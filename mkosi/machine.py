@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from mkosi import loopdev, secure_boot
+from mkosi import binfmt, loopdev, secure_boot
 from mkosi.config import Architecture, Compression, Config, OutputFormat
 from mkosi.disk.partitions import Role, find_partition
 from mkosi.errors import MkosiError
@@ -58,7 +58,8 @@ async def _root_of(config: Config, log: Any) -> AsyncIterator[tuple[list[str], l
 
 async def shell(config: Config, args: Sequence[str], *, boot: bool = False) -> int:
     log = structlog.get_logger("mkosi")
-    async with _root_of(config, log) as (prefix, root):
+    # An arm64 tree's programs, systemd included, run through qemu-user on an x86-64 host.
+    async with binfmt.emulation(config.architecture, log), _root_of(config, log) as (prefix, root):
         # A machine name is a hostname: "raw_gpt.raw" becomes "raw-gpt".
         machine_name = re.sub(r"[^A-Za-z0-9-]+", "-", config.output.name.split(".")[0]).strip("-")[:64] or "mkosi"
         options = [*root, f"--machine={machine_name}", *(["--read-only"] if config.read_only else [])]

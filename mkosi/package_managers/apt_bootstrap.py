@@ -24,7 +24,6 @@ about two thirds of the time (README, Benchmarks).
 
 from __future__ import annotations
 
-import platform
 import re
 import shutil
 import urllib.parse
@@ -56,7 +55,6 @@ from mkosi.run import CommandError, run
 
 # Maintainer scripts run inside the tree: for another architecture than the host's, through the
 # qemu-user handler the kernel has registered for it (qemu-user-static, binfmt-support).
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 # What minbase consists of besides the packages asked for, in apt's pattern syntax. usr-is-merged
 # only where the archive has it (?or never fails to match: ?essential always does).
 MINBASE = ("?or(?essential,?priority(required),?exact-name(usr-is-merged))", "apt")
@@ -188,18 +186,6 @@ def in_tree(root: Path, argv: Iterable[str]) -> list[str]:
     """The command line running `argv` inside `root` (see IN_TREE_SCRIPT)."""
     namespaces = ["unshare", "--mount", "--pid", "--fork", "--kill-child"]
     return [*namespaces, "sh", "-c", IN_TREE_SCRIPT, "in-tree", str(root), *argv]
-
-
-def check_runnable(architecture: Architecture) -> None:
-    """Refuse, before downloading anything, a tree whose programs this host cannot run."""
-    if Architecture.from_uname() is architecture:
-        return
-    handler = architecture.qemu_user
-    if not (BINFMT_DIR / handler).exists():
-        raise MkosiError(
-            f"Architecture={architecture} on this {platform.machine()} host: the packages' maintainer scripts "
-            f"run inside the tree, which needs the kernel's {handler} binfmt handler (install qemu-user-static)"
-        )
 
 
 def key_name(key: Path, number: int) -> str:
@@ -533,7 +519,6 @@ def check_installed(root: Path, names: Iterable[str]) -> None:
 async def install(context: Context, bootstrap: Bootstrap) -> None:
     root = context.root
     architecture = context.config.architecture
-    check_runnable(architecture)
     # The host apt's configuration and keys: the build's, so in the workspace, and gone afterwards.
     scratch = context.workspace / "apt-bootstrap"
     scratch.mkdir()

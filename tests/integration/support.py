@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,10 @@ from pathlib import Path
 # A module's directory for its fixtures' projects and images: removed once the module's tests are
 # done (kept when one failed), so that a run holds one module's images at a time, not all of them.
 ModuleDir = Callable[[str], Path]
+
+# What dpkg --verify may find missing: the documentation dpkg was told to leave out (it still lists
+# such files as the package's).
+LEFT_OUT = re.compile(r"^missing\s+(c\s+)?/usr/share/(doc|man|info|lintian)(/|$)")
 
 # Outside the checkout, shared by every test and every run, so only the first run downloads.
 CACHE = Path(os.environ.get("MKOSI_TEST_CACHE", "/var/cache/mkosi-tests"))

@@ -17,7 +17,7 @@ import pytest
 
 from mkosi import ownership
 from mkosi.package_managers import apt_bootstrap
-from tests.integration.support import CACHE, log_events, mkosi, own_cache
+from tests.integration.support import CACHE, LEFT_OUT, log_events, mkosi, own_cache
 
 
 def _in_tree(tree: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -109,11 +109,6 @@ def test_mkosi_boot_reaches_a_login_prompt_and_stops_on_sigterm(debian_project: 
     assert b"Debian GNU/Linux 12" in console
     leftovers = subprocess.run(["pgrep", "-f", scratch_image], capture_output=True, text=True).stdout
     assert leftovers == ""
-
-
-# What dpkg --verify may find missing: the documentation dpkg was told to leave out (it still lists
-# such files as the package's).
-LEFT_OUT = re.compile(r"^missing\s+(c\s+)?/usr/share/(doc|man|info|lintian)(/|$)")
 
 
 def test_every_installed_file_is_intact(directory_image: Path) -> None:

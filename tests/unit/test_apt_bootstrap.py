@@ -13,7 +13,6 @@ import anyio
 import pytest
 
 from mkosi.architecture import Architecture
-from mkosi.errors import MkosiError
 from mkosi.package_managers import RETRIES, DamagedDownload, apt, apt_bootstrap, deb, dpkg_order
 from mkosi.package_managers.apt_bootstrap import Bootstrap, Source
 from mkosi.run import CommandError
@@ -238,16 +237,6 @@ def test_a_corrupt_package_fails_the_unpack(tmp_path: Path) -> None:
     with pytest.raises(CommandError) as failure:
         anyio.run(deb.uncompressed_copy, package, tmp_path / "copy.deb", tmp_path / "root")
     assert any(line.startswith("dpkg-deb") for line in failure.value.tail), failure.value.tail
-
-
-def test_a_foreign_architecture_needs_a_binfmt_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    monkeypatch.setattr(apt_bootstrap, "BINFMT_DIR", tmp_path)
-    apt_bootstrap.check_runnable(Architecture.x86_64)
-    with pytest.raises(MkosiError, match=r"Architecture=arm64 on this x86_64 host.*qemu-aarch64 binfmt handler"):
-        apt_bootstrap.check_runnable(Architecture.arm64)
-    (tmp_path / "qemu-aarch64").write_text("enabled\n")
-    apt_bootstrap.check_runnable(Architecture.arm64)
 
 
 def test_install_steps_put_pre_dependencies_first() -> None:

@@ -174,11 +174,12 @@ async def _pump(
 
 
 async def _end_when_given_up(process: Process, gave_up: anyio.Event, ended: list[bool]) -> None:
-    """TERM the command's group once it printed the line it is ended at (if it is still running)."""
+    """KILL the command's group once it printed the line it is ended at (if it is still running).
+    Not TERM: zypper takes that for a request to stop waiting, and tries again at once."""
     await gave_up.wait()
     if process.returncode is None:
         ended.append(True)
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(process.pid, signal.SIGKILL)
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -207,7 +208,7 @@ async def run(
     standard output too). `input` is written to standard input, so secrets never need to appear on
     a command line. `stdin` is a file descriptor the command reads instead (a file mkosi opened
     itself, so that the command reads the very file mkosi checked). A line of its output that
-    matches the pattern `give_up` ends the command's process group (SIGTERM) and fails it, whatever
+    matches the pattern `give_up` ends the command's process group (SIGKILL) and fails it, whatever
     its exit status: for a tool that would wait before trying again by itself, with no setting for it.
     """
     if input is not None and stdin is not None:

@@ -19,6 +19,12 @@ STALL = [
     "Retrieving: mkosi-test-hello-1-1.x86_64.rpm [...error (1.0 KiB/s)]",
     "Retrying in 30 seconds...",
 ]
+CUT = [
+    RETRIEVING,
+    "Retrieving: mkosi-test-hello-1-1.x86_64.rpm [error]",
+    f"Timeout exceeded when accessing '{URL}'.",
+    "Retrying in 30 seconds...",
+]
 RESET = [
     RETRIEVING,
     "Retrieving: mkosi-test-hello-1-1.x86_64.rpm [error]",
@@ -30,34 +36,41 @@ RESET = [
     "Problem occurred during or after installation or removal of packages:",
     "Installation has been aborted as directed.",
 ]
-CORRUPTED = [
-    RETRIEVING,
-    "Retrieving: mkosi-test-hello-1-1.x86_64.rpm [done]",
-    "",
-    f"Warning: Digest verification failed for file '{NAME}'",
-    f"[/var/tmp/AP_0xuWPQFv/{NAME}]",
-    "",
-    "  expected b6ed4f00215efa7ee5b3b3940148f9211c7e8ad4ba1adf92616b832cb65d9fa6",
-    "  but got  3f3d8af3fbdcd03840d844a658c18791e4eceed3a30e504de19d4148dc67b012",
-    "Unblock or discard? [3f3d/...? shows all options] (discard): discard",
-    "Package mkosi-test-hello-1-1.x86_64 (u) seems to be corrupted during transfer. Do you want to retry retrieval?",
-]
+DIGEST = "Digest verification failed"
+
+
+def _digest_failed(got: str) -> list[str]:
+    return [
+        RETRIEVING,
+        "Retrieving: mkosi-test-hello-1-1.x86_64.rpm [done]",
+        "",
+        f"Warning: Digest verification failed for file '{NAME}'",
+        f"[/var/tmp/AP_0xuWPQFv/{NAME}]",
+        "",
+        "  expected b6ed4f00215efa7ee5b3b3940148f9211c7e8ad4ba1adf92616b832cb65d9fa6",
+        f"  but got  {got}",
+        f"Unblock or discard? [{got[:4]}/...? shows all options] (discard): discard",
+        "Package mkosi-test-hello-1-1.x86_64 (u) seems to be corrupted during transfer. "
+        "Do you want to retry retrieval?",
+    ]
+
+
+TRUNCATED = _digest_failed("2e6933adbed14c451d4b72a86055904e8c735eb2bca70e9b25660ad0e8ce559b")
+CORRUPTED = _digest_failed("3f3d8af3fbdcd03840d844a658c18791e4eceed3a30e504de19d4148dc67b012")
 
 
 @pytest.mark.parametrize(
     ("tail", "url", "what", "reason", "network"),
     [
         (STALL, URL, "the mirror sent nothing for 3 s (MirrorTimeout=3)", "Timeout exceeded", True),
+        # A connection closed short of its Content-Length: libzypp words it as a timeout.
+        (CUT, URL, "the mirror sent nothing for 3 s (MirrorTimeout=3)", "Timeout exceeded", True),
         (RESET, URL, "the mirror reset the connection", "Recv failure: Connection reset by peer", True),
-        (
-            CORRUPTED,
-            NAME,
-            "the file has another SHA-256 than the package index names",
-            "Digest verification failed",
-            False,
-        ),
+        # A truncated file whose Content-Length matches it reads as a changed one.
+        (TRUNCATED, NAME, "the file has another SHA-256 than the package index names", DIGEST, False),
+        (CORRUPTED, NAME, "the file has another SHA-256 than the package index names", DIGEST, False),
     ],
-    ids=["stall", "reset", "corrupted"],
+    ids=["stall", "cut", "reset", "truncated", "corrupted"],
 )
 def test_a_failed_download_is_one_line_naming_the_file(
     tail: list[str], url: str, what: str, reason: str, network: bool

@@ -207,9 +207,10 @@ async def run(
     returned instead of logged (standard error is still logged, unless `merge_stderr` sends it to
     standard output too). `input` is written to standard input, so secrets never need to appear on
     a command line. `stdin` is a file descriptor the command reads instead (a file mkosi opened
-    itself, so that the command reads the very file mkosi checked). A line of its output that
-    matches the pattern `give_up` ends the command's process group (SIGKILL) and fails it, whatever
-    its exit status: for a tool that would wait before trying again by itself, with no setting for it.
+    itself, so that the command reads the very file mkosi checked). A line of its logged output
+    (not a captured standard output) that matches the pattern `give_up` ends the command's process
+    group (SIGKILL) and fails it, whatever its exit status: for a tool that would wait before trying
+    again by itself, with no setting for it.
     """
     if input is not None and stdin is not None:
         raise ValueError("run() takes input or stdin, not both")

@@ -98,6 +98,7 @@ class DownloadFailed(MkosiError):
 
     @property
     def network(self) -> bool:
+        """Whether the network failed (worth another try), as far as the tool's words tell."""
         return self.fault is not None and self.fault.network
 
     def tried(self, tries: int) -> DownloadFailed:

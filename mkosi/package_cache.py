@@ -29,10 +29,13 @@ def _packages(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.is_file() and p.name.endswith(PACKAGE_SUFFIXES)]
 
 
-def _place(source: Path, destination: Path) -> None:
-    """Put a copy of `source` at `destination` atomically: hard link if possible, else copy+rename."""
+def _place(source: Path, destination: Path, copy: bool = False) -> None:
+    """Put a copy of `source` at `destination` atomically: hard link if possible (unless `copy`),
+    else copy+rename."""
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     try:
+        if copy:
+            raise OSError("a copy, not a link")
         os.link(source, temporary)
     except OSError:
         shutil.copyfile(source, temporary)
@@ -48,8 +51,10 @@ def locked(pool: Path) -> Iterator[None]:
         yield
 
 
-def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None) -> int:
-    """Put the pool's packages (those called `names`, if given) into `archive`; returns how many."""
+def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None, *, copies: bool = False) -> int:
+    """Put the pool's packages (those called `names`, if given) into `archive`; returns how many.
+    With `copies`, never as hard links: for a package manager that writes a download into the
+    file it was given, which would write into the pool."""
     archive.mkdir(parents=True, exist_ok=True)
     wanted = None if names is None else set(names)
     count = 0
@@ -58,7 +63,7 @@ def link_in(pool: Path, archive: Path, names: Iterable[str] | None = None) -> in
             continue
         target = archive / package.name
         if not target.exists():
-            _place(package, target)
+            _place(package, target, copy=copies)
             count += 1
     return count
 
@@ -92,16 +97,24 @@ def stamps(archive: Path) -> dict[str, Stamp]:
     return {package.name: _stamp(package) for package in _packages(archive)}
 
 
-def rejected(archive: Path, pool: Path, before: Mapping[str, Stamp]) -> list[str]:
+def rejected(archive: Path, pool: Path, before: Mapping[str, Stamp]) -> dict[str, tuple[str, str]]:
     """The pool's packages that the package manager downloaded again: those whose file in
-    `archive` is another than `before` says, with other contents than the pool's copy."""
-    names = []
+    `archive` is another than `before` says, with other contents than the pool's copy; by name,
+    the SHA-256 of the pool's copy and of the download."""
+    digests = {}
     for name, stamp in before.items():
         path = archive / name
-        written = path.is_file() and _stamp(path) != stamp and (pool / name).is_file()
-        if written and sha256_file(path) != sha256_file(pool / name):
-            names.append(name)
-    return names
+        if path.is_file() and _stamp(path) != stamp and (pool / name).is_file():
+            pooled, downloaded = sha256_file(pool / name), sha256_file(path)
+            if pooled != downloaded:
+                digests[name] = (pooled, downloaded)
+    return digests
+
+
+def damaged_warning(path: Path, digest: str, expected: str, *, named_by: str, then: str) -> str:
+    """The warning for a pool file whose SHA-256 is `digest` where the repository (`named_by`)
+    names `expected`, and what is done about it (`then`)."""
+    return f"package pool file {path} is damaged: its SHA-256 is {digest}, {named_by} names {expected}; {then}"
 
 
 def drop(pool: Path, names: Iterable[str]) -> None:

@@ -5,7 +5,8 @@ it starts in a session of its own so that it and everything it spawns form one p
 that whole group is terminated when the caller is cancelled (Ctrl-C, SIGTERM, a failing sibling
 task) or when the command ends and leaves stragglers behind; if mkosi itself is killed (SIGKILL), the
 kernel kills the command (a parent-death signal). A failed command raises
-`CommandError`, which carries the command line and the last lines it printed.
+`CommandError`, which carries the command line and the last lines it printed. A command that
+prints a line saying it is about to wait on its own (`give_up`) is ended there and fails the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import collections
 import contextlib
 import contextvars
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -145,6 +147,8 @@ async def _pump(
     log: Any,
     tail: collections.deque[str],
     captured: list[bytes] | None,
+    give_up: re.Pattern[str] | None = None,
+    gave_up: anyio.Event | None = None,
 ) -> None:
     if stream is None:
         return
@@ -154,6 +158,8 @@ async def _pump(
         line = raw.decode(errors="replace").rstrip("\r")
         tail.append(line)
         log.debug(line, stream=name)
+        if give_up is not None and gave_up is not None and give_up.search(line):
+            gave_up.set()
 
     async for chunk in stream:
         if captured is not None:
@@ -165,6 +171,15 @@ async def _pump(
             emit(raw)
     if pending:
         emit(pending)
+
+
+async def _end_when_given_up(process: Process, gave_up: anyio.Event, ended: list[bool]) -> None:
+    """KILL the command's group once it printed the line it is ended at (if it is still running).
+    Not TERM: zypper takes that for a request to stop waiting, and tries again at once."""
+    await gave_up.wait()
+    if process.returncode is None:
+        ended.append(True)
+        _signal_group(process.pid, signal.SIGKILL)
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -184,6 +199,7 @@ async def run(
     check: bool = True,
     log: Any = None,
     grace: float = TERMINATE_GRACE_SECONDS,
+    give_up: str | None = None,
 ) -> CompletedCommand:
     """Run a command to completion; see the module docstring for the guarantees.
 
@@ -191,7 +207,10 @@ async def run(
     returned instead of logged (standard error is still logged, unless `merge_stderr` sends it to
     standard output too). `input` is written to standard input, so secrets never need to appear on
     a command line. `stdin` is a file descriptor the command reads instead (a file mkosi opened
-    itself, so that the command reads the very file mkosi checked).
+    itself, so that the command reads the very file mkosi checked). A line of its logged output
+    (not a captured standard output) that matches the pattern `give_up` ends the command's process
+    group (SIGKILL) and fails it, whatever its exit status: for a tool that would wait before trying
+    again by itself, with no setting for it.
     """
     if input is not None and stdin is not None:
         raise ValueError("run() takes input or stdin, not both")
@@ -200,6 +219,9 @@ async def run(
     log.debug("running " + shlex.join(args))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured: list[bytes] | None = [] if capture_stdout else None
+    pattern = re.compile(give_up) if give_up is not None else None
+    gave_up = anyio.Event()
+    ended: list[bool] = []  # set when mkosi ended the command for such a line
 
     started = time.monotonic()
     with _counted():
@@ -217,14 +239,17 @@ async def run(
         )
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured)
-                tg.start_soon(_pump, process.stderr, "stderr", log, tail, None)
+                tg.start_soon(_pump, process.stdout, "stdout", log, tail, captured, pattern, gave_up)
+                tg.start_soon(_pump, process.stderr, "stderr", log, tail, None, pattern, gave_up)
+                if pattern is not None:
+                    tg.start_soon(_end_when_given_up, process, gave_up, ended)
                 if process.stdin is not None:
                     async with process.stdin:
                         await process.stdin.send(input or b"")
                 returncode = await process.wait()
                 # Whatever the command left running in its group would hold our pipes open forever.
                 _signal_group(process.pid, signal.SIGKILL)
+                gave_up.set()  # the watcher's wait is over either way
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _terminate(process, grace)
@@ -236,7 +261,7 @@ async def run(
 
         log_event(log, SubprocessFinished(args[0], returncode, round(time.monotonic() - started, 2)))
         stdout = b"".join(captured).decode(errors="replace") if captured is not None else ""
-        if check and returncode != 0:
+        if ended or (check and returncode != 0):
             raise CommandError(args, returncode, tail)
         return CompletedCommand(args, returncode, stdout, tuple(tail))
 

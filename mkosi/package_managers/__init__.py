@@ -10,9 +10,11 @@ file the mirror did not deliver.
 from __future__ import annotations
 
 import contextlib
+import enum
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mkosi.errors import MkosiError
@@ -32,28 +34,94 @@ class UntrustedRepository(MkosiError):
 RETRIES = 2
 
 
-class DownloadFailed(MkosiError):
-    """A file did not come from the mirror: `what` happened on the last of `tries` tries, which the
-    package manager `tool` put in its own words as `reason`; `others` more files failed too."""
+class Fault(enum.Enum):
+    """What went wrong with a download, whichever package manager saw it: what the user is told,
+    formatted with the groups of the tool's pattern and the timeout."""
 
-    def __init__(self, url: str, what: str, *, tool: str, reason: str, tries: int = 1, others: int = 0) -> None:
+    stalled = "the mirror sent nothing for {timeout} s (MirrorTimeout={timeout})"
+    reset = "the mirror reset the connection"
+    closed = "the mirror closed the connection before the end of the file"
+    unreachable = "could not connect to the mirror"
+    short = "the mirror sent {0} bytes of {1}"
+    changed = "the file has another SHA-256 than the package index names"
+
+    @property
+    def network(self) -> bool:
+        """A failure of the network, worth another try at once; the others brought a whole answer
+        that was not the file, which the same request is likely to bring again."""
+        return self not in (Fault.short, Fault.changed)
+
+
+@dataclass(frozen=True)
+class FaultWords:
+    """How one package manager words a fault: a pattern matched against its reason."""
+
+    pattern: str
+    fault: Fault
+
+
+# curl's words for each network fault, which dnf (through librepo) and zypper (through libzypp) pass on.
+CURL_FAULTS = (
+    FaultWords(r"Operation too slow|Timeout was reached", Fault.stalled),
+    FaultWords(r"Connection reset by peer", Fault.reset),
+    FaultWords(r"transfer closed with \d+ bytes remaining|Transferred a partial file", Fault.closed),
+    FaultWords(r"Couldn't connect|Failed to connect|Connection refused", Fault.unreachable),
+)
+
+
+class DownloadFailed(MkosiError):
+    """A file did not come from the mirror: `what` happened on the last of `tries` tries (the
+    `fault`, if known), which the package manager `tool` put in its own words as `reason`; `others`
+    more files failed too."""
+
+    def __init__(
+        self,
+        url: str,
+        what: str,
+        *,
+        tool: str,
+        reason: str,
+        fault: Fault | None = None,
+        tries: int = 1,
+        others: int = 0,
+    ) -> None:
         self.url = url
         self.what = what
         self.tool = tool
         self.reason = reason
+        self.fault = fault
         self.tries = tries
         self.others = others
         tried = f", after {tries} tries" if tries > 1 else ""
         more = f", and {others} more file{'s' if others > 1 else ''} (see the log)" if others else ""
         super().__init__(f"could not download {url}: {what}{tried}{more} ({tool}: {reason})")
 
+    @property
+    def network(self) -> bool:
+        """Whether the network failed (worth another try), as far as the tool's words tell."""
+        return self.fault is not None and self.fault.network
+
     def tried(self, tries: int) -> DownloadFailed:
         """The same failure after `tries` tries."""
-        return type(self)(self.url, self.what, tool=self.tool, reason=self.reason, tries=tries, others=self.others)
+        return type(self)(
+            self.url, self.what, tool=self.tool, reason=self.reason, fault=self.fault, tries=tries, others=self.others
+        )
 
 
 class DamagedDownload(DownloadFailed):
     """The mirror sent the whole answer, but not the file its package index names (truncated, changed)."""
+
+
+def download_failed(
+    url: str, reason: str, words: Iterable[FaultWords], *, tool: str, timeout: int, tries: int = 1, others: int = 0
+) -> DownloadFailed:
+    """The error for `url`, which `tool` failed to download after `tries` tries, giving `reason`."""
+    for word in words:
+        if match := re.search(word.pattern, reason):
+            what = word.fault.value.format(*match.groups(), timeout=timeout)
+            kind = DownloadFailed if word.fault.network else DamagedDownload
+            return kind(url, what, tool=tool, reason=reason, fault=word.fault, tries=tries, others=others)
+    return DownloadFailed(url, f"{tool} could not fetch it", tool=tool, reason=reason, tries=tries, others=others)
 
 
 def missing_packages(error: CommandError, patterns: Iterable[str]) -> list[str]:

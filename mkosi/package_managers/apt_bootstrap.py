@@ -45,8 +45,11 @@ from mkosi.package_managers import (
     RETRIES,
     DamagedDownload,
     DownloadFailed,
+    Fault,
+    FaultWords,
     NoSuchPackage,
     deb,
+    download_failed,
     dpkg_order,
     raise_missing,
     raise_untrusted,
@@ -75,24 +78,15 @@ T = TypeVar("T")
 FETCH_FAILED = r"^[EW]: Failed to fetch (\S+)\s+(.*?)(?:\s+\[IP: [^]]*\])?\s*$"
 
 
-@dataclass(frozen=True)
-class FetchFailure:
-    """One way a fetch fails, in apt's words, and what that means for the user."""
-
-    pattern: str
-    # Formatted with the pattern's groups and the timeout.
-    what: str
-    # apt tries again after a network failure, never after a file that came whole but damaged.
-    retried: bool = True
-
-
+# apt's words for each fault; apt tries a file again after a network failure, never after one that
+# came whole but damaged.
 FETCH_FAILURES = (
-    FetchFailure(r"timed out", "the mirror sent nothing for {timeout} s (MirrorTimeout={timeout})"),
-    FetchFailure(r"Connection reset by peer", "the mirror reset the connection"),
-    FetchFailure(r"Remote end closed connection", "the mirror closed the connection before the end of the file"),
-    FetchFailure(r"Could not connect|Connection failed|Connection refused", "could not connect to the mirror"),
-    FetchFailure(r"File has unexpected size \((\d+) != (\d+)\)", "the mirror sent {0} bytes of {1}", retried=False),
-    FetchFailure(r"Hash Sum mismatch", "the file has another SHA-256 than the package index names", retried=False),
+    FaultWords(r"timed out", Fault.stalled),
+    FaultWords(r"Connection reset by peer", Fault.reset),
+    FaultWords(r"Remote end closed connection", Fault.closed),
+    FaultWords(r"Could not connect|Connection failed|Connection refused", Fault.unreachable),
+    FaultWords(r"File has unexpected size \((\d+) != (\d+)\)", Fault.short),
+    FaultWords(r"Hash Sum mismatch", Fault.changed),
 )
 
 ARCHIVES = "var/cache/apt/archives"
@@ -301,14 +295,9 @@ def download_failure(error: CommandError, timeout: int) -> DownloadFailed | None
     if not failed:
         return None
     url, reason = next(iter(failed.items()))
-    others = len(failed) - 1
-    for failure in FETCH_FAILURES:
-        if match := re.search(failure.pattern, reason):
-            what = failure.what.format(*match.groups(), timeout=timeout)
-            if failure.retried:
-                return DownloadFailed(url, what, tool="apt", reason=reason, tries=1 + RETRIES, others=others)
-            return DamagedDownload(url, what, tool="apt", reason=reason, others=others)
-    return DownloadFailed(url, "apt could not fetch it", tool="apt", reason=reason, others=others)
+    failure = download_failed(url, reason, FETCH_FAILURES, tool="apt", timeout=timeout, others=len(failed) - 1)
+    # apt tried a file that failed for the network RETRIES times more.
+    return failure.tried(1 + RETRIES) if failure.network else failure
 
 
 def raise_download_failure(error: CommandError, timeout: int) -> None:
@@ -371,8 +360,9 @@ async def link_in_verified(context: Context, pool: Path, archives: Path, wanted:
     damaged = await anyio.to_thread.run_sync(_link_in_verified, pool, archives, wanted)
     for name, digest in damaged.items():
         context.log.warning(
-            f"package pool file {pool / name} is damaged: its SHA-256 is {digest}, "
-            f"the package index names {wanted[name]}; downloading it again"
+            package_cache.damaged_warning(
+                pool / name, digest, wanted[name], named_by="the package index", then="downloading it again"
+            )
         )
     return damaged
 

@@ -13,17 +13,38 @@ only the root differs; configuration, cache and package pool are shared by both.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import RETRIES, contained, no_stray_copies, raise_missing, raise_untrusted
+from mkosi.package_managers import (
+    CURL_FAULTS,
+    RETRIES,
+    DownloadFailed,
+    Fault,
+    FaultWords,
+    contained,
+    download_failed,
+    no_stray_copies,
+    raise_missing,
+    raise_untrusted,
+)
 from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 
 MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
 UNTRUSTED = (r"is not signed", r"GPG check FAILED", r"public key .* is not installed")
+# dnf's words for every failed try of a package file (librepo's, through curl): "[MIRROR] FILE: CURL
+# ERROR for URL [DETAIL]", or without " for URL" for a file that came but was not the one named.
+MIRROR_FAILED = r"^\[MIRROR\] (\S+): (.*?)\s*$"
+WITH_URL = r"^(.*) for (\S+) \[(.*)\]$"
+FETCH_FAILURES = (
+    *CURL_FAULTS,
+    FaultWords(r"reported file Content-Length: (\d+), repository metadata states file length: (\d+)", Fault.short),
+    FaultWords(r"checksum doesn't match", Fault.changed),
+)
 
 
 def config_text(context: Context, repositories: Sequence[Repository], *, workspace: Path) -> str:
@@ -46,6 +67,28 @@ def config_text(context: Context, repositories: Sequence[Repository], *, workspa
         main.append("tsflags=nodocs")
     sections = [r.section(key_check=config.repository_key_check, keep_packages=False) for r in repositories]
     return "\n".join(main) + "\n\n" + "\n".join(sections)
+
+
+def download_failure(error: CommandError, timeout: int) -> DownloadFailed | None:
+    """What dnf says it could not download, as one error naming the first file (its URL where dnf
+    gives it), what went wrong on its last try and how many tries librepo made (it tries a mirror
+    four times, whatever `retries=` says: that is for the downloads that failed all mirrors); None
+    if dnf failed at something else."""
+    tries: dict[str, list[tuple[str, str]]] = {}
+    for line in error.tail:
+        if match := re.match(MIRROR_FAILED, line):
+            name, text = match[1], match[2]
+            url, reason = name, text
+            if located := re.match(WITH_URL, text):
+                url, reason = located[2], f"{located[1]} [{located[3]}]"
+            tries.setdefault(name, []).append((url, reason))
+    if not tries:
+        return None
+    attempts = next(iter(tries.values()))
+    url, reason = attempts[-1]
+    return download_failed(
+        url, reason, FETCH_FAILURES, tool="dnf", timeout=timeout, tries=len(attempts), others=len(tries) - 1
+    )
 
 
 def host_paths(root: Path, workspace: Path) -> dict[str, Path]:
@@ -83,7 +126,9 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     seeded: Seeded = {}
     if config.cache_path is not None:
         pool = package_cache.pool_for(config.cache_path, config.distribution, config.release, config.architecture)
-        seeded = await link_in(pool, workspace / "cache")
+        # Copies: dnf (librepo) writes the download of a file it refused into that very file, which
+        # as a hard link would be the pool's, repaired in place while other builds may read it.
+        seeded = await link_in(pool, workspace / "cache", copies=True)
     argv = command(context, root, configuration, packages)
     strays = [p for p in host_paths(root, workspace).values() if not p.is_relative_to(root)]
     try:
@@ -92,7 +137,9 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     except CommandError as error:
         where = f"the repositories of {config.distribution} {config.release}"
         raise_untrusted(error, UNTRUSTED, where)
+        if failure := download_failure(error, config.mirror_timeout):
+            raise failure from error
         raise_missing(error, MISSING, where)
         raise
     if pool is not None:
-        await link_out(context, workspace / "cache", pool, seeded)
+        await link_out(context, workspace / "cache", pool, seeded, "dnf")

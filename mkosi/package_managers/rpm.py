@@ -56,41 +56,49 @@ def rpm_environment(workspace: Path) -> dict[str, str]:
 Seeded = dict[str, dict[str, package_cache.Stamp]]
 
 
-def _link_in(pool: Path, cache: Path, packages: str) -> Seeded:
+def _link_in(pool: Path, cache: Path, packages: str, copies: bool) -> Seeded:
     seeded: Seeded = {}
     for repository in pool.iterdir() if pool.is_dir() else ():
         if repository.is_dir():
             directory = cache / repository.name / packages
-            package_cache.link_in(repository, directory)
+            package_cache.link_in(repository, directory, copies=copies)
             seeded[repository.name] = package_cache.stamps(directory)
     return seeded
 
 
-def _link_out(cache: Path, pool: Path, packages: str, seeded: Seeded) -> list[Path]:
-    replaced: list[Path] = []
+# A pool file the package manager refused and downloaded again: its path, its SHA-256 and the download's.
+Replaced = tuple[Path, str, str]
+
+
+def _link_out(cache: Path, pool: Path, packages: str, seeded: Seeded) -> list[Replaced]:
+    replaced: list[Replaced] = []
     for repository in cache.iterdir() if cache.is_dir() else ():
         directory, pooled = repository / packages, pool / repository.name
         if directory.is_dir():
             rejected = package_cache.rejected(directory, pooled, seeded.get(repository.name, {}))
             package_cache.link_out(directory, pooled, rejected)
-            replaced += [pooled / name for name in rejected]
+            replaced += [(pooled / name, bad, good) for name, (bad, good) in rejected.items()]
     return replaced
 
 
-async def link_in(pool: Path, cache: Path, packages: str = "packages") -> Seeded:
-    """Seed a package manager's per-repository package directories from the shared pool.
+async def link_in(pool: Path, cache: Path, packages: str = "packages", *, copies: bool = False) -> Seeded:
+    """Seed a package manager's per-repository package directories from the shared pool (with
+    `copies`, never as hard links into it).
 
     The pool mirrors the cache's layout one level deep (a directory per repository, named as the
     package manager names it), so packages of different mirrors never mix.
     """
-    return await anyio.to_thread.run_sync(_link_in, pool, cache, packages)
+    return await anyio.to_thread.run_sync(_link_in, pool, cache, packages, copies)
 
 
-async def link_out(context: Context, cache: Path, pool: Path, seeded: Seeded, packages: str = "packages") -> None:
-    """Put new downloads into the pool, and the package manager's downloads of pool files it refused
-    (not the repository's checksum) in place of those, each with a warning."""
-    for path in await anyio.to_thread.run_sync(_link_out, cache, pool, packages, seeded):
+async def link_out(
+    context: Context, cache: Path, pool: Path, seeded: Seeded, tool: str, packages: str = "packages"
+) -> None:
+    """Put new downloads into the pool, and `tool`'s downloads of pool files it refused (not the
+    repository's checksum, which the download has) in place of those, each with a warning."""
+    for path, bad, good in await anyio.to_thread.run_sync(_link_out, cache, pool, packages, seeded):
         context.log.warning(
-            f"package pool file {path} is damaged: it has another checksum than the repository's metadata "
-            "names; replaced by the package manager's download"
+            package_cache.damaged_warning(
+                path, bad, good, named_by="the repository's metadata", then=f"replaced by {tool}'s download"
+            )
         )

@@ -11,18 +11,45 @@ The same code installs into the image (the bootstrap) and into the build image (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import contained, raise_missing, raise_untrusted
+from mkosi.package_managers import (
+    CURL_FAULTS,
+    RETRIES,
+    DownloadFailed,
+    Fault,
+    FaultWords,
+    contained,
+    download_failed,
+    raise_missing,
+    raise_untrusted,
+)
 from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
 MISSING = (r"No provider of '([^']+)' found", r"Package '([^']+)' not found")
 UNTRUSTED = (r"Signature verification failed", r"is unsigned", r"NOKEY", r"Bad GPG signature")
+# zypper's words for a file that did not come: a line naming it (its URL, or for a damaged package
+# its file name), and the reason, on that line or on an "Error message:" line after it.
+NAMED = (
+    r"^(Timeout exceeded) when accessing '([^']+)'",
+    r"^(Download \(curl\) error) for '([^']+)'",
+    r"^Warning: (Digest verification failed) for file '([^']+)'",
+)
+ERROR_MESSAGE = r"^Error message: (.+?)\s*$"
+FETCH_FAILURES = (
+    FaultWords(r"Timeout exceeded", Fault.stalled),
+    *CURL_FAULTS,
+    FaultWords(r"Digest verification failed", Fault.changed),
+)
+# After a timeout, zypper --non-interactive waits 30 seconds and tries again, three times (both fixed
+# in zypper: no setting changes them). mkosi ends it at that line and tries again itself, at once.
+WAITS = r"^Retrying in \d+ seconds"
 # zypper's cache inside the root; the downloaded packages are moved to the shared pool instead.
 CACHE = "var/cache/zypp"
 
@@ -31,9 +58,10 @@ def zypp_conf(context: Context) -> str:
     lines = [
         "[main]",
         "solver.onlyRequires = true",
-        # libzypp gives up on a transfer that received nothing for this long; zypper then tries the
-        # file three times more, 30 seconds apart, and has no setting for that.
+        # libzypp gives up on a transfer that received nothing for this long, and on a connection
+        # not made in that time; zypper would then wait (WAITS).
         f"download.transfer_timeout = {context.config.mirror_timeout}",
+        f"download.connect_timeout = {context.config.mirror_timeout}",
     ]
     if not context.config.with_docs:
         lines.append("rpm.install.excludedocs = yes")
@@ -87,7 +115,46 @@ async def import_keys(context: Context, root: Path, keys: Sequence[Path], env: d
 def commands(context: Context, root: Path, repos_dir: Path, packages: Sequence[str]) -> list[list[str]]:
     """Refresh first: an unreachable or badly signed repository is an error, not a skipped one."""
     base = base_command(context, root, repos_dir)
-    return [[*base, "refresh"], [*base, "install", "--no-recommends", *packages]]
+    # Every package is downloaded before any is installed: a download that fails, or that mkosi
+    # ends, leaves the root as it was.
+    return [[*base, "refresh"], [*base, "install", "--no-recommends", "--download-in-advance", *packages]]
+
+
+def download_failure(error: CommandError, timeout: int) -> DownloadFailed | None:
+    """What zypper says it could not download, as one error naming the first file and what went
+    wrong; None if zypper failed at something else."""
+    failed: dict[str, str] = {}
+    url = None
+    for line in error.tail:
+        if named := next((m for pattern in NAMED if (m := re.match(pattern, line))), None):
+            url = named[2]
+            failed.setdefault(url, named[1])
+        elif url is not None and (message := re.match(ERROR_MESSAGE, line)):
+            failed[url] = message[1]
+    if not failed:
+        return None
+    url, reason = next(iter(failed.items()))
+    return download_failed(url, reason, FETCH_FAILURES, tool="zypper", timeout=timeout, others=len(failed) - 1)
+
+
+async def run_trying_again(context: Context, root: Path, argv: list[str], env: dict[str, str], where: str) -> None:
+    """Run zypper; after a download that failed for the network, RETRIES times more (zypper itself
+    would wait, or not try again at all after a reset)."""
+    for attempt in range(1, 2 + RETRIES):
+        try:
+            await run(contained(argv), env=env, log=context.log, give_up=WAITS)
+            return
+        except CommandError as error:
+            raise_untrusted(error, UNTRUSTED, where)
+            failure = download_failure(error, context.config.mirror_timeout)
+            if failure is None:
+                raise_missing(error, MISSING, where)
+                raise
+            if not failure.network or attempt > RETRIES:
+                raise failure.tried(attempt) from error
+            context.log.info(f"{failure}; trying again")
+            # Left by the zypper mkosi ended, whose PID namespace is gone with it.
+            (root / "run/zypp.pid").unlink(missing_ok=True)
 
 
 def write_repositories(directory: Path, repositories: Sequence[Repository], *, key_check: bool, keep: bool) -> None:
@@ -127,13 +194,8 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     refresh, install_packages = commands(context, root, repos_dir, packages)
     where = f"the repositories of {config.distribution} {config.release}"
     for argv in (refresh, install_packages):
-        try:
-            await run(contained(argv), env=env, log=context.log)
-        except CommandError as error:
-            raise_untrusted(error, UNTRUSTED, where)
-            raise_missing(error, MISSING, where)
-            raise
+        await run_trying_again(context, root, argv, env, where)
     if pool is not None:
-        await link_out(context, cache, pool, seeded, packages="")
+        await link_out(context, cache, pool, seeded, "zypper", packages="")
     await remove_tree(root / CACHE)
     (root / "run/zypp.pid").unlink(missing_ok=True)

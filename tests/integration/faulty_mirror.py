@@ -1,5 +1,6 @@
-"""A Debian mirror on 127.0.0.1 that passes everything through from a real one, except one package
-file, which it damages on the way in one of the ways real mirrors and networks fail."""
+"""A mirror on 127.0.0.1 that passes everything through from another one (Debian's real mirror, or
+the tests' local rpm mirrors), except one package file, which it damages on the way in one of the
+ways real mirrors and networks fail."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-# Headers of the real mirror's answer that apt reads; the others describe its connection, not the file.
+# Headers of the real mirror's answer that package managers read; the others describe its connection,
+# not the file.
 PASSED_HEADERS = ("Content-Type", "Content-Length", "Last-Modified", "ETag")
 CHUNK = 64 * 1024
 # How long a stalled answer waits at most if nobody stops the mirror.
 STALL_LIMIT = 600.0
+PACKAGE_SUFFIXES = (".deb", ".rpm")
 
 
 class Fault(enum.Enum):
@@ -36,19 +39,23 @@ class FaultyMirror:
     """What the tests see of the mirror: its URL, and the damaged file's requests and size."""
 
     url: str
-    # The damaged file's path below the mirror, as apt asked for it, once for every request.
+    # The damaged file's path below the mirror, as the package manager asked for it (GET), once for
+    # every request.
     requests: list[str] = field(default_factory=list)
     size: int = 0
 
     @property
     def target_url(self) -> str:
-        """The damaged file's URL, as apt names it in its errors (unquoted: ~ where it sent %7e)."""
+        """The damaged file's URL, as package managers name it in their errors (unquoted: ~ where apt
+        sent %7e)."""
         return urllib.parse.unquote(f"{self.url}{self.requests[0]}")
 
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     upstream: str
+    # The upstream URL's path, which the mirror serves under too, e.g. "/debian".
+    prefix: str
     # The start of the damaged file's path below the mirror, e.g. "/pool/main/l/less/less_".
     target: str
     fault: Fault
@@ -67,17 +74,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         server = self.server
-        path = self.path.removeprefix("/debian")
-        if path.startswith(server.target) and path.endswith(".deb"):
+        path = self.path.removeprefix(server.prefix)
+        if path.startswith(server.target) and path.endswith(PACKAGE_SUFFIXES):
             server.mirror.requests.append(path)
             if len(server.mirror.requests) <= server.faulty_answers:
                 self._damaged(f"{server.upstream}{path}")
                 return
         self._pass_through(f"{server.upstream}{path}")
 
-    def _pass_through(self, url: str) -> None:
+    def do_HEAD(self) -> None:
+        """The headers alone (zypper asks for a file's size before it downloads it), never counted."""
+        self._pass_through(f"{self.server.upstream}{self.path.removeprefix(self.server.prefix)}", body=False)
+
+    def _pass_through(self, url: str, body: bool = True) -> None:
         try:
-            upstream = urllib.request.urlopen(url, timeout=30)
+            upstream = urllib.request.urlopen(urllib.request.Request(url, method=self.command), timeout=30)
         except urllib.error.HTTPError as error:
             self.send_response(error.code)
             self.send_header("Content-Length", "0")
@@ -89,11 +100,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if value := upstream.headers.get(name):
                     self.send_header(name, value)
             self.end_headers()
-            shutil.copyfileobj(upstream, self.wfile, CHUNK)
+            if body:
+                shutil.copyfileobj(upstream, self.wfile, CHUNK)
 
     def _damaged(self, url: str) -> None:
         with urllib.request.urlopen(url, timeout=30) as upstream:
             body = upstream.read()
+            content_type = upstream.headers.get("Content-Type", "application/octet-stream")
         self.server.mirror.size = len(body)
         fault = self.server.fault
         sent = body[: len(body) // 2]
@@ -101,7 +114,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             middle = len(body) // 2
             sent = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
         self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.debian.binary-package")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(body)))
         self.end_headers()
         self.wfile.write(sent)
@@ -117,16 +130,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def faulty_mirror(upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000) -> Iterator[FaultyMirror]:
-    """Serve `upstream` (a Debian mirror's URL, ending in /debian) on 127.0.0.1 as .../debian, with
-    the first `faulty_answers` answers for the .deb files whose path starts with `target` damaged
-    by `fault`. Stopped, stalled answers included, when the context ends."""
+    """Serve `upstream` (a mirror's URL, e.g. Debian's, ending in /debian) on 127.0.0.1 under the same
+    path, with the first `faulty_answers` answers for the package files whose path below it starts
+    with `target` damaged by `fault`. Stopped, stalled answers included, when the context ends."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.upstream = upstream.rstrip("/")
+    server.prefix = urllib.parse.urlparse(server.upstream).path
     server.target = target
     server.fault = fault
     server.faulty_answers = faulty_answers
     server.stopped = threading.Event()
-    server.mirror = FaultyMirror(f"http://127.0.0.1:{server.server_address[1]}/debian")
+    server.mirror = FaultyMirror(f"http://127.0.0.1:{server.server_address[1]}{server.prefix}")
     thread = threading.Thread(target=server.serve_forever, name="faulty-mirror", daemon=True)
     thread.start()
     try:

@@ -27,8 +27,10 @@ import pytest
 from mkosi.distributions import Distribution, arch, fedora, opensuse, ubuntu
 from mkosi.distributions.debian import DEFAULT_MIRROR as DEBIAN_MIRROR
 from mkosi.distributions.debian import host_mirrors
+from mkosi.package_managers import RETRIES
 from mkosi.package_managers.rpm import RPMDB
 from tests.integration import repositories
+from tests.integration.faulty_mirror import Fault, faulty_mirror
 from tests.integration.repositories import BASE, HELLO, HELLO_DOC, HELLO_OUTPUT
 from tests.integration.support import CACHE, Result, log_events, mkosi
 
@@ -250,7 +252,9 @@ def test_package_not_matching_the_signed_index_is_refused(tmp_path: Path, served
     result = mkosi("-d", "opensuse", "-t", "directory", f"--mirror={tampered.as_uri()}",
                    f"--cache={tmp_path / 'cache'}", "-p", HELLO, "build", cwd=tmp_path, check=False)  # fmt: skip
     assert result.returncode != 0
-    assert "corrupted" in result.stderr, result.stderr
+    # One line naming the file (zypper gives its name, not its URL, for a damaged one).
+    said = f"mkosi: could not download {hello.name}: the file has another SHA-256 than the package index names"
+    assert said in result.stderr, result.stderr
     assert not (tmp_path / "image").exists()
 
 
@@ -617,13 +621,21 @@ def test_a_damaged_pool_file_of_a_build_package_is_reported_and_replaced(tmp_pat
     assert (tmp_path / "tree/hello-output").read_text().strip() == HELLO_OUTPUT
 
 
-@pytest.mark.parametrize("distribution", ["arch", "fedora", "opensuse"])
-def test_a_damaged_pool_file_is_reported_and_replaced(distribution: str, tmp_path: Path, served: str) -> None:
+@pytest.mark.parametrize(
+    ("distribution", "workspace"),
+    [("arch", "tmpfs"), ("fedora", "tmpfs"), ("fedora", "disk"), ("opensuse", "tmpfs")],
+    ids=["arch", "fedora", "fedora-disk", "opensuse"],
+)
+def test_a_damaged_pool_file_is_reported_and_replaced(
+    distribution: str, workspace: str, tmp_path: Path, served: str
+) -> None:
     # A pool of its own, filled by a first build, then the base package's file damaged there.
+    # --workspace=disk puts the workspace on the pool's file system, where links could be made.
     cache = tmp_path / "cache"
     mirror = CASES[distribution].mirror()
+    args = ("--repository-key-check=no", f"--cache={cache}", f"--workspace={workspace}")
     (tmp_path / "1").mkdir()
-    build(distribution, mirror, served, tmp_path / "1", "--repository-key-check=no", f"--cache={cache}")
+    build(distribution, mirror, served, tmp_path / "1", *args)
     (pooled,) = (p for p in cache.rglob(f"{BASE}-1-1*") if p.is_file())
     good = pooled.read_bytes()
     damaged = bytearray(good)
@@ -631,9 +643,94 @@ def test_a_damaged_pool_file_is_reported_and_replaced(distribution: str, tmp_pat
     pooled.unlink()  # a hard link into the first build's tree: replace, do not write through
     pooled.write_bytes(bytes(damaged))
     (tmp_path / "2").mkdir()
-    result = build(distribution, mirror, served, tmp_path / "2", "--repository-key-check=no", f"--cache={cache}")
+    # Held open, so that its inode cannot be taken by another file meanwhile.
+    with pooled.open("rb") as held:
+        result = build(distribution, mirror, served, tmp_path / "2", *args)
+        # Replaced by the download, never repaired where readers may see half: the damaged file is intact.
+        assert pooled.stat().st_ino != os.fstat(held.fileno()).st_ino
+        assert held.read() == damaged
     warnings = [str(e["event"]) for e in log_events(result.stderr) if e.get("level") == "warning"]
     assert len(warnings) == 1 and warnings[0].startswith(f"package pool file {pooled} is damaged"), warnings
+    if distribution != "arch":
+        digests = hashlib.sha256(damaged).hexdigest(), hashlib.sha256(good).hexdigest()
+        assert f"its SHA-256 is {digests[0]}, the repository's metadata names {digests[1]}; " in warnings[0]
     assert pooled.read_bytes() == good
     query = subprocess.run(CASES[distribution].query(tmp_path / "2/image"), capture_output=True, text=True)
     assert re.search(rf"^{BASE}", query.stdout, re.MULTILINE), query.stdout
+
+
+# ---- A mirror that fails: dnf and zypper behind the faulty mirror ----
+
+# The tool of each distribution, and how many times the file is tried: librepo tries a mirror four
+# times by itself (dnf has no setting for it); zypper is run again by mkosi, RETRIES times more.
+FAULTY = {"fedora": ("dnf", 4), "opensuse": ("zypper", 1 + RETRIES)}
+MIRROR_TIMEOUT = 3
+# A failing build ends well within this (a dnf stall: four tries of MirrorTimeout= and the 4 s curl
+# takes to see the rate fall below dnf's minrate).
+FAILING_BOUND = 45.0
+
+
+@pytest.mark.parametrize("fault", [Fault.stall, Fault.reset], ids=["stall", "reset"])
+@pytest.mark.parametrize("distribution", sorted(FAULTY))
+def test_a_failing_mirror_fails_dnf_and_zypper_in_bounded_time_naming_the_file(
+    distribution: str, fault: Fault, tmp_path: Path, served: str
+) -> None:
+    mirror = CASES[distribution].mirror()
+    hello = next(mirror.rglob(f"{HELLO}-*.rpm"))
+    target = f"/{hello.parent.relative_to(mirror).as_posix()}/{HELLO}-"
+    upstream = f"{served}/{mirror.relative_to(CACHE / 'repositories')}"
+    cache = tmp_path / "cache"  # a pool of its own, to see that nothing of the package reached it
+    project = tmp_path / "project"
+    project.mkdir()
+    with faulty_mirror(upstream, target, fault) as faulty:
+        started = time.monotonic()
+        result = mkosi(
+            "-d", distribution, "-t", "directory", f"--mirror={faulty.url}", f"--cache={cache}",
+            f"--mirror-timeout={MIRROR_TIMEOUT}", "--repository-key-check=no", "-p", HELLO, "build",
+            cwd=project, check=False, timeout=3 * FAILING_BOUND,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert seconds < FAILING_BOUND
+    tool, tries = FAULTY[distribution]
+    # Bounded retries: the mirror saw as many requests for the file as the error says there were tries.
+    assert len(faulty.requests) == tries
+    what = (
+        f"the mirror sent nothing for {MIRROR_TIMEOUT} s (MirrorTimeout={MIRROR_TIMEOUT})"
+        if fault is Fault.stall
+        else "the mirror reset the connection"
+    )
+    error = [line for line in result.stderr.splitlines() if line.startswith("mkosi: ")]
+    assert len(error) == 1 and error[0].startswith(
+        f"mkosi: could not download {faulty.target_url}: {what}, after {tries} tries ({tool}: "
+    ), result.stderr[-3000:]
+    # Nothing left behind but the log; nothing of the package in the pool.
+    assert sorted(p.name for p in project.iterdir()) == ["image.log"]
+    workspaces = [str(e["path"]) for e in log_events(result.stderr) if e.get("event") == "workspace"]
+    assert len(workspaces) == 1 and not Path(workspaces[0]).exists()
+    assert not [p for p in cache.rglob(f"*{HELLO}*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("distribution", "fault"), [("fedora", Fault.reset), ("opensuse", Fault.stall)], ids=["fedora", "opensuse"]
+)
+def test_a_fault_that_happens_once_is_tried_past_by_dnf_and_zypper(
+    distribution: str, fault: Fault, tmp_path: Path, served: str
+) -> None:
+    # dnf (librepo) tries again by itself; zypper, ended where it would wait, is run again by mkosi.
+    mirror = CASES[distribution].mirror()
+    hello = next(mirror.rglob(f"{HELLO}-*.rpm"))
+    target = f"/{hello.parent.relative_to(mirror).as_posix()}/{HELLO}-"
+    cache = tmp_path / "cache"
+    with faulty_mirror(f"{served}/{mirror.relative_to(CACHE / 'repositories')}", target, fault, 1) as faulty:
+        mkosi(
+            "-d", distribution, "-t", "directory", f"--mirror={faulty.url}", f"--cache={cache}", *KEEP_DATABASE,
+            f"--mirror-timeout={MIRROR_TIMEOUT}", "--repository-key-check=no", "-p", HELLO, "-o", "tree", "build",
+            cwd=tmp_path, timeout=3 * FAILING_BOUND,
+        )  # fmt: skip
+    assert len(faulty.requests) == 2
+    query = subprocess.run(CASES[distribution].query(tmp_path / "tree"), capture_output=True, text=True)
+    assert re.search(rf"^{HELLO}-1-1", query.stdout, re.MULTILINE), query.stdout + query.stderr
+    # What finally came is what the repository's metadata names, and only that entered the pool.
+    (pooled,) = (p for p in cache.rglob(f"{HELLO}-*.rpm") if p.is_file())
+    assert pooled.read_bytes() == hello.read_bytes()

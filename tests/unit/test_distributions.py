@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -433,7 +435,8 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
         assert len(paths) == 3 and all(Path(p).is_relative_to(tmp_path) for p in paths), argv
         assert "--non-interactive" in argv
     assert refresh[-1] == "refresh"
-    assert install[install.index("install") :] == ["install", "--no-recommends", *packages]
+    # Everything is downloaded before anything is installed: a failed download leaves the root alone.
+    assert install[install.index("install") :] == ["install", "--no-recommends", "--download-in-advance", *packages]
     unchecked = context(load("-d", "opensuse", "--repository-key-check=no"), tmp_path)
     assert "--no-gpg-checks" in zypper.commands(unchecked, tmp_path, tmp_path, ())[0]
     # Keys given: imported into the rpm database beforehand, and no key the repository offers is trusted.
@@ -443,7 +446,7 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     assert "--gpg-auto-import-keys" not in refresh and "--no-gpg-checks" not in refresh
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
     stalling = context(load("-d", "opensuse", "--mirror-timeout=9"), tmp_path)
-    assert "\ndownload.transfer_timeout = 9\n" in zypper.zypp_conf(stalling)
+    assert "\ndownload.transfer_timeout = 9\ndownload.connect_timeout = 9\n" in zypper.zypp_conf(stalling)
 
 
 # ---- pacman: Arch ----
@@ -469,7 +472,7 @@ def test_pool_keeps_each_repositorys_packages_apart(tmp_path: Path) -> None:
     (cache / "fedora-1234/packages").mkdir(parents=True)
     (cache / "fedora-1234/packages/a-1.rpm").write_text("a")
     (cache / "fedora-1234/repodata").mkdir()
-    anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, {})
+    anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, {}, "dnf")
     assert sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*.rpm")) == ["fedora-1234/a-1.rpm"]
     fresh = tmp_path / "fresh"
     anyio.run(rpm_link_in, pool, fresh)
@@ -495,13 +498,45 @@ def test_a_pool_file_the_package_manager_downloaded_again_is_replaced_with_a_war
     (packages / "b-1.rpm").unlink()
     (packages / "b-1.rpm").write_text("b-1.rpm as the pool has it")
     with structlog.testing.capture_logs() as logs:
-        anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, seeded)
+        anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, seeded, "zypper")
     assert [entry["event"] for entry in logs] == [
-        f"package pool file {pool / 'fedora-1234/a-1.rpm'} is damaged: it has another checksum than the "
-        "repository's metadata names; replaced by the package manager's download"
+        f"package pool file {pool / 'fedora-1234/a-1.rpm'} is damaged: its SHA-256 is "
+        f"{_sha256('a-1.rpm as the pool has it')}, the repository's metadata names "
+        f"{_sha256('a-1.rpm as the mirror has it')}; replaced by zypper's download"
     ]
     assert (pool / "fedora-1234/a-1.rpm").read_text() == "a-1.rpm as the mirror has it"
     assert (pool / "fedora-1234/c-1.rpm").read_text() == "c-1.rpm as the pool has it"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_dnf_gets_copies_so_a_download_it_writes_in_place_never_writes_into_the_pool(
+    project: Path, tmp_path: Path
+) -> None:
+    # The pool and the cache on one file system, as with --workspace=disk, where links would be made.
+    pool, cache = tmp_path / "pool", tmp_path / "cache"
+    (pool / "fedora-1234").mkdir(parents=True)
+    pooled = pool / "fedora-1234/a-1.rpm"
+    pooled.write_text("a-1.rpm damaged in the pool")
+    inode = pooled.stat().st_ino
+    seeded = anyio.run(functools.partial(rpm_link_in, pool, cache, copies=True))
+    given = cache / "fedora-1234/packages/a-1.rpm"
+    assert given.stat().st_ino != inode
+    # As librepo does with a file that has not the metadata's checksum: the download written into it.
+    with given.open("r+") as f:
+        f.truncate(0)
+        f.write("a-1.rpm as the mirror has it, longer")
+    assert pooled.read_text() == "a-1.rpm damaged in the pool"
+    with structlog.testing.capture_logs() as logs:
+        anyio.run(rpm_link_out, context(load("-d", "fedora"), tmp_path), cache, pool, seeded, "dnf")
+    assert [entry["event"] for entry in logs] == [
+        f"package pool file {pooled} is damaged: its SHA-256 is {_sha256('a-1.rpm damaged in the pool')}, the "
+        f"repository's metadata names {_sha256('a-1.rpm as the mirror has it, longer')}; replaced by dnf's download"
+    ]
+    # Replaced by a rename: another inode, never the damaged file rewritten where readers may see half.
+    assert pooled.read_text() == "a-1.rpm as the mirror has it, longer" and pooled.stat().st_ino != inode
 
 
 def test_pacman_names_the_corrupted_files_it_deleted() -> None:

@@ -77,6 +77,23 @@ async def test_check_false_returns_status() -> None:
     assert result.returncode == 7
 
 
+async def test_a_line_it_gives_up_at_ends_the_command_and_fails_it(tmp_path: Path) -> None:
+    pidfile = tmp_path / "waiting"
+    script = f"echo 'Timeout exceeded' >&2; sleep 1000 & echo $! > {pidfile}; echo 'Retrying in 30 seconds...'; wait"
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(CommandError) as info:
+        await run(["sh", "-c", script], give_up=r"^Retrying in \d+ seconds")
+    assert time.monotonic() - started < 5
+    # What it said before is in the error; nothing of its group is left waiting.
+    assert {"Timeout exceeded", "Retrying in 30 seconds..."} <= set(info.value.tail)
+    deadline = time.monotonic() + 5
+    while alive(int(pidfile.read_text())) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+    assert not alive(int(pidfile.read_text()))
+    # A command that never prints the line is left alone.
+    assert (await run(["sh", "-c", "echo Retrying soon"], give_up=r"^Retrying in \d+ seconds")).returncode == 0
+
+
 async def test_cancellation_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
     script = f"sleep 1000 & echo $! > {pidfile}; wait"

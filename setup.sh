@@ -29,6 +29,8 @@ HOST_PACKAGES=(
     git                                      # git-aware build sources
     qemu-system-x86 ovmf                     # booting images under UEFI
     qemu-user-static                         # Architecture=arm64 on x86-64: the tree's programs through binfmt_misc
+    binutils-aarch64-linux-gnu               # arm64 unified kernel images (the host's objcopy knows x86's PE only)
+    qemu-system-arm qemu-efi-aarch64         # booting arm64 images: qemu-system-aarch64 and AAVMF
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build

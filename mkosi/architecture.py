@@ -11,6 +11,7 @@ import enum
 import platform
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class _Facts:
     efi: str  # the suffix of UEFI's removable-media boot loader and systemd-boot's binaries (x64)
     qemu_system: str  # the qemu binary that emulates a whole machine
     qemu_machine: str  # qemu's machine type for UEFI guests
+    gnu: str  # the GNU triplet: binutils for its PE files are {gnu}-objcopy, {gnu}-objdump
+    console: str  # the serial console qemu's machine gives the kernel
+    # UEFI firmware (Debian's ovmf, qemu-efi-aarch64): code, the variable store's template, and the
+    # code that enforces Secure Boot.
+    firmware: tuple[str, str, str]
+    smm: bool  # whether Secure Boot's variable store is guarded by System Management Mode
     # Discoverable Partitions Specification type UUIDs.
     root_type: uuid.UUID
     root_verity_type: uuid.UUID
@@ -89,6 +96,31 @@ class Architecture(enum.StrEnum):
     def qemu_machine(self) -> str:
         return self._facts.qemu_machine
 
+    def binutil(self, tool: str) -> str:
+        """The binutils program that reads and writes this architecture's files (objcopy, objdump):
+        the host's own only knows the host's PE format."""
+        return f"{self._facts.gnu}-{tool}"
+
+    @property
+    def console(self) -> str:
+        return self._facts.console
+
+    @property
+    def firmware_code(self) -> Path:
+        return Path(self._facts.firmware[0])
+
+    @property
+    def firmware_variables(self) -> Path:
+        return Path(self._facts.firmware[1])
+
+    @property
+    def firmware_secure_code(self) -> Path:
+        return Path(self._facts.firmware[2])
+
+    @property
+    def smm(self) -> bool:
+        return self._facts.smm
+
     @property
     def root_type(self) -> uuid.UUID:
         return self._facts.root_type
@@ -141,6 +173,14 @@ _FACTS = {
         efi="x64",
         qemu_system="qemu-system-x86_64",
         qemu_machine="q35",
+        gnu="x86_64-linux-gnu",
+        console="ttyS0",
+        firmware=(
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        ),
+        smm=True,
         root_type=uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
         root_verity_type=uuid.UUID("2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"),
         root_verity_sig_type=uuid.UUID("41092b05-9fc8-4523-994f-2def0408b176"),
@@ -156,6 +196,11 @@ _FACTS = {
         efi="aa64",
         qemu_system="qemu-system-aarch64",
         qemu_machine="virt",
+        gnu="aarch64-linux-gnu",
+        console="ttyAMA0",
+        # AAVMF's code verifies signatures once keys are enrolled: no separate Secure Boot build.
+        firmware=("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "/usr/share/AAVMF/AAVMF_CODE.fd"),
+        smm=False,
         root_type=uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
         root_verity_type=uuid.UUID("df3300ce-d69f-4c92-978c-9bfb0f38d820"),
         root_verity_sig_type=uuid.UUID("6db69de6-29f4-4758-a7a5-962190f00ce3"),

@@ -7,6 +7,7 @@ they match the image's systemd, not the build host's.
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mkosi import intree, naming
+from mkosi.architecture import Architecture
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -57,7 +59,7 @@ PAGE = 4096
 def kernel_command_line(config: Config) -> str:
     """No root=: the initrd finds the root partition by its type. Then the user's words."""
     words = [
-        "console=ttyS0",
+        f"console={config.architecture.console}",
         "ro" if config.read_only or config.format.has_read_only_root else "rw",
     ]
     return " ".join([*words, *config.kernel_command_line])
@@ -151,15 +153,30 @@ def write_dracut_config(root: Path, config: Config) -> None:
         path.write_text(dracut_config(config))
 
 
-async def section_end(stub: Path, log: Any) -> int:
+async def section_end(stub: Path, architecture: Architecture, log: Any) -> int:
     """The first address after the stub's own sections."""
-    result = await run(["objdump", "-h", "-w", stub], capture_stdout=True, log=log)
+    result = await run([architecture.binutil("objdump"), "-h", "-w", stub], capture_stdout=True, log=log)
     end = 0
     for line in result.stdout.splitlines():
         fields = line.split()
         if len(fields) >= 4 and fields[0].isdigit():
             end = max(end, int(fields[3], 16) + int(fields[2], 16))
     return end
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def bootable_kernel_image(image: Path, workspace: Path) -> Path:
+    """The kernel as systemd-stub starts it: an EFI program. Debian's arm64 vmlinuz is the Image
+    compressed with gzip, which the stub does not unpack (x86-64's bzImage is an EFI program as it is)."""
+    with image.open("rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            return image
+    unpacked = workspace / "vmlinux.efi"
+    with gzip.open(image, "rb") as compressed, unpacked.open("wb") as out:
+        shutil.copyfileobj(compressed, out)
+    return unpacked
 
 
 async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdline: Sequence[str] = ()) -> None:
@@ -188,17 +205,17 @@ async def build_uki(context: Context, kernel: Kernel, output: Path, extra_cmdlin
     sections = [
         (".osrel", os_release),
         (".cmdline", cmdline),
-        (".linux", kernel.image),
+        (".linux", bootable_kernel_image(kernel.image, context.workspace)),
         (".initrd", initrd),
     ]
-    address = await section_end(stub, log)
+    address = await section_end(stub, context.config.architecture, log)
     arguments: list[str] = []
     for name, path in sections:
         address = -(-address // PAGE) * PAGE
         arguments += [f"--add-section={name}={path}", f"--change-section-vma={name}={address:#x}"]
         address += path.stat().st_size
     prefix, env = frozen_clock(context.config.source_date_epoch)
-    await run([*prefix, "objcopy", *arguments, stub, output], env=env, log=log)
+    await run([*prefix, context.config.architecture.binutil("objcopy"), *arguments, stub, output], env=env, log=log)
 
 
 def boot_loader(context: Context) -> Path:

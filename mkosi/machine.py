@@ -20,9 +20,6 @@ from mkosi.errors import MkosiError
 from mkosi.nspawn import NSPAWN
 from mkosi.run import run, run_interactive
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 KVM_PROBE_SECONDS = 3
 
 
@@ -69,21 +66,23 @@ async def shell(config: Config, args: Sequence[str], *, boot: bool = False) -> i
         return await run_interactive(command, log=log)
 
 
-async def kvm_usable(log: Any) -> bool:
-    """Whether KVM really runs a guest here; some hosts offer /dev/kvm but fail on the first instruction.
+async def kvm_usable(architecture: Architecture, log: Any) -> bool:
+    """Whether KVM really runs a guest of `architecture` here (only the host's own); some hosts offer
+    /dev/kvm but fail on the first instruction.
 
     The probe boots the firmware alone for a few seconds: a broken KVM reports an internal error
     (and hangs) at once, a working one is still running when time is up.
     """
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if Architecture.from_uname() is not architecture or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     with tempfile.TemporaryDirectory(prefix="mkosi-kvm-probe.") as scratch:
         variables = Path(scratch) / "vars.fd"
-        shutil.copyfile(OVMF_VARS, variables)
+        shutil.copyfile(architecture.firmware_variables, variables)
         probe = await run(
-            ["timeout", str(KVM_PROBE_SECONDS), Architecture.x86_64.qemu_system, "-machine", "q35,accel=kvm",
-             "-cpu", "host", "-m", "128", "-nodefaults", "-display", "none",
-             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            ["timeout", str(KVM_PROBE_SECONDS), architecture.qemu_system,
+             "-machine", f"{architecture.qemu_machine},accel=kvm", "-cpu", "host",
+             "-m", "128", "-nodefaults", "-display", "none",
+             "-drive", f"if=pflash,format=raw,readonly=on,file={architecture.firmware_code}",
              "-drive", f"if=pflash,format=raw,file={variables}"],
             capture_stdout=True, merge_stderr=True, check=False, log=log,
         )  # fmt: skip
@@ -100,16 +99,19 @@ def _boot_medium(config: Config) -> list[str]:
 
 
 def qemu_command(config: Config, variables: Path, accel: str, args: Sequence[str]) -> list[str]:
-    # Secure Boot: firmware that enforces it, whose variable store only SMM code may write.
-    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if config.secure_boot else []
+    architecture = config.architecture
+    # Secure Boot: firmware that enforces it, whose variable store (on x86-64) only SMM code may write.
+    smm = config.secure_boot and architecture.smm
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if smm else []
+    code = architecture.firmware_secure_code if config.secure_boot else architecture.firmware_code
     return [
-        config.architecture.qemu_system,
-        "-machine", f"{config.architecture.qemu_machine},accel={accel}" + (",smm=on" if config.secure_boot else ""),
+        architecture.qemu_system,
+        "-machine", f"{architecture.qemu_machine},accel={accel}" + (",smm=on" if smm else ""),
         "-cpu", "host" if accel == "kvm" else "max",
         "-smp", str(os.cpu_count() or 1),
         "-m", "1024",
         *secure,
-        "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_SECURE_CODE if config.secure_boot else OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
         "-drive", f"if=pflash,format=raw,file={variables}",
         *_boot_medium(config),
         "-nographic", "-nodefaults", "-serial", "mon:stdio",
@@ -124,17 +126,15 @@ async def qemu(config: Config, args: Sequence[str]) -> int:
         raise MkosiError("qemu needs a bootable image: a raw format built with --bootable, or uki or esp")
     if config.compress is not Compression.none:
         raise MkosiError(f"{config.output} is compressed: decompress it to boot it")
-    # The firmware (OVMF) and machine type below are x86-64's.
-    if config.architecture is not Architecture.x86_64:
-        raise MkosiError(f"qemu: booting {config.architecture} images is not supported yet")
-    accel = "kvm" if await kvm_usable(log) else "tcg"
-    log.info("booting in qemu", accel=accel)
+    architecture = config.architecture
+    accel = "kvm" if await kvm_usable(architecture, log) else "tcg"
+    log.info("booting in qemu", accel=accel, architecture=str(architecture))
     with tempfile.TemporaryDirectory(prefix="mkosi-qemu.") as scratch:
         # The firmware's variable store is per VM and written to: a copy of the template.
-        variables = Path(scratch) / "OVMF_VARS.fd"
+        variables = Path(scratch) / architecture.firmware_variables.name
         if config.secure_boot:
             assert config.secure_boot_certificate is not None
-            await secure_boot.enroll(OVMF_VARS, variables, config.secure_boot_certificate, log)
+            await secure_boot.enroll(architecture.firmware_variables, variables, config.secure_boot_certificate, log)
         else:
-            shutil.copyfile(OVMF_VARS, variables)
+            shutil.copyfile(architecture.firmware_variables, variables)
         return await run_interactive(qemu_command(config, variables, accel, args), log=log)

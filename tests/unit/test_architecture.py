@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from mkosi.architecture import Architecture
+from mkosi.config import parse_args
+from mkosi.machine import qemu_command
 
 
 @pytest.mark.parametrize(
@@ -82,3 +84,23 @@ def test_debians_and_rpms_names_are_theirs() -> None:
 
 def test_oci_names_are_gos() -> None:
     assert (Architecture.x86_64.oci, Architecture.arm64.oci) == ("amd64", "arm64")
+
+
+def test_booting_comes_from_the_architecture() -> None:
+    # The serial console qemu's machine type gives the kernel, and the firmware Debian packages.
+    assert (Architecture.x86_64.console, Architecture.arm64.console) == ("ttyS0", "ttyAMA0")
+    assert Architecture.x86_64.firmware_code == Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    assert Architecture.arm64.firmware_variables == Path("/usr/share/AAVMF/AAVMF_VARS.fd")
+    # SMM guards only x86's Secure Boot variables.
+    assert Architecture.x86_64.smm and not Architecture.arm64.smm
+    # binutils that know each architecture's PE files.
+    assert Architecture.arm64.binutil("objcopy") == "aarch64-linux-gnu-objcopy"
+    assert Architecture.x86_64.binutil("objdump") == "x86_64-linux-gnu-objdump"
+
+
+def test_qemu_boots_an_arm64_image_on_arm64s_machine_and_firmware(tmp_path: Path) -> None:
+    config = parse_args(["-C", str(tmp_path), "--architecture=arm64", "-t", "raw_gpt", "--bootable"])[1]
+    command = qemu_command(config, tmp_path / "vars.fd", "tcg", [])
+    assert command[:5] == ["qemu-system-aarch64", "-machine", "virt,accel=tcg", "-cpu", "max"]
+    assert "if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd" in command
+    assert not any("smm" in word or "cfi.pflash01" in word for word in command)

@@ -25,7 +25,7 @@ HOST_PACKAGES=(
     faketime                                 # SourceDateEpoch=: sbsign signs at the epoch (no option of its own)
     diffoscope-minimal                       # mkosi matrix verify: what differs in an artifact that did not rebuild
     gnupg openssl                            # release signatures, root password hashes
-    tar xz-utils zstd                        # tar outputs and compression
+    tar xz-utils zstd pigz                   # tar outputs and compression (pigz: Compress=gz on every core)
     git                                      # git-aware build sources
     qemu-system-x86 ovmf                     # booting images under UEFI
     qemu-user-static                         # Architecture=arm64 on x86-64: the tree's programs through binfmt_misc

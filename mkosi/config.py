@@ -514,7 +514,7 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
         fail(
             "compress",
             f"{c.compress} cannot compress an OCI layer: the OCI image-spec has no media type for it "
-            "(use zstd or none)",
+            "(use zstd, gz or none)",
         )
     for s in PRIMARY.values():
         if _is_on(getattr(c, s.dest)):

@@ -27,10 +27,9 @@ CPIO_SUFFIX = ".cpio"
 EFI_SUFFIX = ".efi"
 # An OCI image layout packed into one uncompressed tar: what skopeo's oci-archive: transport reads.
 OCI_ARCHIVE_SUFFIX = ".oci.tar"
-COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst"}
-# What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash;
-# .gz too, which mkosi never writes but systemd's importer reads.
-_STRIPPED = (*(s for s in COMPRESSION_SUFFIXES.values() if s), ".gz")
+COMPRESSION_SUFFIXES = {"none": "", "xz": ".xz", "zstd": ".zst", "gz": ".gz"}
+# What systemd strips from an image's file name to find its sidecars: image.raw.xz -> image.roothash.
+_STRIPPED = tuple(s for s in COMPRESSION_SUFFIXES.values() if s)
 
 # The prefixes of a build's own files next to its outputs, so that leftovers are recognised as its.
 _STAGED = ".mkosi-tmp."

@@ -135,6 +135,8 @@ class Compression(enum.StrEnum):
     none = "none"
     xz = "xz"
     zstd = "zstd"
+    # What every tool reads: OCI layers for umoci 0.4 (which reads no zstd), initrds of any kernel.
+    gz = "gz"
 
     @property
     def suffix(self) -> str:
@@ -146,6 +148,7 @@ class Compression(enum.StrEnum):
         return {
             Compression.none: "application/vnd.oci.image.layer.v1.tar",
             Compression.zstd: "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression.gz: "application/vnd.oci.image.layer.v1.tar+gzip",
         }.get(self)
 
 
@@ -412,8 +415,10 @@ _parse_compression_name = enum_parser(Compression)
 
 
 def parse_compression(value: str) -> Compression:
-    """none/xz/zstd, or a boolean: yes picks zstd, the best default today; no means none."""
+    """none/xz/zstd/gz (or gzip), or a boolean: yes picks zstd, the best default today; no means none."""
     word = value.strip().lower()
+    if word == "gzip":
+        return Compression.gz
     if word in _TRUE:
         return Compression.zstd
     if word in _FALSE:

@@ -1,4 +1,4 @@
-"""Compressing outputs with every core: xz or zstd."""
+"""Compressing outputs with every core: xz, zstd, or gzip (pigz)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from mkosi.run import run
 COMMANDS = {
     Compression.xz: ["xz", "-T0"],
     Compression.zstd: ["zstd", "-T0", "-q"],
+    # pigz: gzip on every core, the same bytes whatever their number; -n: no name or time stamp.
+    Compression.gz: ["pigz", "-n", "-q"],
 }
 
 

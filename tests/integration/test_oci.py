@@ -96,11 +96,26 @@ def test_a_rebuild_gives_the_same_manifest_and_zstd_another_layer(layout: Path, 
     assert copied.returncode == 0, copied.stderr
 
 
+def test_a_gzip_layer_is_what_umoci_unpacks_too(layout: Path, tmp_path: Path) -> None:
+    # umoci 0.4.7 (bookworm) reads no zstd layer: Compress=gz is the compressed layout it unpacks.
+    gz = _project(tmp_path / "gz")
+    mkosi(*DEBIAN, "--compress=gz", "build", cwd=gz)
+    raw = json.loads(_skopeo("inspect", "--raw", f"oci:{gz / 'image'}").stdout)
+    assert raw["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    configs = [json.loads(_skopeo("inspect", "--config", f"oci:{p}").stdout) for p in (layout, gz / "image")]
+    assert configs[0]["rootfs"] == configs[1]["rootfs"]  # the same tree under another compression
+    tag = _index(gz / "image")["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]  # type: ignore[index]
+    subprocess.run(["umoci", "unpack", "--image", f"{gz / 'image'}:{tag}", str(tmp_path / "bundle")], check=True,
+                   capture_output=True)  # fmt: skip
+    assert (tmp_path / "bundle/rootfs/etc/oci-marker").read_text() == MARKER
+
+
 def test_xz_is_refused_before_any_work(tmp_path: Path) -> None:
     result = mkosi(*DEBIAN, "--xz", "build", cwd=tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "mkosi: --xz: xz cannot compress an OCI layer: the OCI image-spec has no media type for it (use zstd or none)"
+        "mkosi: --xz: xz cannot compress an OCI layer: "
+        "the OCI image-spec has no media type for it (use zstd, gz or none)"
     )
     assert list(tmp_path.iterdir()) == []
 

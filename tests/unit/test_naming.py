@@ -18,6 +18,7 @@ from mkosi.config import Compression, OutputFormat, parse_args
         (OutputFormat.tar, Compression.none, "image.tar"),
         (OutputFormat.tar, Compression.zstd, "image.tar.zst"),
         (OutputFormat.raw_gpt, Compression.xz, "image.raw.xz"),
+        (OutputFormat.tar, Compression.gz, "image.tar.gz"),
         (OutputFormat.raw_squashfs, Compression.none, "image.raw"),
         (OutputFormat.raw_erofs, Compression.zstd, "image.raw.zst"),
         # An OCI layout is a directory; Compress= compresses its layer, not its name.

@@ -286,3 +286,14 @@ async def test_an_xz_initrd_has_the_crc32_checks_the_kernels_decoder_knows(tmp_p
         listed = subprocess.run(["xz", "--robot", "--list", str(tmp_path / "data.xz")], capture_output=True, text=True)
         assert f"\t{check}\t" in listed.stdout
     assert command(Compression.none, for_kernel=True) is None
+
+
+def test_pigz_writes_the_same_bytes_on_one_core_as_on_all(tmp_path: Path) -> None:
+    # Compress=gz in a reproducible build: pigz's output must not depend on the machine's cores.
+    data = tmp_path / "data"
+    data.write_bytes(b"".join(i.to_bytes(4, "little") * 97 for i in range(600_000)))
+    outputs = [
+        subprocess.run(["pigz", "-n", "-q", "-c", *cores, str(data)], capture_output=True, check=True).stdout
+        for cores in ([], ["-p", "1"])
+    ]
+    assert outputs[0] == outputs[1] and len(outputs[0]) < data.stat().st_size

@@ -229,8 +229,9 @@ def test_parse_compression() -> None:
     assert parse_compression("no") is Compression.none
     assert parse_compression("xz") is Compression.xz
     assert parse_compression("ZSTD") is Compression.zstd
-    with pytest.raises(ValueError, match=r"choose from none, xz, zstd"):
-        parse_compression("gzip")
+    assert parse_compression("gz") is parse_compression("gzip") is Compression.gz
+    with pytest.raises(ValueError, match=r"choose from none, xz, zstd, gz"):
+        parse_compression("lz4")
 
 
 def test_parse_xz() -> None:

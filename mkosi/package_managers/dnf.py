@@ -31,7 +31,15 @@ from mkosi.package_managers import (
     raise_missing,
     raise_untrusted,
 )
-from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
+from mkosi.package_managers.rpm import (
+    Repository,
+    Seeded,
+    foreign_architecture,
+    link_in,
+    link_out,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.run import CommandError, run
 
 MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
@@ -109,6 +117,7 @@ def command(context: Context, root: Path, configuration: Path, packages: Sequenc
         *(f"--setopt={name}={path}" for name, path in host_paths(root, workspace).items()),
         f"--installroot={root}",
         f"--releasever={context.config.release}",
+        *([f"--forcearch={foreign}"] if (foreign := foreign_architecture(context.config)) else []),
         "install",
         *packages,
     ]
@@ -135,7 +144,7 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
         with no_stray_copies(root, strays):
             await run(contained(argv), env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
-        where = f"the repositories of {config.distribution} {config.release}"
+        where = repositories_named(config)
         raise_untrusted(error, UNTRUSTED, where)
         if failure := download_failure(error, config.mirror_timeout):
             raise failure from error

@@ -8,6 +8,8 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
+from mkosi.architecture import Architecture
+from mkosi.config import Config
 from mkosi.context import Context
 
 # Where Fedora and openSUSE keep the rpm database. Debian's rpm defaults to ~/.rpmdb, which would put
@@ -38,6 +40,20 @@ class Repository:
         if keep_packages:
             lines.append("keeppackages=1")
         return "\n".join(lines) + "\n"
+
+
+def foreign_architecture(config: Config) -> str | None:
+    """rpm's name for the image's architecture when it is not the host's: dnf and libzypp take the
+    architecture they choose packages for, and let rpm install, from the host unless told."""
+    if Architecture.from_uname() is config.architecture:
+        return None
+    return config.architecture.rpm
+
+
+def repositories_named(config: Config) -> str:
+    """The repositories a package was not found in, as an error names them."""
+    foreign = foreign_architecture(config)
+    return f"the repositories of {config.distribution} {config.release}" + (f" for {foreign}" if foreign else "")
 
 
 def rpm_environment(workspace: Path) -> dict[str, str]:

@@ -28,7 +28,15 @@ from mkosi.package_managers import (
     raise_missing,
     raise_untrusted,
 )
-from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
+from mkosi.package_managers.rpm import (
+    Repository,
+    Seeded,
+    foreign_architecture,
+    link_in,
+    link_out,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
@@ -65,6 +73,9 @@ def zypp_conf(context: Context) -> str:
     ]
     if not context.config.with_docs:
         lines.append("rpm.install.excludedocs = yes")
+    if foreign := foreign_architecture(context.config):
+        # The repository URLs already name the ports for it.
+        lines.append(f"arch = {foreign}")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +203,7 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     if config.repository_key_check and config.repository_keys:
         await import_keys(context, root, config.repository_keys, env)
     refresh, install_packages = commands(context, root, repos_dir, packages)
-    where = f"the repositories of {config.distribution} {config.release}"
+    where = repositories_named(config)
     for argv in (refresh, install_packages):
         await run_trying_again(context, root, argv, env, where)
     if pool is not None:

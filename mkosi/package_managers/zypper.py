@@ -34,6 +34,7 @@ from mkosi.package_managers.rpm import (
     foreign_architecture,
     link_in,
     link_out,
+    raise_no_index,
     repositories_named,
     rpm_environment,
 )
@@ -41,6 +42,7 @@ from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
 MISSING = (r"No provider of '([^']+)' found", r"Package '([^']+)' not found")
+NO_INDEX = (r"^\[(?P<repository>[^|\]]+)\|(?P<url>[^\]]+)\] Valid metadata not found at specified URL",)
 UNTRUSTED = (r"Signature verification failed", r"is unsigned", r"NOKEY", r"Bad GPG signature")
 # zypper's words for a file that did not come: a line naming it (its URL, or for a damaged package
 # its file name), and the reason, on that line or on an "Error message:" line after it.
@@ -159,6 +161,7 @@ async def run_trying_again(context: Context, root: Path, argv: list[str], env: d
             raise_untrusted(error, UNTRUSTED, where)
             failure = download_failure(error, context.config.mirror_timeout)
             if failure is None:
+                raise_no_index(error, context.config, NO_INDEX)
                 raise_missing(error, MISSING, where)
                 raise
             if not failure.network or attempt > RETRIES:

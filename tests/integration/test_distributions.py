@@ -774,3 +774,23 @@ def test_an_arm64_build_from_x86_64_packages_names_the_package(distribution: str
     assert len(said) == 1 and said[0].startswith("mkosi: no packages "), result.stderr
     assert "systemd" in said[0] and said[0].endswith(f" in the repositories of {distribution} {release} for aarch64")
     assert not (tmp_path / "image").exists()
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "opensuse"])
+def test_an_arm64_build_from_an_x86_64_mirror_names_the_repository(
+    distribution: str, tmp_path: Path, served: str
+) -> None:
+    mirror = CASES[distribution].mirror()
+    result = build(distribution, mirror, served, tmp_path, *ARM64, check=False)
+    assert result.returncode != 0
+    release = Distribution[distribution].installer().default_release
+    # Fedora's first repository and where dnf looked for its index; openSUSE's ports repository.
+    repository, path = {
+        "fedora": ("fedora", f"releases/{release}/Everything/aarch64/os/repodata/repomd.xml"),
+        "opensuse": ("repo-oss", "ports/aarch64/tumbleweed/repo/oss/"),
+    }[distribution]
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}/{path}"
+    said = [line for line in result.stderr.splitlines() if line.startswith("mkosi: ")]
+    expected = f"mkosi: no package index for repository {repository} of {distribution} {release} for aarch64 at {url}"
+    assert said == [expected], result.stderr
+    assert not (tmp_path / "image").exists()

@@ -33,7 +33,14 @@ from mkosi.package_managers import (
     raise_untrusted,
     zypper,
 )
-from mkosi.package_managers.rpm import RPMDB, Repository, repositories_named, rpm_environment
+from mkosi.package_managers.rpm import (
+    RPMDB,
+    NoPackageIndex,
+    Repository,
+    raise_no_index,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.package_managers.rpm import link_in as rpm_link_in
 from mkosi.package_managers.rpm import link_out as rpm_link_out
 from mkosi.pipeline import stage_keys
@@ -629,3 +636,29 @@ def test_stray_copies_of_host_paths_are_removed(tmp_path: Path) -> None:
         (leaked / "dnf.log").write_text("x")
     assert not (root / host.relative_to("/")).exists()
     assert (root / "tmp").is_dir()  # the image's own directory stays
+
+
+@ON_X86_64
+def test_a_repository_without_an_index_is_named_with_its_url(project: Path) -> None:
+    config = load("-d", "fedora", "--architecture=arm64")
+    url = "http://m/releases/45/Everything/aarch64/os/repodata/repomd.xml"
+    dnf_said = CommandError(["dnf"], 1, [
+        "Errors during downloading metadata for repository 'fedora':",
+        f"  - Status code: 404 for {url} (IP: 127.0.0.1)",
+        "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: All mirrors were tried",
+    ])  # fmt: skip
+    with pytest.raises(
+        NoPackageIndex, match=rf"^no package index for repository fedora of fedora 45 for aarch64 at {url}$"
+    ):
+        raise_no_index(dnf_said, config, dnf.NO_INDEX)
+    # A timeout is the network's: left to the download errors.
+    timed_out = CommandError(["dnf"], 1, [
+        f"  - Curl error (28): Timeout was reached for {url} [Operation too slow]",
+        "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: All mirrors were tried",
+    ])  # fmt: skip
+    raise_no_index(timed_out, config, dnf.NO_INDEX)
+    zypper_said = CommandError(["zypper"], 4, [
+        "[repo-oss|http://m/ports/aarch64/tumbleweed/repo/oss/] Valid metadata not found at specified URL",
+    ])  # fmt: skip
+    with pytest.raises(NoPackageIndex, match=r"^no package index for repository repo-oss of opensuse tumbleweed"):
+        raise_no_index(zypper_said, load("-d", "opensuse", "--architecture=arm64"), zypper.NO_INDEX)

@@ -31,10 +31,25 @@ from mkosi.package_managers import (
     raise_missing,
     raise_untrusted,
 )
-from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
+from mkosi.package_managers.rpm import (
+    Repository,
+    Seeded,
+    foreign_architecture,
+    link_in,
+    link_out,
+    raise_no_index,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.run import CommandError, run
 
 MISSING = (r"No match for argument: (\S+)", r"Unable to find a match: (\S+)")
+# dnf's words for a repository without an index: the repository, and a line earlier the index's URL
+# and that it is not there (not a timeout or a reset, which are the network's).
+NO_INDEX = (
+    r"Failed to download metadata for repo '(?P<repository>[^']+)'",
+    r"(?:Status code: 404|Couldn't read a file:// file) for (?P<url>\S+/repodata/repomd\.xml)",
+)
 UNTRUSTED = (r"is not signed", r"GPG check FAILED", r"public key .* is not installed")
 # dnf's words for every failed try of a package file (librepo's, through curl): "[MIRROR] FILE: CURL
 # ERROR for URL [DETAIL]", or without " for URL" for a file that came but was not the one named.
@@ -109,6 +124,7 @@ def command(context: Context, root: Path, configuration: Path, packages: Sequenc
         *(f"--setopt={name}={path}" for name, path in host_paths(root, workspace).items()),
         f"--installroot={root}",
         f"--releasever={context.config.release}",
+        *([f"--forcearch={foreign}"] if (foreign := foreign_architecture(context.config)) else []),
         "install",
         *packages,
     ]
@@ -135,10 +151,11 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
         with no_stray_copies(root, strays):
             await run(contained(argv), env=rpm_environment(context.workspace), log=context.log)
     except CommandError as error:
-        where = f"the repositories of {config.distribution} {config.release}"
+        where = repositories_named(config)
         raise_untrusted(error, UNTRUSTED, where)
         if failure := download_failure(error, config.mirror_timeout):
             raise failure from error
+        raise_no_index(error, config, NO_INDEX)
         raise_missing(error, MISSING, where)
         raise
     if pool is not None:

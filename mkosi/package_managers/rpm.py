@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from mkosi import package_cache
+from mkosi.architecture import Architecture
+from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.errors import MkosiError
+from mkosi.run import CommandError
 
 # Where Fedora and openSUSE keep the rpm database. Debian's rpm defaults to ~/.rpmdb, which would put
 # the image's package database in the build host's home directory.
@@ -38,6 +44,41 @@ class Repository:
         if keep_packages:
             lines.append("keeppackages=1")
         return "\n".join(lines) + "\n"
+
+
+def foreign_architecture(config: Config) -> str | None:
+    """rpm's name for the image's architecture when it is not the host's: dnf and libzypp take the
+    architecture they choose packages for, and let rpm install, from the host unless told."""
+    if Architecture.from_uname() is config.architecture:
+        return None
+    return config.architecture.rpm
+
+
+def repositories_named(config: Config) -> str:
+    """The repositories a package was not found in, as an error names them."""
+    foreign = foreign_architecture(config)
+    return f"the repositories of {config.distribution} {config.release}" + (f" for {foreign}" if foreign else "")
+
+
+class NoPackageIndex(MkosiError):
+    """A repository URL with no rpm-md index: a mirror without this release or architecture."""
+
+
+def raise_no_index(error: CommandError, config: Config, patterns: Sequence[str]) -> None:
+    """Turn a package manager's failure to find a repository's index into one line naming the
+    repository and the URL. `patterns` name the groups `repository` and `url`, on one line or on
+    lines of their own; both must be found."""
+    found: dict[str, str] = {}
+    for line in error.tail:
+        for pattern in patterns:
+            if match := re.search(pattern, line):
+                found.update({name: value for name, value in match.groupdict().items() if value})
+    if "repository" in found and "url" in found:
+        foreign = f" for {foreign}" if (foreign := foreign_architecture(config)) else ""
+        raise NoPackageIndex(
+            f"no package index for repository {found['repository']} of {config.distribution} {config.release}"
+            f"{foreign} at {found['url']}"
+        ) from error
 
 
 def rpm_environment(workspace: Path) -> dict[str, str]:

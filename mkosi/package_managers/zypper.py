@@ -28,11 +28,21 @@ from mkosi.package_managers import (
     raise_missing,
     raise_untrusted,
 )
-from mkosi.package_managers.rpm import Repository, Seeded, link_in, link_out, rpm_environment
+from mkosi.package_managers.rpm import (
+    Repository,
+    Seeded,
+    foreign_architecture,
+    link_in,
+    link_out,
+    raise_no_index,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.run import CommandError, run
 from mkosi.workspace import remove_tree
 
 MISSING = (r"No provider of '([^']+)' found", r"Package '([^']+)' not found")
+NO_INDEX = (r"^\[(?P<repository>[^|\]]+)\|(?P<url>[^\]]+)\] Valid metadata not found at specified URL",)
 UNTRUSTED = (r"Signature verification failed", r"is unsigned", r"NOKEY", r"Bad GPG signature")
 # zypper's words for a file that did not come: a line naming it (its URL, or for a damaged package
 # its file name), and the reason, on that line or on an "Error message:" line after it.
@@ -65,6 +75,9 @@ def zypp_conf(context: Context) -> str:
     ]
     if not context.config.with_docs:
         lines.append("rpm.install.excludedocs = yes")
+    if foreign := foreign_architecture(context.config):
+        # The repository URLs already name the ports for it.
+        lines.append(f"arch = {foreign}")
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +161,7 @@ async def run_trying_again(context: Context, root: Path, argv: list[str], env: d
             raise_untrusted(error, UNTRUSTED, where)
             failure = download_failure(error, context.config.mirror_timeout)
             if failure is None:
+                raise_no_index(error, context.config, NO_INDEX)
                 raise_missing(error, MISSING, where)
                 raise
             if not failure.network or attempt > RETRIES:
@@ -192,7 +206,7 @@ async def install(context: Context, root: Path, repositories: Sequence[Repositor
     if config.repository_key_check and config.repository_keys:
         await import_keys(context, root, config.repository_keys, env)
     refresh, install_packages = commands(context, root, repos_dir, packages)
-    where = f"the repositories of {config.distribution} {config.release}"
+    where = repositories_named(config)
     for argv in (refresh, install_packages):
         await run_trying_again(context, root, argv, env, where)
     if pool is not None:

@@ -63,9 +63,13 @@ def cached(name: str, recipe: str, build: Callable[[Path], None]) -> Path:
 # ---- rpm-md repositories (dnf, zypper) ----
 
 
-def rpm_spec(name: str, provides: Sequence[str], os_id: str) -> str:
+def rpm_spec(name: str, provides: Sequence[str], os_id: str, arch: str = "x86_64") -> str:
+    """A file-only package for `arch`: for aarch64 it holds the same (x86-64) busybox, labelled
+    aarch64, which is all a package manager choosing and installing packages looks at. (rpmbuild
+    takes another architecture than the host's from --target, and refuses it as BuildArch.)"""
+    build_arch = "BuildArch: x86_64\n" if arch == "x86_64" else f"ExclusiveArch: {arch}\n"
     common = (
-        f"Name: {name}\nVersion: 1\nRelease: 1\nLicense: GPL-2.0-only\nBuildArch: x86_64\n"
+        f"Name: {name}\nVersion: 1\nRelease: 1\nLicense: GPL-2.0-only\n{build_arch}"
         "AutoReqProv: no\n%define debug_package %{nil}\n%define __os_install_post %{nil}\n"
     )
     if name == BASE:
@@ -91,27 +95,28 @@ def rpm_spec(name: str, provides: Sequence[str], os_id: str) -> str:
 def _rpm_package(directory: Path, spec: str, work: Path) -> None:
     spec_file = work / "package.spec"
     spec_file.write_text(spec)
-    _run("rpmbuild", "-bb", "--define", f"_topdir {work / 'top'}", spec_file)
+    arch = next(line.split()[1] for line in spec.splitlines() if line.startswith(("BuildArch:", "ExclusiveArch:")))
+    _run("rpmbuild", "-bb", f"--target={arch}", "--define", f"_topdir {work / 'top'}", spec_file)
     directory.mkdir(parents=True, exist_ok=True)
     for rpm in (work / "top/RPMS").rglob("*.rpm"):
         shutil.copy(rpm, directory)
 
 
-def _rpm_repository(directory: Path, spec: str, work: Path) -> None:
-    _rpm_package(directory, spec, work)
-    _run("createrepo_c", "--quiet", directory)
-
-
-def rpm_mirror(name: str, provides: Sequence[str], os_id: str, base_path: str, hello_path: str) -> Path:
-    """A mirror with the base package at `base_path` and mkosi-test-hello at `hello_path`."""
-    specs = {base_path: rpm_spec(BASE, provides, os_id), hello_path: rpm_spec(HELLO, provides, os_id)}
+def rpm_mirror(
+    name: str, provides: Sequence[str], os_id: str, base_path: str, hello_path: str, arch: str = "x86_64"
+) -> Path:
+    """A mirror with the base package at `base_path` and mkosi-test-hello at `hello_path` (which
+    may be the same repository), both built for `arch`."""
+    specs = [(base_path, rpm_spec(BASE, provides, os_id, arch)), (hello_path, rpm_spec(HELLO, provides, os_id, arch))]
 
     def build(mirror: Path) -> None:
-        for path, spec in specs.items():
+        for path, spec in specs:
             with tempfile.TemporaryDirectory() as work:
-                _rpm_repository(mirror / path, spec, Path(work))
+                _rpm_package(mirror / path, spec, Path(work))
+        for path in {path for path, _ in specs}:
+            _run("createrepo_c", "--quiet", mirror / path)
 
-    return cached(name, repr(sorted(specs.items())), build)
+    return cached(name, repr(sorted(specs)), build)
 
 
 # ---- bootable test mirrors: a real kernel, a stand-in for dracut, the host's systemd-boot ----

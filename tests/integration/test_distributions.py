@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from mkosi.architecture import Architecture
 from mkosi.distributions import Distribution, arch, fedora, opensuse, ubuntu
 from mkosi.distributions.debian import DEFAULT_MIRROR as DEBIAN_MIRROR
 from mkosi.distributions.debian import host_mirrors
@@ -734,3 +735,62 @@ def test_a_fault_that_happens_once_is_tried_past_by_dnf_and_zypper(
     # What finally came is what the repository's metadata names, and only that entered the pool.
     (pooled,) = (p for p in cache.rglob(f"{HELLO}-*.rpm") if p.is_file())
     assert pooled.read_bytes() == hello.read_bytes()
+
+
+# ---- Architecture=arm64: dnf and zypper choose and install aarch64 packages ----
+
+
+def _arm64_mirror(distribution: str, arch: str) -> Path:
+    """A mirror laid out like the distribution's for aarch64 (Fedora's $basearch directories,
+    openSUSE's ports, which have no update repository), its packages built for `arch`."""
+    if distribution == "fedora":
+        paths = fedora._paths(Distribution.fedora.installer().default_release, "aarch64")
+        base, hello = paths["fedora"][0], paths["updates"][0]
+        names, os_id = fedora.PACKAGES.base, "fedora"
+    else:
+        base = hello = opensuse.PORTS[Architecture.arm64] + opensuse.REPOSITORIES["repo-oss"]
+        names, os_id = opensuse.PACKAGES.base, "opensuse-tumbleweed"
+    return repositories.rpm_mirror(f"{distribution}-ports-{arch}", names, os_id, base, hello, arch=arch)
+
+
+ARM64 = ("--architecture=arm64", "--repository-key-check=no", "-p", HELLO)
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "opensuse"])
+def test_an_arm64_tree_holds_aarch64_packages(distribution: str, tmp_path: Path, served: str) -> None:
+    build(distribution, _arm64_mirror(distribution, "aarch64"), served, tmp_path, *ARM64, "-o", "tree")
+    query = ["rpm", f"--root={tmp_path / 'tree'}", f"--dbpath={RPMDB}", "-qa", "--qf", "%{NAME} %{ARCH}\n"]
+    listed = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+    assert sorted(listed.splitlines()) == [f"{BASE} aarch64", f"{HELLO} aarch64"]
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "opensuse"])
+def test_an_arm64_build_from_x86_64_packages_names_the_package(distribution: str, tmp_path: Path, served: str) -> None:
+    result = build(distribution, _arm64_mirror(distribution, "x86_64"), served, tmp_path, *ARM64, check=False)
+    assert result.returncode != 0
+    release = Distribution[distribution].installer().default_release
+    said = [line for line in result.stderr.splitlines() if line.startswith("mkosi: ")]
+    # The base system's names, which only the x86-64 base package provides.
+    assert len(said) == 1 and said[0].startswith("mkosi: no packages "), result.stderr
+    assert "systemd" in said[0] and said[0].endswith(f" in the repositories of {distribution} {release} for aarch64")
+    assert not (tmp_path / "image").exists()
+
+
+@pytest.mark.parametrize("distribution", ["fedora", "opensuse"])
+def test_an_arm64_build_from_an_x86_64_mirror_names_the_repository(
+    distribution: str, tmp_path: Path, served: str
+) -> None:
+    mirror = CASES[distribution].mirror()
+    result = build(distribution, mirror, served, tmp_path, *ARM64, check=False)
+    assert result.returncode != 0
+    release = Distribution[distribution].installer().default_release
+    # Fedora's first repository and where dnf looked for its index; openSUSE's ports repository.
+    repository, path = {
+        "fedora": ("fedora", f"releases/{release}/Everything/aarch64/os/repodata/repomd.xml"),
+        "opensuse": ("repo-oss", "ports/aarch64/tumbleweed/repo/oss/"),
+    }[distribution]
+    url = f"{served}/{mirror.relative_to(CACHE / 'repositories')}/{path}"
+    said = [line for line in result.stderr.splitlines() if line.startswith("mkosi: ")]
+    expected = f"mkosi: no package index for repository {repository} of {distribution} {release} for aarch64 at {url}"
+    assert said == [expected], result.stderr
+    assert not (tmp_path / "image").exists()

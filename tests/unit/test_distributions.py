@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from mkosi.package_managers import (
     raise_untrusted,
     zypper,
 )
-from mkosi.package_managers.rpm import RPMDB, Repository, rpm_environment
+from mkosi.package_managers.rpm import (
+    RPMDB,
+    NoPackageIndex,
+    Repository,
+    raise_no_index,
+    repositories_named,
+    rpm_environment,
+)
 from mkosi.package_managers.rpm import link_in as rpm_link_in
 from mkosi.package_managers.rpm import link_out as rpm_link_out
 from mkosi.pipeline import stage_keys
@@ -421,7 +429,7 @@ def test_opensuse_ports_and_arch_on_arm64(project: Path) -> None:
     ]
     with pytest.raises(MkosiError, match="no repository repo-update for arm64"):
         opensuse.repositories(load("-d", "opensuse", "--architecture=arm64", "--repositories=repo-update"))
-    with pytest.raises(MkosiError, match="x86-64 only, not arm64"):
+    with pytest.raises(MkosiError, match=r"^arch is built for x86-64 only, not arm64$"):
         arch.repositories(load("-d", "arch", "--architecture=arm64"))
 
 
@@ -447,6 +455,39 @@ def test_zypper_commands(project: Path, tmp_path: Path) -> None:
     assert "rpm.install.excludedocs = yes" in zypper.zypp_conf(ctx)
     stalling = context(load("-d", "opensuse", "--mirror-timeout=9"), tmp_path)
     assert "\ndownload.transfer_timeout = 9\ndownload.connect_timeout = 9\n" in zypper.zypp_conf(stalling)
+
+
+ON_X86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="arm64 is foreign on an x86-64 host only")
+
+
+@ON_X86_64
+def test_dnf_is_forced_to_aarch64_for_arm64_only(project: Path, tmp_path: Path) -> None:
+    def argv(*args: str) -> list[str]:
+        ctx = context(load("-d", "fedora", *args), tmp_path)
+        return dnf.command(ctx, ctx.root, tmp_path / "dnf.conf", ["systemd"])
+
+    native = argv()
+    assert not [a for a in native if a.startswith("--forcearch")]
+    # The same command with one option more, before the verb (dnf 4 takes it as a general option).
+    assert argv("--architecture=arm64") == [*native[:-2], "--forcearch=aarch64", *native[-2:]]
+
+
+@ON_X86_64
+def test_zypp_conf_names_aarch64_for_arm64_only(project: Path, tmp_path: Path) -> None:
+    native = zypper.zypp_conf(context(load("-d", "opensuse"), tmp_path))
+    assert "arch" not in native.replace("[main]", "")
+    assert (
+        zypper.zypp_conf(context(load("-d", "opensuse", "--architecture=arm64"), tmp_path))
+        == native + "arch = aarch64\n"
+    )
+
+
+@ON_X86_64
+def test_a_package_missing_for_a_foreign_architecture_names_it(project: Path) -> None:
+    assert repositories_named(load("-d", "fedora")) == "the repositories of fedora 45"
+    assert (
+        repositories_named(load("-d", "fedora", "--architecture=arm64")) == "the repositories of fedora 45 for aarch64"
+    )
 
 
 # ---- pacman: Arch ----
@@ -595,3 +636,29 @@ def test_stray_copies_of_host_paths_are_removed(tmp_path: Path) -> None:
         (leaked / "dnf.log").write_text("x")
     assert not (root / host.relative_to("/")).exists()
     assert (root / "tmp").is_dir()  # the image's own directory stays
+
+
+@ON_X86_64
+def test_a_repository_without_an_index_is_named_with_its_url(project: Path) -> None:
+    config = load("-d", "fedora", "--architecture=arm64")
+    url = "http://m/releases/45/Everything/aarch64/os/repodata/repomd.xml"
+    dnf_said = CommandError(["dnf"], 1, [
+        "Errors during downloading metadata for repository 'fedora':",
+        f"  - Status code: 404 for {url} (IP: 127.0.0.1)",
+        "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: All mirrors were tried",
+    ])  # fmt: skip
+    with pytest.raises(
+        NoPackageIndex, match=rf"^no package index for repository fedora of fedora 45 for aarch64 at {url}$"
+    ):
+        raise_no_index(dnf_said, config, dnf.NO_INDEX)
+    # A timeout is the network's: left to the download errors.
+    timed_out = CommandError(["dnf"], 1, [
+        f"  - Curl error (28): Timeout was reached for {url} [Operation too slow]",
+        "Error: Failed to download metadata for repo 'fedora': Cannot download repomd.xml: All mirrors were tried",
+    ])  # fmt: skip
+    raise_no_index(timed_out, config, dnf.NO_INDEX)
+    zypper_said = CommandError(["zypper"], 4, [
+        "[repo-oss|http://m/ports/aarch64/tumbleweed/repo/oss/] Valid metadata not found at specified URL",
+    ])  # fmt: skip
+    with pytest.raises(NoPackageIndex, match=r"^no package index for repository repo-oss of opensuse tumbleweed"):
+        raise_no_index(zypper_said, load("-d", "opensuse", "--architecture=arm64"), zypper.NO_INDEX)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import http.server
+import re
 import shutil
 import socket
 import struct
@@ -23,7 +24,7 @@ PASSED_HEADERS = ("Content-Type", "Content-Length", "Last-Modified", "ETag")
 CHUNK = 64 * 1024
 # How long a stalled answer waits at most if nobody stops the mirror.
 STALL_LIMIT = 600.0
-PACKAGE_SUFFIXES = (".deb", ".rpm")
+PACKAGE_SUFFIXES = (".deb", ".rpm", ".pkg.tar.zst")
 
 
 class Fault(enum.Enum):
@@ -77,9 +78,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.removeprefix(server.prefix)
         if path.startswith(server.target) and path.endswith(PACKAGE_SUFFIXES):
             server.mirror.requests.append(path)
-            if len(server.mirror.requests) <= server.faulty_answers:
-                self._damaged(f"{server.upstream}{path}")
-                return
+            self._damaged(f"{server.upstream}{path}", len(server.mirror.requests) <= server.faulty_answers)
+            return
         self._pass_through(f"{server.upstream}{path}")
 
     def do_HEAD(self) -> None:
@@ -103,19 +103,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if body:
                 shutil.copyfileobj(upstream, self.wfile, CHUNK)
 
-    def _damaged(self, url: str) -> None:
+    def _start(self) -> int:
+        """Where the answer starts: a package manager resuming a file it has half of (pacman, after
+        a failed try) asks for the rest, as real mirrors let it."""
+        if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+            return int(match[1])
+        return 0
+
+    def _damaged(self, url: str, faulty: bool) -> None:
+        """The target file from where the request asks, damaged by the fault if `faulty`."""
         with urllib.request.urlopen(url, timeout=30) as upstream:
             body = upstream.read()
             content_type = upstream.headers.get("Content-Type", "application/octet-stream")
         self.server.mirror.size = len(body)
-        fault = self.server.fault
-        sent = body[: len(body) // 2]
+        start = min(self._start(), len(body))
+        rest = body[start:]
+        fault = self.server.fault if faulty else None
+        sent = rest[: len(rest) // 2] if fault is not None else rest
         if fault is Fault.corrupted:
-            middle = len(body) // 2
-            sent = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
-        self.send_response(200)
+            middle = len(rest) // 2
+            sent = rest[:middle] + bytes([rest[middle] ^ 0x01]) + rest[middle + 1 :]
+        self.send_response(206 if start else 200)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(body)))
+        self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(rest)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
         self.wfile.write(sent)
         self.wfile.flush()

@@ -62,6 +62,8 @@ class _Server(http.server.ThreadingHTTPServer):
     fault: Fault
     # How many requests for the target get a damaged answer; the later ones pass through.
     faulty_answers: int
+    # Whether a request for the rest of the damaged file (Range: bytes=N-) gets it.
+    resumable: bool
     mirror: FaultyMirror
     stopped: threading.Event
 
@@ -106,6 +108,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _start(self) -> int:
         """Where the answer starts: a package manager resuming a file it has half of (pacman, after
         a failed try) asks for the rest, as real mirrors let it."""
+        if not self.server.resumable:
+            return 0
         if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
             return int(match[1])
         return 0
@@ -141,16 +145,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def faulty_mirror(upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000) -> Iterator[FaultyMirror]:
+def faulty_mirror(
+    upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000, *, resumable: bool = False
+) -> Iterator[FaultyMirror]:
     """Serve `upstream` (a mirror's URL, e.g. Debian's, ending in /debian) on 127.0.0.1 under the same
     path, with the first `faulty_answers` answers for the package files whose path below it starts
-    with `target` damaged by `fault`. Stopped, stalled answers included, when the context ends."""
+    with `target` damaged by `fault`. Stopped, stalled answers included, when the context ends.
+
+    `resumable`: a request for the rest of the damaged file gets it, as from real mirrors (pacman
+    resumes a failed file). Not for apt's tests yet: apt, resuming a reset file, reports an
+    "Undetermined Error" that its table does not map."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.upstream = upstream.rstrip("/")
     server.prefix = urllib.parse.urlparse(server.upstream).path
     server.target = target
     server.fault = fault
     server.faulty_answers = faulty_answers
+    server.resumable = resumable
     server.stopped = threading.Event()
     server.mirror = FaultyMirror(f"http://127.0.0.1:{server.server_address[1]}{server.prefix}")
     thread = threading.Thread(target=server.serve_forever, name="faulty-mirror", daemon=True)

@@ -702,7 +702,7 @@ def test_a_failing_mirror_fails_dnf_zypper_and_pacman_in_bounded_time_naming_the
     cache = tmp_path / "cache"  # a pool of its own, to see that nothing of the package reached it
     project = tmp_path / "project"
     project.mkdir()
-    with faulty_mirror(upstream, target, fault) as faulty:
+    with faulty_mirror(upstream, target, fault, resumable=True) as faulty:
         started = time.monotonic()
         result = mkosi(
             "-d", distribution, "-t", "directory", f"--mirror={faulty.url}", f"--cache={cache}",
@@ -742,7 +742,7 @@ def test_a_fault_that_happens_once_is_tried_past_by_dnf_zypper_and_pacman(
     # pacman resumes the file from the next Server= line, after its own limit for a stall.
     hello, target, upstream = _faulty_target(distribution, served)
     cache = tmp_path / "cache"
-    with faulty_mirror(upstream, target, fault, 1) as faulty:
+    with faulty_mirror(upstream, target, fault, 1, resumable=True) as faulty:
         mkosi(
             "-d", distribution, "-t", "directory", f"--mirror={faulty.url}", f"--cache={cache}", *KEEP_DATABASE,
             f"--mirror-timeout={MIRROR_TIMEOUT}", "--repository-key-check=no", "-p", HELLO, "-o", "tree", "build",

@@ -39,6 +39,8 @@ class Fault(enum.Enum):
     formatted with the groups of the tool's pattern and the timeout."""
 
     stalled = "the mirror sent nothing for {timeout} s (MirrorTimeout={timeout})"
+    # A limit the package manager sets itself (pacman's), which MirrorTimeout= cannot change.
+    stalled_fixed = "the mirror sent nothing for {0} s (the package manager's own limit, not MirrorTimeout=)"
     reset = "the mirror reset the connection"
     closed = "the mirror closed the connection before the end of the file"
     unreachable = "could not connect to the mirror"
@@ -60,7 +62,8 @@ class FaultWords:
     fault: Fault
 
 
-# curl's words for each network fault, which dnf (through librepo) and zypper (through libzypp) pass on.
+# curl's words for each network fault, which dnf (through librepo), zypper (through libzypp) and
+# pacman pass on.
 CURL_FAULTS = (
     FaultWords(r"Operation too slow|Timeout was reached", Fault.stalled),
     FaultWords(r"Connection reset by peer", Fault.reset),

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,17 @@ import anyio
 
 from mkosi import package_cache
 from mkosi.context import Context
-from mkosi.package_managers import contained, raise_missing, raise_untrusted
+from mkosi.package_managers import (
+    CURL_FAULTS,
+    RETRIES,
+    DownloadFailed,
+    Fault,
+    FaultWords,
+    contained,
+    download_failed,
+    raise_missing,
+    raise_untrusted,
+)
 from mkosi.run import CommandError, run
 
 MISSING = (r"error: target not found: (\S+)",)
@@ -41,6 +52,19 @@ SIGNED = "Required DatabaseOptional"
 # pacman's words for a package file that is not what the database names (checksum, signature);
 # --noconfirm answers yes to deleting it, and the transaction fails.
 CORRUPTED = r"File (\S+) is corrupted \((.*)\)\.$"
+# pacman's words for every failed try of a file: its name and the mirror's host, not its URL.
+FETCH_FAILED = r"^error: failed retrieving file '([^']+)' from \S+ : (.*?)\s*$"
+# pacman gives up on a mirror that sent less than 1 byte/s for LIMIT seconds (14 s measured for a
+# stall, pacman 6.0), a limit of its own that no option changes (--disable-download-timeout only
+# removes it): MirrorTimeout= cannot apply. XferCommand= with curl could honour it, but pacman then
+# names neither the file nor the mirror in its error.
+LIMIT = 10
+FETCH_FAILURES = (
+    FaultWords(r"Less than 1 bytes/sec transferred the last (\d+) seconds", Fault.stalled_fixed),
+    *CURL_FAULTS,
+    # A package whose checksum is not the database's (truncated, changed); its signature is UNTRUSTED.
+    FaultWords(r"invalid or corrupted package \(checksum\)", Fault.changed),
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +89,10 @@ def config_text(context: Context, root: Path, repositories: Sequence[Repository]
     ]
     if not config.with_docs:
         options.append("NoExtract = usr/share/doc/* usr/share/man/* usr/share/info/*")
-    sections = [f"[{r.name}]\nServer = {r.server}\n" for r in repositories]
+    # pacman tries a file that failed at the next Server= of its repository (resuming it), and skips
+    # a mirror after three failures: each mirror is named 1 + RETRIES times, so that it is tried that
+    # often, and no more.
+    sections = [f"[{r.name}]\n" + f"Server = {r.server}\n" * (1 + RETRIES) for r in repositories]
     return "\n".join(options) + "\n\n" + "\n".join(sections)
 
 
@@ -158,6 +185,53 @@ def corrupted_files(error: CommandError) -> dict[str, str]:
     return {Path(m[1]).name: m[2] for line in error.tail if (m := re.search(CORRUPTED, line.strip()))}
 
 
+def file_url(name: str, repositories: Sequence[Repository], sync: Path, architecture: str) -> str:
+    """The URL of `name`, a file pacman names without its repository: a database (core.db,
+    core.db.sig) is its repository's; a package is in the repository whose database (in `sync`,
+    as pacman just downloaded it) has it. `name` itself if no repository has it."""
+    for repository in repositories:
+        url = repository.server.replace("$repo", repository.name).replace("$arch", architecture)
+        if name.split(".")[0] == repository.name or _in_database(sync / f"{repository.name}.db", name):
+            return f"{url.rstrip('/')}/{name}"
+    return name
+
+
+def _in_database(database: Path, name: str) -> bool:
+    """Whether a package file called `name` is in a sync database: its entries are directories
+    named NAME-VERSION-RELEASE, and the file NAME-VERSION-RELEASE-ARCH.pkg.tar.*."""
+    if not database.is_file():
+        return False
+    with tarfile.open(database) as archive:
+        return any(name.startswith(f"{entry.name.rstrip('/')}-") for entry in archive if entry.isdir())
+
+
+def download_failure(
+    error: CommandError, repositories: Sequence[Repository], sync: Path, architecture: str
+) -> DownloadFailed | None:
+    """What pacman says it could not download, as one error naming the first file's URL, what went
+    wrong on its last try and how many tries pacman made; None if pacman failed at something else.
+
+    A file pacman found corrupted is one that came damaged twice: _install ran pacman once more."""
+    tries: dict[str, list[str]] = {}
+    for line in error.tail:
+        if match := re.match(FETCH_FAILED, line):
+            tries.setdefault(match[1], []).append(match[2])
+    for name, why in corrupted_files(error).items():
+        tries.setdefault(name, ["", why])
+    if not tries:
+        return None
+    name, reasons = next(iter(tries.items()))
+    return download_failed(
+        file_url(name, repositories, sync, architecture),
+        reasons[-1],
+        FETCH_FAILURES,
+        tool="pacman",
+        timeout=LIMIT,
+        tries=len(reasons),
+        others=len(tries) - 1,
+    )
+
+
 async def _install(context: Context, configuration: Path, packages: Sequence[str], pool: Path | None) -> None:
     """pacman's install, and once more after it refused a corrupted package file: the pool's copy,
     damaged on the disk (left in the pool, it would fail every later build), or what the mirror
@@ -199,7 +273,10 @@ async def install(
         await _install(context, configuration, packages, pool)
     except CommandError as error:
         where = f"the repositories of {config.distribution}"
+        # First: an unsigned repository is a .sig file that failed to come, too.
         raise_untrusted(error, UNTRUSTED, where)
+        if failure := download_failure(error, repositories, root / "var/lib/pacman/sync", config.architecture.pacman):
+            raise failure from error
         raise_missing(error, MISSING, where)
         raise
     if pool is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import http.server
+import re
 import shutil
 import socket
 import struct
@@ -23,7 +24,7 @@ PASSED_HEADERS = ("Content-Type", "Content-Length", "Last-Modified", "ETag")
 CHUNK = 64 * 1024
 # How long a stalled answer waits at most if nobody stops the mirror.
 STALL_LIMIT = 600.0
-PACKAGE_SUFFIXES = (".deb", ".rpm")
+PACKAGE_SUFFIXES = (".deb", ".rpm", ".pkg.tar.zst")
 
 
 class Fault(enum.Enum):
@@ -61,6 +62,8 @@ class _Server(http.server.ThreadingHTTPServer):
     fault: Fault
     # How many requests for the target get a damaged answer; the later ones pass through.
     faulty_answers: int
+    # Whether a request for the rest of the damaged file (Range: bytes=N-) gets it.
+    resumable: bool
     mirror: FaultyMirror
     stopped: threading.Event
 
@@ -77,9 +80,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.removeprefix(server.prefix)
         if path.startswith(server.target) and path.endswith(PACKAGE_SUFFIXES):
             server.mirror.requests.append(path)
-            if len(server.mirror.requests) <= server.faulty_answers:
-                self._damaged(f"{server.upstream}{path}")
-                return
+            self._damaged(f"{server.upstream}{path}", len(server.mirror.requests) <= server.faulty_answers)
+            return
         self._pass_through(f"{server.upstream}{path}")
 
     def do_HEAD(self) -> None:
@@ -103,19 +105,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if body:
                 shutil.copyfileobj(upstream, self.wfile, CHUNK)
 
-    def _damaged(self, url: str) -> None:
+    def _start(self) -> int:
+        """Where the answer starts: a package manager resuming a file it has half of (pacman, after
+        a failed try) asks for the rest, as real mirrors let it."""
+        if not self.server.resumable:
+            return 0
+        if match := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+            return int(match[1])
+        return 0
+
+    def _damaged(self, url: str, faulty: bool) -> None:
+        """The target file from where the request asks, damaged by the fault if `faulty`."""
         with urllib.request.urlopen(url, timeout=30) as upstream:
             body = upstream.read()
             content_type = upstream.headers.get("Content-Type", "application/octet-stream")
         self.server.mirror.size = len(body)
-        fault = self.server.fault
-        sent = body[: len(body) // 2]
+        start = min(self._start(), len(body))
+        rest = body[start:]
+        fault = self.server.fault if faulty else None
+        sent = rest[: len(rest) // 2] if fault is not None else rest
         if fault is Fault.corrupted:
-            middle = len(body) // 2
-            sent = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1 :]
-        self.send_response(200)
+            middle = len(rest) // 2
+            sent = rest[:middle] + bytes([rest[middle] ^ 0x01]) + rest[middle + 1 :]
+        self.send_response(206 if start else 200)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(body)))
+        self.send_header("Content-Length", str(len(sent) if fault is Fault.truncated else len(rest)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
         self.wfile.write(sent)
         self.wfile.flush()
@@ -129,16 +145,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def faulty_mirror(upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000) -> Iterator[FaultyMirror]:
+def faulty_mirror(
+    upstream: str, target: str, fault: Fault, faulty_answers: int = 1_000, *, resumable: bool = False
+) -> Iterator[FaultyMirror]:
     """Serve `upstream` (a mirror's URL, e.g. Debian's, ending in /debian) on 127.0.0.1 under the same
     path, with the first `faulty_answers` answers for the package files whose path below it starts
-    with `target` damaged by `fault`. Stopped, stalled answers included, when the context ends."""
+    with `target` damaged by `fault`. Stopped, stalled answers included, when the context ends.
+
+    `resumable`: a request for the rest of the damaged file gets it, as from real mirrors (pacman
+    resumes a failed file). Not for apt's tests yet: apt, resuming a reset file, reports an
+    "Undetermined Error" that its table does not map."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.upstream = upstream.rstrip("/")
     server.prefix = urllib.parse.urlparse(server.upstream).path
     server.target = target
     server.fault = fault
     server.faulty_answers = faulty_answers
+    server.resumable = resumable
     server.stopped = threading.Event()
     server.mirror = FaultyMirror(f"http://127.0.0.1:{server.server_address[1]}{server.prefix}")
     thread = threading.Thread(target=server.serve_forever, name="faulty-mirror", daemon=True)

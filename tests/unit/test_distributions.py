@@ -501,7 +501,9 @@ def test_pacman_configuration(project: Path, tmp_path: Path) -> None:
     assert f"DBPath = {tmp_path}/ws/root/var/lib/pacman/\n" in text
     assert f"GPGDir = {tmp_path}/p/gnupg/\n" in text and f"CacheDir = {tmp_path}/p/cache/\n" in text
     assert "SigLevel = Required DatabaseOptional\n" in text
-    assert "[core]\nServer = https://geo.mirror.pkgbuild.com/$repo/os/$arch\n" in text
+    # Named once for each try: pacman tries a failed file at the repository's next Server=.
+    server = "Server = https://geo.mirror.pkgbuild.com/$repo/os/$arch\n"
+    assert f"[core]\n{server * (1 + RETRIES)}\n[" in text
     assert "[extra]\n" in text and "NoExtract = usr/share/doc/*" in text
     unchecked = load("-d", "arch", "--repository-key-check=no", "-m", "http://l/")
     text = pacman.config_text(context(unchecked, tmp_path), tmp_path, arch.repositories(unchecked), workspace=tmp_path)

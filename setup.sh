@@ -34,6 +34,7 @@ HOST_PACKAGES=(
     cpio                                     # tests: extra initrds (Initrds=) for unattended boots
     attr                                     # tests: getfattr lists the extended attributes of directory images
     procps                                   # tests: pgrep finds what outlives a killed build
+    file                                     # tests: the architecture of every program in an arm64 tree
     skopeo                                   # RemoteCache=: pushing and pulling stage-cache entries to an OCI registry
     umoci docker-registry apache2-utils      # tests: OCI layouts unpacked; a real registry on 127.0.0.1, with htpasswd basic auth
     bmap-tools                               # BMap=: <image>.bmap next to raw images

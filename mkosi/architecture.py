@@ -24,9 +24,11 @@ class _Facts:
     qemu_machine: str  # qemu's machine type for UEFI guests
     gnu: str  # the GNU triplet: binutils for its PE files are {gnu}-objcopy, {gnu}-objdump
     console: str  # the serial console qemu's machine gives the kernel
-    # UEFI firmware (Debian's ovmf, qemu-efi-aarch64): code, the variable store's template, and the
-    # code that enforces Secure Boot.
-    firmware: tuple[str, str, str]
+    # UEFI firmware (Debian's ovmf, qemu-efi-aarch64): its code, the template of its variable store,
+    # and the code that enforces Secure Boot.
+    firmware_code: Path
+    firmware_variables: Path
+    firmware_secure_code: Path
     smm: bool  # whether Secure Boot's variable store is guarded by System Management Mode
     # Discoverable Partitions Specification type UUIDs.
     root_type: uuid.UUID
@@ -57,6 +59,11 @@ class Architecture(enum.StrEnum):
     def from_uname(cls, machine: str | None = None) -> Architecture | None:
         """The host's architecture (uname -m), or None when mkosi knows no images for it."""
         return _ALIASES.get((machine or platform.machine()).lower())
+
+    @property
+    def native(self) -> bool:
+        """Whether this host runs the architecture's programs by itself (no emulation, KVM possible)."""
+        return Architecture.from_uname() is self
 
     @property
     def _facts(self) -> _Facts:
@@ -107,15 +114,15 @@ class Architecture(enum.StrEnum):
 
     @property
     def firmware_code(self) -> Path:
-        return Path(self._facts.firmware[0])
+        return self._facts.firmware_code
 
     @property
     def firmware_variables(self) -> Path:
-        return Path(self._facts.firmware[1])
+        return self._facts.firmware_variables
 
     @property
     def firmware_secure_code(self) -> Path:
-        return Path(self._facts.firmware[2])
+        return self._facts.firmware_secure_code
 
     @property
     def smm(self) -> bool:
@@ -175,11 +182,9 @@ _FACTS = {
         qemu_machine="q35",
         gnu="x86_64-linux-gnu",
         console="ttyS0",
-        firmware=(
-            "/usr/share/OVMF/OVMF_CODE_4M.fd",
-            "/usr/share/OVMF/OVMF_VARS_4M.fd",
-            "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        ),
+        firmware_code=Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        firmware_variables=Path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        firmware_secure_code=Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
         smm=True,
         root_type=uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
         root_verity_type=uuid.UUID("2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"),
@@ -198,8 +203,10 @@ _FACTS = {
         qemu_machine="virt",
         gnu="aarch64-linux-gnu",
         console="ttyAMA0",
+        firmware_code=Path("/usr/share/AAVMF/AAVMF_CODE.fd"),
+        firmware_variables=Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
         # AAVMF's code verifies signatures once keys are enrolled: no separate Secure Boot build.
-        firmware=("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "/usr/share/AAVMF/AAVMF_CODE.fd"),
+        firmware_secure_code=Path("/usr/share/AAVMF/AAVMF_CODE.fd"),
         smm=False,
         root_type=uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae"),
         root_verity_type=uuid.UUID("df3300ce-d69f-4c92-978c-9bfb0f38d820"),

@@ -87,8 +87,8 @@ def _fields(text: str) -> dict[str, str]:
     """A handler's file in binfmt_misc ("enabled", "flags: OCF", "magic 7f45...") as a dict."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.replace(":", "", 1).partition(" ") if line.startswith("flags:") else line.partition(" ")
-        fields[key.strip()] = value.strip()
+        key, _, value = line.partition(" ")
+        fields[key.rstrip(":")] = value.strip()
     return fields
 
 
@@ -116,7 +116,7 @@ async def _mount_binfmt_misc(log: Any) -> None:
 async def emulation(architecture: Architecture, log: Any) -> AsyncIterator[None]:
     """The host runs `architecture`'s programs for as long as this is entered (see the module's
     docstring); nothing to do for the host's own architecture."""
-    if Architecture.from_uname() is architecture:
+    if architecture.native:
         yield
         return
     handler = definition(architecture)

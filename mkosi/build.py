@@ -18,7 +18,7 @@ import structlog
 from mkosi import base_image, binfmt, boot, buildscript, naming, ownership, package_cache
 from mkosi.boot import kernel_command_line
 from mkosi.concurrency import claimed, exclusive
-from mkosi.config import Config, OutputFormat, WorkspaceMode
+from mkosi.config import Config, OutputFormat, WorkspaceMode, discovered_path
 from mkosi.context import Context, StageRecord
 from mkosi.disk.layout import checked_filesystems, plan
 from mkosi.errors import MkosiError
@@ -433,9 +433,9 @@ def check_caches_removable(config: Config) -> None:
     Cache=/srv (whose stages/ would go) must not be emptied."""
     advice = "empty it yourself, or name a directory of its own"
     # The project's own mkosi.builddir/ and mkosi.cache/ are mkosi's by name, marked or not.
-    if config.build_dir is not None and config.build_dir != config.directory / "mkosi.builddir":
+    if config.build_dir is not None and config.build_dir != discovered_path(config, "build_dir"):
         ownership.check_replaceable(config.build_dir, ownership.BUILD_DIRECTORY, advice)
-    if config.cache_path is not None and config.cache_path != config.directory / "mkosi.cache":
+    if config.cache_path is not None and config.cache_path != discovered_path(config, "cache_path"):
         ownership.check_replaceable(stage_cache_dir(config), ownership.STAGE_CACHE, advice)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
 import structlog
@@ -20,11 +19,19 @@ from mkosi.build import (
     written_paths,
 )
 from mkosi.concurrency import SIGNAL_EXIT, cancelled_by_signals, claimed
-from mkosi.config import Config, LogFormat, Verb, format_help, format_summary, help_requested, parse_args
+from mkosi.config import (
+    Config,
+    LogFormat,
+    Verb,
+    discovered_path,
+    format_help,
+    format_summary,
+    help_requested,
+    parse_args,
+)
 from mkosi.errors import MkosiError
 from mkosi.pipeline import stage_keys
 from mkosi.reproducibility import obstacles
-from mkosi.settings import PRIMARY
 from mkosi.stage_cache import cached_keys
 
 
@@ -52,17 +59,10 @@ async def clean(config: Config) -> None:
         await remove_caches(config)
 
 
-def _discovered(config: Config, dest: str) -> Path:
-    """The file a path setting finds in the project directory when it is not set."""
-    name = PRIMARY[dest].discover
-    assert name is not None
-    return config.directory / name
-
-
 async def genkey(config: Config) -> None:
     """Where the Secure Boot settings say, else where they would find the key and certificate."""
-    key = config.secure_boot_key or _discovered(config, "secure_boot_key")
-    certificate = config.secure_boot_certificate or _discovered(config, "secure_boot_certificate")
+    key = config.secure_boot_key or discovered_path(config, "secure_boot_key")
+    certificate = config.secure_boot_certificate or discovered_path(config, "secure_boot_certificate")
     log = structlog.get_logger("mkosi")
     await secure_boot.generate_key(key, certificate, config.secure_boot_common_name, config.secure_boot_valid_days, log)
 

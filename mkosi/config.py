@@ -274,6 +274,14 @@ def _discover(directory: Path, name: str) -> Path | None:
     return path
 
 
+def discovered_path(config: Config, dest: str) -> Path:
+    """Where the setting `dest` finds its file in the project directory when it is not set, whether
+    that file exists or not (mkosi.builddir, mkosi.secure-boot.key)."""
+    name = PRIMARY[dest].discover
+    assert name is not None, f"{dest} discovers no file"
+    return config.directory / name.rstrip("/")
+
+
 def _cwd() -> Path:
     try:
         return Path.cwd()

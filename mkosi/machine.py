@@ -73,7 +73,7 @@ async def kvm_usable(architecture: Architecture, log: Any) -> bool:
     The probe boots the firmware alone for a few seconds: a broken KVM reports an internal error
     (and hangs) at once, a working one is still running when time is up.
     """
-    if Architecture.from_uname() is not architecture or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not architecture.native or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     with tempfile.TemporaryDirectory(prefix="mkosi-kvm-probe.") as scratch:
         variables = Path(scratch) / "vars.fd"

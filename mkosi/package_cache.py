@@ -33,13 +33,17 @@ def _place(source: Path, destination: Path, copy: bool = False) -> None:
     """Put a copy of `source` at `destination` atomically: hard link if possible (unless `copy`),
     else copy+rename."""
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
-        if copy:
-            raise OSError("a copy, not a link")
-        os.link(source, temporary)
-    except OSError:
+    if copy or not _linked(source, temporary):
         shutil.copyfile(source, temporary)
     os.replace(temporary, destination)
+
+
+def _linked(source: Path, link: Path) -> bool:
+    try:
+        os.link(source, link)
+    except OSError:  # another file system, or one without hard links
+        return False
+    return True
 
 
 @contextlib.contextmanager

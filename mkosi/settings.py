@@ -411,14 +411,12 @@ def enum_parser(cls: type[E], aliases: Mapping[str, E] | None = None) -> Callabl
     return parse
 
 
-_parse_compression_name = enum_parser(Compression)
+_parse_compression_name = enum_parser(Compression, {"gzip": Compression.gz})
 
 
 def parse_compression(value: str) -> Compression:
     """none/xz/zstd/gz (or gzip), or a boolean: yes picks zstd, the best default today; no means none."""
     word = value.strip().lower()
-    if word == "gzip":
-        return Compression.gz
     if word in _TRUE:
         return Compression.zstd
     if word in _FALSE:

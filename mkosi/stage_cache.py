@@ -322,9 +322,16 @@ class SnapshotCache:
     restored: list[str] = field(default_factory=list)
     stored: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    _claimed: bool = field(default=False, init=False, repr=False)
 
     def entry(self, key: str) -> Path:
         return self.directory / key
+
+    def _claim(self) -> None:
+        """Make the cache directory, as mkosi's (see ownership.claim_directory), once per cache."""
+        if not self._claimed:
+            ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
+            self._claimed = True
 
     def has(self, key: str) -> bool:
         return _complete(self.entry(key))
@@ -359,7 +366,7 @@ class SnapshotCache:
         if key is None:
             yield
             return
-        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
+        self._claim()
         async with concurrency.exclusive(self.directory / f".{key}.lock"):
             yield
 
@@ -394,7 +401,7 @@ class SnapshotCache:
         """The remote cache's entry of `key` into this cache, complete or not at all."""
         if self.remote is None or not self.keep(key):
             return False
-        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
+        self._claim()
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             records = await self.remote.pull(key, temporary / key)
@@ -450,7 +457,7 @@ class SnapshotCache:
         """The workspace's items as the entry of `key`, unless there is one: entries never change."""
         if self.has(key):
             return
-        ownership.claim_directory(self.directory, ownership.STAGE_CACHE)
+        self._claim()
         temporary = Path(tempfile.mkdtemp(prefix=f".tmp.{key}.", dir=self.directory))
         try:
             write_manifest(temporary, key, await archive(context, temporary))
@@ -477,15 +484,18 @@ async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) ->
     owners.mkdir(parents=True, exist_ok=True)
     async with concurrency.exclusive(directory / ".prune.lock"):
         record = owners / hashlib.sha256(owner.encode()).hexdigest()
-        previous = _recorded_keys(record)
+        previous = _read_record(record)[1] if record.exists() else set()
         temporary = record.with_suffix(".tmp")
         temporary.write_text(f"{OWNER_LINE}{owner}\n" + "".join(f"{key}\n" for key in sorted(keys)))
         os.replace(temporary, record)
-        for other in owners.iterdir():
-            if other.suffix != ".tmp" and _owner_gone(other):
-                previous |= _recorded_keys(other)
+        still_used: set[str] = set()
+        for other in (r for r in owners.iterdir() if r.suffix != ".tmp"):
+            named, recorded = _read_record(other)
+            if named is not None and not named.parent.exists():
+                previous |= recorded
                 other.unlink()
-        still_used = set().union(*(_recorded_keys(r) for r in owners.iterdir() if r.suffix != ".tmp"))
+            else:
+                still_used |= recorded
         for key in sorted(previous - still_used):
             await drop_entry(directory / key)
             if log is not None:
@@ -496,17 +506,11 @@ async def prune(directory: Path, owner: str, keys: set[str], log: Any = None) ->
 OWNER_LINE = "# owner: "
 
 
-def _recorded_keys(record: Path) -> set[str]:
-    if not record.exists():
-        return set()
-    return {line for line in record.read_text().split("\n") if line and not line.startswith("#")}
-
-
-def _owner_gone(record: Path) -> bool:
-    first = record.read_text().partition("\n")[0]
-    if not first.startswith(OWNER_LINE):
-        return False
-    return not Path(first.removeprefix(OWNER_LINE)).parent.exists()
+def _read_record(record: Path) -> tuple[Path | None, set[str]]:
+    """The output an owner's record names (None in an older version's), and the keys it holds."""
+    lines = [line for line in record.read_text().split("\n") if line]
+    named = Path(lines[0].removeprefix(OWNER_LINE)) if lines and lines[0].startswith(OWNER_LINE) else None
+    return named, {line for line in lines if not line.startswith("#")}
 
 
 async def remove_cache(directory: Path) -> None:

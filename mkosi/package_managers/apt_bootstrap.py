@@ -56,8 +56,6 @@ from mkosi.package_managers import (
 )
 from mkosi.run import CommandError, run
 
-# Maintainer scripts run inside the tree: for another architecture than the host's, through the
-# qemu-user handler the kernel has registered for it (qemu-user-static, binfmt-support).
 # What minbase consists of besides the packages asked for, in apt's pattern syntax. usr-is-merged
 # only where the archive has it (?or never fails to match: ?essential always does).
 MINBASE = ("?or(?essential,?priority(required),?exact-name(usr-is-merged))", "apt")

@@ -10,7 +10,6 @@ from pathlib import Path
 import anyio
 
 from mkosi import package_cache
-from mkosi.architecture import Architecture
 from mkosi.config import Config
 from mkosi.context import Context
 from mkosi.errors import MkosiError
@@ -49,15 +48,18 @@ class Repository:
 def foreign_architecture(config: Config) -> str | None:
     """rpm's name for the image's architecture when it is not the host's: dnf and libzypp take the
     architecture they choose packages for, and let rpm install, from the host unless told."""
-    if Architecture.from_uname() is config.architecture:
-        return None
-    return config.architecture.rpm
+    return None if config.architecture.native else config.architecture.rpm
+
+
+def _release_named(config: Config) -> str:
+    """The distribution release an error is about, with the architecture when it is not the host's."""
+    foreign = foreign_architecture(config)
+    return f"{config.distribution} {config.release}" + (f" for {foreign}" if foreign else "")
 
 
 def repositories_named(config: Config) -> str:
     """The repositories a package was not found in, as an error names them."""
-    foreign = foreign_architecture(config)
-    return f"the repositories of {config.distribution} {config.release}" + (f" for {foreign}" if foreign else "")
+    return f"the repositories of {_release_named(config)}"
 
 
 class NoPackageIndex(MkosiError):
@@ -74,10 +76,8 @@ def raise_no_index(error: CommandError, config: Config, patterns: Sequence[str])
             if match := re.search(pattern, line):
                 found.update({name: value for name, value in match.groupdict().items() if value})
     if "repository" in found and "url" in found:
-        foreign = f" for {foreign}" if (foreign := foreign_architecture(config)) else ""
         raise NoPackageIndex(
-            f"no package index for repository {found['repository']} of {config.distribution} {config.release}"
-            f"{foreign} at {found['url']}"
+            f"no package index for repository {found['repository']} of {_release_named(config)} at {found['url']}"
         ) from error
 
 

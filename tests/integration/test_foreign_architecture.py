@@ -4,7 +4,6 @@ arm64 bootstrap runs its maintainer scripts (and mkosi.postinst) through qemu-us
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from mkosi.architecture import Architecture
 from mkosi.binfmt import BINFMT_DIR
 from tests.integration.support import CACHE, LEFT_OUT, ModuleDir, Result, boot, log_events, mkosi
 
-pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="builds arm64 on an x86-64 host")
+pytestmark = pytest.mark.skipif(not Architecture.x86_64.native, reason="builds arm64 on an x86-64 host")
 
 MATRIX = """
 [matrix]

@@ -28,6 +28,11 @@ def test_parse_refuses_an_unknown_architecture_naming_the_choices() -> None:
         Architecture.parse("riscv64")
 
 
+def test_exactly_the_hosts_own_architecture_is_native() -> None:
+    host = Architecture.from_uname()
+    assert [a for a in Architecture if a.native] == ([host] if host is not None else [])
+
+
 def test_from_uname() -> None:
     assert Architecture.from_uname("x86_64") is Architecture.x86_64
     assert Architecture.from_uname("aarch64") is Architecture.arm64

@@ -1,9 +1,10 @@
 """A project of the mkosi.default era (v3-v14), built and booted as it is.
 
-The project (compat-project/) uses the v6+ [Content] section, the gpt_ext4 format name, a
+The project (compat-project/) uses the v6+ [Content] section, the gpt_btrfs format name, a
 mkosi.default.d/ drop-in without .conf, mkosi.skeleton/, mkosi.extra/, mkosi.postinst, an empty
 Password= and a mkosi.build that runs make and make install into $DESTDIR. One qemu boot shows
-that all of it reached the image.
+that all of it reached the image, and that a btrfs root is found without root= or fstab (the
+suite's only boot of a btrfs root: test_disk boots the ext4 one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def project(module_dir: ModuleDir) -> Path:
 def test_summary_reads_the_old_layout_without_warnings(project: Path) -> None:
     summary = mkosi("summary", cwd=project).stdout
     lines = [line.split() for line in summary.splitlines()]
-    assert ["Format:", "raw_gpt"] in lines and ["Output:", str(project / "image.raw")] in lines
+    assert ["Format:", "raw_btrfs"] in lines and ["Output:", str(project / "image.raw")] in lines
     assert ["BuildPackages:", "gcc", "make", "libc6-dev"] in lines  # the inline comment is gone
     assert ["Hostname:", "compat-host"] in lines
     assert not summary.startswith("Warning")
@@ -47,4 +48,5 @@ def test_the_installed_program_runs_at_boot(project: Path) -> None:
     console = boot(project, until=[MARKER], timeout=BOOT_TIMEOUT)
     line = next((line for line in console.splitlines() if MARKER in line), None)
     assert line is not None, console[-3000:]
-    assert f"{MARKER} compat-era image=compat-14 skeleton=from-skeleton hostname=compat-host password=[]" in line
+    said = f"{MARKER} compat-era image=compat-14 skeleton=from-skeleton hostname=compat-host password=[]"
+    assert f"{said} root=btrfs fstab=0" in line

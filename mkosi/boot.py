@@ -19,6 +19,7 @@ from mkosi import intree, naming
 from mkosi.architecture import Architecture
 from mkosi.config import Config
 from mkosi.context import Context
+from mkosi.disk.layout import slot_label
 from mkosi.errors import MkosiError
 from mkosi.reproducibility import frozen_clock
 from mkosi.run import run
@@ -227,6 +228,14 @@ def boot_loader(context: Context) -> Path:
     return path
 
 
+def uki_name(config: Config, kernel: Kernel) -> str:
+    """The UKI's name in EFI/Linux/: ImageId_ImageVersion.efi when both are set (what
+    systemd-sysupdate's `ID_@v.efi` matches, and systemd-boot sorts by version), else the
+    output's stem and the kernel's version."""
+    label = slot_label(config)
+    return f"{label}.efi" if label else f"{naming.image_stem(config.output)}-{kernel.version}.efi"
+
+
 def esp_files(context: Context, uki: Path, kernel: Kernel, loader: Path) -> dict[str, Path]:
     """systemd-boot (`loader`) as the removable-media boot loader, and the UKI where it finds it by itself."""
     architecture = context.config.architecture
@@ -235,6 +244,6 @@ def esp_files(context: Context, uki: Path, kernel: Kernel, loader: Path) -> dict
     return {
         architecture.boot_loader_name: loader,
         f"EFI/systemd/{Path(architecture.systemd_boot).name}": loader,
-        f"EFI/Linux/{naming.image_stem(context.config.output)}-{kernel.version}.efi": uki,
+        f"EFI/Linux/{uki_name(context.config, kernel)}": uki,
         "loader/loader.conf": loader_conf,
     }

@@ -290,6 +290,7 @@ STAGES: list[Stage] = [
             "initrds": hash_tree(c.initrds),
             # The UKI's name in the ESP.
             "output": c.output.name,
+            **({"image": [c.image_id, c.image_version]} if c.image_id and c.image_version else {}),
         },
         enabled=lambda c: c.bootable,
         cacheable=False,
@@ -302,6 +303,9 @@ STAGES: list[Stage] = [
             "compress": c.compress,
             "seed": c.seed,
             **({"ddi_file_system": c.ddi_file_system} if c.format.is_ddi else {}),
+            # The slots' partition names, and the empty second slot.
+            **({"image": [c.image_id, c.image_version]} if c.image_id and c.image_version else {}),
+            **({"ab_layout": True} if c.ab_layout else {}),
         },
         cacheable=False,
     ),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mkosi import ini
+from mkosi import ini, naming
 from mkosi.architecture import Architecture
 from mkosi.checksums import gpg_home_problem
 from mkosi.cli_args import PROJECT_GROUP, Assignment, Verb, Where, format_help, parse_command_line, suggest
@@ -101,6 +101,7 @@ class Config:
     output_dir: Path | None
     image_id: str | None
     image_version: str | None
+    ab_layout: bool
     force: int
     bootable: bool
     secure_boot: bool
@@ -477,7 +478,7 @@ def _is_on(value: Any) -> bool:
 
 def _needs(target: Setting, why: str) -> str:
     if target.path is None:
-        wanted = f"{target.name}=yes"
+        wanted = f"{target.name}=yes" if target.kind is Kind.boolean else f"{target.name}= ({target.long})"
     elif target.key:
         wanted = f"{target.key}= or a {target.discover} file"
     else:
@@ -535,6 +536,7 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
             "verity",
             "signed needs VerityKey= and VerityCertificate= (or mkosi.secure-boot.key and .crt: mkosi genkey)",
         )
+    _validate_ab_layout(c, fail)
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
     if c.package_lock is not None:
@@ -550,6 +552,21 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
             _check_paths(c, r, s)
         if s.written and (path := getattr(c, s.dest)) is not None and holds_project(path, c.directory):
             fail(s.dest, f"{HOLDS_PROJECT}: {path}")
+
+
+# A GPT partition name holds at most 36 UTF-16 code units.
+PARTITION_LABEL_MAX = 36
+
+
+def _validate_ab_layout(c: Config, fail: Any) -> None:
+    """What an image that updates itself needs beyond its settings' own rules."""
+    if not c.ab_layout:
+        return
+    if problem := c.distribution.installer().sysupdate_problem(c.release):
+        fail("ab_layout", f"needs a release whose systemd-sysupdate updates the slots: {problem}")
+    label = naming.versioned_stem(c.image_id, c.image_version) or ""
+    if len(label) > PARTITION_LABEL_MAX:
+        fail("ab_layout", f"the slots' partition label {label!r} is longer than GPT's {PARTITION_LABEL_MAX} characters")
 
 
 def _validate_ddi(c: Config, r: _Resolver, fail: Any) -> None:

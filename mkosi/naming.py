@@ -36,6 +36,14 @@ _STAGED = ".mkosi-tmp."
 _ASIDE = ".mkosi-old."
 
 
+def versioned_stem(image_id: str | None, image_version: str | None) -> str | None:
+    """ImageId_ImageVersion (or either alone), as mkosi v13 and later named the default output, the
+    partitions of an A/B slot and its kernel: what systemd-sysupdate's `ID_@v` patterns match."""
+    if image_id is None:
+        return f"image_{image_version}" if image_version else None
+    return f"{image_id}_{image_version}" if image_version else image_id
+
+
 def image_file_name(stem: str, format: OutputFormat, compress: Compression) -> str:
     """`stem` as an output of `format`: a directory (a tree, an OCI layout) keeps it, files get
     `.raw`/`.tar`/`.cpio`/`.efi` and `.xz`/`.zst`."""

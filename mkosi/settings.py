@@ -558,7 +558,8 @@ def _default_architecture(r: Resolved) -> Architecture:
 
 def _default_output(r: Resolved) -> Path:
     directory: Path = r["output_dir"] or r.directory
-    return directory / naming.image_file_name("image", r["format"], r["compress"])
+    stem = naming.versioned_stem(r["image_id"], r["image_version"]) or "image"
+    return directory / naming.image_file_name(stem, r["format"], r["compress"])
 
 
 # Namespace for seeds derived from output names (a random UUID, fixed once and for all).
@@ -776,7 +777,8 @@ SETTINGS: tuple[Setting, ...] = (
         path=PathKind.unchecked,
         default_factory=_default_output,
         metavar="PATH",
-        help="output image path (default: image.raw, image.tar ... for the format, or image for a tree, plus .xz/.zst)",
+        help="output image path (default: image.raw, image.tar ... for the format, or image for a tree, plus "
+        ".xz/.zst; ID_VERSION.raw ... with --image-id and --image-version)",
         written=True,
     ),
     Setting(
@@ -800,7 +802,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ImageId",
         parse=parse_string,
         metavar="ID",
-        help="IMAGE_ID= written to the image's os-release",
+        help="IMAGE_ID= written to the image's os-release, and the default output's name",
     ),
     Setting(
         "image_version",
@@ -809,7 +811,24 @@ SETTINGS: tuple[Setting, ...] = (
         "ImageVersion",
         parse=parse_string,
         metavar="VERSION",
-        help="IMAGE_VERSION= written to the image's os-release",
+        help="IMAGE_VERSION= written to the image's os-release, appended to the default output's name after _",
+    ),
+    Setting(
+        "ab_layout",
+        "--ab",
+        "Output",
+        "ABLayout",
+        parse=parse_boolean,
+        kind=Kind.boolean,
+        default=False,
+        help=f"an A/B disk that systemd-sysupdate updates: the root (and its verity) twice, the second "
+        f"slot empty ({_RAW})",
+        raw_only=True,
+        requires=(
+            ("bootable", "each slot's unified kernel image boots it"),
+            ("image_id", "the slots and kernels are named ID_VERSION"),
+            ("image_version", "the slots and kernels are named ID_VERSION"),
+        ),
     ),
     Setting(
         "force",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mkosi import naming
 from mkosi.config import Config, OutputFormat
-from mkosi.disk.partitions import MiB, Role, align
+from mkosi.disk.partitions import MiB, Partition, Role, align, derive_uuid
 
 DEFAULT_ESP_SIZE = 256 * MiB
 
@@ -57,3 +60,33 @@ def plan(config: Config) -> list[PartitionPlan]:
     if config.srv_size:
         plans.append(PartitionPlan(Role.srv, data_filesystem(config), align(config.srv_size)))
     return plans
+
+
+# What an update replaces, a slot: the root with its hash tree and signature.
+SLOT_ROLES = (Role.root, Role.root_verity, Role.root_verity_sig)
+# The Discoverable Partitions Specification's name of a partition that holds nothing yet: systemd
+# ignores it when it looks for a root, systemd-sysupdate writes the next version into it.
+EMPTY_LABEL = "_empty"
+
+
+def slot_label(config: Config) -> str | None:
+    """ImageId_ImageVersion, the slot's partition name in which systemd-sysupdate finds its version."""
+    if config.image_id is None or config.image_version is None:
+        return None
+    return naming.versioned_stem(config.image_id, config.image_version)
+
+
+def slots(config: Config, partitions: Sequence[Partition]) -> list[Partition]:
+    """The disk's partitions as published: the slot's named ImageId_ImageVersion when both are set,
+    and with ABLayout=yes a second, empty slot of the same types and sizes right after the first."""
+    label = slot_label(config)
+    named = [dataclasses.replace(p, label=label) if label and p.role in SLOT_ROLES else p for p in partitions]
+    if not config.ab_layout:
+        return named
+    empty = [
+        dataclasses.replace(p, label=EMPTY_LABEL, uuid=derive_uuid(config.seed, f"{p.role}-partition-b"), image=None)
+        for p in named
+        if p.role in SLOT_ROLES
+    ]
+    last = max(i for i, p in enumerate(named) if p.role in SLOT_ROLES)
+    return [*named[: last + 1], *empty, *named[last + 1 :]]

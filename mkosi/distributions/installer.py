@@ -91,6 +91,16 @@ class DistributionInstaller:
             )
         return None
 
+    def sysupdate_package(self, release: str) -> str | None:
+        """The package that ships systemd-sysupdate in `release`, or None if the release has none."""
+        return None
+
+    def sysupdate_problem(self, release: str) -> str | None:
+        """Why an image of `release` cannot update itself with systemd-sysupdate, or None."""
+        if self.sysupdate_package(release) is not None:
+            return None
+        return f"{self.distribution} {release} ships no systemd-sysupdate that mkosi knows of"
+
     async def install(self, context: Context) -> None:
         """Install the image's tree: the base system, what booting needs and the user's packages."""
         raise NotImplementedError

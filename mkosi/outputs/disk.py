@@ -17,7 +17,7 @@ from mkosi.config import Compression, Config
 from mkosi.context import Context
 from mkosi.disk import filesystems as fs
 from mkosi.disk import luks, verity
-from mkosi.disk.layout import PartitionPlan, plan
+from mkosi.disk.layout import PartitionPlan, plan, slots
 from mkosi.disk.partitions import (
     Partition,
     Role,
@@ -250,7 +250,7 @@ async def write(context: Context) -> None:
     # In the plan's order (ESP, root, root-verity, swap, home, srv), whichever stage made them.
     order = [item.role for item in plan(config)]
     partitions = sorted(_load(context), key=lambda p: order.index(p.role))
-    await publish_disk(context, partitions, root_hash(context))
+    await publish_disk(context, slots(config, partitions), root_hash(context))
 
 
 async def publish_disk(context: Context, partitions: list[Partition], found_root_hash: str | None) -> None:

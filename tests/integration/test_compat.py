@@ -34,7 +34,7 @@ def project(module_dir: ModuleDir) -> Path:
 def test_summary_reads_the_old_layout_without_warnings(project: Path) -> None:
     summary = mkosi("summary", cwd=project).stdout
     lines = [line.split() for line in summary.splitlines()]
-    assert ["Format:", "raw_btrfs"] in lines and ["Output:", str(project / "image.raw")] in lines
+    assert ["Format:", "raw_btrfs"] in lines and ["Output:", str(project / "compat_14.raw")] in lines
     assert ["BuildPackages:", "gcc", "make", "libc6-dev"] in lines  # the inline comment is gone
     assert ["Hostname:", "compat-host"] in lines
     assert not summary.startswith("Warning")
@@ -42,9 +42,10 @@ def test_summary_reads_the_old_layout_without_warnings(project: Path) -> None:
 
 def test_the_installed_program_runs_at_boot(project: Path) -> None:
     mkosi("build", cwd=project)
-    table = subprocess.run(["sfdisk", "-J", str(project / "image.raw")], capture_output=True, text=True, check=True)
-    types = {p["type"].lower() for p in json.loads(table.stdout)["partitiontable"]["partitions"]}
-    assert types == {ESP, ROOT}
+    # Named as mkosi v13 and v14 named it: ImageId_ImageVersion, the root partition too.
+    table = subprocess.run(["sfdisk", "-J", str(project / "compat_14.raw")], capture_output=True, text=True, check=True)
+    partitions = json.loads(table.stdout)["partitiontable"]["partitions"]
+    assert [(p["type"].lower(), p["name"]) for p in partitions] == [(ESP, "esp"), (ROOT, "compat_14")]
     console = boot(project, until=[MARKER], timeout=BOOT_TIMEOUT)
     line = next((line for line in console.splitlines() if MARKER in line), None)
     assert line is not None, console[-3000:]

@@ -15,6 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mkosi import settings
+from mkosi.architecture import Architecture
+from mkosi.boot import Kernel, uki_name
 from mkosi.cli import main
 from mkosi.config import (
     CleanPackageMetadata,
@@ -34,6 +36,8 @@ from mkosi.config import (
     help_requested,
     parse_args,
 )
+from mkosi.disk.layout import slots
+from mkosi.disk.partitions import MiB, Partition, Role, partition_label
 from mkosi.distributions import Distribution
 from mkosi.errors import ConfigError
 from mkosi.registry import Registry
@@ -87,6 +91,7 @@ P = Callable[[Path], Any]
 RAW = "[Output]\nFormat=raw_gpt\n"
 COMPRESSIBLE = "[Output]\nFormat=tar\n"
 DDI = "[Output]\nFormat=portable\n"
+AB = "[Distribution]\nRelease=trixie\n[Output]\nFormat=raw_squashfs\nBootable=yes\nImageId=os\nImageVersion=1\n"
 
 # (section, key): (INI value, equivalent command line, expected value or a function of the project
 # directory computing it, other configuration the setting needs to be valid)
@@ -183,6 +188,7 @@ CASES: dict[tuple[str, str], tuple[str, list[str], Any, str]] = {
     ("Output", "ImageId"): ("my-os", ["--image-id=my-os"], "my-os", ""),
     ("Output", "DDIFileSystem"): ("erofs", ["--ddi-file-system=erofs"], DDIFileSystem.erofs, DDI),
     ("Output", "ImageVersion"): ("1.2", ["--image-version=1.2"], "1.2", ""),
+    ("Output", "ABLayout"): ("yes", ["--ab"], True, AB),
     ("Validation", "PasswordIsHashed"): ("yes", ["--password-is-hashed"], True, ""),
     ("Validation", "BMap"): ("yes", ["--bmap"], True, RAW),
     ("Host", "ExtraSearchPaths"): ("src", ["--extra-search-paths=src"], lambda p: (p / "src",), ""),
@@ -1208,3 +1214,73 @@ def test_a_ddi_file_system_is_refused_for_other_formats(project: Path) -> None:
     assert str(refused.value) == (
         "mkosi.default:3: [Output] DDIFileSystem: only for sysext, confext and portable images, not raw_gpt"
     )
+
+
+# ---- images that update themselves (ABLayout=) ----
+
+
+def test_the_default_output_is_named_after_the_image_id_and_version(project: Path) -> None:
+    assert load("--image-id=os", "--image-version=1.2").output == project / "os_1.2.raw"
+    assert load("--image-version=1.2", "-t", "tar").output == project / "image_1.2.tar"
+    assert load("--image-id=os").output == project / "os.raw"
+    assert load("--image-id=os", "-o", "other.raw").output == project / "other.raw"
+
+
+AB_ARGS = ("-d", "debian", "-r", "trixie", "-t", "raw_squashfs", "--bootable", "--image-id=os", "--image-version=1")
+
+
+def test_ab_layout_loads_for_a_release_with_sysupdate(project: Path) -> None:
+    config = load(*AB_ARGS, "--ab")
+    assert config.ab_layout and config.output == project / "os_1.raw"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ("-r", "bookworm"),
+            "--ab: needs a release whose systemd-sysupdate updates the slots: debian bookworm ships "
+            "no systemd-sysupdate (trixie and later have it, in systemd-container)",
+        ),
+        (("-t", "directory", "--bootable=no"), "--ab: only supported with raw formats"),
+        (("--bootable=no",), "--ab: needs Bootable=yes: each slot's unified kernel image boots it"),
+        (("--image-version=",), "--ab: needs ImageVersion= (--image-version): the slots and kernels are named"),
+        (("--image-id=" + "x" * 40,), "--ab: the slots' partition label 'xxxx"),
+    ],
+)
+def test_ab_layout_refuses_what_cannot_update_itself(project: Path, argv: tuple[str, ...], expected: str) -> None:
+    assert error(*AB_ARGS, *argv, "--ab").startswith(expected)
+
+
+def _partition(role: Role, size: int) -> Partition:
+    return Partition(role, partition_label(role, Architecture.x86_64), uuid.uuid4(), uuid.uuid4(), size, Path(role))
+
+
+def test_the_second_slot_is_empty_sized_like_the_first_and_the_slot_named_by_id_and_version(project: Path) -> None:
+    config = load(*AB_ARGS, "--ab", "--verity", "--swap-size=64M")
+    esp, root, hashes, swap = (_partition(r, s) for r, s in
+                               ((Role.esp, 256 * MiB), (Role.root, 300 * MiB), (Role.root_verity, 3 * MiB),
+                                (Role.swap, 64 * MiB)))  # fmt: skip
+    disk = slots(config, [esp, root, hashes, swap])
+    assert [(p.role, p.label, p.size) for p in disk] == [
+        (Role.esp, "esp", 256 * MiB),
+        (Role.root, "os_1", 300 * MiB),
+        (Role.root_verity, "os_1", 3 * MiB),
+        (Role.root, "_empty", 300 * MiB),
+        (Role.root_verity, "_empty", 3 * MiB),
+        (Role.swap, "swap", 64 * MiB),
+    ]
+    assert disk[3].image is None and disk[4].image is None
+    assert len({p.uuid for p in disk}) == len(disk)
+    assert [p.type for p in disk[1:5]] == [root.type, hashes.type, root.type, hashes.type]
+    # Without ABLayout= the slot is only named; without ImageVersion= nothing changes.
+    plain = load(*AB_ARGS, "--verity")
+    assert [p.label for p in slots(plain, [esp, root, hashes])] == ["esp", "os_1", "os_1"]
+    unversioned = load(*AB_ARGS, "--verity", "--image-version=")
+    assert slots(unversioned, [esp, root, hashes]) == [esp, root, hashes]
+
+
+def test_the_uki_is_named_by_id_and_version_for_sysupdate_and_by_kernel_otherwise(project: Path) -> None:
+    kernel = Kernel("6.12.48+deb13-amd64", Path("vmlinuz"), Path("initrd"))
+    assert uki_name(load(*AB_ARGS), kernel) == "os_1.efi"
+    assert uki_name(load(*AB_ARGS, "--image-version="), kernel) == "os-6.12.48+deb13-amd64.efi"

@@ -20,7 +20,7 @@ from mkosi.boot import kernel_command_line
 from mkosi.concurrency import claimed, exclusive
 from mkosi.config import Config, OutputFormat, WorkspaceMode, discovered_path
 from mkosi.context import Context, StageRecord
-from mkosi.disk.layout import checked_filesystems, plan
+from mkosi.disk.layout import checked_filesystems, plan, slot_label
 from mkosi.errors import MkosiError
 from mkosi.events import ArtifactPublished, BuildFinished, BuildStarted, Monitor
 from mkosi.log import build_log
@@ -290,7 +290,7 @@ STAGES: list[Stage] = [
             "initrds": hash_tree(c.initrds),
             # The UKI's name in the ESP.
             "output": c.output.name,
-            **({"image": [c.image_id, c.image_version]} if c.image_id and c.image_version else {}),
+            **({"slot": slot_label(c)} if slot_label(c) else {}),
         },
         enabled=lambda c: c.bootable,
         cacheable=False,
@@ -304,7 +304,7 @@ STAGES: list[Stage] = [
             "seed": c.seed,
             **({"ddi_file_system": c.ddi_file_system} if c.format.is_ddi else {}),
             # The slots' partition names, and the empty second slot.
-            **({"image": [c.image_id, c.image_version]} if c.image_id and c.image_version else {}),
+            **({"slot": slot_label(c)} if slot_label(c) else {}),
             **({"ab_layout": True} if c.ab_layout else {}),
         },
         cacheable=False,

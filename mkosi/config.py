@@ -537,6 +537,13 @@ def _validate(c: Config, r: _Resolver, keys_to_come: bool = False) -> None:
             "signed needs VerityKey= and VerityCertificate= (or mkosi.secure-boot.key and .crt: mkosi genkey)",
         )
     _validate_ab_layout(c, fail)
+    # With both, a disk's root partitions are named ImageId_ImageVersion (see disk.layout.slot_label).
+    label = naming.versioned_stem(c.image_id, c.image_version) if c.image_id and c.image_version else ""
+    if c.format.is_raw and label and len(label) > PARTITION_LABEL_MAX:
+        fail(
+            "image_version",
+            f"the root partition's name {label!r} is longer than GPT's {PARTITION_LABEL_MAX} characters",
+        )
     if c.verity and c.encrypt is Encrypt.all:
         fail("verity", "cannot be combined with Encrypt=all: the hash tree would protect an encrypted root")
     if c.package_lock is not None:
@@ -564,9 +571,6 @@ def _validate_ab_layout(c: Config, fail: Any) -> None:
         return
     if problem := c.distribution.installer().sysupdate_problem(c.release):
         fail("ab_layout", f"needs a release whose systemd-sysupdate updates the slots: {problem}")
-    label = naming.versioned_stem(c.image_id, c.image_version) or ""
-    if len(label) > PARTITION_LABEL_MAX:
-        fail("ab_layout", f"the slots' partition label {label!r} is longer than GPT's {PARTITION_LABEL_MAX} characters")
 
 
 def _validate_ddi(c: Config, r: _Resolver, fail: Any) -> None:

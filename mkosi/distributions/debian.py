@@ -144,16 +144,12 @@ class Installer(DistributionInstaller, distribution=Distribution.debian):
     archived_releases = frozenset({"buzz", "rex", "bo", "hamm", "slink", "potato", "woody", "sarge", "etch", "lenny",
                                    "squeeze", "wheezy", "jessie", "stretch", "buster", "bullseye"})  # fmt: skip
     archive = "http://archive.debian.org/debian"
+    sysupdate_releases = "trixie and later, in systemd-container"
 
     def sysupdate_package(self, release: str) -> str | None:
         # Debian builds systemd-sysupdate from trixie (systemd 257) on, into systemd-container;
         # bookworm's systemd 252 is built without it.
         return None if release == "bookworm" or release in self.archived_releases else "systemd-container"
-
-    def sysupdate_problem(self, release: str) -> str | None:
-        if self.sysupdate_package(release) is not None:
-            return None
-        return f"debian {release} ships no systemd-sysupdate (trixie and later have it, in systemd-container)"
 
     def bootstrap(self, config: Config) -> apt_bootstrap.Bootstrap:
         """What the apt and dpkg bootstrap installs, from where, trusting which keys."""

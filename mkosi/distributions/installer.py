@@ -58,6 +58,8 @@ class DistributionInstaller:
     # Mirror= given (that archive or a copy of it), never from the default one, which lacks them.
     archived_releases: ClassVar[frozenset[str]] = frozenset()
     archive: ClassVar[str | None] = None
+    # Which of its releases ship systemd-sysupdate, for the error that refuses the others.
+    sysupdate_releases: ClassVar[str] = "none that mkosi knows of"
     # Where its kernel packages' hooks leave a kernel's initrd ({version} is the kernel's).
     initrd_paths: ClassVar[tuple[str, ...]] = ()
 
@@ -99,7 +101,7 @@ class DistributionInstaller:
         """Why an image of `release` cannot update itself with systemd-sysupdate, or None."""
         if self.sysupdate_package(release) is not None:
             return None
-        return f"{self.distribution} {release} ships no systemd-sysupdate that mkosi knows of"
+        return f"{self.distribution} {release} ships no systemd-sysupdate (releases that do: {self.sysupdate_releases})"
 
     async def install(self, context: Context) -> None:
         """Install the image's tree: the base system, what booting needs and the user's packages."""
